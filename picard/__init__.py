@@ -1,0 +1,29 @@
+"""picard: sequential samplers made parallel in time by sliding-window Picard iteration.
+
+Public names: :func:`solve`, :func:`sequential`, :func:`odeint`, :func:`sdeint`,
+:class:`Problem`, :class:`Recursion`, :class:`Solution`, :class:`Stats`,
+:class:`NonFiniteError`, :class:`ConvergenceError`.
+"""
+
+from picard.errors import ConvergenceError, NonFiniteError
+from picard.ode import odeint
+from picard.problem import Problem, Recursion
+from picard.sde import sdeint
+from picard.solution import Solution, Stats
+from picard.solver import DEFAULT_TOL, sequential, solve
+
+__all__ = [
+    "DEFAULT_TOL",
+    "ConvergenceError",
+    "NonFiniteError",
+    "Problem",
+    "Recursion",
+    "Solution",
+    "Stats",
+    "odeint",
+    "sdeint",
+    "sequential",
+    "solve",
+]
+
+__version__ = "0.1.0"

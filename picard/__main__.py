@@ -1,0 +1,8 @@
+"""``python -m picard``: the command line (see :mod:`picard.cli`)."""
+
+import sys
+
+from picard.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Errors raised by picard beyond plain ``ValueError``/``TypeError``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from picard.solver import Stats
+
+__all__ = ["ConvergenceError", "NonFiniteError"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A drift (or increment) produced NaN or Inf.
+
+    Attributes:
+        step: index of the step whose increment first went non-finite (the step from
+            state ``step`` to state ``step + 1``), or ``None`` when unknown.
+        sweep: 1-based index of the sweep in which it happened, or ``None`` for a
+            sequential solve.
+
+    Example:
+        >>> err = NonFiniteError("drift returned NaN", step=3, sweep=1)
+        >>> (err.step, err.sweep)
+        (3, 1)
+    """
+
+    def __init__(self, message: str, *, step: int | None = None, sweep: int | None = None):
+        super().__init__(message)
+        self.step = step
+        self.sweep = sweep
+
+
+class ConvergenceError(RuntimeError):
+    """The sweep budget (``max_iters``) ran out before the last step converged.
+
+    Attributes:
+        stats: the statistics of the sweeps that did run.
+        steps_done: how many steps were converged; ``state`` is state ``steps_done``.
+        state: the last converged state (shaped like ``x0``).
+
+    Example:
+        >>> err = ConvergenceError("budget", stats=None, steps_done=0, state=None)
+        >>> err.steps_done
+        0
+    """
+
+    def __init__(self, message: str, *, stats: Stats | None, steps_done: int, state: Any):
+        super().__init__(message)
+        self.stats = stats
+        self.steps_done = steps_done
+        self.state = state

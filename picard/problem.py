@@ -1,0 +1,170 @@
+"""What a problem is: N steps ``x_{i+1} = x_i + Δ_i(x_i)`` with batched increments.
+
+The solver (:mod:`picard.solver`) only ever asks a problem for the increments of a run
+of consecutive steps, evaluated at given states, in one call. Everything that makes a
+problem an ODE, an SDE or a diffusion sampler lives behind that one method.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from picard._checks import check_callable, check_int
+
+__all__ = ["Problem", "Recursion", "call_batched", "working_dtype"]
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype picard keeps states, cumulative sums and residuals in (>= float32)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class Problem(ABC):
+    """A sequential recursion of ``num_steps`` steps, ``x_{i+1} = x_i + Δ_i(x_i)``.
+
+    Subclasses set ``num_steps`` and implement :meth:`increments`. Optional hooks:
+    :meth:`init` (draw noise once, at the start of a solve), :meth:`scale` (per-step
+    scale of the convergence test) and :meth:`step_label` (how errors name a step).
+
+    Attributes:
+        num_steps: N, the number of steps.
+        batch_ndim: how many leading dimensions of the state index independent samples;
+            the convergence test takes the worst sample, and evaluations count samples.
+        stages: drift calls per step (e.g. 4 for RK4); used for :attr:`Stats.nfe`.
+        memory: how many outputs of earlier steps an increment reads (multistep rules);
+            the solver hands them back through ``history``.
+
+    Example:
+        >>> import torch, picard
+        >>> class Decay(picard.Problem):
+        ...     num_steps = 10
+        ...     def increments(self, x, start, state, history):
+        ...         return -0.1 * x, None
+        >>> picard.solve(Decay(), torch.ones(3), tol=0).final
+        tensor([0.3487, 0.3487, 0.3487])
+    """
+
+    num_steps: int
+    batch_ndim: int = 0
+    stages: int = 1
+    memory: int = 0
+
+    def init(self, x0: Tensor) -> Any:
+        """Called once when a solve starts; the result is passed to every increments call.
+
+        Draw pre-sampled noise here (in the order a sequential sampler draws it), so that
+        it is drawn once and reused by every sweep. The default returns ``None``.
+        """
+        return None
+
+    @abstractmethod
+    def increments(
+        self, x: Tensor, start: int, state: Any, history: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Increments of steps ``start, …, start + len(x) - 1`` in one batched call.
+
+        Args:
+            x: states ``x_start … x_{start+M-1}``, shape ``(M, *x0.shape)``, in the working
+                dtype (float32 or float64); do not modify it.
+            start: index of the first step.
+            state: what :meth:`init` returned.
+            history: the outputs of the ``memory`` steps before ``start`` (fewer near the
+                start of the grid), stacked on dim 0; ``None`` when ``memory == 0``.
+
+        Returns:
+            ``(increments, outputs)``: increments shaped like ``x``; outputs stacked per
+            step on dim 0 for later steps' ``history`` (``None`` when ``memory == 0``).
+        """
+
+    def scale(self) -> Sequence[float] | np.ndarray | Tensor | None:
+        """Per-step scale of the convergence test (length N, each >= 0), or ``None`` for 1.
+
+        Step i converges when the RMS change of state ``i + 1`` between sweeps is at most
+        ``tol * scale[i]``. A scale of 0 demands an unchanged state.
+        """
+        return None
+
+    def step_label(self, step: int) -> str:
+        """How error messages name ``step``."""
+        return f"step {step}"
+
+
+class Recursion(Problem):
+    """A problem from any batched increment function ``fn(steps, x) -> Δ``.
+
+    Args:
+        fn: ``fn(steps, x)`` with ``steps`` a long tensor ``(M,)`` of step indices and
+            ``x`` of shape ``(M, *x0.shape)``, like ``func(t, y)`` of :func:`picard.odeint`;
+            returns the increments ``x_{i+1} - x_i`` of those rows, shaped like ``x``.
+            Called once per sweep with the whole window.
+        num_steps: N.
+        scale: optional per-step scale of the convergence test (length N).
+        batch_dims: leading dimensions of the state that index independent samples.
+
+    Example:
+        >>> import torch, picard
+        >>> rule = picard.Recursion(lambda i, x: -0.1 * x, num_steps=10)
+        >>> picard.solve(rule, torch.ones(2), tol=0).final
+        tensor([0.3487, 0.3487])
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor, Tensor], Tensor],
+        num_steps: int,
+        *,
+        scale: Sequence[float] | np.ndarray | Tensor | None = None,
+        batch_dims: int = 0,
+    ):
+        self.fn = check_callable("fn", fn)
+        self.num_steps = check_int("num_steps", num_steps, minimum=1)
+        self.batch_ndim = check_int("batch_dims", batch_dims, minimum=0)
+        self._scale = scale
+
+    def increments(
+        self, x: Tensor, start: int, state: Any, history: Tensor | None
+    ) -> tuple[Tensor, None]:
+        """Evaluate ``fn`` on the rows of ``x`` (see :class:`Problem`)."""
+        steps = torch.arange(start, start + x.shape[0], device=x.device)
+        return call_batched(self.fn, "fn", steps, x, x.dtype), None
+
+    def scale(self) -> Sequence[float] | np.ndarray | Tensor | None:
+        """The scale given at construction."""
+        return self._scale
+
+
+def call_batched(
+    fn: Callable[[Tensor, Tensor], Any], name: str, t: Tensor, y: Tensor, in_dtype: torch.dtype
+) -> Tensor:
+    """Call ``fn(t, y)`` on a batch of rows and check that it returns a tensor like ``y``.
+
+    ``y`` is cast to ``in_dtype`` (the user's dtype) for the call; the result comes back
+    in ``y``'s dtype.
+    """
+    out = fn(t, y if y.dtype == in_dtype else y.to(in_dtype))
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}")
+    if out.shape != y.shape:
+        raise ValueError(
+            f"{name} returned shape {tuple(out.shape)} for a batch of shape {tuple(y.shape)}; "
+            "expected the same shape"
+        )
+    if out.device != y.device:
+        raise ValueError(f"{name} returned a tensor on {out.device}; expected {y.device}")
+    if out.dtype != y.dtype:
+        if out.is_complex() or not out.is_floating_point():
+            raise TypeError(f"{name} returned dtype {out.dtype}; expected a real floating dtype")
+        out = out.to(y.dtype)
+    return out
+
+
+def per_sample_size(shape: torch.Size, batch_ndim: int) -> tuple[int, int]:
+    """``(samples, elements per sample)`` of a state of ``shape``."""
+    return math.prod(shape[:batch_ndim]), math.prod(shape[batch_ndim:])

@@ -1,0 +1,90 @@
+"""What a solve returns: the states asked for and what they cost."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from torch import Tensor
+
+__all__ = ["Solution", "Stats"]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What a solve cost.
+
+    Attributes:
+        num_steps: N, the number of steps solved.
+        window: the window size used (steps per sweep, at most).
+        tol: the tolerance used.
+        iterations: sweeps, i.e. sequential rounds of batched model calls.
+        evaluations: step × sample increments evaluated, summed over the sweeps.
+        stages: drift calls per increment (4 for RK4); see :attr:`nfe`.
+        window_starts: the first step of the window, per sweep.
+
+    Example:
+        >>> import torch, picard
+        >>> sol = picard.solve(picard.Recursion(lambda i, x: -0.1 * x, 8), torch.ones(1))
+        >>> sol.stats.iterations <= sol.stats.num_steps
+        True
+        >>> len(sol.stats.residuals) == len(sol.stats.window_starts) == sol.stats.iterations
+        True
+    """
+
+    num_steps: int
+    window: int
+    tol: float
+    iterations: int
+    evaluations: int
+    stages: int
+    window_starts: tuple[int, ...]
+    # Per sweep, the worst sample's squared norm of each state's change, and the
+    # reciprocal per-step norm scale: residuals are computed from them when first asked.
+    changes: Sequence[np.ndarray] = field(default=(), repr=False, compare=False)
+    inv_scale: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def nfe(self) -> int:
+        """Drift evaluations per sample-step, summed: ``evaluations * stages``."""
+        return self.evaluations * self.stages
+
+    @cached_property
+    def residuals(self) -> tuple[float, ...]:
+        """Per sweep, the largest RMS change of a state since the previous sweep.
+
+        In units of the state's scale (comparable with ``tol``), over the window and the
+        samples.
+        """
+        if not self.changes or self.inv_scale is None:
+            return (0.0,) * self.iterations
+        sizes = np.array([len(c) for c in self.changes])
+        begins = np.cumsum(sizes) - sizes
+        steps = np.arange(sizes.sum()) + np.repeat(np.array(self.window_starts) - begins, sizes)
+        ratio = np.sqrt(np.concatenate(self.changes)) * self.inv_scale[steps]
+        return tuple(np.maximum.reduceat(ratio, begins).tolist())
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The result of :func:`picard.solve`.
+
+    Attributes:
+        final: the final state ``x_N``, shaped and typed like ``x0``.
+        ys: the saved states stacked on dim 0 (``None`` unless ``save`` asked for some).
+        steps: the state indices held by ``ys``, in order (``None`` with ``ys``).
+        stats: :class:`Stats`.
+
+    Example:
+        >>> import torch, picard
+        >>> sol = picard.solve(picard.Recursion(lambda i, x: x, 3), torch.ones(1), save=True)
+        >>> sol.ys.squeeze(-1).tolist(), list(sol.steps)
+        ([1.0, 2.0, 4.0, 8.0], [0, 1, 2, 3])
+    """
+
+    final: Tensor
+    ys: Tensor | None
+    steps: Sequence[int] | None
+    stats: Stats

@@ -1,0 +1,376 @@
+"""The sliding-window Picard sweep loop and its convergence test — the one loop.
+
+Notation (ParaDiGMS, Shih et al. 2023, Algorithm 1): states ``x_0 … x_N``, increments
+``Δ_i``; a sweep over the window ``[b, b + w)`` computes, from the current guesses,
+
+    x_{i+1}  <-  x_b + Σ_{j=b..i} Δ_j(x_j)        for i = b … b + w - 1   (one cumsum)
+
+with every ``Δ_j`` of the window from one batched call. Step i has converged when the
+RMS change of ``x_{i+1}`` since the previous sweep is at most ``tol * scale_i`` (worst
+sample of a batch). The window then slides by ``min(first unconverged + 1, w) >= 1``:
+the first unconverged state was computed from converged inputs, so it is final too.
+Hence at most N sweeps, and ``tol = 0`` gives the sequential recursion.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from picard._checks import check_int, check_nonneg, check_state
+from picard.errors import ConvergenceError, NonFiniteError
+from picard.problem import Problem, per_sample_size, working_dtype
+from picard.solution import Solution, Stats
+
+__all__ = ["DEFAULT_TOL", "sequential", "solve"]
+
+DEFAULT_TOL = 1e-5
+"""Default tolerance of :func:`solve`, :func:`picard.odeint` and :func:`picard.sdeint`."""
+
+
+def solve(
+    problem: Problem,
+    x0: Tensor,
+    *,
+    window: int | None = None,
+    tol: float = DEFAULT_TOL,
+    max_iters: int | None = None,
+    save: bool | Sequence[int] = False,
+) -> Solution:
+    """Solve ``problem`` from ``x0`` by sliding-window Picard iteration.
+
+    Args:
+        problem: the recursion (:class:`picard.Problem`).
+        x0: the initial state; any shape, real floating dtype, any device.
+
+    Other Arguments:
+        window: steps per sweep (rows per call = window × samples); ``None`` means the
+            whole grid. Larger windows need fewer sweeps but more evaluations.
+        tol: step i converges when the RMS change of state ``i + 1`` between two sweeps is
+            at most ``tol * problem.scale()[i]`` (worst sample). ``tol = 0`` reproduces
+            the sequential recursion to float rounding.
+        max_iters: sweep budget (default N, which always suffices); running out raises
+            :class:`picard.ConvergenceError`.
+        save: ``True`` keeps every state ``x_0 … x_N`` in ``Solution.ys``; a sequence of
+            increasing state indices keeps those; ``False`` keeps only the final state.
+
+    Returns:
+        A :class:`picard.Solution`. States, cumulative sums and residuals are kept in
+        float32 or float64 whatever the drift computes in; results come back in
+        ``x0.dtype``. Runs without autograd.
+
+    Raises:
+        picard.NonFiniteError: an increment was NaN or Inf (names the step and sweep).
+        picard.ConvergenceError: ``max_iters`` sweeps did not reach the last step.
+
+    Example:
+        >>> import torch, picard
+        >>> rule = picard.Recursion(lambda i, x: 0.01 * torch.sin(x), num_steps=100)
+        >>> sol = picard.solve(rule, torch.tensor([1.0]), window=20, tol=1e-6)
+        >>> sol.stats.iterations < 100
+        True
+    """
+    return solve_validated(problem, check_state("x0", x0), window, tol, max_iters, save)
+
+
+def solve_validated(
+    problem: Problem,
+    x0: Tensor,
+    window: int | None,
+    tol: float,
+    max_iters: int | None,
+    save: bool | Sequence[int],
+) -> Solution:
+    """:func:`solve` for an ``x0`` already checked by the caller (a front end)."""
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a picard.Problem, got {type(problem).__name__}")
+    n = check_int("problem.num_steps", problem.num_steps, minimum=1)
+    window = min(n, check_int("window", window, minimum=1, allow_none=True) or n)
+    tol = check_nonneg("tol", tol)
+    max_iters = check_int("max_iters", max_iters, minimum=1, allow_none=True) or n
+    saved = _saved_steps(save, n)
+    batch_ndim = check_int("problem.batch_ndim", problem.batch_ndim, minimum=0)
+    if batch_ndim > x0.ndim:
+        raise ValueError(f"problem.batch_ndim={batch_ndim} exceeds x0.ndim={x0.ndim}")
+    samples, size = per_sample_size(x0.shape, batch_ndim)
+    scale = _scales(problem.scale(), n) * math.sqrt(size)  # on the norm, not the RMS
+    # NaN/Inf are detected and reported by the loop itself, not by numpy warnings.
+    with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"):
+        inv_scale = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+        limits = _Limits(np.square(tol * scale), inv_scale, tol, max_iters)
+        return _sweeps(problem, x0, window, limits, saved, samples)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """The convergence test: squared-norm thresholds per step, and the sweep budget."""
+
+    threshold2: np.ndarray
+    inv_scale: np.ndarray
+    tol: float
+    max_iters: int
+
+
+@dataclass(frozen=True)
+class _Arrays:
+    """The array operations of a sweep's bookkeeping, for one kind of device.
+
+    On the CPU the workspace is viewed as a numpy array (sharing memory): the same
+    arithmetic at a fraction of torch's per-call overhead, which matters when the drift
+    is a small model. On accelerators everything stays in torch, on the device.
+    """
+
+    view: Callable[[Tensor], Any]  # a tensor as this kind of array, sharing memory
+    copy: Callable[[Any], Any]
+    cumsum: Callable[[Any], Any]  # along dim 0
+    sq_norms: Callable[[Any], Any]  # (w, samples, size) -> (w, samples) squared norms
+    host: Callable[[Any], np.ndarray]  # to a host numpy array: the one synchronisation
+    index: Callable[[Sequence[int], torch.device], Any]
+
+
+_NUMPY = _Arrays(
+    view=lambda t: t.numpy(),
+    copy=np.array,
+    cumsum=lambda a: np.add.accumulate(a, axis=0),
+    sq_norms=lambda d: np.einsum("wsk,wsk->ws", d, d),
+    host=lambda a: a,
+    index=lambda steps, device: np.asarray(steps),
+)
+_TORCH = _Arrays(
+    view=lambda t: t,
+    copy=torch.clone,
+    cumsum=lambda a: torch.cumsum(a, 0),
+    sq_norms=lambda d: torch.sum(d * d, dim=-1),
+    host=lambda a: a.cpu().numpy(),
+    index=lambda steps, device: torch.tensor(list(steps), device=device),
+)
+
+
+def _sweeps(
+    problem: Problem,
+    x0: Tensor,
+    window: int,
+    limits: _Limits,
+    saved: Sequence[int] | None,
+    samples: int,
+    arrays: _Arrays | None = None,
+) -> Solution:
+    n = problem.num_steps
+    memory = problem.memory
+    # Workspace: xs[k] is the current guess of state off + k. When every state is saved
+    # it is the whole trajectory (and the result); otherwise it holds two windows and is
+    # compacted as the window slides, so memory stays O(window).
+    keep_all = saved is not None and len(saved) == n + 1
+    length = n + 1 if keep_all else min(n + 1, 2 * window + 1)
+    xs_t = x0.detach().to(working_dtype(x0.dtype)).expand(length, *x0.shape).clone()
+    ops = arrays or (_NUMPY if xs_t.device.type == "cpu" else _TORCH)
+    xs = ops.view(xs_t)
+    state = problem.init(x0)
+    ys_t = None if keep_all else _saved_buffer(saved, xs_t[0])
+    ys = None if ys_t is None else ops.view(ys_t)
+    saved_at = None if ys is None else ops.index(saved, xs_t.device)
+    k_saved = 1 if ys is not None and saved[0] == 0 else 0
+    history: Tensor | None = None
+    starts: list[int] = []
+    changes: list[np.ndarray] = []  # per sweep: the worst sample's squared change per step
+    start = off = evaluations = 0
+    while start < n:
+        w = min(window, n - start)
+        if len(starts) == limits.max_iters:
+            raise ConvergenceError(
+                f"max_iters={limits.max_iters} sweeps converged {start} of {n} steps; "
+                "raise max_iters or tol",
+                stats=_stats(problem, window, limits, evaluations, starts, changes),
+                steps_done=start,
+                state=xs_t[start - off].to(x0.dtype),
+            )
+        if start - off + w >= length:  # compact: move the live part to the front
+            keep = length - (start - off)
+            xs[:keep] = ops.copy(xs[start - off :])
+            xs[keep : w + 1] = xs[keep - 1]
+            off = start
+        lo = start - off
+        states = xs_t[lo : lo + w]
+        inc, out = problem.increments(states, start, state, history)
+        if not isinstance(inc, Tensor) or inc.shape != states.shape or inc.dtype != states.dtype:
+            _bad_increments(inc, states)
+        new = ops.cumsum(ops.view(inc))  # states start + 1 … start + w
+        new += xs[lo]
+        change = ops.sq_norms((new - xs[lo + 1 : lo + w + 1]).reshape(w, samples, -1))
+        xs[lo + 1 : lo + w + 1] = new
+        change = ops.host(change)
+        worst = change[:, 0] if samples == 1 else change.max(axis=1)
+        starts.append(start)
+        changes.append(worst)
+        evaluations += w * samples
+        if not math.isfinite(worst[-1]):  # cumsum carries any NaN/Inf to the last state
+            raise _non_finite(problem, worst, new, start, len(starts))
+        ok = worst <= limits.threshold2[start : start + w]
+        first = int(ok.argmin())
+        stride = w if ok[first] else first + 1
+        if ys is not None:
+            k_saved = _save(ys, saved, saved_at, k_saved, new, start, stride)
+        if memory:
+            done = out[:stride] if history is None else torch.cat([history, out[:stride]])
+            history = done[-memory:].clone()
+        # Steps entering the next window start from this window's last state.
+        xs[lo + w + 1 : lo + w + 1 + stride] = new[-1]
+        start += stride
+    stats = _stats(problem, window, limits, evaluations, starts, changes)
+    return _solution(xs_t[n - off], xs_t if keep_all else ys_t, saved, stats, x0.dtype)
+
+
+def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = False) -> Solution:
+    """Solve ``problem`` step by step, one call per step: the reference for :func:`solve`.
+
+    Arguments are as for :func:`solve`. ``stats.iterations`` is N (one round per step).
+
+    Example:
+        >>> import torch, picard
+        >>> picard.sequential(picard.Recursion(lambda i, x: -0.1 * x, 10), torch.ones(1)).final
+        tensor([0.3487])
+    """
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a picard.Problem, got {type(problem).__name__}")
+    n = check_int("problem.num_steps", problem.num_steps, minimum=1)
+    x0 = check_state("x0", x0)
+    saved = _saved_steps(save, n)
+    samples, _ = per_sample_size(x0.shape, problem.batch_ndim)
+    with torch.no_grad():
+        x = x0.detach().to(working_dtype(x0.dtype), copy=True)
+        state = problem.init(x0)
+        ys = _saved_buffer(saved, x)
+        position = {} if saved is None else {s: k for k, s in enumerate(saved)}
+        history: Tensor | None = None
+        for i in range(n):
+            inc, out = problem.increments(x[None], i, state, history)
+            if not isinstance(inc, Tensor) or inc.shape != (1, *x.shape) or inc.dtype != x.dtype:
+                _bad_increments(inc, x[None])
+            x = x + inc[0]
+            if i + 1 in position:
+                ys[position[i + 1]] = x
+            if problem.memory:
+                history = out if history is None else torch.cat([history, out])
+                history = history[-problem.memory :]
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteError("the sequential solve produced NaN or Inf")
+    stats = Stats(n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)))
+    return _solution(x, ys, saved, stats, x0.dtype)
+
+
+def _bad_increments(inc: Any, x: Tensor) -> None:
+    if not isinstance(inc, Tensor):
+        raise TypeError(f"problem.increments must return a Tensor, got {type(inc).__name__}")
+    raise ValueError(
+        f"problem.increments returned {tuple(inc.shape)} {inc.dtype}; "
+        f"expected {tuple(x.shape)} {x.dtype} like its input"
+    )
+
+
+def _scales(scale: Any, n: int) -> np.ndarray:
+    if scale is None:
+        return np.ones(n)
+    if isinstance(scale, Tensor):
+        scale = scale.detach().cpu().double().numpy()
+    arr = np.asarray(scale, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"problem.scale() must have shape ({n},), got {arr.shape}")
+    if not (np.isfinite(arr).all() and (arr >= 0).all()):
+        raise ValueError("problem.scale() must be finite and >= 0")
+    return arr
+
+
+def _saved_steps(save: Any, n: int) -> Sequence[int] | None:
+    if save is True:
+        return range(n + 1)
+    if save is False or save is None:
+        return None
+    if isinstance(save, Tensor):
+        save = save.tolist()
+    try:
+        steps = [int(s) for s in save]
+    except TypeError:
+        raise TypeError(
+            f"save must be a bool or a sequence of state indices, got {type(save).__name__}"
+        ) from None
+    if not steps or any(s < 0 or s > n for s in steps) or steps != sorted(set(steps)):
+        raise ValueError(f"save must hold increasing state indices in [0, {n}], got {steps}")
+    return steps
+
+
+def _saved_buffer(saved: Sequence[int] | None, x: Tensor) -> Tensor | None:
+    if saved is None:
+        return None
+    ys = x.new_empty((len(saved), *x.shape))
+    if saved[0] == 0:
+        ys[0] = x
+    return ys
+
+
+def _save(ys: Any, saved: Sequence[int], at: Any, k: int, new: Any, start: int, stride: int) -> int:
+    """Copy the states finalized by a sweep into ``ys``; return the next index of ``saved``.
+
+    ``new[j]`` is state ``start + 1 + j``; states up to ``start + stride`` are final.
+    """
+    stop = bisect.bisect_right(saved, start + stride, lo=k)
+    if stop > k:
+        if saved[stop - 1] - saved[k] == stop - 1 - k:  # contiguous: a slice, no gather
+            ys[k:stop] = new[saved[k] - start - 1 : saved[stop - 1] - start]
+        else:
+            ys[k:stop] = new[at[k:stop] - (start + 1)]
+    return stop
+
+
+def _non_finite(
+    problem: Problem, worst: np.ndarray, new: Any, start: int, sweep: int
+) -> NonFiniteError:
+    first = int(np.argmax(~np.isfinite(worst)))
+    step = start + first
+    overflow = bool(torch.isfinite(torch.as_tensor(new[first])).all())
+    what = "the change of the state overflowed" if overflow else "the increment was NaN or Inf"
+    return NonFiniteError(
+        f"{problem.step_label(step)}: {what} in sweep {sweep}", step=step, sweep=sweep
+    )
+
+
+def _stats(
+    problem: Problem,
+    window: int,
+    limits: _Limits,
+    evaluations: int,
+    starts: list[int],
+    changes: list[np.ndarray],
+) -> Stats:
+    return Stats(
+        num_steps=problem.num_steps,
+        window=window,
+        tol=limits.tol,
+        iterations=len(starts),
+        evaluations=evaluations,
+        stages=problem.stages,
+        window_starts=tuple(starts),
+        changes=changes,
+        inv_scale=limits.inv_scale,
+    )
+
+
+def _solution(
+    final: Tensor,
+    ys: Tensor | None,
+    saved: Sequence[int] | None,
+    stats: Stats,
+    dtype: torch.dtype,
+) -> Solution:
+    return Solution(
+        final=final.to(dtype, copy=True),
+        ys=None if ys is None else ys.to(dtype),
+        steps=saved,
+        stats=stats,
+    )

@@ -1,0 +1,216 @@
+"""odeint: parity with torchdiffeq and scipy, convergence orders, the front-end options."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchdiffeq
+from helpers import RandomMLP, euler_loop, random_grid
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.integrate import solve_ivp
+
+import picard
+from picard.ode import METHODS
+
+
+def scalar_t(f):
+    """torchdiffeq calls func with a scalar t; our batched drifts take t of shape (M,)."""
+    return lambda t, y: f(t.reshape(1), y[None])[0]
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "heun3", "rk4"])
+@pytest.mark.parametrize("decreasing", [False, True])
+def test_matches_torchdiffeq_on_the_same_grid(method, decreasing):
+    f = RandomMLP(dim=3, width=16, seed=1, gain=2.0)
+    t = random_grid(40, seed=2, decreasing=decreasing)
+    y0 = torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    expected = torchdiffeq.odeint(scalar_t(f), y0, t, method=method)
+    ys = picard.odeint(f, y0, t, method=method, tol=0, window=16)
+    torch.testing.assert_close(ys, expected, rtol=1e-12, atol=1e-12)
+    ys = picard.odeint(f, y0, t, method=method, tol=1e-10)
+    torch.testing.assert_close(ys, expected, rtol=0, atol=1e-8)
+
+
+@given(
+    n=st.integers(1, 50),
+    dim=st.integers(1, 4),
+    seed=st.integers(0, 10**6),
+    gain=st.floats(0.1, 4.0),
+    window=st.integers(1, 60),
+    tol=st.floats(1e-9, 1e-3),
+    decreasing=st.booleans(),
+)
+def test_nonlinear_euler_error_is_bounded_by_tol(n, dim, seed, gain, window, tol, decreasing):
+    """Random MLP drifts, random grids: tol = 0 is the Euler loop; tol > 0 stays within
+    tol * (prod(1 + h_i L) - 1), L the MLP's Lipschitz bound."""
+    f = RandomMLP(dim=dim, width=8, seed=seed, gain=gain)
+    t = random_grid(n, seed=seed + 1, decreasing=decreasing)
+    y0 = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    expected = euler_loop(f, y0, t)
+    exact, stats = picard.odeint(f, y0, t, window=window, tol=0, return_stats=True)
+    torch.testing.assert_close(exact, expected, rtol=1e-12, atol=1e-12)
+    assert stats.iterations <= n
+    ys = picard.odeint(f, y0, t, window=window, tol=tol)
+    lip = f.lipschitz()
+    bound = tol * (math.prod(1 + abs(float(h)) * lip for h in t.diff()) - 1)
+    rms = (ys - expected).square().mean(-1).sqrt()
+    assert float(rms.max()) <= bound * (1 + 1e-6) + 1e-12
+
+
+def lotka_volterra(t, y):
+    x, z = y[..., 0], y[..., 1]
+    return torch.stack([1.5 * x - x * z, -3.0 * z + x * z], dim=-1)
+
+
+def test_agrees_with_scipy_within_discretisation_error():
+    t = torch.linspace(0.0, 5.0, 2001, dtype=torch.float64)
+    y0 = torch.tensor([10.0, 5.0], dtype=torch.float64)
+    ref = solve_ivp(
+        lambda s, y: lotka_volterra(None, torch.from_numpy(y)).numpy(),
+        (0.0, 5.0),
+        y0.numpy(),
+        t_eval=t.numpy(),
+        rtol=1e-11,
+        atol=1e-11,
+        method="DOP853",
+    )
+    ys, stats = picard.odeint(
+        lotka_volterra, y0, t, method="rk4", tol=1e-10, window=200, return_stats=True
+    )
+    err = float((ys - torch.from_numpy(ref.y.T)).abs().max())
+    assert err < 1e-6  # rk4 with h = 2.5e-3: discretisation error ~1e-8 here
+    assert stats.iterations < 2000 / 4
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_convergence_order(method):
+    """Fit the slope of log(error) against log(h) on y' = cos(t) y (y = exp(sin t))."""
+
+    def f(t, y):
+        return torch.cos(t)[:, None] * y
+
+    y0 = torch.ones(1, dtype=torch.float64)
+    exact = math.exp(math.sin(2.0))
+    hs, errs = [], []
+    for n in (32, 64, 128, 256):
+        t = torch.linspace(0.0, 2.0, n + 1, dtype=torch.float64)
+        ys = picard.odeint(f, y0, t, method=method, tol=1e-14)
+        hs.append(2.0 / n)
+        errs.append(abs(float(ys[-1, 0]) - exact))
+    slope = np.polyfit(np.log(hs), np.log(errs), 1)[0]
+    assert abs(slope - METHODS[method].order) < 0.25, slope
+
+
+def test_unbatched_functions_work_through_vmap():
+    def f(t, y):  # torchdiffeq style: scalar t
+        return -t * y + torch.sin(t)
+
+    t = torch.linspace(0, 2, 30, dtype=torch.float64)
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    expected = torchdiffeq.odeint(f, y0, t, method="midpoint")
+    ys = picard.odeint(f, y0, t, method="midpoint", batched=False, tol=0)
+    torch.testing.assert_close(ys, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_unbatchable_function_gets_a_clear_error():
+    def f(t, y):
+        return y * float(t.item())
+
+    with pytest.raises(TypeError, match="batched=True"):
+        picard.odeint(f, torch.ones(2), torch.linspace(0, 1, 5), batched=False)
+
+
+def test_modules_and_multidimensional_states():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh())
+    seen = []
+
+    def f(t, y):
+        seen.append((tuple(t.shape), tuple(y.shape)))
+        return net(y)
+
+    y0 = torch.randn(3, 4)
+    ys = picard.odeint(f, y0, torch.linspace(0, 1, 11), window=4, tol=0)
+    assert ys.shape == (11, 3, 4)
+    assert seen[0] == ((4,), (4, 3, 4))
+    with torch.no_grad():
+        expected = torchdiffeq.odeint(
+            lambda t, y: net(y), y0, torch.linspace(0, 1, 11), method="euler"
+        )
+    torch.testing.assert_close(ys, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_step_size_puts_output_exactly_on_t():
+    f = RandomMLP(dim=2, width=8, seed=3)
+    t = torch.tensor([0.0, 0.1, 0.35, 1.0], dtype=torch.float64)
+    y0 = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    ys, stats = picard.odeint(f, y0, t, step_size=0.05, tol=0, return_stats=True)
+    assert ys.shape == (4, 2)
+    assert stats.num_steps == 2 + 5 + 13  # ceil(0.1/0.05), ceil(0.25/0.05), ceil(0.65/0.05)
+    d = torch.float64
+    fine = torch.cat(
+        [
+            torch.linspace(0.0, 0.1, 3, dtype=d),
+            torch.linspace(0.1, 0.35, 6, dtype=d)[1:],
+            torch.linspace(0.35, 1.0, 14, dtype=d)[1:],
+        ]
+    )
+    expected = euler_loop(f, y0, fine)[[0, 2, 7, 20]]
+    torch.testing.assert_close(ys, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_step_size_matches_torchdiffeq_on_an_aligned_grid():
+    f = RandomMLP(dim=2, width=8, seed=4)
+    t = torch.linspace(0, 1, 5, dtype=torch.float64)
+    y0 = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    expected = torchdiffeq.odeint(scalar_t(f), y0, t, method="rk4", options={"step_size": 0.05})
+    ys = picard.odeint(f, y0, t, method="rk4", step_size=0.05, tol=0)
+    torch.testing.assert_close(ys, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_half_precision_drift_gets_half_inputs_and_float32_accumulation():
+    dtypes = []
+
+    def f(t, y):
+        dtypes.append(y.dtype)
+        return -y
+
+    y0 = torch.ones(2, dtype=torch.bfloat16)
+    ys = picard.odeint(f, y0, torch.linspace(0, 1, 101), tol=0)
+    assert ys.dtype == torch.bfloat16 and set(dtypes) == {torch.bfloat16}
+    assert abs(float(ys[-1, 0]) - 0.99**100) < 1e-2
+
+
+def test_batch_dims_take_the_worst_sample():
+    """99 constant samples and one decaying one. With batch_dims=0 the RMS runs over all
+    100 samples, diluting the moving one tenfold; with batch_dims=1 its own RMS counts:
+    exactly the same test as batch_dims=0 at a tenth of the tolerance."""
+    k = torch.zeros(100, 1, dtype=torch.float64)
+    k[-1] = 6.0
+
+    def f(t, y):
+        return -k * y
+
+    y0 = torch.ones(100, 1, dtype=torch.float64)
+    t = torch.linspace(0, 1, 201, dtype=torch.float64)
+    per_sample, s1 = picard.odeint(f, y0, t, tol=1e-4, window=50, batch_dims=1, return_stats=True)
+    pooled, s0 = picard.odeint(f, y0, t, tol=1e-5, window=50, return_stats=True)
+    assert s1.window_starts == s0.window_starts
+    torch.testing.assert_close(per_sample, pooled, rtol=0, atol=0)
+    _loose, s2 = picard.odeint(f, y0, t, tol=1e-4, window=50, return_stats=True)
+    assert s2.iterations < s1.iterations
+    assert s1.evaluations == 100 * s0.evaluations  # evaluations count samples
+
+
+def test_return_stats_reports_sweeps_and_stages():
+    f = RandomMLP(dim=2, width=8, seed=5)
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    _ys, stats = picard.odeint(
+        f, torch.zeros(2, dtype=torch.float64), t, method="rk4", window=20, return_stats=True
+    )
+    assert isinstance(stats, picard.Stats)
+    assert stats.stages == 4 and stats.nfe == 4 * stats.evaluations
+    assert stats.iterations < 100
