@@ -94,8 +94,17 @@ def _demo_rows(steps: int, window: int, tol: float, repeats: int, seed: int) -> 
     (ys, st), par_s = _timed(
         lambda: picard.odeint(neural, y0, t, window=window, tol=tol, return_stats=True), repeats
     )
-    rows.append(Row("neural ODE (MLP 3x128), Euler", steps, st.iterations, st.evaluations,
-                    seq_s, par_s, float((ys[-1] - ref).abs().max())))
+    rows.append(
+        Row(
+            "neural ODE (MLP 3x128), Euler",
+            steps,
+            st.iterations,
+            st.evaluations,
+            seq_s,
+            par_s,
+            float((ys[-1] - ref).abs().max()),
+        )
+    )
 
     def van_der_pol(t: Tensor, y: Tensor) -> Tensor:
         x, v = y[..., 0], y[..., 1]
@@ -105,12 +114,22 @@ def _demo_rows(steps: int, window: int, tol: float, repeats: int, seed: int) -> 
     t = torch.linspace(0.0, 10.0, 2 * steps + 1, dtype=torch.float64)
     ref, seq_s = _timed(lambda: _rk_loop(van_der_pol, y0, t, "rk4"), repeats)
     (ys, st), par_s = _timed(
-        lambda: picard.odeint(van_der_pol, y0, t, method="rk4", window=window, tol=tol,
-                              return_stats=True),
+        lambda: picard.odeint(
+            van_der_pol, y0, t, method="rk4", window=window, tol=tol, return_stats=True
+        ),
         repeats,
     )
-    rows.append(Row("Van der Pol (mu = 1), RK4", 2 * steps, st.iterations, st.evaluations,
-                    seq_s, par_s, float((ys[-1] - ref).abs().max())))
+    rows.append(
+        Row(
+            "Van der Pol (mu = 1), RK4",
+            2 * steps,
+            st.iterations,
+            st.evaluations,
+            seq_s,
+            par_s,
+            float((ys[-1] - ref).abs().max()),
+        )
+    )
 
     def noise(t: Tensor, y: Tensor) -> Tensor:
         return 0.3 * torch.ones_like(y)
@@ -120,29 +139,56 @@ def _demo_rows(steps: int, window: int, tol: float, repeats: int, seed: int) -> 
     dW = torch.randn(steps, 2, generator=torch.Generator().manual_seed(seed)) / math.sqrt(steps)
     ref, seq_s = _timed(lambda: _em_loop(neural, noise, y0, t, dW), repeats)
     (ys, st), par_s = _timed(
-        lambda: picard.sdeint(neural, noise, y0, t, dW=dW, window=window, tol=tol,
-                              return_stats=True),
+        lambda: picard.sdeint(
+            neural, noise, y0, t, dW=dW, window=window, tol=tol, return_stats=True
+        ),
         repeats,
     )
-    rows.append(Row("neural SDE (MLP drift), Euler-Maruyama", steps, st.iterations,
-                    st.evaluations, seq_s, par_s, float((ys[-1] - ref).abs().max())))
+    rows.append(
+        Row(
+            "neural SDE (MLP drift), Euler-Maruyama",
+            steps,
+            st.iterations,
+            st.evaluations,
+            seq_s,
+            par_s,
+            float((ys[-1] - ref).abs().max()),
+        )
+    )
     return rows
 
 
 def demo(args: argparse.Namespace) -> int:
     """Run the demo: each problem sequentially and with picard, the same inputs."""
     torch.set_num_threads(args.threads)
-    print(f"picard {picard.__version__} demo: torch {torch.__version__}, "
-          f"{args.threads} thread(s), window {args.window}, tol {args.tol:g}, "
-          f"median of {args.repeats} runs\n")
+    print(
+        f"picard {picard.__version__} demo: torch {torch.__version__}, "
+        f"{args.threads} thread(s), window {args.window}, tol {args.tol:g}, "
+        f"median of {args.repeats} runs\n"
+    )
     with torch.no_grad():
         rows = _demo_rows(args.steps, args.window, args.tol, args.repeats, args.seed)
-    header = ("problem", "steps", "sweeps", "evals/step", "sequential", "picard", "speedup",
-              "max |picard - sequential|")
+    header = (
+        "problem",
+        "steps",
+        "sweeps",
+        "evals/step",
+        "sequential",
+        "picard",
+        "speedup",
+        "max |picard - sequential|",
+    )
     lines = [header] + [
-        (r.name, str(r.steps), str(r.sweeps), f"{r.evaluations / r.steps:.1f}",
-         f"{1e3 * r.sequential_s:.1f} ms", f"{1e3 * r.parallel_s:.1f} ms",
-         f"{r.sequential_s / r.parallel_s:.1f}x", f"{r.deviation:.1e}")
+        (
+            r.name,
+            str(r.steps),
+            str(r.sweeps),
+            f"{r.evaluations / r.steps:.1f}",
+            f"{1e3 * r.sequential_s:.1f} ms",
+            f"{1e3 * r.parallel_s:.1f} ms",
+            f"{r.sequential_s / r.parallel_s:.1f}x",
+            f"{r.deviation:.1e}",
+        )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -150,8 +196,10 @@ def demo(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
         if k == 0:
             print("  ".join("-" * w for w in widths))
-    print("\nsweeps = sequential rounds of batched drift calls (the sequential solver needs "
-          "one per step).")
+    print(
+        "\nsweeps = sequential rounds of batched drift calls (the sequential solver needs "
+        "one per step)."
+    )
     return 0
 
 
@@ -165,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status.
 
     Example:
-        >>> main(["demo", "--steps", "50", "--repeats", "1"])  # doctest: +SKIP
+        >>> main(["demo", "--steps", "20", "--window", "8", "--repeats", "1"])
+        picard ... demo: ... sweeps = sequential rounds of batched drift calls ...
         0
     """
     parser = argparse.ArgumentParser(
@@ -173,8 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Parallel-in-time solving of sequential recursions by Picard iteration.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command")
-    p = sub.add_parser("demo", help="solve ODEs and an SDE sequentially and with picard, "
-                       "and compare sweeps, wall-clock and results")
+    p = sub.add_parser(
+        "demo",
+        help="solve ODEs and an SDE sequentially and with picard, "
+        "and compare sweeps, wall-clock and results",
+    )
     p.add_argument("--steps", type=int, default=1000, help="steps per problem (default 1000)")
     p.add_argument("--window", type=int, default=128, help="steps per sweep (default 128)")
     p.add_argument("--tol", type=float, default=1e-4, help="tolerance (default 1e-4)")
