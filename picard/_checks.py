@@ -33,16 +33,22 @@ def check_state(name: str, x: Any) -> Tensor:
     return x
 
 
-def check_int(name: str, value: Any, *, minimum: int, allow_none: bool = False) -> int | None:
-    """Check that ``value`` is an integer >= ``minimum`` (or ``None`` when allowed)."""
-    if value is None and allow_none:
-        return None
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """Check that ``value`` is an integer >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        expected = "an int or None" if allow_none else "an int"
-        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_optional_int(name: str, value: Any, *, minimum: int, default: int) -> int:
+    """Check that ``value`` is ``None`` (meaning ``default``) or an integer >= ``minimum``."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+    return check_int(name, value, minimum=minimum)
 
 
 def check_nonneg(name: str, value: Any, *, positive: bool = False) -> float:
@@ -67,7 +73,6 @@ def check_callable(name: str, fn: Any) -> Callable[..., Any]:
 def check_batch_dims(batch_dims: Any, x0: Tensor, name: str = "batch_dims") -> int:
     """Check the number of leading sample dimensions of ``x0``."""
     n = check_int(name, batch_dims, minimum=0)
-    assert n is not None
     if n > x0.ndim:
         raise ValueError(f"{name}={n} exceeds the number of dimensions of the state ({x0.ndim})")
     return n

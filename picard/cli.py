@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,7 +32,7 @@ class Row:
     deviation: float
 
 
-def _timed(fn: Callable[[], Tensor], repeats: int) -> tuple[Tensor, float]:
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
     times, out = [], None
     for _ in range(repeats):
         start = time.perf_counter()

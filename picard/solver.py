@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard._checks import check_int, check_nonneg, check_state
+from picard._checks import check_int, check_nonneg, check_optional_int, check_state
 from picard.errors import ConvergenceError, NonFiniteError
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.solution import Solution, Stats
@@ -92,9 +92,9 @@ def solve_validated(
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a picard.Problem, got {type(problem).__name__}")
     n = check_int("problem.num_steps", problem.num_steps, minimum=1)
-    window = min(n, check_int("window", window, minimum=1, allow_none=True) or n)
+    window = min(n, check_optional_int("window", window, minimum=1, default=n))
     tol = check_nonneg("tol", tol)
-    max_iters = check_int("max_iters", max_iters, minimum=1, allow_none=True) or n
+    max_iters = check_optional_int("max_iters", max_iters, minimum=1, default=n)
     saved = _saved_steps(save, n)
     batch_ndim = check_int("problem.batch_ndim", problem.batch_ndim, minimum=0)
     if batch_ndim > x0.ndim:
@@ -136,7 +136,7 @@ class _Arrays:
 
 
 _NUMPY = _Arrays(
-    view=lambda t: t.numpy(),
+    view=lambda t: t.detach().numpy(),
     copy=np.array,
     cumsum=lambda a: np.add.accumulate(a, axis=0),
     sq_norms=lambda d: np.einsum("wsk,wsk->ws", d, d),
@@ -173,10 +173,7 @@ def _sweeps(
     ops = arrays or (_NUMPY if xs_t.device.type == "cpu" else _TORCH)
     xs = ops.view(xs_t)
     state = problem.init(x0)
-    ys_t = None if keep_all else _saved_buffer(saved, xs_t[0])
-    ys = None if ys_t is None else ops.view(ys_t)
-    saved_at = None if ys is None else ops.index(saved, xs_t.device)
-    k_saved = 1 if ys is not None and saved[0] == 0 else 0
+    saver = None if keep_all or saved is None else _Saver(saved, xs_t[0], ops)
     history: Tensor | None = None
     starts: list[int] = []
     changes: list[np.ndarray] = []  # per sweep: the worst sample's squared change per step
@@ -199,7 +196,12 @@ def _sweeps(
         lo = start - off
         states = xs_t[lo : lo + w]
         inc, out = problem.increments(states, start, state, history)
-        if not isinstance(inc, Tensor) or inc.shape != states.shape or inc.dtype != states.dtype:
+        if (
+            not isinstance(inc, Tensor)
+            or inc.shape != states.shape
+            or inc.dtype != states.dtype
+            or inc.device != states.device
+        ):
             _bad_increments(inc, states)
         new = ops.cumsum(ops.view(inc))  # states start + 1 … start + w
         new += xs[lo]
@@ -215,16 +217,16 @@ def _sweeps(
         ok = worst <= limits.threshold2[start : start + w]
         first = int(ok.argmin())
         stride = w if ok[first] else first + 1
-        if ys is not None:
-            k_saved = _save(ys, saved, saved_at, k_saved, new, start, stride)
+        if saver is not None:
+            saver.add(new, start, stride)
         if memory:
-            done = out[:stride] if history is None else torch.cat([history, out[:stride]])
-            history = done[-memory:].clone()
+            history = _remember(history, out, stride, memory)
         # Steps entering the next window start from this window's last state.
         xs[lo + w + 1 : lo + w + 1 + stride] = new[-1]
         start += stride
     stats = _stats(problem, window, limits, evaluations, starts, changes)
-    return _solution(xs_t[n - off], xs_t if keep_all else ys_t, saved, stats, x0.dtype)
+    ys = xs_t if keep_all else None if saver is None else saver.ys_t
+    return _solution(xs_t[n - off], ys, saved, stats, x0.dtype)
 
 
 def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = False) -> Solution:
@@ -246,31 +248,29 @@ def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = Fal
     with torch.no_grad():
         x = x0.detach().to(working_dtype(x0.dtype), copy=True)
         state = problem.init(x0)
-        ys = _saved_buffer(saved, x)
-        position = {} if saved is None else {s: k for k, s in enumerate(saved)}
+        saver = None if saved is None else _Saver(saved, x, _TORCH)
         history: Tensor | None = None
         for i in range(n):
             inc, out = problem.increments(x[None], i, state, history)
             if not isinstance(inc, Tensor) or inc.shape != (1, *x.shape) or inc.dtype != x.dtype:
                 _bad_increments(inc, x[None])
             x = x + inc[0]
-            if i + 1 in position:
-                ys[position[i + 1]] = x
+            if saver is not None:
+                saver.add(x[None], i, 1)
             if problem.memory:
-                history = out if history is None else torch.cat([history, out])
-                history = history[-problem.memory :]
+                history = _remember(history, out, 1, problem.memory)
         if not bool(torch.isfinite(x).all()):
             raise NonFiniteError("the sequential solve produced NaN or Inf")
     stats = Stats(n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)))
-    return _solution(x, ys, saved, stats, x0.dtype)
+    return _solution(x, None if saver is None else saver.ys_t, saved, stats, x0.dtype)
 
 
 def _bad_increments(inc: Any, x: Tensor) -> None:
     if not isinstance(inc, Tensor):
         raise TypeError(f"problem.increments must return a Tensor, got {type(inc).__name__}")
     raise ValueError(
-        f"problem.increments returned {tuple(inc.shape)} {inc.dtype}; "
-        f"expected {tuple(x.shape)} {x.dtype} like its input"
+        f"problem.increments returned {tuple(inc.shape)} {inc.dtype} on {inc.device}; "
+        f"expected {tuple(x.shape)} {x.dtype} on {x.device}, like its input"
     )
 
 
@@ -305,27 +305,40 @@ def _saved_steps(save: Any, n: int) -> Sequence[int] | None:
     return steps
 
 
-def _saved_buffer(saved: Sequence[int] | None, x: Tensor) -> Tensor | None:
-    if saved is None:
-        return None
-    ys = x.new_empty((len(saved), *x.shape))
-    if saved[0] == 0:
-        ys[0] = x
-    return ys
+def _remember(history: Tensor | None, out: Any, done: int, memory: int) -> Tensor:
+    """The outputs of the last ``memory`` finalized steps, for multistep problems."""
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"a problem with memory={memory} must return its outputs as a Tensor from "
+            f"increments, got {type(out).__name__}"
+        )
+    new = out[:done] if history is None else torch.cat([history, out[:done]])
+    return new[-memory:].clone()
 
 
-def _save(ys: Any, saved: Sequence[int], at: Any, k: int, new: Any, start: int, stride: int) -> int:
-    """Copy the states finalized by a sweep into ``ys``; return the next index of ``saved``.
+class _Saver:
+    """Copies the states that ``save`` asked for into ``ys`` as sweeps finalize them."""
 
-    ``new[j]`` is state ``start + 1 + j``; states up to ``start + stride`` are final.
-    """
-    stop = bisect.bisect_right(saved, start + stride, lo=k)
-    if stop > k:
-        if saved[stop - 1] - saved[k] == stop - 1 - k:  # contiguous: a slice, no gather
-            ys[k:stop] = new[saved[k] - start - 1 : saved[stop - 1] - start]
-        else:
-            ys[k:stop] = new[at[k:stop] - (start + 1)]
-    return stop
+    def __init__(self, steps: Sequence[int], x: Tensor, ops: _Arrays):
+        self.steps = steps
+        self.ys_t = x.new_empty((len(steps), *x.shape))
+        self.ys = ops.view(self.ys_t)
+        self.at = ops.index(steps, x.device)
+        self.k = 0  # steps[:k] are saved
+        if steps[0] == 0:
+            self.ys_t[0] = x
+            self.k = 1
+
+    def add(self, new: Any, start: int, stride: int) -> None:
+        """``new[j]`` is state ``start + 1 + j``; states up to ``start + stride`` are final."""
+        k, steps = self.k, self.steps
+        stop = bisect.bisect_right(steps, start + stride, lo=k)
+        if stop > k:
+            if steps[stop - 1] - steps[k] == stop - 1 - k:  # contiguous: a slice, no gather
+                self.ys[k:stop] = new[steps[k] - start - 1 : steps[stop - 1] - start]
+            else:
+                self.ys[k:stop] = new[self.at[k:stop] - (start + 1)]
+            self.k = stop
 
 
 def _non_finite(

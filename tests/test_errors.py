@@ -34,6 +34,16 @@ class Returns(picard.Problem):
         return self.value(x), None
 
 
+class Forgetful(picard.Problem):
+    """A multistep problem that forgets to return its outputs."""
+
+    num_steps = 3
+    memory = 1
+
+    def increments(self, x, start, state, history):
+        return -x, None
+
+
 CASES = [
     # solve
     (
@@ -181,6 +191,12 @@ CASES = [
         lambda: picard.solve(rule(scale=-np.ones(5)), Y0),
         ValueError,
         "problem.scale\\(\\) must be finite and >= 0",
+    ),
+    (
+        "solve-memory-without-outputs",
+        lambda: picard.solve(Forgetful(), Y0),
+        TypeError,
+        "memory=1 must return its outputs as a Tensor",
     ),
     # Recursion
     ("recursion-fn", lambda: picard.Recursion(3, 5), TypeError, "fn must be callable"),
