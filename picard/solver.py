@@ -139,7 +139,10 @@ _NUMPY = _Arrays(
     view=lambda t: t.detach().numpy(),
     copy=np.array,
     cumsum=lambda a: np.add.accumulate(a, axis=0),
-    sq_norms=lambda d: np.einsum("wsk,wsk->ws", d, d),
+    sq_norms=(lambda d: np.vecdot(d, d))
+    if hasattr(np, "vecdot")
+    # numpy >= 2
+    else (lambda d: np.einsum("wsk,wsk->ws", d, d)),
     host=lambda a: a,
     index=lambda steps, device: np.asarray(steps),
 )
@@ -171,7 +174,8 @@ def _sweeps(
     length = n + 1 if keep_all else min(n + 1, 2 * window + 1)
     xs_t = x0.detach().to(working_dtype(x0.dtype)).expand(length, *x0.shape).clone()
     ops = arrays or (_NUMPY if xs_t.device.type == "cpu" else _TORCH)
-    xs = ops.view(xs_t)
+    view, cumsum, sq_norms, host = ops.view, ops.cumsum, ops.sq_norms, ops.host
+    xs = view(xs_t)
     state = problem.init(x0)
     saver = None if keep_all or saved is None else _Saver(saved, xs_t[0], ops)
     history: Tensor | None = None
@@ -203,11 +207,11 @@ def _sweeps(
             or inc.device != states.device
         ):
             _bad_increments(inc, states)
-        new = ops.cumsum(ops.view(inc))  # states start + 1 … start + w
+        new = cumsum(view(inc))  # states start + 1 … start + w
         new += xs[lo]
-        change = ops.sq_norms((new - xs[lo + 1 : lo + w + 1]).reshape(w, samples, -1))
+        change = sq_norms((new - xs[lo + 1 : lo + w + 1]).reshape(w, samples, -1))
         xs[lo + 1 : lo + w + 1] = new
-        change = ops.host(change)
+        change = host(change)
         worst = change[:, 0] if samples == 1 else change.max(axis=1)
         starts.append(start)
         changes.append(worst)
