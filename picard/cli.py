@@ -82,81 +82,61 @@ def _mlp(seed: int) -> torch.nn.Module:
     )
 
 
+def _compare(
+    name: str,
+    sequential: Callable[[], Tensor],
+    parallel: Callable[[], tuple[Tensor, picard.Stats]],
+    repeats: int,
+) -> Row:
+    """Time a sequential loop and its picard counterpart; compare the final states."""
+    ref, seq_s = _timed(sequential, repeats)
+    (ys, stats), par_s = _timed(parallel, repeats)
+    deviation = float((ys[-1] - ref).abs().max())
+    return Row(name, stats.num_steps, stats.iterations, stats.evaluations, seq_s, par_s, deviation)
+
+
 def _demo_rows(steps: int, window: int, tol: float, repeats: int, seed: int) -> list[Row]:
-    rows = []
     net = _mlp(seed)
 
     def neural(t: Tensor, y: Tensor) -> Tensor:
         return net(torch.cat([y, t[:, None].to(y.dtype)], dim=-1))
 
-    y0 = torch.tensor([0.5, -0.5])
-    t = torch.linspace(0.0, 1.0, steps + 1)
-    ref, seq_s = _timed(lambda: _rk_loop(neural, y0, t, "euler"), repeats)
-    (ys, st), par_s = _timed(
-        lambda: picard.odeint(neural, y0, t, window=window, tol=tol, return_stats=True), repeats
-    )
-    rows.append(
-        Row(
-            "neural ODE (MLP 3x128), Euler",
-            steps,
-            st.iterations,
-            st.evaluations,
-            seq_s,
-            par_s,
-            float((ys[-1] - ref).abs().max()),
-        )
-    )
-
     def van_der_pol(t: Tensor, y: Tensor) -> Tensor:
         x, v = y[..., 0], y[..., 1]
         return torch.stack([v, (1 - x * x) * v - x], dim=-1)
-
-    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
-    t = torch.linspace(0.0, 10.0, 2 * steps + 1, dtype=torch.float64)
-    ref, seq_s = _timed(lambda: _rk_loop(van_der_pol, y0, t, "rk4"), repeats)
-    (ys, st), par_s = _timed(
-        lambda: picard.odeint(
-            van_der_pol, y0, t, method="rk4", window=window, tol=tol, return_stats=True
-        ),
-        repeats,
-    )
-    rows.append(
-        Row(
-            "Van der Pol (mu = 1), RK4",
-            2 * steps,
-            st.iterations,
-            st.evaluations,
-            seq_s,
-            par_s,
-            float((ys[-1] - ref).abs().max()),
-        )
-    )
 
     def noise(t: Tensor, y: Tensor) -> Tensor:
         return 0.3 * torch.ones_like(y)
 
     y0 = torch.tensor([0.5, -0.5])
     t = torch.linspace(0.0, 1.0, steps + 1)
+    vdp0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    vdp_t = torch.linspace(0.0, 10.0, 2 * steps + 1, dtype=torch.float64)
     dW = torch.randn(steps, 2, generator=torch.Generator().manual_seed(seed)) / math.sqrt(steps)
-    ref, seq_s = _timed(lambda: _em_loop(neural, noise, y0, t, dW), repeats)
-    (ys, st), par_s = _timed(
-        lambda: picard.sdeint(
-            neural, noise, y0, t, dW=dW, window=window, tol=tol, return_stats=True
+    return [
+        _compare(
+            "neural ODE (MLP 3x128), Euler",
+            lambda: _rk_loop(neural, y0, t, "euler"),
+            lambda: picard.odeint(neural, y0, t, window=window, tol=tol, return_stats=True),
+            repeats,
         ),
-        repeats,
-    )
-    rows.append(
-        Row(
+        _compare(
+            "Van der Pol (mu = 1), RK4",
+            lambda: _rk_loop(van_der_pol, vdp0, vdp_t, "rk4"),
+            lambda: picard.odeint(
+                van_der_pol, vdp0, vdp_t, method="rk4", window=window, tol=tol, return_stats=True
+            ),
+            repeats,
+        ),
+        _compare(
             "neural SDE (MLP drift), Euler-Maruyama",
-            steps,
-            st.iterations,
-            st.evaluations,
-            seq_s,
-            par_s,
-            float((ys[-1] - ref).abs().max()),
-        )
-    )
-    return rows
+            lambda: _em_loop(neural, noise, y0, t, dW),
+            lambda: picard.sdeint(
+                neural, noise, y0, t, dW=dW, window=window, tol=tol, return_stats=True
+            ),
+            repeats,
+        ),
+    ]
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -124,10 +124,6 @@ class ODEProblem(Problem):
         """Runge–Kutta increments ``h_i Σ b_s k_s`` of the steps of ``x`` (s calls)."""
         stop = start + x.shape[0]
         h = state[start:stop]
-        if self.stages == 1:  # Euler: one call, no stage arithmetic
-            return h * call_batched(
-                self.func, "func", self._stage_t[0][start:stop], x, self.in_dtype
-            ), None
         ks: list[Tensor] = []
         for s, row in enumerate(self.tableau.a):
             slope = _combine(ks, row)
@@ -199,6 +195,40 @@ def batch_function(
             ) from err
 
     return batched
+
+
+@overload
+def odeint(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor,
+    *,
+    method: str = "euler",
+    window: int | None = None,
+    tol: float = DEFAULT_TOL,
+    max_iters: int | None = None,
+    batched: bool = True,
+    return_stats: Literal[False] = False,
+    step_size: float | None = None,
+    batch_dims: int = 0,
+) -> Tensor: ...
+
+
+@overload
+def odeint(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor,
+    *,
+    method: str = "euler",
+    window: int | None = None,
+    tol: float = DEFAULT_TOL,
+    max_iters: int | None = None,
+    batched: bool = True,
+    return_stats: Literal[True],
+    step_size: float | None = None,
+    batch_dims: int = 0,
+) -> tuple[Tensor, Stats]: ...
 
 
 def odeint(

@@ -8,7 +8,7 @@ parallel path is the sequential Euler–Maruyama path with the same ``ΔW``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -102,6 +102,42 @@ def brownian_increments(
     z = torch.randn((n, *shape), generator=generator, dtype=dtype, device=t.device)
     std = (t[1:] - t[:-1]).abs().sqrt().to(dtype).reshape(n, *([1] * len(shape)))
     return z * std
+
+
+@overload
+def sdeint(
+    f: Callable[[Tensor, Tensor], Tensor],
+    g: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor,
+    *,
+    dW: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    window: int | None = None,
+    tol: float = DEFAULT_TOL,
+    max_iters: int | None = None,
+    batched: bool = True,
+    return_stats: Literal[False] = False,
+    batch_dims: int = 0,
+) -> Tensor: ...
+
+
+@overload
+def sdeint(
+    f: Callable[[Tensor, Tensor], Tensor],
+    g: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor,
+    *,
+    dW: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    window: int | None = None,
+    tol: float = DEFAULT_TOL,
+    max_iters: int | None = None,
+    batched: bool = True,
+    return_stats: Literal[True],
+    batch_dims: int = 0,
+) -> tuple[Tensor, Stats]: ...
 
 
 def sdeint(
