@@ -254,9 +254,11 @@ def odeint(
     Args:
         func: the drift. With ``batched=True`` (default) it is called as
             ``func(t, y)`` with ``t`` of shape ``(M,)`` and ``y`` of shape
-            ``(M, *y0.shape)`` — M rows of one window — and returns ``y``'s shape. With
-            ``batched=False`` any torchdiffeq-style ``func`` of a scalar ``t`` works
-            unchanged (it is vectorised with :func:`torch.func.vmap`).
+            ``(M, *y0.shape)`` — M rows of one window — and returns ``y``'s shape.
+            Index ``t`` as ``t[:, None]`` to broadcast it against ``y``: code written for
+            a scalar ``t`` may broadcast ``(M,)`` wrongly. With ``batched=False`` any
+            torchdiffeq-style ``func`` of a scalar ``t`` works unchanged (it is
+            vectorised with :func:`torch.func.vmap`).
         y0: initial state, any shape, real floating dtype.
         t: 1-D strictly increasing or decreasing times on ``y0``'s device.
 
