@@ -40,6 +40,9 @@ class Problem(ABC):
         stages: drift calls per step (e.g. 4 for RK4); used for :attr:`Stats.nfe`.
         memory: how many outputs of earlier steps an increment reads (multistep rules);
             the solver hands them back through ``history``.
+        default_tol: the tolerance :func:`picard.solve` uses when given none.
+        rows_per_evaluation: model rows behind one (step, sample) evaluation (2 with
+            classifier-free guidance); reported in :class:`picard.Stats`.
 
     Example:
         >>> import torch, picard
@@ -55,6 +58,8 @@ class Problem(ABC):
     batch_ndim: int = 0
     stages: int = 1
     memory: int = 0
+    default_tol: float = 1e-5
+    rows_per_evaluation: int = 1
 
     def init(self, x0: Tensor) -> Any:
         """Called once when a solve starts; the result is passed to every increments call.

@@ -24,6 +24,8 @@ class Stats:
         evaluations: step × sample increments evaluated, summed over the sweeps.
         stages: drift calls per increment (4 for RK4); see :attr:`nfe`.
         window_starts: the first step of the window, per sweep.
+        rows_per_evaluation: model rows behind one evaluation (2 with classifier-free
+            guidance); see :attr:`model_rows`.
 
     Example:
         >>> import torch, picard
@@ -41,6 +43,7 @@ class Stats:
     evaluations: int
     stages: int
     window_starts: tuple[int, ...]
+    rows_per_evaluation: int = 1
     # Per sweep, the worst sample's squared norm of each state's change, and the
     # reciprocal per-step norm scale: residuals are computed from them when first asked.
     changes: Sequence[np.ndarray] = field(default=(), repr=False, compare=False)
@@ -50,6 +53,11 @@ class Stats:
     def nfe(self) -> int:
         """Drift evaluations per sample-step, summed: ``evaluations * stages``."""
         return self.evaluations * self.stages
+
+    @property
+    def model_rows(self) -> int:
+        """Rows passed to the model in all: ``evaluations * stages * rows_per_evaluation``."""
+        return self.evaluations * self.stages * self.rows_per_evaluation
 
     @cached_property
     def residuals(self) -> tuple[float, ...]:

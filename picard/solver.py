@@ -31,8 +31,8 @@ from picard.solution import Solution, Stats
 
 __all__ = ["DEFAULT_TOL", "sequential", "solve"]
 
-DEFAULT_TOL = 1e-5
-"""Default tolerance of :func:`solve`, :func:`picard.odeint` and :func:`picard.sdeint`."""
+DEFAULT_TOL = Problem.default_tol
+"""Default tolerance of :func:`picard.odeint` and :func:`picard.sdeint` (and of problems)."""
 
 
 def solve(
@@ -40,7 +40,7 @@ def solve(
     x0: Tensor,
     *,
     window: int | None = None,
-    tol: float = DEFAULT_TOL,
+    tol: float | None = None,
     max_iters: int | None = None,
     save: bool | Sequence[int] = False,
 ) -> Solution:
@@ -55,7 +55,8 @@ def solve(
             whole grid. Larger windows need fewer sweeps but more evaluations.
         tol: step i converges when the RMS change of state ``i + 1`` between two sweeps is
             at most ``tol * problem.scale()[i]`` (worst sample). ``tol = 0`` reproduces
-            the sequential recursion to float rounding.
+            the sequential recursion to float rounding. ``None``: ``problem.default_tol``
+            (1e-5, or 0.1 relative to the noise std for diffusion samplers).
         max_iters: sweep budget (default N, which always suffices); running out raises
             :class:`picard.ConvergenceError`.
         save: ``True`` keeps every state ``x_0 … x_N`` in ``Solution.ys``; a sequence of
@@ -84,7 +85,7 @@ def solve_validated(
     problem: Problem,
     x0: Tensor,
     window: int | None,
-    tol: float,
+    tol: float | None,
     max_iters: int | None,
     save: bool | Sequence[int],
 ) -> Solution:
@@ -93,7 +94,7 @@ def solve_validated(
         raise TypeError(f"problem must be a picard.Problem, got {type(problem).__name__}")
     n = check_int("problem.num_steps", problem.num_steps, minimum=1)
     window = min(n, check_optional_int("window", window, minimum=1, default=n))
-    tol = check_nonneg("tol", tol)
+    tol = check_nonneg("tol", problem.default_tol if tol is None else tol)
     max_iters = check_optional_int("max_iters", max_iters, minimum=1, default=n)
     saved = _saved_steps(save, n)
     batch_ndim = check_int("problem.batch_ndim", problem.batch_ndim, minimum=0)
@@ -265,7 +266,9 @@ def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = Fal
                 history = _remember(history, out, 1, problem.memory)
         if not bool(torch.isfinite(x).all()):
             raise NonFiniteError("the sequential solve produced NaN or Inf")
-    stats = Stats(n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)))
+    stats = Stats(
+        n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)), problem.rows_per_evaluation
+    )
     return _solution(x, None if saver is None else saver.ys_t, saved, stats, x0.dtype)
 
 
@@ -372,6 +375,7 @@ def _stats(
         iterations=len(starts),
         evaluations=evaluations,
         stages=problem.stages,
+        rows_per_evaluation=problem.rows_per_evaluation,
         window_starts=tuple(starts),
         changes=changes,
         inv_scale=limits.inv_scale,

@@ -1,0 +1,221 @@
+"""What a sampler's update rule is, and the problem that runs one over a window.
+
+An :class:`UpdateRule` knows one sampler's step on its grid of N inference steps, as
+pure functions of per-step coefficient arrays: nothing in it knows about windows or
+sweeps. :class:`DiffusionProblem` turns a rule and a batched denoiser into a
+:class:`picard.Problem`: one model call for all the steps of a window, noise drawn once
+when the solve starts, in the order the sequential sampler draws it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from picard.problem import Problem, working_dtype
+
+__all__ = ["DiffusionProblem", "Generator", "UpdateRule"]
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+"""A random generator, or one per sample (as diffusers' pipelines take them)."""
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+"""``denoiser(x, t)``: the batched model call, ``x: (M, *shape)``, ``t: (M,)`` timesteps."""
+
+DEFAULT_DIFFUSION_TOL = 0.1
+"""ParaDiGMS's tolerance: the RMS change of a state, relative to the step's noise std."""
+
+
+class UpdateRule(ABC):
+    """One sampler's update ``x_{i+1} = F_i(x_i, model output, history, z_i)``.
+
+    Subclasses fill the per-step arrays in ``__init__`` and implement :meth:`update`.
+
+    Attributes:
+        num_steps: N, the number of inference steps.
+        timesteps: (N,) the timestep the model receives at each step (diffusers' values
+            and dtype: integer for DDPM/DDIM/DPM-Solver, float for Euler/flow).
+        coefficients: per-step float arrays (length N) that :meth:`update` reads, by name.
+        noise_draws: (N,) whether the sequential sampler draws a noise tensor at step i
+            (drawn even when unused, to leave the generator where the sequential loop
+            leaves it).
+        tol_scale: (N,) the scale of the convergence test of state i + 1: the noise std
+            of step i + 1 (0 for the last state), as ParaDiGMS measures it.
+        memory: how many earlier outputs :meth:`update` reads (multistep samplers).
+        init_noise_sigma: the std of the starting latent (the pipeline scales by it).
+        output_channels: model output channels per latent channel (2 for learned variance).
+    """
+
+    num_steps: int
+    timesteps: Tensor
+    coefficients: dict[str, np.ndarray]
+    noise_draws: np.ndarray
+    tol_scale: np.ndarray
+    memory: int = 0
+    init_noise_sigma: float = 1.0
+    output_channels: int = 1
+
+    def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
+        """What the model receives for states ``x`` (identity unless the sampler scales)."""
+        return x
+
+    @abstractmethod
+    def update(
+        self,
+        x: Tensor,
+        out: Tensor,
+        c: Mapping[str, Tensor],
+        noise: Tensor | None,
+        history: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The next states of a window of steps.
+
+        Args:
+            x: states ``(w, B, *shape)`` in float32/float64.
+            out: the model outputs for them, ``(w, B, C', ...)``.
+            c: the coefficient arrays sliced to the window, shaped ``(w, 1, 1, …)``.
+            noise: the pre-drawn noise of the window's steps ``(w, B, *shape)`` (zero
+                where a step draws none), or ``None`` if the rule never uses noise.
+            history: the stored outputs of the ``memory`` steps before the window.
+
+        Returns:
+            ``(next states, outputs to store for later steps or None)``.
+        """
+
+
+@dataclass(frozen=True)
+class _State:
+    """What a solve of a :class:`DiffusionProblem` holds: device arrays and its noise."""
+
+    coefficients: dict[str, Tensor]
+    timesteps: Tensor
+    noise: Tensor | None
+    latent_dtype: torch.dtype  # what the denoiser receives: the starting latent's dtype
+
+
+class DiffusionProblem(Problem):
+    """A sampler's N steps as a :class:`picard.Problem` (one model call per sweep).
+
+    Args:
+        rule: the sampler's update rule.
+        denoiser: ``denoiser(x, t)``, the batched model call with ``x: (M, *shape)`` in
+            the latent's dtype and ``t: (M,)`` diffusers timesteps; returns ``(M, C', ...)``.
+        generator: a generator, or a list with one per sample, for the sampler's noise.
+        rows_per_evaluation: model rows per (step, sample) evaluation (2 with
+            classifier-free guidance), reported in the stats.
+
+    Example:
+        >>> import torch, picard
+        >>> from diffusers import DDPMScheduler
+        >>> from picard.adapters.diffusers import from_scheduler
+        >>> problem = from_scheduler(DDPMScheduler(), lambda x, t: 0.1 * x, 10)
+        >>> picard.solve(problem, torch.ones(2, 1, 4, 4), tol=0).final.shape
+        torch.Size([2, 1, 4, 4])
+    """
+
+    batch_ndim = 1
+    default_tol = DEFAULT_DIFFUSION_TOL
+
+    def __init__(
+        self,
+        rule: UpdateRule,
+        denoiser: Denoiser,
+        generator: Generator = None,
+        rows_per_evaluation: int = 1,
+    ):
+        if not callable(denoiser):
+            raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
+        _check_generator(generator)
+        self.rule = rule
+        self.denoiser = denoiser
+        self.generator = generator
+        self.num_steps = rule.num_steps
+        self.memory = rule.memory
+        self.rows_per_evaluation = rows_per_evaluation
+
+    def scale(self) -> np.ndarray:
+        """The rule's per-step noise std: ``tol`` is relative to it."""
+        return self.rule.tol_scale
+
+    def init(self, x0: Tensor) -> _State:
+        """Move the rule's arrays to ``x0``'s device and draw the noise, in sequential order."""
+        if x0.ndim < 2:
+            raise ValueError(
+                f"x_T must have a batch dimension and a sample shape, got shape {tuple(x0.shape)}"
+            )
+        if isinstance(self.generator, Sequence) and len(self.generator) != x0.shape[0]:
+            raise ValueError(
+                f"generator is a list of {len(self.generator)} generators but x_T holds "
+                f"{x0.shape[0]} samples; give one per sample"
+            )
+        work = working_dtype(x0.dtype)
+        view = (-1,) + (1,) * x0.ndim
+        coefficients = {
+            k: torch.as_tensor(v, dtype=work).to(x0.device).reshape(view)
+            for k, v in self.rule.coefficients.items()
+        }
+        return _State(coefficients, self.rule.timesteps.to(x0.device), self._noise(x0), x0.dtype)
+
+    def _noise(self, x0: Tensor) -> Tensor | None:
+        """All the noise of the solve, drawn now as the sequential sampler draws it."""
+        draws = self.rule.noise_draws
+        if not draws.any():
+            return None
+        from diffusers.utils.torch_utils import randn_tensor
+
+        work = working_dtype(x0.dtype)
+        noise = torch.zeros((self.num_steps, *x0.shape), dtype=work, device=x0.device)
+        generator = list(self.generator) if isinstance(self.generator, Sequence) else self.generator
+        for i in np.flatnonzero(draws):
+            noise[i] = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return noise
+
+    def increments(
+        self, x: Tensor, start: int, state: _State, history: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """One model call for the window's steps; the rule's update minus the states."""
+        w, b = x.shape[:2]
+        stop = start + w
+        c = {k: v[start:stop] for k, v in state.coefficients.items()}
+        rows = self.rule.model_input(x, c).reshape(w * b, *x.shape[2:])
+        t = state.timesteps[start:stop].repeat_interleave(b)
+        out = self.denoiser(rows.to(state.latent_dtype), t)
+        out = self._check_output(out, rows).reshape(w, b, *out.shape[1:]).to(x.dtype)
+        noise = None if state.noise is None else state.noise[start:stop]
+        nxt, outputs = self.rule.update(x, out, c, noise, history)
+        return nxt - x, outputs
+
+    def _check_output(self, out: Any, rows: Tensor) -> Tensor:
+        if not isinstance(out, Tensor):
+            raise TypeError(f"denoiser must return a torch.Tensor, got {type(out).__name__}")
+        channels = rows.shape[1] * self.rule.output_channels
+        expected = (rows.shape[0], channels, *rows.shape[2:])
+        if tuple(out.shape) != expected:
+            raise ValueError(
+                f"denoiser returned shape {tuple(out.shape)} for input {tuple(rows.shape)}; "
+                f"expected {expected}"
+            )
+        if out.device != rows.device:
+            raise ValueError(f"denoiser returned a tensor on {out.device}; expected {rows.device}")
+        return out
+
+    def step_label(self, step: int) -> str:
+        """Name a step by its index and model timestep."""
+        return f"step {step} (timestep {self.rule.timesteps[step].item():g})"
+
+
+def _check_generator(generator: Any) -> None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, Sequence) and all(isinstance(g, torch.Generator) for g in generator):
+        return
+    raise TypeError(
+        "generator must be a torch.Generator, a list of them (one per sample) or None, "
+        f"got {type(generator).__name__}"
+    )

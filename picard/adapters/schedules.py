@@ -1,0 +1,329 @@
+"""Schedule maths, written once: noise schedules, timestep and sigma grids, conversions.
+
+Pure functions of a scheduler's configuration (any mapping with diffusers' config keys),
+reproducing diffusers' own arithmetic — float32 where diffusers computes in float32 — so
+that the grids, and the samples built on them, match the sequential schedulers.
+
+Symbols (DDPM, Ho et al. 2020; k-diffusion / EDM for sigmas): ``ᾱ_t`` = ``alphas_cumprod``;
+the VP latent is ``x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε``; the VE (sigma) latent of the Euler-type
+samplers is ``x = x_0 + σ ε`` with ``σ_t = √((1-ᾱ_t)/ᾱ_t)``; flow matching uses
+``x_σ = (1-σ) x_0 + σ ε``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "SPACINGS",
+    "alphas_cumprod",
+    "ancestral_std",
+    "betas",
+    "check_timesteps",
+    "clip_or_threshold",
+    "euler_timesteps",
+    "flow_sigmas",
+    "interp_sigmas",
+    "karras_sigmas",
+    "leading_timesteps",
+    "posterior_std",
+    "predict_eps",
+    "predict_x0",
+    "prediction_type",
+    "sigma_to_t",
+    "solver_timesteps",
+]
+
+SPACINGS = ("linspace", "leading", "trailing")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+def _get(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+
+
+def betas(config: Mapping[str, Any]) -> Tensor:
+    """The training betas (float32), as diffusers builds them from the config.
+
+    Supports ``trained_betas`` and ``beta_schedule`` in {linear, scaled_linear,
+    squaredcos_cap_v2}, with ``rescale_betas_zero_snr``.
+
+    Example:
+        >>> betas({"num_train_timesteps": 4, "beta_schedule": "linear",
+        ...        "beta_start": 0.1, "beta_end": 0.4}).tolist()
+        [0.10000000149011612, 0.20000000298023224, 0.30000001192092896, 0.4000000059604645]
+    """
+    n = int(_get(config, "num_train_timesteps", 1000))
+    start, end = _get(config, "beta_start", 0.0001), _get(config, "beta_end", 0.02)
+    trained = _get(config, "trained_betas")
+    schedule = _get(config, "beta_schedule", "linear")
+    if trained is not None:
+        out = torch.tensor(trained, dtype=torch.float32)
+    elif schedule == "linear":
+        out = torch.linspace(start, end, n, dtype=torch.float32)
+    elif schedule == "scaled_linear":
+        out = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float32) ** 2
+    elif schedule == "squaredcos_cap_v2":
+        out = torch.tensor(_cosine_betas(n), dtype=torch.float32)
+    else:
+        raise ValueError(
+            "beta_schedule must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2' "
+            f"(or trained_betas), got {schedule!r}"
+        )
+    if _get(config, "rescale_betas_zero_snr", False):
+        out = _rescale_zero_terminal_snr(out)
+    return out
+
+
+def _cosine_betas(n: int, max_beta: float = 0.999) -> list[float]:
+    """Glide's cosine schedule (Nichol & Dhariwal 2021, eq. 17)."""
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)]
+
+
+def _rescale_zero_terminal_snr(b: Tensor) -> Tensor:
+    """Lin et al. 2023, Algorithm 1: shift and scale √ᾱ so that the last step has SNR 0."""
+    sqrt_ab = torch.cumprod(1.0 - b, dim=0).sqrt()
+    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+    sqrt_ab = (sqrt_ab - last) * (first / (first - last))
+    ab = sqrt_ab**2
+    alphas = torch.cat([ab[0:1], ab[1:] / ab[:-1]])
+    return 1 - alphas
+
+
+def alphas_cumprod(config: Mapping[str, Any], *, terminal_floor: bool = False) -> Tensor:
+    """``ᾱ_t`` for t = 0 … T-1 (float32), as diffusers computes it.
+
+    Args:
+        config: the scheduler configuration.
+        terminal_floor: the sigma-based schedulers (Euler, DPM-Solver) replace a zero
+            terminal ᾱ by 2^-24 under ``rescale_betas_zero_snr``; DDPM and DDIM do not.
+
+    Example:
+        >>> float(alphas_cumprod({"num_train_timesteps": 1000})[0])
+        0.9998999834060669
+    """
+    out = torch.cumprod(1.0 - betas(config), dim=0)
+    if terminal_floor and _get(config, "rescale_betas_zero_snr", False):
+        out[-1] = 2**-24
+    return out
+
+
+def _spacing(config: Mapping[str, Any]) -> str:
+    spacing = _get(config, "timestep_spacing", "leading")
+    if spacing not in SPACINGS:
+        raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
+    return spacing
+
+
+def leading_timesteps(config: Mapping[str, Any], n: int) -> np.ndarray:
+    """The integer timestep grid of DDPM and DDIM (descending, length n).
+
+    Example:
+        >>> leading_timesteps({"num_train_timesteps": 1000, "timestep_spacing": "trailing"}, 4)
+        array([999, 749, 499, 249])
+    """
+    total = int(_get(config, "num_train_timesteps", 1000))
+    spacing = _spacing(config)
+    if spacing == "linspace":
+        return np.linspace(0, total - 1, n).round()[::-1].copy().astype(np.int64)
+    if spacing == "leading":
+        ratio = total // n
+        steps = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64)
+        return steps + int(_get(config, "steps_offset", 0))
+    return np.round(np.arange(total, 0, -total / n)).astype(np.int64) - 1
+
+
+def check_timesteps(timesteps: np.ndarray, total: int, config: Mapping[str, Any]) -> None:
+    """Refuse a grid that leaves the training schedule (diffusers would raise IndexError).
+
+    ``leading`` spacing with ``steps_offset = 1`` and N = num_train_timesteps steps asks
+    for timestep T, one past the end.
+    """
+    if len(timesteps) and (timesteps.max() >= total or timesteps.min() < 0):
+        raise ValueError(
+            f"the timestep grid {timesteps.min()}…{timesteps.max()} leaves the training "
+            f"schedule [0, {total - 1}] (timestep_spacing={_spacing(config)!r}, "
+            f"steps_offset={_get(config, 'steps_offset', 0)}); use fewer steps or another "
+            "spacing"
+        )
+
+
+def solver_timesteps(config: Mapping[str, Any], n: int, last: int | None = None) -> np.ndarray:
+    """The integer timestep grid of DPM-Solver multistep (descending, length n).
+
+    ``last`` is the first timestep beyond the grid (``num_train_timesteps`` unless
+    ``lambda_min_clipped`` cuts it).
+    """
+    total = int(_get(config, "num_train_timesteps", 1000))
+    last = total if last is None else last
+    spacing = _spacing(config)
+    if spacing == "linspace":
+        return np.linspace(0, last - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64)
+    if spacing == "leading":
+        ratio = last // (n + 1)
+        steps = (np.arange(0, n + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64)
+        return steps + int(_get(config, "steps_offset", 0))
+    return np.arange(last, 0, -total / n).round().copy().astype(np.int64) - 1
+
+
+def euler_timesteps(config: Mapping[str, Any], n: int) -> np.ndarray:
+    """The float32 timestep grid of the Euler-type schedulers (descending, length n)."""
+    total = int(_get(config, "num_train_timesteps", 1000))
+    spacing = _spacing(config)
+    if spacing == "linspace":
+        return np.linspace(0, total - 1, n, dtype=np.float32)[::-1].copy()
+    if spacing == "leading":
+        ratio = total // n
+        steps = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.float32)
+        return steps + np.float32(_get(config, "steps_offset", 0))
+    return np.arange(total, 0, -total / n).round().copy().astype(np.float32) - np.float32(1)
+
+
+def train_sigmas(ab: Tensor) -> np.ndarray:
+    """``σ_t = √((1-ᾱ_t)/ᾱ_t)`` for every training timestep (float32, ascending in t)."""
+    return np.array(((1 - ab) / ab) ** 0.5)
+
+
+def interp_sigmas(timesteps: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """σ at (possibly fractional) timesteps, linear in t between training steps."""
+    return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. 2022, eq. 5: n sigmas from ``sigma_max`` down to ``sigma_min``.
+
+    Example:
+        >>> karras_sigmas(0.1, 10.0, 3).round(3).tolist()
+        [10.0, 1.451, 0.1]
+    """
+    ramp = np.linspace(0, 1, n)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The fractional timestep of each σ: linear interpolation in log σ (as diffusers)."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = np.clip((lo - log_sigma) / (lo - hi), 0, 1)
+    return ((1 - w) * low + w * (low + 1)).reshape(sigma.shape)
+
+
+def flow_sigmas(
+    config: Mapping[str, Any],
+    n: int,
+    sigmas: np.ndarray | None = None,
+    mu: float | None = None,
+) -> np.ndarray:
+    """The σ grid of flow-matching Euler (descending, length n, no terminal 0), shifted.
+
+    Static shift ``σ' = sσ / (1 + (s-1)σ)`` (SD3), or with ``use_dynamic_shifting`` the
+    time shift by ``mu`` (Flux), exponential or linear.
+    """
+    total = int(_get(config, "num_train_timesteps", 1000))
+    shift = float(_get(config, "shift", 1.0))
+    if sigmas is None:
+        base = np.linspace(1, total, total, dtype=np.float32)[::-1].copy() / np.float32(total)
+        if not _get(config, "use_dynamic_shifting", False):
+            base = shift * base / (1 + (shift - 1) * base)
+        sigma_max, sigma_min = float(base[0]), float(base[-1])
+        ts = np.linspace(sigma_max * total, sigma_min * total, n)
+        sigmas = ts / total
+    else:
+        sigmas = np.asarray(sigmas).astype(np.float32)
+    if _get(config, "use_dynamic_shifting", False):
+        if mu is None:
+            raise ValueError("mu is required when the scheduler uses dynamic shifting")
+        if _get(config, "time_shift_type", "exponential") == "exponential":
+            sigmas = math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1) ** 1.0)
+        else:
+            sigmas = mu / (mu + (1 / sigmas - 1) ** 1.0)
+    else:
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return np.asarray(sigmas)
+
+
+def posterior_std(alpha_t: Tensor, alpha_prev: Tensor) -> Tensor:
+    """The DDPM posterior std of ``x_prev`` given ``x_t`` and ``x_0`` (Ho et al., eq. 7).
+
+    ``β̃ = (1-ᾱ_prev)/(1-ᾱ_t) · (1 - ᾱ_t/ᾱ_prev)``, in VP units.
+    """
+    var = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
+    return var.clamp(min=0).sqrt()
+
+
+def ancestral_std(sigma_from: Tensor, sigma_to: Tensor) -> Tensor:
+    """The ancestral noise std ``σ_up`` of a step from ``σ_from`` to ``σ_to`` (VE units).
+
+    ``σ_up² = σ_to² (σ_from² - σ_to²) / σ_from²`` — the DDPM posterior std expressed in the
+    VE latent, so the same tolerance means the same thing for VP and VE samplers.
+    """
+    return (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2).clamp(min=0).sqrt()
+
+
+def prediction_type(config: Mapping[str, Any]) -> str:
+    """The config's prediction type, checked."""
+    kind = _get(config, "prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {kind!r}")
+    return kind
+
+
+def predict_x0(kind: str, x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The model's estimate of x_0 from ``x = α x_0 + σ ε`` and its output.
+
+    ``kind`` is the prediction type: epsilon (out = ε), sample (out = x_0) or v_prediction
+    (out = α ε - σ x_0, Salimans & Ho 2022).
+    """
+    if kind == "epsilon":
+        return (x - sigma * out) / alpha
+    if kind == "sample":
+        return out
+    if kind == "v_prediction":
+        return alpha * x - sigma * out
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {kind!r}")
+
+
+def predict_eps(kind: str, x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The model's estimate of ε from ``x = α x_0 + σ ε`` and its output (see predict_x0)."""
+    if kind == "epsilon":
+        return out
+    if kind == "sample":
+        return (x - alpha * out) / sigma
+    if kind == "v_prediction":
+        return alpha * out + sigma * x
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {kind!r}")
+
+
+def clip_or_threshold(x0: Tensor, config: Mapping[str, Any], sample_ndim: int) -> Tensor:
+    """Apply the config's dynamic thresholding (Imagen, Saharia et al. 2022) or clipping.
+
+    ``x0`` has ``sample_ndim`` trailing dimensions per sample (``(..., C, H, W)``); the
+    quantile runs over each sample, as diffusers' ``_threshold_sample`` does.
+    """
+    if _get(config, "thresholding", False):
+        lead = x0.shape[: x0.ndim - sample_ndim]
+        flat = x0.reshape(*lead, -1)
+        s = torch.quantile(
+            flat.abs().float(), _get(config, "dynamic_thresholding_ratio", 0.995), dim=-1
+        )
+        s = s.clamp(min=1, max=_get(config, "sample_max_value", 1.0)).unsqueeze(-1).to(x0.dtype)
+        return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
+    if _get(config, "clip_sample", False):
+        r = _get(config, "clip_sample_range", 1.0)
+        return x0.clamp(-r, r)
+    return x0
