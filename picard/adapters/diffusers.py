@@ -13,9 +13,17 @@ from typing import Any
 
 from torch import Tensor
 
+from picard.adapters.pipelines import SUPPORTED_PIPELINES, ParallelPipeline, parallelize
 from picard.adapters.rule import DiffusionProblem, Generator, UpdateRule
 
-__all__ = ["SUPPORTED_SCHEDULERS", "from_scheduler", "rule_for"]
+__all__ = [
+    "SUPPORTED_PIPELINES",
+    "SUPPORTED_SCHEDULERS",
+    "ParallelPipeline",
+    "from_scheduler",
+    "parallelize",
+    "rule_for",
+]
 
 SUPPORTED_SCHEDULERS: dict[str, str] = {
     "DDPMScheduler": "picard.adapters.ddpm:from_config",
@@ -71,6 +79,7 @@ def from_scheduler(
     *,
     generator: Generator = None,
     rows_per_evaluation: int = 1,
+    scale_model_input: bool = True,
     **options: Any,
 ) -> DiffusionProblem:
     """The sampler that ``scheduler`` configures, as a problem for :func:`picard.solve`.
@@ -97,6 +106,8 @@ def from_scheduler(
         generator: a ``torch.Generator``, or a list with one per sample.
         rows_per_evaluation: model rows per (step, sample), e.g. 2 with classifier-free
             guidance inside ``denoiser``; reported by ``stats.model_rows``.
+        scale_model_input: scale the model input as the scheduler's
+            ``scale_model_input`` does (the Euler family), as pipelines that call it do.
         **options: the sampler's step options (``eta``, ``use_clipped_model_output``
             for DDIM; ``sigmas``, ``mu`` for flow matching).
 
@@ -112,4 +123,4 @@ def from_scheduler(
         (torch.Size([2, 3, 4, 4]), True)
     """
     rule = rule_for(scheduler, num_inference_steps, **options)
-    return DiffusionProblem(rule, denoiser, generator, rows_per_evaluation)
+    return DiffusionProblem(rule, denoiser, generator, rows_per_evaluation, scale_model_input)

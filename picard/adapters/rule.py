@@ -109,6 +109,8 @@ class DiffusionProblem(Problem):
         generator: a generator, or a list with one per sample, for the sampler's noise.
         rows_per_evaluation: model rows per (step, sample) evaluation (2 with
             classifier-free guidance), reported in the stats.
+        scale_model_input: apply the sampler's input scaling (``scale_model_input``)
+            before the model, as pipelines that call it do.
 
     Example:
         >>> import torch, picard
@@ -128,6 +130,7 @@ class DiffusionProblem(Problem):
         denoiser: Denoiser,
         generator: Generator = None,
         rows_per_evaluation: int = 1,
+        scale_model_input: bool = True,
     ):
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
@@ -138,6 +141,7 @@ class DiffusionProblem(Problem):
         self.num_steps = rule.num_steps
         self.memory = rule.memory
         self.rows_per_evaluation = rows_per_evaluation
+        self.scale_model_input = scale_model_input
 
     def scale(self) -> np.ndarray:
         """The rule's per-step noise std: ``tol`` is relative to it."""
@@ -183,7 +187,8 @@ class DiffusionProblem(Problem):
         w, b = x.shape[:2]
         stop = start + w
         c = {k: v[start:stop] for k, v in state.coefficients.items()}
-        rows = self.rule.model_input(x, c).reshape(w * b, *x.shape[2:])
+        rows = self.rule.model_input(x, c) if self.scale_model_input else x
+        rows = rows.reshape(w * b, *x.shape[2:])
         t = state.timesteps[start:stop].repeat_interleave(b)
         out = self.denoiser(rows.to(state.latent_dtype), t)
         out = self._check_output(out, rows).reshape(w, b, *out.shape[1:]).to(x.dtype)

@@ -1,0 +1,1 @@
+"""Small models for tests, benchmarks and documentation, built offline from configs."""

@@ -1,0 +1,154 @@
+"""Tiny diffusers pipelines with random weights, built from configs — never downloaded.
+
+They exercise exactly the code paths of the real pipelines (UNet, VAE, CLIP text
+encoder, classifier-free guidance), at a size that runs on a CPU in milliseconds. The
+CLIP tokenizer is built in code from a byte-level vocabulary (no merges), so every
+prompt tokenizes to its characters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["byte_level_clip_tokenizer", "tiny_stable_diffusion", "tiny_unet_pipeline"]
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's reversible map from the 256 bytes to printable characters."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    codes, extra = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def byte_level_clip_tokenizer(max_length: int = 16) -> Any:
+    """A ``CLIPTokenizer`` with a 514-token byte-level vocabulary, built offline.
+
+    Example:
+        >>> tok = byte_level_clip_tokenizer()
+        >>> len(tok), tok("a cat").input_ids[:2]
+        (514, [512, 320])
+    """
+    from transformers import CLIPTokenizer
+
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def tiny_unet_pipeline(kind: str = "ddpm", seed: int = 0, sample_size: int = 8) -> Any:
+    """An unconditional ``DDPMPipeline`` or ``DDIMPipeline`` with a small random UNet.
+
+    Example:
+        >>> type(tiny_unet_pipeline("ddim")).__name__
+        'DDIMPipeline'
+    """
+    from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    ).eval()
+    if kind == "ddpm":
+        return DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    if kind == "ddim":
+        return DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+    raise ValueError(f"kind must be 'ddpm' or 'ddim', got {kind!r}")
+
+
+def tiny_stable_diffusion(seed: int = 0, scheduler: Any = None) -> Any:
+    """A ``StableDiffusionPipeline`` of tiny random components (8x8x4 latents at 16 px).
+
+    Args:
+        seed: the weights' seed.
+        scheduler: the scheduler to set (default: ``DDPMScheduler`` with SD's betas).
+
+    Example:
+        >>> pipe = tiny_stable_diffusion()
+        >>> pipe.unet.config.cross_attention_dim, pipe.vae_scale_factor
+        (32, 2)
+    """
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    tokenizer = byte_level_clip_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = scheduler or DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+        timestep_spacing="trailing",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

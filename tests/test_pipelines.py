@@ -1,0 +1,200 @@
+"""parallelize(pipe): the pipeline's own arguments and output, the sequential sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMParallelScheduler, DDPMScheduler, PNDMScheduler
+
+from picard.adapters.diffusers import parallelize
+from picard.models.tiny import tiny_stable_diffusion, tiny_unet_pipeline
+
+SD_ARGS = {"height": 16, "width": 16, "output_type": "latent"}
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def sd64():
+    return tiny_stable_diffusion().to(torch.float64)
+
+
+@pytest.fixture(scope="module")
+def sd32():
+    return tiny_stable_diffusion()
+
+
+def max_abs(a, b):
+    return float((torch.as_tensor(a).double() - torch.as_tensor(b).double()).abs().max())
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_unconditional_pipelines_match_float64(kind):
+    pipe = tiny_unet_pipeline(kind).to(torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    kw = {"num_inference_steps": 25, "batch_size": 2, "output_type": "pt"}
+    ref = pipe(generator=gen(), **kw).images
+    fast = parallelize(pipe, tol=0, window=6)
+    out = fast(generator=gen(), **kw).images
+    assert max_abs(out, ref) < 1e-10
+    assert fast.stats.iterations <= 25 and fast.stats.evaluations <= 2 * 25 * 6
+
+
+def test_ddpm_pipeline_float32_and_output_types():
+    pipe = tiny_unet_pipeline("ddpm")
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(num_inference_steps=40, generator=gen(), output_type="np").images
+    fast = parallelize(pipe, tol=0)
+    out = fast(num_inference_steps=40, generator=gen(), output_type="np").images
+    assert isinstance(out, np.ndarray) and out.shape == ref.shape == (1, 8, 8, 3)
+    assert max_abs(out, ref) < 1e-5
+    pil = fast(num_inference_steps=40, generator=gen()).images[0]
+    assert pil.size == (8, 8)
+    (tup,) = fast(num_inference_steps=40, generator=gen(), return_dict=False, output_type="pt")
+    assert tuple(tup.shape) == (1, 3, 8, 8)
+    loose = parallelize(pipe)(num_inference_steps=40, generator=gen(), output_type="np").images
+    assert max_abs(loose, ref) < 0.05  # default tol 0.1 of the noise std, on [0, 1] pixels
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        DDPMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            timestep_spacing="trailing",
+        ),
+        DDIMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
+    ],
+    ids=["ddpm", "ddim"],
+)
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_stable_diffusion_matches_float64(sd64, scheduler, eta):
+    sd64.scheduler = scheduler
+    kw = {
+        "prompt": ["a cat", "a dog"],
+        "negative_prompt": ["blurry", "dark"],
+        "num_images_per_prompt": 2,
+        "num_inference_steps": 15,
+        "eta": eta,
+        **SD_ARGS,
+    }
+    ref = sd64(generator=gen(), **kw).images
+    fast = parallelize(sd64, tol=0, window=5)
+    out = fast(generator=gen(), **kw).images
+    assert out.shape == (4, 4, 8, 8)
+    assert max_abs(out, ref) < 1e-9
+    stats = fast.stats
+    assert stats.rows_per_evaluation == 2 and stats.model_rows == 2 * stats.evaluations
+
+
+def test_stable_diffusion_float32_parity_and_default_tolerance(sd32):
+    kw = {"prompt": "a cat", "num_inference_steps": 30, **SD_ARGS}
+    ref = sd32(generator=gen(), **kw).images
+    exact = parallelize(sd32, tol=0)
+    out = exact(generator=gen(), **kw).images
+    scale = float(ref.abs().max())
+    assert max_abs(out, ref) <= 1e-6 * scale  # 2e-5 here on latents of magnitude ~30
+    fast = parallelize(sd32)
+    loose = fast(generator=gen(), **kw).images
+    assert fast.stats.iterations < 30
+    assert max_abs(loose, ref) < 0.05 * scale
+
+
+def test_stable_diffusion_options(sd64):
+    """prompt_embeds, given latents, guidance off, guidance_rescale, generator lists."""
+    embeds = sd64.encode_prompt("a red cube", "cpu", 1, False)[0]
+    latents = torch.randn(2, 4, 8, 8, generator=gen(3), dtype=torch.float64)
+    cases = [
+        {"prompt_embeds": embeds.repeat(2, 1, 1), "latents": latents, "guidance_scale": 1.0},
+        {"prompt": "a cat", "guidance_scale": 5.0, "guidance_rescale": 0.7},
+        {"prompt": ["a", "b"], "generator": [gen(1), gen(2)]},
+    ]
+    for extra in cases:
+
+        def args(extra=extra):
+            kw = dict(extra)
+            if isinstance(kw.get("generator"), list):
+                kw["generator"] = [gen(1), gen(2)]
+            else:
+                kw["generator"] = gen()
+            return {"num_inference_steps": 10, **SD_ARGS, **kw}
+
+        ref = sd64(**args()).images
+        fast = parallelize(sd64, tol=0)
+        out = fast(**args()).images
+        assert max_abs(out, ref) < 1e-9, extra
+        cfg = extra.get("guidance_scale", 7.5) > 1
+        assert fast.stats.rows_per_evaluation == (2 if cfg else 1)
+
+
+def test_half_precision_pipeline_keeps_float32_state():
+    pipe = tiny_stable_diffusion()
+    ref = pipe("a cat", num_inference_steps=20, generator=gen(), **SD_ARGS).images
+    half = tiny_stable_diffusion().to(torch.bfloat16)
+    out = parallelize(half, tol=0)(
+        "a cat", num_inference_steps=20, generator=gen(), **SD_ARGS
+    ).images
+    assert out.dtype == torch.bfloat16
+    assert max_abs(out, ref) < 0.1 * float(ref.abs().max())  # a bfloat16 model
+
+
+def test_no_more_sweeps_than_paradigms_and_no_farther(sd32):
+    """diffusers' StableDiffusionParadigmsPipeline on the same components and tolerance."""
+    from diffusers import StableDiffusionParadigmsPipeline
+
+    config = {k: v for k, v in sd32.scheduler.config.items() if not k.startswith("_")}
+    names = ("vae", "text_encoder", "tokenizer", "unet", "safety_checker", "feature_extractor")
+    components = {k: sd32.components[k] for k in names}
+    paradigms = StableDiffusionParadigmsPipeline(
+        **components, scheduler=DDPMParallelScheduler(**config), requires_safety_checker=False
+    )
+    paradigms.set_progress_bar_config(disable=True)
+    calls = []
+    hook = sd32.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        kw = {"prompt": "a cat", "num_inference_steps": 50, **SD_ARGS}
+        sd32.scheduler = DDPMScheduler(**config)
+        ref = sd32(generator=gen(), **kw).images
+        calls.clear()
+        theirs = paradigms(generator=gen(), parallel=50, tolerance=0.1, **kw).images
+        their_sweeps = len(calls)
+        ours = parallelize(sd32, tol=0.1, window=50)
+        out = ours(generator=gen(), **kw).images
+    finally:
+        hook.remove()
+    assert ours.stats.iterations <= their_sweeps
+    assert max_abs(out, ref) <= max_abs(theirs, ref) * 1.01
+
+
+def test_unsupported_pipeline_scheduler_and_arguments(sd32):
+    with pytest.raises(
+        TypeError, match="pipeline PNDMScheduler is not supported; supported: DDPMPipeline"
+    ):
+        parallelize(PNDMScheduler())
+    pipe = tiny_stable_diffusion(scheduler=PNDMScheduler())
+    with pytest.raises(
+        TypeError, match="scheduler PNDMScheduler is not supported; supported: DDPMScheduler"
+    ):
+        parallelize(pipe)("a cat", num_inference_steps=5, **SD_ARGS)
+    fast = parallelize(sd32)
+    with pytest.raises(
+        TypeError, match="'callback_on_step_end' of StableDiffusionPipeline is not supported"
+    ):
+        fast("a cat", callback_on_step_end=print, **SD_ARGS)
+    with pytest.raises(TypeError, match="'bogus' of StableDiffusionPipeline is unknown"):
+        fast("a cat", bogus=1, **SD_ARGS)
+    with pytest.raises(ValueError, match="generator is a list of 3 generators"):
+        parallelize(tiny_unet_pipeline("ddpm"))(batch_size=2, generator=[gen(), gen(), gen()])
