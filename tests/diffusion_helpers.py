@@ -98,8 +98,9 @@ def sequential(scheduler, denoiser, n: int, x_T: Tensor, generator=None, **step_
 
 
 def _loop(s, denoiser, x, generator, step_kwargs):
+    scale = getattr(s, "scale_model_input", lambda x, t: x)  # flow matching has none
     for t in s.timesteps:
-        out = denoiser(s.scale_model_input(x, t), t.reshape(1).expand(x.shape[0]))
+        out = denoiser(scale(x, t), t.reshape(1).expand(x.shape[0]))
         x = s.step(out, t, x, generator=generator, **step_kwargs).prev_sample
     return x
 
@@ -109,7 +110,7 @@ def start_latent(scheduler, n: int, shape=(2, 3, 8, 8), seed: int = 1, dtype=tor
     s = copy.deepcopy(scheduler)
     s.set_timesteps(n)
     z = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    return z * s.init_noise_sigma
+    return z * getattr(s, "init_noise_sigma", 1.0)
 
 
 def parallel(scheduler, denoiser, n: int, x_T: Tensor, seed: int | None = None, **kw):

@@ -49,9 +49,9 @@ def parallelize(
     Example:
         >>> import torch
         >>> from picard.models.tiny import tiny_unet_pipeline
-        >>> fast = parallelize(tiny_unet_pipeline("ddim"))
-        >>> out = fast(num_inference_steps=20, generator=torch.Generator().manual_seed(0))
-        >>> out.images[0].size, fast.stats.iterations < 20
+        >>> fast = parallelize(tiny_unet_pipeline("ddpm"))
+        >>> out = fast(num_inference_steps=50, generator=torch.Generator().manual_seed(0))
+        >>> out.images[0].size, fast.stats.iterations < 50
         ((8, 8), True)
     """
     return ParallelPipeline(pipe, window=window, tol=tol, max_iters=max_iters)

@@ -50,6 +50,8 @@ class UpdateRule(ABC):
         memory: how many earlier outputs :meth:`update` reads (multistep samplers).
         init_noise_sigma: the std of the starting latent (the pipeline scales by it).
         output_channels: model output channels per latent channel (2 for learned variance).
+        noise_dtype: the dtype the sequential sampler draws its noise in (``None``: the
+            latent's dtype, as most schedulers draw it).
     """
 
     num_steps: int
@@ -60,6 +62,7 @@ class UpdateRule(ABC):
     memory: int = 0
     init_noise_sigma: float = 1.0
     output_channels: int = 1
+    noise_dtype: torch.dtype | None = None
 
     def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """What the model receives for states ``x`` (identity unless the sampler scales)."""
@@ -176,8 +179,9 @@ class DiffusionProblem(Problem):
         work = working_dtype(x0.dtype)
         noise = torch.zeros((self.num_steps, *x0.shape), dtype=work, device=x0.device)
         generator = list(self.generator) if isinstance(self.generator, Sequence) else self.generator
+        dtype = self.rule.noise_dtype or x0.dtype
         for i in np.flatnonzero(draws):
-            noise[i] = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            noise[i] = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=dtype)
         return noise
 
     def increments(

@@ -192,7 +192,7 @@ def euler_timesteps(config: Mapping[str, Any], n: int) -> np.ndarray:
 
 def train_sigmas(ab: Tensor) -> np.ndarray:
     """``σ_t = √((1-ᾱ_t)/ᾱ_t)`` for every training timestep (float32, ascending in t)."""
-    return np.array(((1 - ab) / ab) ** 0.5)
+    return (((1 - ab) / ab) ** 0.5).numpy()
 
 
 def interp_sigmas(timesteps: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
@@ -318,9 +318,8 @@ def clip_or_threshold(x0: Tensor, config: Mapping[str, Any], sample_ndim: int) -
     if _get(config, "thresholding", False):
         lead = x0.shape[: x0.ndim - sample_ndim]
         flat = x0.reshape(*lead, -1)
-        s = torch.quantile(
-            flat.abs().float(), _get(config, "dynamic_thresholding_ratio", 0.995), dim=-1
-        )
+        upcast = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+        s = torch.quantile(upcast.abs(), _get(config, "dynamic_thresholding_ratio", 0.995), dim=-1)
         s = s.clamp(min=1, max=_get(config, "sample_max_value", 1.0)).unsqueeze(-1).to(x0.dtype)
         return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
     if _get(config, "clip_sample", False):

@@ -45,7 +45,19 @@ def byte_level_clip_tokenizer(max_length: int = 16) -> Any:
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    try:  # transformers >= 5 takes the vocabulary itself
+        return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    except TypeError:  # transformers 4 reads files: write them to a temporary folder
+        import json
+        import tempfile
+        from pathlib import Path
+
+        folder = Path(tempfile.mkdtemp(prefix="picard-tokenizer-"))
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+        (folder / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(
+            str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length
+        )
 
 
 def tiny_unet_pipeline(kind: str = "ddpm", seed: int = 0, sample_size: int = 8) -> Any:
@@ -58,7 +70,7 @@ def tiny_unet_pipeline(kind: str = "ddpm", seed: int = 0, sample_size: int = 8) 
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(seed)
-    unet = UNet2DModel(
+    unet: Any = UNet2DModel(
         sample_size=sample_size,
         in_channels=3,
         out_channels=3,
@@ -67,7 +79,8 @@ def tiny_unet_pipeline(kind: str = "ddpm", seed: int = 0, sample_size: int = 8) 
         down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
-    ).eval()
+    )
+    unet.eval()
     if kind == "ddpm":
         return DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
     if kind == "ddim":
@@ -96,7 +109,7 @@ def tiny_stable_diffusion(seed: int = 0, scheduler: Any = None) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    unet: Any = UNet2DConditionModel(
         block_out_channels=(8, 16),
         layers_per_block=1,
         sample_size=8,
@@ -108,7 +121,7 @@ def tiny_stable_diffusion(seed: int = 0, scheduler: Any = None) -> Any:
         norm_num_groups=4,
         attention_head_dim=4,
     )
-    vae = AutoencoderKL(
+    vae: Any = AutoencoderKL(
         block_out_channels=[8, 16],
         in_channels=3,
         out_channels=3,
@@ -140,11 +153,13 @@ def tiny_stable_diffusion(seed: int = 0, scheduler: Any = None) -> Any:
         steps_offset=1,
         timestep_spacing="trailing",
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
+    for module in (vae, text_encoder, unet):
+        module.eval()
+    pipe: Any = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=unet.eval(),
+        unet=unet,
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,

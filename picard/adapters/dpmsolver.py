@@ -1,0 +1,462 @@
+"""DPM-Solver and DPM-Solver++ multistep, as diffusers' ``DPMSolverMultistepScheduler`` steps it.
+
+Symbols (Lu et al. 2022a, DPM-Solver; Lu et al. 2022b, DPM-Solver++) and diffusers' names:
+
+- ``sigmas``: the grid's VE noise levels σ̃_i = σ_{t_i}/α_{t_i} (N + 1 values, the last
+  0 or σ̃ of ᾱ_0 by ``final_sigmas_type``); ``_sigma_to_alpha_sigma_t`` turns one into
+  the VP pair ``alpha_t`` α_t = 1/√(σ̃² + 1) and ``sigma_t`` σ_t = σ̃ α_t.
+- ``lambda_t`` λ_t = log α_t − log σ_t (half the log-SNR); ``h = lambda_t - lambda_s0``
+  the step h_i = λ_{t_i} − λ_{t_{i-1}}; ``h_0``, ``h_1`` the two steps before it and
+  ``r0 = h_0/h``, ``r1 = h_1/h`` the step ratios r_i.
+- ``m0, m1, m2``: the converted model outputs of the current and the two previous steps:
+  the data prediction x_θ for ``dpmsolver++`` (DPM-Solver++ solves the ODE of x_θ) and the
+  noise prediction ε_θ for ``dpmsolver``; ``D0 = m0``, ``D1 ≈ h x_θ'`` and ``D2 ≈ h² x_θ''/2``
+  their divided differences.
+- DPM-Solver++(1) (= DDIM): ``x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D0``;
+  DPM-Solver++(2M) (Lu 2022b, Algorithm 2) adds ``−½ α_t (e^{−h} − 1) D1`` (``midpoint``)
+  or ``α_t ((e^{−h} − 1)/h + 1) D1`` (``heun``, the φ₂ form); the third-order multistep
+  adds ``−α_t ((e^{−h} − 1 + h)/h² − ½) D2``. DPM-Solver (ε form) uses ``α_t/α_s`` and
+  ``σ_t (e^h − 1)`` instead; the ``sde-`` variants add ``σ_t √(1 − e^{−2h}) z``
+  (``sde-dpmsolver++``) or ``σ_t √(e^{2h} − 1) z`` (``sde-dpmsolver``).
+
+Here each step is the linear combination
+``x_{i+1} = cx x_i + c0 m0 + c01 (m0 − m1) + c12 (m1 − m2) + cz z`` whose per-step
+coefficients encode the order diffusers picks at that step (warm-up while fewer earlier
+outputs exist, ``lower_order_final`` below 15 steps, ``euler_at_final``, a zero final
+sigma). The scalars are computed in float32, one step at a time, exactly as diffusers
+computes them (on 0-d tensors, as its ``step`` does), and combined in float64.
+``cx x_i`` and ``cz z`` are float32 products even in a float64 run: diffusers' ``step``
+casts the sample to float32 before the update and draws its noise in float32, while the
+model outputs keep the latent's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from picard.adapters import schedules
+from picard.adapters.rule import UpdateRule
+
+__all__ = [
+    "ALGORITHM_TYPES",
+    "DEFAULTS",
+    "SOLVER_TYPES",
+    "DPMSolverRule",
+    "solver_grid",
+    "step_orders",
+]
+
+ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++", "sde-dpmsolver")
+"""The algorithm types picard reproduces (the ``sde-`` ones draw noise every step)."""
+
+SOLVER_TYPES = ("midpoint", "heun")
+"""The second-order solver types."""
+
+_SIGMA_SCHEDULES = (
+    "use_karras_sigmas",
+    "use_lu_lambdas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+)
+
+
+DEFAULTS: dict[str, Any] = {"timestep_spacing": "linspace", "steps_offset": 0}
+"""``DPMSolverMultistepScheduler``'s defaults that differ from the schedule helpers' (DDPM's)."""
+
+
+def _get(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+
+
+def _with_defaults(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    return {**DEFAULTS, **config} if isinstance(config, Mapping) else config
+
+
+def _check_config(config: Mapping[str, Any]) -> None:
+    """Refuse what the rule does not reproduce, naming the option."""
+    algorithm = _get(config, "algorithm_type", "dpmsolver++")
+    if algorithm not in ALGORITHM_TYPES:
+        raise ValueError(
+            f"algorithm_type must be one of {ALGORITHM_TYPES} for DPM-Solver, got {algorithm!r}"
+        )
+    solver_type = _get(config, "solver_type", "midpoint")
+    if solver_type not in SOLVER_TYPES:
+        raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
+    order = _get(config, "solver_order", 2)
+    if order not in (1, 2, 3):
+        raise ValueError(f"solver_order must be 1, 2 or 3, got {order!r}")
+    if algorithm == "sde-dpmsolver" and order == 3:
+        raise ValueError(
+            "solver_order=3 is not supported with algorithm_type='sde-dpmsolver' (diffusers "
+            "has no third-order update for it); use solver_order 1 or 2, or 'sde-dpmsolver++'"
+        )
+    final = _get(config, "final_sigmas_type", "zero")
+    if final not in ("zero", "sigma_min"):
+        raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {final!r}")
+    if final == "zero" and not algorithm.endswith("++"):
+        raise ValueError(
+            f"final_sigmas_type='zero' is not supported with algorithm_type={algorithm!r} "
+            "(as in diffusers); use final_sigmas_type='sigma_min'"
+        )
+    for key in ("use_flow_sigmas", "use_dynamic_shifting"):
+        if _get(config, key, False):
+            raise ValueError(
+                f"{key}=True is not supported for DPM-Solver; picard reproduces the VP "
+                "schedules (beta schedules, optionally with Karras, Lu, exponential or beta "
+                "sigmas)"
+            )
+    chosen = [key for key in _SIGMA_SCHEDULES if _get(config, key, False)]
+    if len(chosen) > 1:
+        raise ValueError(f"only one of {', '.join(_SIGMA_SCHEDULES)} may be set, got {chosen}")
+    variance = _get(config, "variance_type")
+    if variance not in (None, "learned", "learned_range"):
+        raise ValueError(
+            f"variance_type must be None, 'learned' or 'learned_range', got {variance!r}"
+        )
+    kind = schedules.prediction_type(config)
+    if variance is not None and kind != "epsilon":
+        raise ValueError(
+            f"variance_type={variance!r} is supported with prediction_type='epsilon' only "
+            f"(diffusers drops the variance channels for epsilon only), got {kind!r}"
+        )
+
+
+def solver_grid(
+    config: Mapping[str, Any], num_inference_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """DPM-Solver's timesteps and sigmas, as ``DPMSolverMultistepScheduler.set_timesteps``.
+
+    Handles ``timestep_spacing`` (+ ``steps_offset``), ``lambda_min_clipped``, the Karras,
+    Lu, exponential and beta sigma schedules and ``final_sigmas_type``.
+
+    Args:
+        config: a ``DPMSolverMultistepScheduler`` configuration (mapping).
+        num_inference_steps: the N asked for (trailing spacing with a clipped λ may give
+            fewer steps, as in diffusers).
+
+    Returns:
+        ``(timesteps, sigmas)``: int64 ``(N,)`` and float32 ``(N + 1,)``, descending.
+
+    Example:
+        >>> t, s = solver_grid({"num_train_timesteps": 1000}, 4)
+        >>> t.tolist(), s[-1].item()
+        ([999, 749, 500, 250], 0.0)
+    """
+    config = _with_defaults(config)
+    _check_config(config)
+    n = int(num_inference_steps)
+    total = int(_get(config, "num_train_timesteps", 1000))
+    if not 1 <= n <= total:
+        raise ValueError(f"num_inference_steps must be in [1, {total}], got {n}")
+    ab = schedules.alphas_cumprod(config, terminal_floor=True)
+    lam = torch.log(torch.sqrt(ab)) - torch.log(torch.sqrt(1 - ab))
+    clip = float(_get(config, "lambda_min_clipped", -math.inf))
+    last = total - int(torch.searchsorted(torch.flip(lam, [0]), clip))
+    timesteps = schedules.solver_timesteps(config, n, last)
+    train = schedules.train_sigmas(ab)  # float32, ascending in t
+    log_sigmas = np.log(train)
+    lo, hi = train[0].item(), train[-1].item()
+    if _get(config, "use_karras_sigmas", False):
+        sigmas = schedules.karras_sigmas(lo, hi, n)
+    elif _get(config, "use_lu_lambdas", False):
+        lam_min, lam_max = log_sigmas[0].item(), log_sigmas[-1].item()
+        sigmas = np.exp(lam_max + np.linspace(0, 1, n) * (lam_min - lam_max))
+    elif _get(config, "use_exponential_sigmas", False):
+        sigmas = np.exp(np.linspace(math.log(hi), math.log(lo), n))
+    elif _get(config, "use_beta_sigmas", False):
+        import scipy.stats
+
+        ppf = [scipy.stats.beta.ppf(u, 0.6, 0.6) for u in 1 - np.linspace(0, 1, n)]
+        sigmas = np.array([lo + p * (hi - lo) for p in ppf])
+    else:
+        sigmas = schedules.interp_sigmas(timesteps, train)
+    if any(_get(config, key, False) for key in _SIGMA_SCHEDULES):
+        # one sigma at a time, as diffusers converts them
+        t = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sigmas])
+        rounded = _get(config, "use_karras_sigmas", False) or _get(config, "use_lu_lambdas", False)
+        if rounded and _get(config, "beta_schedule", "linear") != "squaredcos_cap_v2":
+            t = t.round()
+        timesteps = t.astype(np.int64)  # truncates fractional timesteps, as diffusers
+    final = 0.0 if _get(config, "final_sigmas_type", "zero") == "zero" else lo
+    sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
+    return timesteps.astype(np.int64), sigmas
+
+
+def step_orders(config: Mapping[str, Any], num_steps: int) -> np.ndarray:
+    """The order diffusers' ``step`` uses at each of ``num_steps`` steps.
+
+    Warm-up: step i has at most order i + 1. ``lower_order_final`` (only below 15 steps)
+    lowers the last two steps to orders 1 and 2; ``euler_at_final`` or a zero final sigma
+    makes the last step first order.
+
+    Example:
+        >>> step_orders({"solver_order": 3}, 6).tolist()
+        [1, 2, 3, 3, 2, 1]
+    """
+    order = int(_get(config, "solver_order", 2))
+    few = bool(_get(config, "lower_order_final", True)) and num_steps < 15
+    euler_last = (
+        bool(_get(config, "euler_at_final", False))
+        or few
+        or _get(config, "final_sigmas_type", "zero") == "zero"
+    )
+    out = np.empty(num_steps, dtype=np.int64)
+    for i in range(num_steps):
+        done = min(i, order)  # diffusers' lower_order_nums
+        if order == 1 or done < 1 or (i == num_steps - 1 and euler_last):
+            out[i] = 1
+        elif order == 2 or done < 2 or (i == num_steps - 2 and few):
+            out[i] = 2
+        else:
+            out[i] = 3
+    return out
+
+
+def _alpha_sigma(sigma: Tensor) -> tuple[Tensor, Tensor]:
+    alpha = 1 / ((sigma**2 + 1) ** 0.5)
+    return alpha, sigma * alpha
+
+
+def _lambda(alpha: Tensor, sigma: Tensor) -> Tensor:
+    return torch.log(alpha) - torch.log(sigma)
+
+
+def _step_coefficients(
+    algorithm: str, heun: bool, order: int, sigmas: Tensor, i: int
+) -> tuple[float, float, float, float, float]:
+    """``(cx, c0, c01, c12, cz)`` of step i: float32 scalars as diffusers, combined in float64."""
+    alpha_t, sigma_t = _alpha_sigma(sigmas[i + 1])
+    alpha_s, sigma_s = _alpha_sigma(sigmas[i])
+    lam_t, lam_s = _lambda(alpha_t, sigma_t), _lambda(alpha_s, sigma_s)
+    h = lam_t - lam_s
+    plus = algorithm.endswith("++")
+    sde = algorithm.startswith("sde")
+    if plus and sde:
+        cx = sigma_t / sigma_s * torch.exp(-h)
+        c0 = alpha_t * (1 - torch.exp(-2.0 * h))
+        cz = float(sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)))
+    elif plus:
+        cx = sigma_t / sigma_s
+        c0 = -(alpha_t * (torch.exp(-h) - 1.0))
+        cz = 0.0
+    else:
+        cx = alpha_t / alpha_s
+        c0 = -(sigma_t * (torch.exp(h) - 1.0))
+        cz = 0.0
+        if sde:
+            c0 = 2.0 * c0
+            cz = float(sigma_t * torch.sqrt(torch.exp(2 * h) - 1.0))
+    if order == 1:
+        return float(cx), float(c0), 0.0, 0.0, cz
+    alpha_1, sigma_1 = _alpha_sigma(sigmas[i - 1])
+    lam_1 = _lambda(alpha_1, sigma_1)
+    inv_r0 = 1.0 / ((lam_s - lam_1) / h)
+    if order == 2:
+        k1 = _second_order_d1(algorithm, heun, h, alpha_t, sigma_t)
+        return float(cx), float(c0), float(k1) * float(inv_r0), 0.0, cz
+    alpha_2, sigma_2 = _alpha_sigma(sigmas[i - 2])
+    r0, r1 = (lam_s - lam_1) / h, (lam_1 - _lambda(alpha_2, sigma_2)) / h
+    inv_r1 = float(1.0 / r1)
+    q, p = float(r0 / (r0 + r1)), float(1.0 / (r0 + r1))
+    d1, d2 = (float(k) for k in _third_order_d1_d2(algorithm, h, alpha_t, sigma_t))
+    c01 = (d1 * (1 + q) + d2 * p) * float(inv_r0)
+    c12 = -(d1 * q + d2 * p) * inv_r1
+    return float(cx), float(c0), c01, c12, cz
+
+
+def _second_order_d1(
+    algorithm: str, heun: bool, h: Tensor, alpha_t: Tensor, sigma_t: Tensor
+) -> Tensor:
+    """The weight of D1 in the second-order multistep update."""
+    if algorithm == "dpmsolver++":
+        if heun:
+            return alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)
+        return -(0.5 * (alpha_t * (torch.exp(-h) - 1.0)))
+    if algorithm == "sde-dpmsolver++":
+        if heun:
+            return alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0)
+        return 0.5 * (alpha_t * (1 - torch.exp(-2.0 * h)))
+    if algorithm == "dpmsolver":
+        if heun:
+            return -(sigma_t * ((torch.exp(h) - 1.0) / h - 1.0))
+        return -(0.5 * (sigma_t * (torch.exp(h) - 1.0)))
+    if heun:  # sde-dpmsolver
+        return -(2.0 * (sigma_t * ((torch.exp(h) - 1.0) / h - 1.0)))
+    return -(sigma_t * (torch.exp(h) - 1.0))
+
+
+def _third_order_d1_d2(
+    algorithm: str, h: Tensor, alpha_t: Tensor, sigma_t: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The weights of D1 and D2 in the third-order multistep update."""
+    if algorithm == "dpmsolver++":
+        return (
+            alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0),
+            -(alpha_t * ((torch.exp(-h) - 1.0 + h) / h**2 - 0.5)),
+        )
+    if algorithm == "sde-dpmsolver++":
+        return (
+            alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0),
+            alpha_t * ((1.0 - torch.exp(-2.0 * h) - 2.0 * h) / (2.0 * h) ** 2 - 0.5),
+        )
+    return (  # dpmsolver
+        -(sigma_t * ((torch.exp(h) - 1.0) / h - 1.0)),
+        -(sigma_t * ((torch.exp(h) - 1.0 - h) / h**2 - 0.5)),
+    )
+
+
+class DPMSolverRule(UpdateRule):
+    """DPM-Solver(++) multistep on the grid of ``num_inference_steps`` steps.
+
+    Supports ``algorithm_type`` in :data:`ALGORITHM_TYPES` (except order 3 with
+    ``sde-dpmsolver``), ``solver_order`` 1–3, ``solver_type`` midpoint/heun,
+    ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type``, the sigma schedules
+    of :func:`solver_grid`, ``lambda_min_clipped``, the three prediction types,
+    ``thresholding`` and ``variance_type`` learned/learned_range (epsilon prediction).
+    Flow sigmas and dynamic shifting raise ``ValueError``.
+
+    ``memory = solver_order - 1``: :meth:`update` reads the converted outputs of the steps
+    before the window from ``history`` and stores the window's own (x_θ for the ``++``
+    types, ε_θ otherwise). ``tol_scale[i]`` is the DDPM posterior std of step i + 1
+    between its grid points, ``√((1-ᾱ')/(1-ᾱ) (1 - ᾱ/ᾱ'))`` with ᾱ = 1/(σ̃² + 1) of
+    the grid's sigmas at i + 1 and i + 2 (ᾱ' = 1 for a zero final sigma) — in the VP
+    latent's units — and 0 for the last state. The ``sde-`` types draw their noise at
+    every step in float32 (``noise_dtype``), as diffusers does for any latent dtype.
+
+    Args:
+        config: a ``DPMSolverMultistepScheduler`` configuration (mapping).
+        num_inference_steps: N.
+
+    Attributes:
+        orders: (N,) the order of each step's update (see :func:`step_orders`).
+        sigmas: (N + 1,) the float32 σ̃ grid (see :func:`solver_grid`).
+        coefficients: ``alpha``, ``sigma`` (α_s, σ_s of each step's state, to convert the
+            model output) and the update weights ``cx``, ``c0``, ``c01``, ``c12``, ``cz``.
+
+    Example:
+        >>> rule = DPMSolverRule({"num_train_timesteps": 1000, "solver_order": 2}, 5)
+        >>> rule.timesteps.tolist(), rule.memory
+        ([999, 799, 599, 400, 200], 1)
+    """
+
+    def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
+        self.config = config = _with_defaults(config)
+        timesteps, sigmas = solver_grid(config, num_inference_steps)
+        if np.count_nonzero(timesteps == timesteps[0]) > 1:
+            raise ValueError(
+                f"the timestep grid repeats its first timestep {timesteps[0]} "
+                f"(num_inference_steps={num_inference_steps}): diffusers' step would start "
+                "at the repeat and run past the grid; use fewer steps or another spacing"
+            )
+        self.algorithm_type: str = _get(config, "algorithm_type", "dpmsolver++")
+        self.prediction_type = schedules.prediction_type(config)
+        self.solver_order = int(_get(config, "solver_order", 2))
+        self._threshold = {
+            "thresholding": bool(_get(config, "thresholding", False)),
+            "dynamic_thresholding_ratio": _get(config, "dynamic_thresholding_ratio", 0.995),
+            "sample_max_value": _get(config, "sample_max_value", 1.0),
+        }
+        n = len(timesteps)
+        heun = _get(config, "solver_type", "midpoint") == "heun"
+        self.orders = step_orders(config, n)
+        sig = torch.from_numpy(sigmas)
+        steps = np.array(
+            [
+                _step_coefficients(self.algorithm_type, heun, int(k), sig, i)
+                for i, k in enumerate(self.orders)
+            ],
+            dtype=np.float64,
+        ).reshape(n, 5)
+        alpha, sigma = zip(*(_alpha_sigma(sig[i]) for i in range(n)), strict=True)
+        self.num_steps = n
+        self.timesteps = torch.from_numpy(timesteps)
+        self.sigmas = sig
+        self.coefficients = {
+            "alpha": np.array([float(a) for a in alpha]),
+            "sigma": np.array([float(s) for s in sigma]),
+            **{name: steps[:, j].copy() for j, name in enumerate(("cx", "c0", "c01", "c12", "cz"))},
+        }
+        self.noise_draws = np.full(n, self.algorithm_type.startswith("sde"))
+        # diffusers draws the SDE noise in float32 whatever the latent's dtype
+        self.noise_dtype = torch.float32 if self.noise_draws.any() else None
+        self.memory = self.solver_order - 1
+        self.output_channels = 1 if _get(config, "variance_type") is None else 2
+        ab = 1 / (sig.double() ** 2 + 1)
+        self.tol_scale = np.append(schedules.posterior_std(ab[1:-1], ab[2:]).numpy(), 0.0)
+
+    def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
+        """The model outputs as the solver integrates them: x_θ (``++`` types) or ε_θ.
+
+        Example:
+            >>> import torch
+            >>> rule = DPMSolverRule({"prediction_type": "sample"}, 3)
+            >>> c = {"alpha": torch.ones(1, 1), "sigma": torch.ones(1, 1)}
+            >>> rule.convert(torch.ones(1, 2), torch.zeros(1, 2), c).tolist()
+            [[0.0, 0.0]]
+        """
+        if self.output_channels == 2:  # drop the predicted variance (diffusers: [:, :3])
+            out = out[:, :, : x.shape[2]]
+        alpha, sigma = c["alpha"], c["sigma"]
+        ndim = x.ndim - 2
+        if self.algorithm_type.endswith("++"):
+            x0 = schedules.predict_x0(self.prediction_type, x, out, alpha, sigma)
+            return schedules.clip_or_threshold(x0, self._threshold, ndim)
+        eps = schedules.predict_eps(self.prediction_type, x, out, alpha, sigma)
+        if self._threshold["thresholding"]:
+            x0 = schedules.clip_or_threshold((x - sigma * eps) / alpha, self._threshold, ndim)
+            eps = (x - alpha * x0) / sigma
+        return eps
+
+    def update(
+        self,
+        x: Tensor,
+        out: Tensor,
+        c: Mapping[str, Tensor],
+        noise: Tensor | None,
+        history: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """One multistep update per step of the window, all steps at once.
+
+        Returns the next states and the converted outputs ``(w, B, ...)`` to remember.
+
+        Example:
+            >>> import torch
+            >>> rule = DPMSolverRule({"solver_order": 2}, 4)
+            >>> c = {k: torch.as_tensor(v[:2]).float().reshape(-1, 1, 1)
+            ...      for k, v in rule.coefficients.items()}
+            >>> nxt, m = rule.update(torch.ones(2, 1, 3), torch.zeros(2, 1, 3), c, None, None)
+            >>> nxt.shape, m.shape
+            (torch.Size([2, 1, 3]), torch.Size([2, 1, 3]))
+        """
+        m = self.convert(x, out, c)
+        # diffusers casts the sample (not the model outputs) to float32 for the update, so
+        # the state's term is a float32 product even in a float64 run
+        nxt = (c["cx"].float() * x.float()).to(x.dtype) + c["c0"] * m
+        if self.memory:
+            w, k = x.shape[0], self.memory
+            before = m[:0] if history is None else history.to(m.dtype)
+            pad = m.new_zeros((k - before.shape[0], *m.shape[1:]))
+            ext = torch.cat([pad, before, m])  # ext[k + j] = output of window step j
+            m1 = ext[k - 1 : k - 1 + w]
+            nxt = nxt + c["c01"] * (m - m1)
+            if k == 2:
+                nxt = nxt + c["c12"] * (m1 - ext[:w])
+        if noise is not None:  # a float32 product too: diffusers' noise is float32
+            nxt = nxt + (c["cz"].float() * noise.float()).to(x.dtype)
+        return nxt, m
+
+
+def from_config(config: Mapping[str, Any], num_inference_steps: int) -> DPMSolverRule:
+    """The rule of a ``DPMSolverMultistepScheduler`` config (the sampler takes no step options).
+
+    Example:
+        >>> from_config({"solver_order": 3}, 10).orders.tolist()
+        [1, 2, 3, 3, 3, 3, 3, 3, 2, 1]
+    """
+    return DPMSolverRule(config, num_inference_steps)

@@ -1,0 +1,452 @@
+"""Euler and Euler-ancestral (Karras et al. 2022), as diffusers' Euler schedulers step them.
+
+The state is the VE latent ``x = x_0 + σ n`` of a VP-trained model (Karras et al. 2022,
+Table 1: ``c_in = 1/√(σ² + 1)``, so the model sees the VP latent). Variables
+(diffusers -> paper):
+
+- ``sigmas[i]`` σ_i, the noise level of step i (``sigmas[i + 1]`` is where the step goes);
+  ``timesteps[i]`` the (float) training timestep the model receives at σ_i.
+- ``scale_model_input``: ``c_in(σ_i) = 1/√(σ_i² + 1)``.
+- ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``: S_churn, S_tmin, S_tmax, S_noise of
+  Algorithm 2; ``gamma`` γ_i = min(S_churn/N', √2 - 1) where S_tmin ≤ σ_i ≤ S_tmax (N' =
+  ``len(sigmas) - 1``); ``sigma_hat`` σ̂_i = σ_i (1 + γ_i).
+- ``pred_original_sample`` the denoised D(x̂_i; σ̂_i): ``x̂ - σ̂ ε̂`` (epsilon), the output
+  (sample), or ``c_skip x̂ + c_out v̂`` with ``c_skip = 1/(σ² + 1)``, ``c_out = -σ/√(σ² + 1)``
+  (v_prediction; diffusers uses σ_i, not σ̂_i, there).
+- ``derivative`` d_i = (x̂_i - D)/σ̂_i and ``dt`` = σ_{i+1} - σ̂_i: Algorithm 2's Euler step
+  ``x_{i+1} = x̂_i + (σ_{i+1} - σ̂_i) d_i``, with ``x̂_i = x_i + √(σ̂_i² - σ_i²) S_noise z``.
+  As in diffusers, the model is evaluated at the *unchurned* x_i (and σ_i, t_i).
+- Ancestral: ``sigma_up`` σ_↑ = √(σ_{i+1}² (σ_i² - σ_{i+1}²)/σ_i²), ``sigma_down``
+  σ_↓ = √(σ_{i+1}² - σ_↑²) (k-diffusion's ``get_ancestral_step``): an Euler step to σ_↓,
+  then ``+ σ_↑ z``; a noise tensor is drawn at every step (also the last, where σ_↑ = 0).
+
+The grids follow diffusers' ``set_timesteps`` (float32 timesteps, float32 sigmas), with its
+quirks: ``interpolation_type="log_linear"`` builds N + 1 sigmas log-linearly between the
+training extremes and ignores the timestep grid (with N timesteps the appended final
+sigma is never reached); trailing spacing can give N + 1 timesteps (``np.arange``
+rounding, e.g. N = 61 of 1000), and then diffusers runs N + 1 steps, the last at timestep
+-1 — reproduced here, so ``num_steps`` is the length of diffusers' ``timesteps``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from picard.adapters import schedules
+from picard.adapters.rule import UpdateRule
+
+__all__ = [
+    "EULER_DEFAULTS",
+    "EulerAncestralRule",
+    "EulerRule",
+    "ancestral_from_config",
+    "euler_ancestral_grid",
+    "euler_grid",
+    "from_config",
+]
+
+EULER_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "sigma_min": None,
+    "sigma_max": None,
+    "timestep_spacing": "linspace",
+    "timestep_type": "discrete",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+    "final_sigmas_type": "zero",
+}
+"""The defaults of diffusers' ``EulerDiscreteScheduler`` (and, for the keys it has, of
+``EulerAncestralDiscreteScheduler``): a plain mapping config falls back to them."""
+
+_INTERPOLATIONS = ("linear", "log_linear")
+_FINAL_SIGMAS = ("zero", "sigma_min")
+_TIMESTEP_TYPES = ("discrete", "continuous")
+_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def _with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {**EULER_DEFAULTS, **{k: v for k, v in dict(config).items() if v is not None}}
+
+
+def _choice(config: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    value = config[key]
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {allowed} for the Euler schedulers, got {value!r}")
+    return value
+
+
+def _sigma_schedule(config: Mapping[str, Any]) -> str | None:
+    """Which of karras/exponential/beta sigmas the config asks for (at most one)."""
+    chosen = [k for k in _SIGMA_SCHEDULES if config.get(k)]
+    if len(chosen) > 1:
+        raise ValueError(
+            f"only one of {', '.join(_SIGMA_SCHEDULES)} can be set, got {', '.join(chosen)}"
+        )
+    return chosen[0] if chosen else None
+
+
+def _convert_sigmas(
+    kind: str, in_sigmas: np.ndarray, n: int, config: Mapping[str, Any]
+) -> np.ndarray:
+    """Karras (eq. 5, ρ = 7), exponential or beta (α = β = 0.6) sigmas, as diffusers builds them.
+
+    They run between ``sigma_min``/``sigma_max`` of the config, else the input's ends.
+    """
+    lo = config.get("sigma_min")
+    hi = config.get("sigma_max")
+    lo = float(in_sigmas[-1].item()) if lo is None else float(lo)
+    hi = float(in_sigmas[0].item()) if hi is None else float(hi)
+    if kind == "use_karras_sigmas":
+        return schedules.karras_sigmas(lo, hi, n, rho=7.0)
+    if kind == "use_exponential_sigmas":
+        return np.exp(np.linspace(math.log(hi), math.log(lo), n))
+    import scipy.stats
+
+    ppfs = [scipy.stats.beta.ppf(u, 0.6, 0.6) for u in 1 - np.linspace(0, 1, n)]
+    return np.array([lo + p * (hi - lo) for p in ppfs])
+
+
+def _check_grid(timesteps: Tensor, sigmas: Tensor) -> None:
+    """Refuse grids diffusers would step wrongly: non-finite, or a repeated first timestep.
+
+    diffusers finds the first step by value and takes the *second* match if repeated.
+    """
+    if not (torch.isfinite(timesteps).all() and torch.isfinite(sigmas).all()):
+        raise ValueError(
+            f"the grid is not finite (timesteps {_brief(timesteps)}, sigmas {_brief(sigmas)}); "
+            "check the config's schedule options and the step count"
+        )
+    repeats = int((timesteps == timesteps[0]).sum()) if len(timesteps) else 0
+    if repeats > 1:
+        raise ValueError(
+            f"the first timestep {timesteps[0].item():g} occurs {repeats} times in the grid "
+            f"{_brief(timesteps)}; diffusers would start at the second occurrence and step "
+            "past the end of its sigmas. Use fewer steps, another timestep_spacing or "
+            "sigma_min/sigma_max inside the training range"
+        )
+
+
+def _brief(values: Tensor, k: int = 6) -> str:
+    items = [f"{v:g}" for v in values.tolist()]
+    return "[" + ", ".join(items if len(items) <= k else [*items[:k], "…"]) + "]"
+
+
+def euler_grid(config: Mapping[str, Any], num_inference_steps: int) -> tuple[Tensor, Tensor]:
+    """``EulerDiscreteScheduler.set_timesteps``: the float32 timesteps and sigmas.
+
+    Args:
+        config: an ``EulerDiscreteScheduler`` configuration (missing keys take
+            :data:`EULER_DEFAULTS`).
+        num_inference_steps: N.
+
+    Returns:
+        ``(timesteps, sigmas)``: timesteps ``(M,)`` (M = N, or N + 1 where diffusers'
+        grid has one more, see the module notes) and sigmas ``(≥ M + 1,)``, step i going
+        from ``sigmas[i]`` to ``sigmas[i + 1]``.
+
+    Example:
+        >>> t, s = euler_grid({"timestep_spacing": "trailing"}, 4)
+        >>> t.tolist(), round(s[0].item(), 3), s[-1].item()
+        ([999.0, 749.0, 499.0, 249.0], 157.407, 0.0)
+    """
+    config = _with_defaults(config)
+    n = _check_steps(num_inference_steps)
+    interpolation = _choice(config, "interpolation_type", _INTERPOLATIONS)
+    final = _choice(config, "final_sigmas_type", _FINAL_SIGMAS)
+    timestep_type = _choice(config, "timestep_type", _TIMESTEP_TYPES)
+    kind = _sigma_schedule(config)
+    ab = schedules.alphas_cumprod(config, terminal_floor=True)
+    train = schedules.train_sigmas(ab)
+    log_train = np.log(train)
+    t = schedules.euler_timesteps(config, n)
+    if interpolation == "linear":
+        sigmas = schedules.interp_sigmas(t, train)
+    else:  # N + 1 sigmas, log-linear between the training extremes (the grid is ignored)
+        sigmas = torch.linspace(np.log(train[-1]), np.log(train[0]), n + 1).exp().numpy()
+    if kind is not None:
+        sigmas = _convert_sigmas(kind, sigmas, n, config)
+        t = np.array([schedules.sigma_to_t(s, log_train) for s in sigmas])
+    last = float(((1 - ab[0]) / ab[0]) ** 0.5) if final == "sigma_min" else 0.0
+    out = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))
+    if timestep_type == "continuous" and config["prediction_type"] == "v_prediction":
+        timesteps = torch.stack([0.25 * s.log() for s in out[:-1]])  # per sigma, as diffusers
+    else:
+        timesteps = torch.from_numpy(np.asarray(t).astype(np.float32))
+    _check_grid(timesteps, out)
+    return timesteps, out
+
+
+def euler_ancestral_grid(
+    config: Mapping[str, Any], num_inference_steps: int
+) -> tuple[Tensor, Tensor]:
+    """``EulerAncestralDiscreteScheduler.set_timesteps``: the float32 timesteps and sigmas.
+
+    Args:
+        config: an ``EulerAncestralDiscreteScheduler`` configuration.
+        num_inference_steps: N.
+
+    Returns:
+        ``(timesteps, sigmas)`` as :func:`euler_grid` (σ linear in t, final σ = 0).
+
+    Example:
+        >>> t, s = euler_ancestral_grid({}, 3)
+        >>> t.tolist(), len(s)
+        ([999.0, 499.5, 0.0], 4)
+    """
+    config = _with_defaults(config)
+    n = _check_steps(num_inference_steps)
+    ab = schedules.alphas_cumprod(config, terminal_floor=True)
+    t = schedules.euler_timesteps(config, n)
+    sigmas = schedules.interp_sigmas(t, schedules.train_sigmas(ab))
+    timesteps = torch.from_numpy(t)
+    out = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+    _check_grid(timesteps, out)
+    return timesteps, out
+
+
+def _check_steps(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"num_inference_steps must be an int >= 1, got {n!r}")
+    return int(n)
+
+
+def _init_noise_sigma(config: Mapping[str, Any], sigmas: Tensor) -> float:
+    """The ``init_noise_sigma`` of diffusers: max σ, or √(max σ² + 1) for leading spacing."""
+    top = sigmas.max()
+    if config["timestep_spacing"] in ("linspace", "trailing"):
+        return float(top)
+    return float((top**2 + 1) ** 0.5)
+
+
+def _tol_scale(sigmas: Tensor, m: int) -> np.ndarray:
+    """``ancestral_std(σ_{i+1}, σ_{i+2})`` for i < M - 1, then 0 (VE latent units)."""
+    s = sigmas.double()
+    std = schedules.ancestral_std(s[1:m], s[2 : m + 1]).numpy()
+    return np.append(np.nan_to_num(std, nan=0.0), 0.0)
+
+
+class _EulerBase(UpdateRule):
+    """What both Euler rules share: the grid, ``c_in`` and the v-prediction constants."""
+
+    prediction_type: str
+    sigmas: Tensor
+
+    def _setup(self, config: dict[str, Any], timesteps: Tensor, sigmas: Tensor) -> Tensor:
+        m = len(timesteps)
+        self.config = config
+        self.num_steps = m
+        self.timesteps = timesteps
+        self.sigmas = sigmas
+        self.init_noise_sigma = _init_noise_sigma(config, sigmas)
+        self.tol_scale = _tol_scale(sigmas, m)
+        sigma = sigmas[:m]
+        self.coefficients = {
+            "input_scale": ((sigma**2 + 1) ** 0.5).numpy(),
+            "c_out": (-sigma / (sigma**2 + 1) ** 0.5).numpy(),
+            "c_skip_inv": (sigma**2 + 1).numpy(),
+        }
+        return sigma
+
+    def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
+        """``scale_model_input``: ``x / √(σ_i² + 1)``, the VP latent the model was trained on."""
+        return x / c["input_scale"]
+
+    def _denoised(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor], sigma: Tensor) -> Tensor:
+        if self.prediction_type == "epsilon":
+            return x - sigma * out
+        if self.prediction_type == "v_prediction":
+            return out * c["c_out"] + x / c["c_skip_inv"]
+        return out  # sample (or its old name, original_sample)
+
+
+def _prediction(config: Mapping[str, Any], allowed: tuple[str, ...]) -> str:
+    kind = config["prediction_type"]
+    if kind not in allowed:
+        raise ValueError(f"prediction_type must be one of {allowed} here, got {kind!r}")
+    return kind
+
+
+class EulerRule(_EulerBase):
+    """Euler (Karras et al. 2022, Algorithm 2 without Heun), as ``EulerDiscreteScheduler``.
+
+    Args:
+        config: an ``EulerDiscreteScheduler`` configuration (mapping).
+        num_inference_steps: N.
+        s_churn: S_churn (0: the deterministic Euler ODE step).
+        s_tmin: S_tmin, the least σ that is churned.
+        s_tmax: S_tmax, the largest σ that is churned.
+        s_noise: S_noise, the scale of the churn noise.
+
+    diffusers draws a noise tensor only at steps with γ_i > 0, so with ``s_churn = 0`` no
+    noise is drawn and ``noise_draws`` is all False.
+
+    Attributes:
+        sigmas: diffusers' ``scheduler.sigmas`` (float32, the final σ appended).
+
+    Example:
+        >>> rule = EulerRule({"timestep_spacing": "leading", "steps_offset": 1}, 4)
+        >>> rule.timesteps.tolist(), round(rule.init_noise_sigma, 2), bool(rule.noise_draws.any())
+        ([751.0, 501.0, 251.0, 1.0], 17.54, False)
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        num_inference_steps: int,
+        *,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+    ):
+        full = _with_defaults(config)
+        self.prediction_type = _prediction(
+            full, ("epsilon", "sample", "original_sample", "v_prediction")
+        )
+        s_churn, s_tmin = _real("s_churn", s_churn), _real("s_tmin", s_tmin)
+        s_tmax, self.s_noise = _real("s_tmax", s_tmax), _real("s_noise", s_noise)
+        timesteps, sigmas = euler_grid(full, num_inference_steps)
+        sigma = self._setup(full, timesteps, sigmas)
+        m = self.num_steps
+        gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1)
+        inside = (s_tmin <= sigma) & (sigma <= s_tmax)  # compared in float32, as diffusers
+        sigma_hat = torch.where(inside, sigma * (gamma + 1), sigma)
+        draws = inside & (gamma > 0)
+        churn = torch.where(draws, (sigma_hat**2 - sigma**2) ** 0.5, torch.zeros(()))
+        self.coefficients.update(
+            {
+                "sigma_hat": sigma_hat.numpy(),
+                "dt": (sigmas[1 : m + 1] - sigma_hat).numpy(),
+                "churn": churn.numpy(),
+            }
+        )
+        self.noise_draws = draws.numpy().copy()
+
+    def update(
+        self,
+        x: Tensor,
+        out: Tensor,
+        c: Mapping[str, Tensor],
+        noise: Tensor | None,
+        history: Tensor | None,
+    ) -> tuple[Tensor, None]:
+        """Churn (where γ_i > 0), then the Euler step from σ̂_i to σ_{i+1}."""
+        if noise is not None:  # zero rows (no draw) add exactly 0
+            x = x + (noise * self.s_noise) * c["churn"]
+        sigma_hat = c["sigma_hat"]
+        denoised = self._denoised(x, out, c, sigma_hat)
+        derivative = (x - denoised) / sigma_hat
+        return x + derivative * c["dt"], None
+
+
+class EulerAncestralRule(_EulerBase):
+    """Euler ancestral sampling, as ``EulerAncestralDiscreteScheduler``.
+
+    Args:
+        config: an ``EulerAncestralDiscreteScheduler`` configuration (mapping); prediction
+            type epsilon or v_prediction (diffusers does not implement ``sample``).
+        num_inference_steps: N.
+
+    Attributes:
+        sigmas: diffusers' ``scheduler.sigmas`` (float32, ending at 0).
+
+    Example:
+        >>> rule = EulerAncestralRule({"timestep_spacing": "trailing"}, 3)
+        >>> rule.timesteps.tolist(), bool(rule.noise_draws.all())
+        ([999.0, 666.0, 332.0], True)
+    """
+
+    def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
+        full = _with_defaults(config)
+        self.prediction_type = _prediction(full, ("epsilon", "v_prediction"))
+        timesteps, sigmas = euler_ancestral_grid(full, num_inference_steps)
+        sigma = self._setup(full, timesteps, sigmas)
+        nxt = sigmas[1 : self.num_steps + 1]
+        sigma_up = (nxt**2 * (sigma**2 - nxt**2) / sigma**2) ** 0.5
+        sigma_down = (nxt**2 - sigma_up**2) ** 0.5
+        self.coefficients.update(
+            {
+                "sigma": sigma.numpy(),
+                "dt": (sigma_down - sigma).numpy(),
+                "sigma_up": sigma_up.numpy(),
+            }
+        )
+        self.noise_draws = np.ones(self.num_steps, dtype=bool)
+        bad = np.flatnonzero(~np.isfinite(self.coefficients["dt"]))
+        if len(bad):  # σ_↑ rounds above σ_{i+1} in float32 when σ_i ≫ σ_{i+1}
+            raise ValueError(
+                f"diffusers' Euler-ancestral step {bad[0]} (σ {sigma[bad[0]].item():g} -> "
+                f"{nxt[bad[0]].item():g}) gives NaN: float32 σ_up rounds above σ_next, so "
+                "sigma_down = √(σ_next² - σ_up²) is NaN and so is diffusers' sample; use "
+                "another step count or timestep_spacing"
+            )
+
+    def update(
+        self,
+        x: Tensor,
+        out: Tensor,
+        c: Mapping[str, Tensor],
+        noise: Tensor | None,
+        history: Tensor | None,
+    ) -> tuple[Tensor, None]:
+        """The Euler step from σ_i to σ_↓, then ``+ σ_↑ z``."""
+        sigma = c["sigma"]
+        denoised = self._denoised(x, out, c, sigma)
+        derivative = (x - denoised) / sigma
+        nxt = x + derivative * c["dt"]
+        if noise is not None:
+            nxt = nxt + noise * c["sigma_up"]
+        return nxt, None
+
+
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def from_config(
+    config: Mapping[str, Any],
+    num_inference_steps: int,
+    *,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> EulerRule:
+    """The Euler rule of an ``EulerDiscreteScheduler`` config, with ``step``'s options.
+
+    Example:
+        >>> from_config({"use_karras_sigmas": True}, 5).num_steps
+        5
+    """
+    return EulerRule(
+        config, num_inference_steps, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise
+    )
+
+
+def ancestral_from_config(
+    config: Mapping[str, Any], num_inference_steps: int
+) -> EulerAncestralRule:
+    """The rule of an ``EulerAncestralDiscreteScheduler`` config (``step`` takes no options).
+
+    Example:
+        >>> ancestral_from_config({"prediction_type": "v_prediction"}, 10).num_steps
+        10
+    """
+    return EulerAncestralRule(config, num_inference_steps)
