@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMParallelScheduler, DDPMScheduler, PNDMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMParallelScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
 
 from picard.adapters.diffusers import parallelize
 from picard.models.tiny import tiny_stable_diffusion, tiny_unet_pipeline
@@ -113,6 +121,20 @@ def test_stable_diffusion_float32_parity_and_default_tolerance(sd32):
     assert max_abs(loose, ref) < 0.05 * scale
 
 
+def test_stable_diffusion_images(sd32):
+    """Decoded, post-processed images (pil, np, pt), as the pipeline returns them."""
+    kw = {"prompt": "a cat", "num_inference_steps": 10, "height": 16, "width": 16}
+    fast = parallelize(sd32, tol=0)
+    for output_type in ("pil", "np", "pt"):
+        ref = sd32(generator=gen(), output_type=output_type, **kw)
+        out = fast(generator=gen(), output_type=output_type, **kw)
+        assert type(out) is type(ref) and out.nsfw_content_detected is None
+        if output_type == "pil":
+            assert out.images[0].size == ref.images[0].size == (16, 16)
+        else:
+            assert max_abs(out.images, ref.images) < 1e-4
+
+
 def test_stable_diffusion_options(sd64):
     """prompt_embeds, given latents, guidance off, guidance_rescale, generator lists."""
     embeds = sd64.encode_prompt("a red cube", "cpu", 1, False)[0]
@@ -198,3 +220,32 @@ def test_unsupported_pipeline_scheduler_and_arguments(sd32):
         fast("a cat", bogus=1, **SD_ARGS)
     with pytest.raises(ValueError, match="generator is a list of 3 generators"):
         parallelize(tiny_unet_pipeline("ddpm"))(batch_size=2, generator=[gen(), gen(), gen()])
+
+
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "rel"),
+    [
+        # diffusers' Euler schedulers round the sample to float32 inside step: ~1e-7 relative.
+        (EulerDiscreteScheduler(**SD_BETAS), 1e-6),
+        (
+            EulerDiscreteScheduler(
+                **SD_BETAS, use_karras_sigmas=True, steps_offset=1, timestep_spacing="leading"
+            ),
+            1e-6,
+        ),
+        (EulerAncestralDiscreteScheduler(**SD_BETAS), 1e-6),
+        (DPMSolverMultistepScheduler(**SD_BETAS), 1e-12),
+        (DPMSolverMultistepScheduler(**SD_BETAS, algorithm_type="sde-dpmsolver++"), 1e-12),
+    ],
+    ids=["euler", "euler-karras", "euler-ancestral", "dpm++2m", "dpm++2m-sde"],
+)
+def test_stable_diffusion_with_sigma_schedulers_float64(sd64, scheduler, rel):
+    """init_noise_sigma, scale_model_input and the generator's noise, as the pipeline."""
+    sd64.scheduler = scheduler
+    kw = {"prompt": "a cat", "num_inference_steps": 12, **SD_ARGS}
+    ref = sd64(generator=gen(), **kw).images
+    out = parallelize(sd64, tol=0, window=5)(generator=gen(), **kw).images
+    assert max_abs(out, ref) <= rel * float(ref.abs().max())

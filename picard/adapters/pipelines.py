@@ -78,13 +78,11 @@ class ParallelPipeline:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the pipeline with its own arguments; returns its own output type."""
-        return self._run(self, *args, **kwargs)
+        with torch.no_grad():  # as the pipelines' own __call__
+            return self._run(self, *args, **kwargs)
 
     def _solve(self, problem: DiffusionProblem, latents: Tensor) -> Tensor:
-        with torch.no_grad():
-            sol = solve(
-                problem, latents, window=self.window, tol=self.tol, max_iters=self.max_iters
-            )
+        sol = solve(problem, latents, window=self.window, tol=self.tol, max_iters=self.max_iters)
         self.stats = sol.stats
         return sol.final
 
