@@ -126,13 +126,19 @@ def max_abs(a: Tensor, b: Tensor) -> float:
 
 
 def assert_parity(scheduler, denoiser, n, x_T, *, seed=2, atol=1e-5, windows=(None, 7), **kw):
-    """tol = 0 reproduces diffusers' sequential sample with the same generator seed."""
+    """tol = 0 reproduces diffusers' sequential sample with the same generator seed.
+
+    Within ``atol``, or a few float units of the sample's size when that is larger: some
+    schedules (cosine betas, few steps, no clipping) reach |x| ~ 100, where one float32
+    unit is 8e-6 and two roundings of the same sum differ by more than 1e-5.
+    """
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     ref = sequential(scheduler, denoiser, n, x_T, gen, **kw)
     assert torch.isfinite(ref).all()
+    bound = max(atol, 1e-6 * float(ref.abs().max()) if ref.dtype == torch.float32 else 0.0)
     for window in windows:
         sol = parallel(scheduler, denoiser, n, x_T, seed=seed, tol=0, window=window, **kw)
         err = max_abs(sol.final, ref)
-        assert err <= atol, f"window {window}: max |picard - diffusers| = {err:.3g}"
+        assert err <= bound, f"window {window}: max |picard - diffusers| = {err:.3g}"
         assert sol.stats.iterations <= n
     return ref

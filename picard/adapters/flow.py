@@ -118,7 +118,8 @@ def flow_grid(
     terminal = full["shift_terminal"]
     if terminal:  # LTX-Video's stretch: 1 - σ ends at 1 - shift_terminal
         one_minus = 1 - sig
-        sig = 1 - one_minus / (one_minus[-1] / (1 - terminal))
+        with np.errstate(divide="ignore", invalid="ignore"):  # checked just below
+            sig = 1 - one_minus / (one_minus[-1] / (1 - terminal))
     kind = next((k for k in _SIGMA_SCHEDULES if full[k]), None)
     if kind is not None:
         sig = _convert_sigmas(kind, sig, n, full)  # the grid's ends unless sigma_min/max
