@@ -1,187 +1,216 @@
-"""The ``picard`` command line: ``picard demo`` runs sequential and parallel side by side."""
+"""The ``picard`` command line (also ``python -m picard``).
+
+- ``picard demo``  — the shipped models sampled sequentially and with picard (the main job).
+- ``picard sample`` — sample a shipped model, or a diffusers pipeline folder, with picard.
+- ``picard bench``  — the benchmark matrix against the sequential sampler and ParaDiGMS.
+- ``picard odes``   — ODEs and an SDE solved sequentially and with picard.
+
+Bad input (unknown model, scheduler or option, negative counts, an unwritable output
+path) gives one line on stderr and exit status 2, never a traceback (set
+``PICARD_DEBUG=1`` to see one).
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
-from torch import Tensor
 
 import picard
-from picard.ode import METHODS
 
-__all__ = ["main"]
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the demo table."""
-
-    name: str
-    steps: int
-    sweeps: int
-    evaluations: int
-    sequential_s: float
-    parallel_s: float
-    deviation: float
+__all__ = ["CLIError", "main"]
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    assert out is not None
-    return out, statistics.median(times)
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
 
 
-def _rk_loop(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t: Tensor, method: str):
-    """The plain sequential Runge–Kutta loop: one call of one row per stage and step."""
-    tab = METHODS[method]
-    hs = (t[1:] - t[:-1]).tolist()
-    stage_t = [[(t[i] + c * h).reshape(1) for c in tab.c] for i, h in enumerate(hs)]
-    y = y0[None]
-    for h, times in zip(hs, stage_t, strict=True):
-        ks: list[Tensor] = []
-        for tc, row in zip(times, tab.a, strict=True):
-            yi = y
-            for a, k in zip(row, ks, strict=False):
-                if a:
-                    yi = yi + (h * a) * k
-            ks.append(func(tc, yi))
-        for b, k in zip(tab.b, ks, strict=True):
-            if b:
-                y = y + (h * b) * k
-    return y[0]
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line on stderr, exit status 2 (argparse prints the usage too)."""
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
 
 
-def _em_loop(f, g, y0: Tensor, t: Tensor, dW: Tensor) -> Tensor:
-    """The plain sequential Euler–Maruyama loop."""
-    hs, y = (t[1:] - t[:-1]).tolist(), y0[None]
-    times = [t[i : i + 1] for i in range(len(hs))]
-    for h, ti, dw in zip(hs, times, dW, strict=True):
-        y = y + h * f(ti, y) + g(ti, y) * dw
-    return y[0]
+def _positive(name: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        return value
+
+    return parse
 
 
-def _mlp(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(3, 128),
-        torch.nn.Tanh(),
-        torch.nn.Linear(128, 128),
-        torch.nn.Tanh(),
-        torch.nn.Linear(128, 2),
-    )
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tol must be a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"tol must be >= 0, got {text}")
+    return value
 
 
-def _compare(
-    name: str,
-    sequential: Callable[[], Tensor],
-    parallel: Callable[[], tuple[Tensor, picard.Stats]],
-    repeats: int,
-) -> Row:
-    """Time a sequential loop and its picard counterpart; compare the final states."""
-    ref, seq_s = _timed(sequential, repeats)
-    (ys, stats), par_s = _timed(parallel, repeats)
-    deviation = float((ys[-1] - ref).abs().max())
-    return Row(name, stats.num_steps, stats.iterations, stats.evaluations, seq_s, par_s, deviation)
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".picard-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise CLIError(f"cannot write to {path}: {err.strerror or err}") from None
+    return path
 
 
-def _demo_rows(steps: int, window: int, tol: float, repeats: int, seed: int) -> list[Row]:
-    net = _mlp(seed)
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from picard.demo import format_table, run_demo
 
-    def neural(t: Tensor, y: Tensor) -> Tensor:
-        return net(torch.cat([y, t[:, None].to(y.dtype)], dim=-1))
-
-    def van_der_pol(t: Tensor, y: Tensor) -> Tensor:
-        x, v = y[..., 0], y[..., 1]
-        return torch.stack([v, (1 - x * x) * v - x], dim=-1)
-
-    def noise(t: Tensor, y: Tensor) -> Tensor:
-        return 0.3 * torch.ones_like(y)
-
-    y0 = torch.tensor([0.5, -0.5])
-    t = torch.linspace(0.0, 1.0, steps + 1)
-    vdp0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
-    vdp_t = torch.linspace(0.0, 10.0, 2 * steps + 1, dtype=torch.float64)
-    dW = torch.randn(steps, 2, generator=torch.Generator().manual_seed(seed)) / math.sqrt(steps)
-    return [
-        _compare(
-            "neural ODE (MLP 3x128), Euler",
-            lambda: _rk_loop(neural, y0, t, "euler"),
-            lambda: picard.odeint(neural, y0, t, window=window, tol=tol, return_stats=True),
-            repeats,
-        ),
-        _compare(
-            "Van der Pol (mu = 1), RK4",
-            lambda: _rk_loop(van_der_pol, vdp0, vdp_t, "rk4"),
-            lambda: picard.odeint(
-                van_der_pol, vdp0, vdp_t, method="rk4", window=window, tol=tol, return_stats=True
-            ),
-            repeats,
-        ),
-        _compare(
-            "neural SDE (MLP drift), Euler-Maruyama",
-            lambda: _em_loop(neural, noise, y0, t, dW),
-            lambda: picard.sdeint(
-                neural, noise, y0, t, dW=dW, window=window, tol=tol, return_stats=True
-            ),
-            repeats,
-        ),
-    ]
-
-
-def demo(args: argparse.Namespace) -> int:
-    """Run the demo: each problem sequentially and with picard, the same inputs."""
-    torch.set_num_threads(args.threads)
+    out = _writable_dir(args.out)
     print(
-        f"picard {picard.__version__} demo: torch {torch.__version__}, "
-        f"{args.threads} thread(s), window {args.window}, tol {args.tol:g}, "
-        f"median of {args.repeats} runs\n"
+        f"picard {picard.__version__} demo — shipped models, DDPM 1000 steps, window "
+        f"{args.window}, tol {args.tol:g}, torch on {args.threads} thread(s)\n",
+        flush=True,
     )
-    with torch.no_grad():
-        rows = _demo_rows(args.steps, args.window, args.tol, args.repeats, args.seed)
-    header = (
-        "problem",
-        "steps",
-        "sweeps",
-        "evals/step",
-        "sequential",
-        "picard",
-        "speedup",
-        "max |picard - sequential|",
+    rows, files = run_demo(
+        out,
+        window=args.window,
+        tol=args.tol,
+        repeats=args.repeats,
+        seeds=args.seeds,
+        samples=args.samples,
+        images=args.images,
+        verbose=True,
     )
-    lines = [header] + [
-        (
-            r.name,
-            str(r.steps),
-            str(r.sweeps),
-            f"{r.evaluations / r.steps:.1f}",
-            f"{1e3 * r.sequential_s:.1f} ms",
-            f"{1e3 * r.parallel_s:.1f} ms",
-            f"{r.sequential_s / r.parallel_s:.1f}x",
-            f"{r.deviation:.1e}",
-        )
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for k, line in enumerate(lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
+    print(format_table(rows))
     print(
-        "\nsweeps = sequential rounds of batched drift calls (the sequential solver needs "
+        "\nsweeps = sequential rounds of batched model calls (the sequential sampler needs "
         "one per step)."
     )
+    print("figures: " + ", ".join(str(f) for f in files))
     return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from picard.cli_sample import sample
+
+    return sample(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from picard.bench import run_bench, table
+
+    out = _writable_dir(args.out)
+    models = tuple(args.models.split(","))
+    unknown = [m for m in models if m not in ("gmm", "moons", "digits", "tiny-sd")]
+    if unknown:
+        raise CLIError(f"unknown model {unknown[0]!r}; choose from gmm, moons, digits, tiny-sd")
+    rows = run_bench(out, models=models, steps=args.steps, repeats=args.repeats)
+    print(table(rows))
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and plots in {out}")
+    return 0
+
+
+def _cmd_odes(args: argparse.Namespace) -> int:
+    from picard.demo_ode import run_odes
+
+    return run_odes(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="picard", description="Sequential samplers made parallel in time.")
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+    threads = {"type": _positive("threads"), "default": 1, "help": "torch threads (default 1)"}
+
+    p = sub.add_parser("demo", help="the shipped models, sequential vs picard (the main job)")
+    p.add_argument(
+        "--steps", type=_positive("steps"), default=1000, help="DDPM steps (default 1000)"
+    )
+    p.add_argument(
+        "--window", type=_positive("window"), default=100, help="steps per sweep (default 100)"
+    )
+    p.add_argument("--tol", type=_tolerance, default=0.1, help="tolerance (default 0.1)")
+    p.add_argument(
+        "--repeats", type=_positive("repeats"), default=3, help="timing repeats (default 3)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=_positive("seeds"),
+        default=3,
+        help="seeds for the 2-D quality metric (default 3)",
+    )
+    p.add_argument(
+        "--samples",
+        type=_positive("samples"),
+        default=512,
+        help="2-D samples per seed for the quality metric (default 512)",
+    )
+    p.add_argument(
+        "--images", type=_positive("images"), default=16, help="digit images (default 16)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("picard-demo"),
+        help="folder for the figures (default ./picard-demo)",
+    )
+    p.add_argument("--threads", **threads)
+    p.set_defaults(run=_cmd_demo)
+
+    from picard.cli_sample import add_arguments
+
+    p = sub.add_parser("sample", help="sample a shipped model or a diffusers pipeline folder")
+    add_arguments(p, _positive, _tolerance)
+    p.add_argument("--threads", **threads)
+    p.set_defaults(run=_cmd_sample)
+
+    p = sub.add_parser("bench", help="the benchmark matrix (sequential, picard, ParaDiGMS)")
+    p.add_argument(
+        "--models",
+        default="gmm,moons,digits,tiny-sd",
+        help="comma-separated: gmm, moons, digits, tiny-sd (default: all)",
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive("steps"),
+        default=None,
+        help="cap every sampler's steps (for a quick run)",
+    )
+    p.add_argument(
+        "--repeats", type=_positive("repeats"), default=3, help="timing repeats (default 3)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("picard-bench"),
+        help="folder for bench.json, bench.md and plots (default ./picard-bench)",
+    )
+    p.add_argument("--threads", **threads)
+    p.set_defaults(run=_cmd_bench)
+
+    p = sub.add_parser("odes", help="ODEs and an SDE, sequential vs picard.odeint/sdeint")
+    p.add_argument(
+        "--steps", type=_positive("steps"), default=1000, help="steps per problem (default 1000)"
+    )
+    p.add_argument(
+        "--window", type=_positive("window"), default=128, help="steps per sweep (default 128)"
+    )
+    p.add_argument("--tol", type=_tolerance, default=1e-4, help="tolerance (default 1e-4)")
+    p.add_argument(
+        "--repeats", type=_positive("repeats"), default=5, help="timing repeats (default 5)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--threads", **threads)
+    p.set_defaults(run=_cmd_odes)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,37 +220,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status.
+        The exit status: 0, or 2 for bad input.
 
     Example:
-        >>> main(["demo", "--steps", "20", "--window", "8", "--repeats", "1"])
-        picard ... demo: ... sweeps = sequential rounds of batched drift calls ...
+        >>> main(["odes", "--steps", "20", "--window", "8", "--repeats", "1"])
+        picard ... odes: ... sweeps = sequential rounds of batched drift calls ...
         0
     """
-    parser = argparse.ArgumentParser(
-        prog="picard",
-        description="Parallel-in-time solving of sequential recursions by Picard iteration.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="command")
-    p = sub.add_parser(
-        "demo",
-        help="solve ODEs and an SDE sequentially and with picard, "
-        "and compare sweeps, wall-clock and results",
-    )
-    p.add_argument("--steps", type=int, default=1000, help="steps per problem (default 1000)")
-    p.add_argument("--window", type=int, default=128, help="steps per sweep (default 128)")
-    p.add_argument("--tol", type=float, default=1e-4, help="tolerance (default 1e-4)")
-    p.add_argument("--repeats", type=int, default=5, help="timing repeats (default 5)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.set_defaults(run=demo)
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    for name in ("steps", "window", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
-    if args.tol < 0:
-        parser.error("--tol must be >= 0")
-    return args.run(args)
+    torch.set_num_threads(args.threads)
+    try:
+        return int(args.run(args))
+    except (
+        CLIError,
+        ValueError,
+        TypeError,
+        OSError,
+        RuntimeError,
+        picard.ConvergenceError,
+        picard.NonFiniteError,
+    ) as err:
+        if os.environ.get("PICARD_DEBUG"):
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        sys.stderr.write(f"picard {args.command}: error: {message}\n")
+        return 2

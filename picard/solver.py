@@ -43,6 +43,7 @@ def solve(
     tol: float | None = None,
     max_iters: int | None = None,
     save: bool | Sequence[int] = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Solution:
     """Solve ``problem`` from ``x0`` by sliding-window Picard iteration.
 
@@ -61,6 +62,7 @@ def solve(
             :class:`picard.ConvergenceError`.
         save: ``True`` keeps every state ``x_0 … x_N`` in ``Solution.ys``; a sequence of
             increasing state indices keeps those; ``False`` keeps only the final state.
+        progress: called after every sweep as ``progress(steps_done, num_steps)``.
 
     Returns:
         A :class:`picard.Solution`. States, cumulative sums and residuals are kept in
@@ -78,7 +80,7 @@ def solve(
         >>> sol.stats.iterations < 100
         True
     """
-    return solve_validated(problem, check_state("x0", x0), window, tol, max_iters, save)
+    return solve_validated(problem, check_state("x0", x0), window, tol, max_iters, save, progress)
 
 
 def solve_validated(
@@ -88,6 +90,7 @@ def solve_validated(
     tol: float | None,
     max_iters: int | None,
     save: bool | Sequence[int],
+    progress: Callable[[int, int], None] | None = None,
 ) -> Solution:
     """:func:`solve` for an ``x0`` already checked by the caller (a front end)."""
     if not isinstance(problem, Problem):
@@ -106,7 +109,7 @@ def solve_validated(
     with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"):
         inv_scale = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
         limits = _Limits(np.square(tol * scale), inv_scale, tol, max_iters)
-        return _sweeps(problem, x0, window, limits, saved, samples)
+        return _sweeps(problem, x0, window, limits, saved, samples, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,7 @@ def _sweeps(
     saved: Sequence[int] | None,
     samples: int,
     arrays: _Arrays | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Solution:
     n = problem.num_steps
     memory = problem.memory
@@ -229,6 +233,8 @@ def _sweeps(
         # Steps entering the next window start from this window's last state.
         xs[lo + w + 1 : lo + w + 1 + stride] = new[-1]
         start += stride
+        if progress is not None:
+            progress(start, n)
     stats = _stats(problem, window, limits, evaluations, starts, changes)
     ys = xs_t if keep_all else None if saver is None else saver.ys_t
     return _solution(xs_t[n - off], ys, saved, stats, x0.dtype)

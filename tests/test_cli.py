@@ -1,18 +1,165 @@
-"""The command line: the demo runs and prints its table; bad options are refused."""
+"""The command line end to end on small settings; exit codes and messages of bad input."""
+
+from __future__ import annotations
 
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from picard.cli import main
 
 
-def test_demo_prints_the_comparison(capsys):
-    assert main(["demo", "--steps", "60", "--window", "16", "--repeats", "1"]) == 0
-    out = capsys.readouterr().out
-    for name in ("neural ODE", "Van der Pol", "neural SDE", "sweeps", "speedup"):
-        assert name in out
+def run(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    code, out, err = run(
+        [
+            "demo",
+            "--steps",
+            "50",
+            "--repeats",
+            "1",
+            "--seeds",
+            "1",
+            "--samples",
+            "64",
+            "--images",
+            "4",
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    for text in (
+        "moons (2-D MLP)",
+        "digits (UNet)",
+        "sweeps",
+        "speedup",
+        "sliced W1",
+        "Fréchet distance",
+        "sequential",
+        "picard",
+    ):
+        assert text in out
+    for name in ("moons.png", "digits.png", "convergence.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("model", ["moons", "gmm", "digits"])
+def test_sample_is_the_sequential_sample_at_tol_zero(model, tmp_path, capsys):
+    args = ["sample", "--model", model, "--steps", "20", "--count", "3", "--seed", "4"]
+    code, out, _ = run([*args, "--tol", "0", "--out", str(tmp_path / "p.pt")], capsys)
+    assert code == 0 and "sweeps for 20 steps" in out
+    code, out, _ = run([*args, "--sequential", "--out", str(tmp_path / "s.pt")], capsys)
+    assert code == 0 and "20 sequential steps" in out
+    par, seq = torch.load(tmp_path / "p.pt"), torch.load(tmp_path / "s.pt")
+    assert par.shape[0] == 3
+    torch.testing.assert_close(par, seq, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmsolver++", "euler", "euler-ancestral"])
+def test_sample_schedulers_and_outputs(scheduler, tmp_path, capsys):
+    for suffix in (".png", ".npy"):
+        path = tmp_path / f"out{suffix}"
+        code, _, err = run(
+            [
+                "sample",
+                "--model",
+                "moons",
+                "--scheduler",
+                scheduler,
+                "--steps",
+                "15",
+                "--count",
+                "8",
+                "--out",
+                str(path),
+            ],
+            capsys,
+        )
+        assert code == 0, err
+        assert path.stat().st_size > 0
+    assert np.load(tmp_path / "out.npy").shape == (8, 2)
+
+
+def test_sample_a_pipeline_folder(tmp_path, capsys):
+    from picard.models.tiny import tiny_unet_pipeline
+
+    tiny_unet_pipeline("ddim").save_pretrained(tmp_path / "pipe")
+    code, out, err = run(
+        [
+            "sample",
+            "--pipeline",
+            str(tmp_path / "pipe"),
+            "--steps",
+            "10",
+            "--count",
+            "2",
+            "--out",
+            str(tmp_path / "img.png"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "DDIMPipeline: " in out and "sweeps for 10 steps" in out
+    from PIL import Image
+
+    assert Image.open(tmp_path / "img.png").size == (16, 8)
+
+
+def test_bench_quick(tmp_path, capsys):
+    code, out, err = run(
+        ["bench", "--models", "gmm", "--steps", "20", "--repeats", "1", "--out", str(tmp_path)],
+        capsys,
+    )
+    assert code == 0, err
+    assert "| gmm | ddpm-20 |" in out and "ParaDiGMS" in out
+    for name in (
+        "bench.json",
+        "bench.md",
+        "speedup_vs_window.png",
+        "sweeps_vs_tol.png",
+        "error_vs_tol.png",
+    ):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+BAD = [
+    (["sample", "--model", "nope"], "unknown model 'nope'; choose one of moons, digits, gmm"),
+    (["sample", "--scheduler", "pndm"], "unknown scheduler 'pndm'; choose one of ddpm"),
+    (["sample", "--count", "-2"], "argument --count: count must be >= 1, got -2"),
+    (["sample", "--steps", "0"], "argument --steps: steps must be >= 1, got 0"),
+    (["sample", "--tol", "-1"], "argument --tol: tol must be >= 0, got -1"),
+    (["sample", "--window", "many"], "argument --window: window must be an integer"),
+    (["sample", "--out", "/proc/picard/x.png"], "cannot write /proc/picard/x.png"),
+    (["sample", "--out", "samples.txt"], "--out must end in .png, .pt, .npy"),
+    (["sample", "--pipeline", "/nonexistent/pipe"], "--pipeline /nonexistent/pipe is not a folder"),
+    (["sample", "--model", "moons", "--pipeline", "x"], "not allowed with argument"),
+    (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+    (["demo", "--out", "/proc/picard-demo"], "cannot write to /proc/picard-demo"),
+    (["bench", "--models", "gmm,cats"], "unknown model 'cats'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        code = main(args)
+        raise SystemExit(code)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
 
 
 def test_no_command_prints_help(capsys):
@@ -20,18 +167,11 @@ def test_no_command_prints_help(capsys):
     assert "demo" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flag", ["--steps", "--window", "--repeats"])
-def test_demo_refuses_nonpositive_numbers(flag, capsys):
-    with pytest.raises(SystemExit):
-        main(["demo", flag, "0"])
-    assert flag in capsys.readouterr().err
-
-
 def test_python_dash_m_picard_help():
     out = subprocess.run(
-        [sys.executable, "-m", "picard", "demo", "--help"],
+        [sys.executable, "-m", "picard", "sample", "--help"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert "--window" in out
+    assert "--pipeline" in out and "--scheduler" in out

@@ -1,0 +1,195 @@
+"""``picard sample``: a shipped model or a diffusers pipeline folder, sampled by picard."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from picard.models import MODELS, load
+from picard.progress import ProgressBar
+from picard.sampling import SCHEDULERS, make_scheduler, parallel, sequential, start_latent
+
+__all__ = ["add_arguments", "sample"]
+
+SUFFIXES = (".png", ".pt", ".npy")
+
+
+def add_arguments(
+    p: argparse.ArgumentParser, positive: Callable[[str], Any], tolerance: Callable[[str], float]
+) -> None:
+    """The options of ``picard sample``."""
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model", default="digits", help=f"shipped model: {', '.join(MODELS)} (default digits)"
+    )
+    source.add_argument(
+        "--pipeline",
+        type=Path,
+        default=None,
+        help="a diffusers pipeline folder on disk (DDPM, DDIM, Stable "
+        "Diffusion), run through picard.adapters.diffusers.parallelize",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help=f"sampler: {', '.join(SCHEDULERS)} (default: ddpm for models, the "
+        "pipeline's own for pipelines)",
+    )
+    p.add_argument(
+        "--steps",
+        type=positive("steps"),
+        default=None,
+        help="inference steps (default 1000 for models, 50 for pipelines)",
+    )
+    p.add_argument(
+        "--window", type=positive("window"), default=100, help="steps per sweep (default 100)"
+    )
+    p.add_argument("--tol", type=tolerance, default=0.1, help="tolerance (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--count", type=positive("count"), default=16, help="samples / images (default 16)"
+    )
+    p.add_argument(
+        "--prompt", default="a photo of a cat", help="prompt, for text-to-image pipelines"
+    )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run the sequential sampler instead (same seed, same sample)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("picard-samples.png"),
+        help="output: .png (figure), .pt or .npy (tensor) (default picard-samples.png)",
+    )
+
+
+def _check_out(path: Path) -> None:
+    from picard.cli import CLIError
+
+    if path.suffix not in SUFFIXES:
+        raise CLIError(f"--out must end in {', '.join(SUFFIXES)}, got {path.name!r}")
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise CLIError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def sample(args: argparse.Namespace) -> int:
+    """Run ``picard sample``; prints the solve's statistics and writes ``--out``."""
+    from picard.cli import CLIError
+
+    _check_out(args.out)
+    if args.scheduler is not None and args.scheduler not in SCHEDULERS:
+        raise CLIError(
+            f"unknown scheduler {args.scheduler!r}; choose one of {', '.join(SCHEDULERS)}"
+        )
+    if args.pipeline is not None:
+        return _pipeline(args)
+    if args.model not in MODELS:
+        raise CLIError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
+    model = load(args.model)
+    steps = args.steps or 1000
+    sched = make_scheduler(args.scheduler or "ddpm", model.scheduler)
+    gen = torch.Generator().manual_seed(args.seed)
+    x_T = start_latent(sched, steps, (args.count, *model.sample_shape), gen)
+    t0 = time.perf_counter()
+    if args.sequential:
+        samples = sequential(sched, model.denoiser, steps, x_T, gen)
+        summary = f"{steps} sequential steps"
+    else:
+        bar = ProgressBar(f"{args.model}, {args.count} samples")
+        sol = parallel(
+            sched, model.denoiser, steps, x_T, gen, window=args.window, tol=args.tol, progress=bar
+        )
+        bar.close()
+        samples, s = sol.final, sol.stats
+        summary = (
+            f"{s.iterations} sweeps for {s.num_steps} steps, "
+            f"{s.evaluations / s.num_steps / args.count:.1f} evaluations per step"
+        )
+    print(f"{args.model}: {summary}, {time.perf_counter() - t0:.2f} s")
+    _write(samples, args.out, model.data)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _write(samples: torch.Tensor, path: Path, data: torch.Tensor | None) -> None:
+    from picard import plots
+
+    if path.suffix == ".pt":
+        torch.save(samples, path)
+    elif path.suffix == ".npy":
+        np.save(path, samples.numpy())
+    elif samples.ndim == 2:
+        plots.points({"samples": samples}, data if data is not None else samples[:0], path)
+    else:
+        plots.digit_grids({"samples": samples[:, :1]}, path)
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from diffusers import DiffusionPipeline
+
+    from picard.adapters.diffusers import parallelize
+    from picard.cli import CLIError
+
+    if not args.pipeline.is_dir():
+        raise CLIError(f"--pipeline {args.pipeline} is not a folder")
+    pipe = DiffusionPipeline.from_pretrained(str(args.pipeline), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    if args.scheduler:
+        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler)
+    steps = args.steps or 50
+    gen = torch.Generator().manual_seed(args.seed)
+    runner = pipe if args.sequential else parallelize(pipe, window=args.window, tol=args.tol)
+    kind = type(pipe).__name__
+    t0 = time.perf_counter()
+    if kind == "StableDiffusionPipeline":
+        out = runner(
+            args.prompt,
+            num_inference_steps=steps,
+            num_images_per_prompt=args.count,
+            generator=gen,
+            output_type="pt",
+        )
+    elif kind in ("DDPMPipeline", "DDIMPipeline"):
+        out = runner(
+            batch_size=args.count, num_inference_steps=steps, generator=gen, output_type="pt"
+        )
+    else:
+        raise CLIError(
+            f"pipeline {kind} is not supported; supported: DDPMPipeline, "
+            "DDIMPipeline, StableDiffusionPipeline"
+        )
+    images = torch.as_tensor(out.images)
+    stats = (
+        ""
+        if args.sequential or runner.stats is None
+        else (f"{runner.stats.iterations} sweeps for {runner.stats.num_steps} steps, ")
+    )
+    print(f"{kind}: {stats}{time.perf_counter() - t0:.2f} s")
+    if args.out.suffix == ".png":
+        _image_grid(images, args.out)
+    else:
+        _write(images, args.out, None)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _image_grid(images: torch.Tensor, path: Path) -> None:
+    """Images (N, C, H, W) in [0, 1] side by side in one PNG."""
+    from PIL import Image
+
+    row = torch.cat(list(images.clamp(0, 1)), dim=-1)  # (C, H, N*W)
+    arr = (row.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(path)

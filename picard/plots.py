@@ -1,0 +1,113 @@
+"""PNG figures for the command line (matplotlib, imported when a figure is drawn)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["convergence", "digit_grids", "lines", "points"]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise RuntimeError("figures need matplotlib: pip install 'picard-solver[demo]'") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def digit_grids(panels: dict[str, Tensor], path: Path, columns: int = 8) -> Path:
+    """Grids of 1xHxW images in [-1, 1], one panel per entry, side by side."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    for ax, (title, images) in zip(
+        list(axes) if len(panels) > 1 else [axes], panels.items(), strict=True
+    ):
+        n = images.shape[0]
+        rows = -(-n // columns)
+        h, w = images.shape[-2:]
+        grid = torch.ones(rows * (h + 1), columns * (w + 1))
+        for k in range(n):
+            r, c = divmod(k, columns)
+            grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = (
+                images[k, 0].clamp(-1, 1) + 1
+            ) / 2
+        ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def points(panels: dict[str, Tensor], data: Tensor, path: Path) -> Path:
+    """2-D samples over the data, one panel per entry."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels), 3.6), sharex=True, sharey=True
+    )
+    for ax, (title, pts) in zip(
+        list(axes) if len(panels) > 1 else [axes], panels.items(), strict=True
+    ):
+        ax.scatter(data[:, 0], data[:, 1], s=2, c="0.8", label="data")
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, c="C0", label="samples")
+        ax.set_title(title, fontsize=9)
+        ax.set_aspect("equal")
+    axes_list = list(axes) if len(panels) > 1 else [axes]
+    axes_list[0].legend(loc="lower left", fontsize=7, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def convergence(runs: dict[str, Any], path: Path) -> Path:
+    """Per sweep: the window's first step (top) and the largest residual (bottom, log)."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+    for name, stats in runs.items():
+        sweeps = range(1, stats.iterations + 1)
+        top.plot(sweeps, [s / stats.num_steps for s in stats.window_starts], ".-", label=name)
+        bottom.semilogy(sweeps, [max(r, 1e-12) for r in stats.residuals], ".-", label=name)
+    top.set_ylabel("window start / N")
+    bottom.set_ylabel("max residual / tol scale")
+    bottom.set_xlabel("sweep")
+    for stats in runs.values():
+        bottom.axhline(stats.tol, color="0.6", lw=0.8, ls="--")
+    top.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def lines(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    path: Path,
+    logx: bool = False,
+    logy: bool = False,
+) -> Path:
+    """A line plot of named (x, y) series."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, "o-", label=name)
+    ax.set_xscale("log" if logx else "linear")
+    ax.set_yscale("log" if logy else "linear")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,53 @@
+"""A one-line text progress bar on stderr (no dependencies), for the command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+__all__ = ["ProgressBar"]
+
+
+class ProgressBar:
+    """``bar(done, total)`` redraws ``label [#####-----] done/total steps, k sweeps, 0.3 s``.
+
+    Usable as the ``progress`` callback of :func:`picard.solve`; silent when ``stream``
+    is not a terminal unless ``force``.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> bar = ProgressBar("demo", stream=out, force=True)
+        >>> bar(5, 10); bar.close()
+        >>> "5/10 steps, 1 sweeps" in out.getvalue()
+        True
+    """
+
+    def __init__(
+        self, label: str, stream: TextIO | None = None, width: int = 30, force: bool = False
+    ):
+        self.label, self.width = label, width
+        self.stream = stream or sys.stderr
+        self.enabled = force or self.stream.isatty()
+        self.sweeps = 0
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        """Record one more sweep that reached ``done`` of ``total`` steps."""
+        self.sweeps += 1
+        if not self.enabled:
+            return
+        filled = self.width * done // max(total, 1)
+        elapsed = time.perf_counter() - self.start
+        self.stream.write(
+            f"\r{self.label} [{'#' * filled}{'-' * (self.width - filled)}] {done}/{total} "
+            f"steps, {self.sweeps} sweeps, {elapsed:.1f} s"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the line."""
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
