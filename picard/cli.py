@@ -144,8 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds",
         type=_positive("seeds"),
-        default=3,
-        help="seeds for the 2-D quality metric (default 3)",
+        default=2,
+        help="seeds for the quality metrics (default 2)",
     )
     p.add_argument(
         "--samples",
@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
         help="2-D samples per seed for the quality metric (default 512)",
     )
     p.add_argument(
-        "--images", type=_positive("images"), default=16, help="digit images (default 16)"
+        "--images", type=_positive("images"), default=8, help="digit images per seed (default 8)"
     )
     p.add_argument(
         "--out",
