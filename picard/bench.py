@@ -14,8 +14,6 @@ same window and tolerance. Writes ``bench.json``, ``bench.md`` and three plots.
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from torch import Tensor
 from picard import plots
 from picard.baselines import paradigms
 from picard.models import load
-from picard.sampling import make_scheduler, parallel, sequential, start_latent
+from picard.sampling import make_scheduler, median_time, parallel, sequential, start_latent
 
 __all__ = ["BenchRow", "run_bench"]
 
@@ -88,15 +86,6 @@ def _model(name: str) -> tuple[Callable[[Tensor, Tensor], Tensor], Any, tuple[in
     return guided, pipe.scheduler, (4, 8, 8)
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return out, statistics.median(times)
-
-
 def _sequential_run(
     model: str, den: Any, sched: Any, n: int, shape: tuple[int, ...]
 ) -> Callable[[], Tensor]:
@@ -133,7 +122,7 @@ def _run(
         x, gen = start()
         return parallel(sched, den, steps, x, gen, window=window, tol=tol)
 
-    sol, t_ours = _timed(ours, repeats)
+    sol, t_ours = median_time(ours, repeats)
     ref, t_seq = seq
     w = sol.stats.window
     par = dict.fromkeys(("sweeps", "evals", "err", "s"))
@@ -144,7 +133,7 @@ def _run(
             with torch.no_grad():
                 return paradigms(sched, den, steps, x, generator=gen, parallel=w, tolerance=tol)
 
-        r, t_par = _timed(theirs, repeats)
+        r, t_par = median_time(theirs, repeats)
         par = {
             "sweeps": r.sweeps,
             "evals": r.evaluations / steps / b,
@@ -195,7 +184,7 @@ def run_bench(
             n = min(n, steps) if steps else n
             sched = make_scheduler(sampler, base)
 
-            reference = _timed(_sequential_run(model, den, sched, n, shape), repeats)
+            reference = median_time(_sequential_run(model, den, sched, n, shape), repeats)
             # Windows as solved (a window past the last step is the whole grid), once each.
             runs = {(min(w or n, n), 0.1) for w in WINDOWS}
             runs |= {(min(tol_window, n), t) for t in TOLERANCES}

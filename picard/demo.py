@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from picard import plots
 from picard.metrics import digits_quality, sliced_wasserstein
 from picard.models import load
 from picard.progress import ProgressBar
-from picard.sampling import parallel, sequential, start_latent
+from picard.sampling import median_time, parallel, sequential, start_latent
 
 __all__ = ["DemoRow", "run_demo"]
 
@@ -45,15 +44,6 @@ class DemoRow:
     metric: str
     quality_sequential: str
     quality_parallel: str
-
-
-def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return out, statistics.median(times)
 
 
 def _spread(values: list[float]) -> str:
@@ -76,8 +66,8 @@ def _moons(
             return parallel(sched, den, steps, x_T, gen, window=window, tol=tol)
         return sequential(sched, den, steps, x_T, gen)
 
-    ref, seq_s = _median_time(lambda: one(0, 1, False), repeats)
-    sol, par_s = _median_time(lambda: one(0, 1, True), repeats)
+    ref, seq_s = median_time(lambda: one(0, 1, False), repeats)
+    sol, par_s = median_time(lambda: one(0, 1, True), repeats)
     q_seq, q_par, panels = [], [], {}
     for seed in range(seeds):
         s_seq = one(100 + seed, samples, False)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 import picard
 from picard.ode import METHODS
+from picard.sampling import median_time
 
 __all__ = ["run_odes"]
 
@@ -30,16 +28,6 @@ class Row:
     sequential_s: float
     parallel_s: float
     deviation: float
-
-
-def _timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    assert out is not None
-    return out, statistics.median(times)
 
 
 def _rk_loop(func: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t: Tensor, method: str):
@@ -89,8 +77,8 @@ def _compare(
     repeats: int,
 ) -> Row:
     """Time a sequential loop and its picard counterpart; compare the final states."""
-    ref, seq_s = _timed(sequential, repeats)
-    (ys, stats), par_s = _timed(parallel, repeats)
+    ref, seq_s = median_time(sequential, repeats)
+    (ys, stats), par_s = median_time(parallel, repeats)
     deviation = float((ys[-1] - ref).abs().max())
     return Row(name, stats.num_steps, stats.iterations, stats.evaluations, seq_s, par_s, deviation)
 

@@ -8,6 +8,8 @@ them), so the sequential and the parallel sample are the same sample.
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,14 @@ from picard.adapters.diffusers import from_scheduler
 from picard.solution import Solution
 from picard.solver import solve
 
-__all__ = ["SCHEDULERS", "make_scheduler", "parallel", "sequential", "start_latent"]
+__all__ = [
+    "SCHEDULERS",
+    "make_scheduler",
+    "median_time",
+    "parallel",
+    "sequential",
+    "start_latent",
+]
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", {}),
@@ -102,3 +111,18 @@ def parallel(
     problem = from_scheduler(scheduler, denoiser, steps, generator=generator)
     with torch.no_grad():
         return solve(problem, x_T, window=window, tol=tol, progress=progress)
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
+    """Run ``fn`` ``repeats`` times; its last result and the median wall-clock in seconds.
+
+    Example:
+        >>> median_time(lambda: 3, 2)[0]
+        3
+    """
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)
