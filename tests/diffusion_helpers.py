@@ -10,6 +10,7 @@ for Gaussian data, plus a small nonlinear term); random UNets are used in float6
 from __future__ import annotations
 
 import copy
+import sys
 
 import torch
 from torch import Tensor
@@ -88,13 +89,44 @@ def gaussian_denoiser(scheduler, wiggle: float = 0.05, learned_variance: bool = 
     return denoiser
 
 
-def sequential(scheduler, denoiser, n: int, x_T: Tensor, generator=None, **step_kwargs) -> Tensor:
-    """diffusers' own sequential loop, on a copy of the scheduler."""
+def sequential(
+    scheduler,
+    denoiser,
+    n: int,
+    x_T: Tensor,
+    generator=None,
+    *,
+    timestep_options=None,
+    no_upcast: bool = False,
+    **step_kwargs,
+) -> Tensor:
+    """diffusers' own sequential loop, on a copy of the scheduler.
+
+    ``timestep_options`` go to ``set_timesteps`` (flow matching's ``sigmas``, ``mu``).
+    ``no_upcast``: diffusers' Euler and flow steps round the sample to float32 even in a
+    float64 run; this swaps, inside the scheduler's module, ``torch`` for a stand-in whose
+    ``float32`` is float64, so a float64 reference stays float64.
+    """
     s = copy.deepcopy(scheduler)
-    s.set_timesteps(n)
-    x = x_T
-    with torch.no_grad():
-        return _loop(s, denoiser, x, generator, step_kwargs)
+    s.set_timesteps(n, **(timestep_options or {}))
+    module = sys.modules[type(s).__module__]
+    real = module.torch
+    if no_upcast:
+        module.torch = _NoUpcast()
+    try:
+        with torch.no_grad():
+            return _loop(s, denoiser, x_T, generator, step_kwargs)
+    finally:
+        module.torch = real
+
+
+class _NoUpcast:
+    """``torch``, except that ``float32`` means float64 (see :func:`sequential`)."""
+
+    float32 = torch.float64
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
 
 
 def _loop(s, denoiser, x, generator, step_kwargs):

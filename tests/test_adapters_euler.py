@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
-import sys
 
 import numpy as np
 import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from diffusion_helpers import (
-    _loop,
     gaussian_denoiser,
     max_abs,
     parallel,
@@ -225,29 +222,6 @@ def test_euler_ancestral_grids_match_set_timesteps():
             assert rule.init_noise_sigma == float(sched.init_noise_sigma)
 
 
-class _NoUpcast:
-    """diffusers' Euler steps upcast the sample to float32 (``sample.to(torch.float32)``),
-    rounding a float64 state; inside the scheduler module this stands in for ``torch``
-    with ``float32`` meaning float64, so the float64 reference stays float64."""
-
-    float32 = torch.float64
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
-def sequential_float64(scheduler, den, n, x_T, generator=None, **kw):
-    s = copy.deepcopy(scheduler)
-    s.set_timesteps(n)
-    module = sys.modules[type(s).__module__]
-    real, module.torch = module.torch, _NoUpcast()
-    try:
-        with torch.no_grad():
-            return _loop(s, den, x_T, generator, kw)
-    finally:
-        module.torch = real
-
-
 @pytest.mark.parametrize(
     ("scheduler", "kw"),
     [
@@ -262,7 +236,9 @@ def test_random_unet_parity_float64(scheduler, kw):
     unet = tiny_unet().double()
     den = unet_denoiser(unet)
     x_T = start_latent(scheduler, 20, dtype=torch.float64)
-    ref = sequential_float64(scheduler, den, 20, x_T, torch.Generator().manual_seed(2), **kw)
+    ref = sequential(
+        scheduler, den, 20, x_T, torch.Generator().manual_seed(2), no_upcast=True, **kw
+    )
     for window in (None, 6):
         sol = parallel(scheduler, den, 20, x_T, seed=2, tol=0, window=window, **kw)
         assert max_abs(sol.final, ref) <= 1e-10  # ~2e-13 here

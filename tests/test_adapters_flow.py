@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
-import sys
 
 import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusion_helpers import gaussian_denoiser, max_abs, tiny_unet, unet_denoiser
+from diffusion_helpers import gaussian_denoiser, max_abs, sequential, tiny_unet, unet_denoiser
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,19 +41,11 @@ def grid_options(sched, n, custom=None, dynamic=None):
     return options
 
 
-def _loop(s, den, x, generator):
-    for t in s.timesteps:
-        out = den(x, t.reshape(1).expand(x.shape[0]))
-        x = s.step(out, t, x, generator=generator).prev_sample
-    return x
-
-
-def flow_sequential(scheduler, den, n, x_T, generator=None, **options):
+def flow_sequential(scheduler, den, n, x_T, generator=None, no_upcast=False, **options):
     """diffusers' loop (no scale_model_input, no init_noise_sigma for flow matching)."""
-    s = copy.deepcopy(scheduler)
-    s.set_timesteps(n, **options)
-    with torch.no_grad():
-        return _loop(s, den, x_T, generator)
+    return sequential(
+        scheduler, den, n, x_T, generator, timestep_options=options, no_upcast=no_upcast
+    )
 
 
 def latent(shape=(2, 3, 8, 8), seed=1, dtype=torch.float32):
@@ -139,29 +129,6 @@ def test_flow_sigmas_of_schedules_match_diffusers():
         assert torch.equal(got, sched.sigmas[:-1])
 
 
-class _NoUpcast:
-    """diffusers' step upcasts the sample to float32 (``sample.to(torch.float32)``),
-    rounding a float64 state; inside the scheduler module this stands in for ``torch``
-    with ``float32`` meaning float64, so the float64 reference stays float64."""
-
-    float32 = torch.float64
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
-def flow_sequential_float64(scheduler, den, n, x_T, generator=None, **options):
-    s = copy.deepcopy(scheduler)
-    s.set_timesteps(n, **options)
-    module = sys.modules[type(s).__module__]
-    real, module.torch = module.torch, _NoUpcast()
-    try:
-        with torch.no_grad():
-            return _loop(s, den, x_T, generator)
-    finally:
-        module.torch = real
-
-
 @pytest.mark.parametrize(
     ("scheduler", "options"),
     [
@@ -175,7 +142,7 @@ def test_random_unet_parity_float64(scheduler, options):
     unet = tiny_unet().double()
     den = unet_denoiser(unet)
     x_T = latent(dtype=torch.float64)
-    ref = flow_sequential_float64(scheduler, den, 20, x_T, **options)
+    ref = flow_sequential(scheduler, den, 20, x_T, no_upcast=True, **options)
     for window in (None, 6):
         problem = from_scheduler(scheduler, den, 20, **options)
         sol = picard.solve(problem, x_T, tol=0, window=window)
