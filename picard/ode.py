@@ -23,7 +23,7 @@ from picard._checks import (
 )
 from picard.problem import Problem, call_batched, working_dtype
 from picard.solution import Stats
-from picard.solver import DEFAULT_TOL, solve_validated
+from picard.solver import DEFAULT_TOL, solve_options, solve_validated
 
 __all__ = ["METHODS", "ODEProblem", "Tableau", "batch_function", "odeint", "refine_grid"]
 
@@ -211,6 +211,7 @@ def odeint(
     return_stats: Literal[False] = False,
     step_size: float | None = None,
     batch_dims: int = 0,
+    **options: Any,
 ) -> Tensor: ...
 
 
@@ -228,6 +229,7 @@ def odeint(
     return_stats: Literal[True],
     step_size: float | None = None,
     batch_dims: int = 0,
+    **options: Any,
 ) -> tuple[Tensor, Stats]: ...
 
 
@@ -244,6 +246,7 @@ def odeint(
     return_stats: bool = False,
     step_size: float | None = None,
     batch_dims: int = 0,
+    **options: Any,
 ) -> Tensor | tuple[Tensor, Stats]:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` on the fixed grid ``t``, in parallel.
 
@@ -275,6 +278,8 @@ def odeint(
             into equal substeps, so the output lands exactly on ``t``.
         batch_dims: leading dimensions of ``y0`` that index independent samples; the
             convergence test takes the worst sample.
+        **options: :func:`picard.solve`'s sweep options (``accelerate``, ``max_rows``,
+            ``init`` — a warm start ``(len(t), *y0.shape)``, not with ``step_size``).
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)`` with ``ys[0] = y0``, in ``y0.dtype``; or
@@ -287,6 +292,7 @@ def odeint(
         >>> ys.shape, round(float(ys[-1, 0]), 4)  # Euler: (1 - 0.01)^100
         (torch.Size([101, 2]), 0.366)
     """
+    opts = solve_options(**options)
     func = check_callable("func", func)
     y0 = check_state("y0", y0)
     t = check_grid(t, y0)
@@ -299,10 +305,12 @@ def odeint(
     grid, out_index = t, None
     if step_size is not None:
         grid, out_index = refine_grid(t, check_nonneg("step_size", step_size, positive=True))
+    if opts.init is not None and step_size is not None:
+        raise ValueError("init (a warm start on t) cannot be combined with step_size")
     drift = func if batched else batch_function(func, "func")
     problem = ODEProblem(drift, grid, method, y0.dtype, batch_ndim)
     sol = solve_validated(
-        problem, y0, window, tol, max_iters, True if out_index is None else out_index
+        problem, y0, window, tol, max_iters, True if out_index is None else out_index, None, opts
     )
     assert sol.ys is not None
     return (sol.ys, sol.stats) if return_stats else sol.ys

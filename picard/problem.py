@@ -31,7 +31,8 @@ class Problem(ABC):
 
     Subclasses set ``num_steps`` and implement :meth:`increments`. Optional hooks:
     :meth:`init` (draw noise once, at the start of a solve), :meth:`scale` (per-step
-    scale of the convergence test) and :meth:`step_label` (how errors name a step).
+    scale of the convergence test), :meth:`guess` (cheap starting guesses for the steps
+    entering a window) and :meth:`step_label` (how errors name a step).
 
     Attributes:
         num_steps: N, the number of steps.
@@ -87,6 +88,21 @@ class Problem(ABC):
             ``(increments, outputs)``: increments shaped like ``x``; outputs stacked per
             step on dim 0 for later steps' ``history`` (``None`` when ``memory == 0``).
         """
+
+    def guess(self, x: Tensor, start: int, count: int, state: Any) -> Tensor | None:
+        """Cheap guesses of states ``start + 1 … start + count`` from state ``x``, or ``None``.
+
+        Called after every sweep for the steps that enter the next window, with ``x`` the
+        newest estimate of state ``start`` (the window's last). A guess costs no model
+        call (e.g. the last increment call's model output, reused); it only decides how
+        fast the sweeps converge, never what they converge to. ``None`` (the default)
+        copies ``x``, as ParaDiGMS does. :meth:`increments` may keep what a guess needs
+        in ``state``.
+
+        Returns:
+            ``(count, *x.shape)`` in ``x``'s dtype, or ``None``.
+        """
+        return None
 
     def scale(self) -> Sequence[float] | np.ndarray | Tensor | None:
         """Per-step scale of the convergence test (length N, each >= 0), or ``None`` for 1.

@@ -106,11 +106,16 @@ def parallel(
     window: int | None = None,
     tol: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    **options: Any,
 ) -> Solution:
-    """The same sampler solved by picard (noise from ``generator``, after ``x_T``)."""
+    """The same sampler solved by picard (noise from ``generator``, after ``x_T``).
+
+    ``options`` are :func:`picard.solve`'s sweep options (``accelerate``, ``predict``,
+    ``max_rows``, ``init``).
+    """
     problem = from_scheduler(scheduler, denoiser, steps, generator=generator)
     with torch.no_grad():
-        return solve(problem, x_T, window=window, tol=tol, progress=progress)
+        return solve(problem, x_T, window=window, tol=tol, progress=progress, **options)
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:

@@ -17,7 +17,7 @@ from picard._checks import check_batch_dims, check_callable, check_grid, check_s
 from picard.ode import batch_function
 from picard.problem import Problem, call_batched, working_dtype
 from picard.solution import Stats
-from picard.solver import DEFAULT_TOL, solve_validated
+from picard.solver import DEFAULT_TOL, solve_options, solve_validated
 
 __all__ = ["SDEProblem", "brownian_increments", "sdeint"]
 
@@ -119,6 +119,7 @@ def sdeint(
     batched: bool = True,
     return_stats: Literal[False] = False,
     batch_dims: int = 0,
+    **options: Any,
 ) -> Tensor: ...
 
 
@@ -137,6 +138,7 @@ def sdeint(
     batched: bool = True,
     return_stats: Literal[True],
     batch_dims: int = 0,
+    **options: Any,
 ) -> tuple[Tensor, Stats]: ...
 
 
@@ -154,6 +156,7 @@ def sdeint(
     batched: bool = True,
     return_stats: bool = False,
     batch_dims: int = 0,
+    **options: Any,
 ) -> Tensor | tuple[Tensor, Stats]:
     """Solve ``dy = f(t, y) dt + g(t, y) ⊙ dW`` by Euler–Maruyama on the grid ``t``, in parallel.
 
@@ -177,6 +180,8 @@ def sdeint(
         batched: whether ``f`` and ``g`` take batches of rows (else :func:`torch.func.vmap`).
         return_stats: also return the :class:`picard.Stats`.
         batch_dims: leading dimensions of ``y0`` that index independent samples.
+        **options: :func:`picard.solve`'s sweep options (``accelerate``, ``max_rows``,
+            ``init`` — a warm start ``(len(t), *y0.shape)``).
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)``, or ``(ys, stats)``.
@@ -190,6 +195,7 @@ def sdeint(
         >>> ys.shape
         torch.Size([51, 3])
     """
+    opts = solve_options(**options)
     f = check_callable("f", f)
     g = check_callable("g", g)
     y0 = check_state("y0", y0)
@@ -213,7 +219,7 @@ def sdeint(
     if not batched:
         f, g = batch_function(f, "f"), batch_function(g, "g")
     problem = SDEProblem(f, g, t, dW, y0.dtype, batch_ndim)
-    sol = solve_validated(problem, y0, window, tol, max_iters, True)
+    sol = solve_validated(problem, y0, window, tol, max_iters, True, None, opts)
     assert sol.ys is not None
     return (sol.ys, sol.stats) if return_stats else sol.ys
 

@@ -26,6 +26,8 @@ class Stats:
         window_starts: the first step of the window, per sweep.
         rows_per_evaluation: model rows behind one evaluation (2 with classifier-free
             guidance); see :attr:`model_rows`.
+        accelerated: sweeps whose update the secant acceleration corrected.
+        fallbacks: times the acceleration's safeguard made the next sweep plain Picard.
 
     Example:
         >>> import torch, picard
@@ -44,6 +46,8 @@ class Stats:
     stages: int
     window_starts: tuple[int, ...]
     rows_per_evaluation: int = 1
+    accelerated: int = 0
+    fallbacks: int = 0
     # Per sweep, the worst sample's squared norm of each state's change, and the
     # reciprocal per-step norm scale: residuals are computed from them when first asked.
     changes: Sequence[np.ndarray] = field(default=(), repr=False, compare=False)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -29,10 +29,61 @@ from picard.errors import ConvergenceError, NonFiniteError
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.solution import Solution, Stats
 
-__all__ = ["DEFAULT_TOL", "sequential", "solve"]
+__all__ = ["ACCELERATIONS", "DEFAULT_TOL", "SolveOptions", "sequential", "solve", "solve_options"]
 
 DEFAULT_TOL = Problem.default_tol
 """Default tolerance of :func:`picard.odeint` and :func:`picard.sdeint` (and of problems)."""
+
+
+ACCELERATIONS = ("secant",)
+"""Values of ``accelerate`` besides ``None``."""
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """How :func:`solve` runs its sweeps (its keyword arguments of the same names).
+
+    Front ends (:func:`picard.odeint`, :func:`picard.sdeint`, pipelines) take them as
+    keywords and build this with :func:`solve_options`, which checks them.
+    """
+
+    accelerate: str | None = None
+    predict: bool = True
+    max_rows: int | None = None
+    init: Tensor | None = None
+
+
+DEFAULT_OPTIONS = SolveOptions()
+
+
+def solve_options(**options: Any) -> SolveOptions:
+    """Check sweep options given as keywords and bundle them.
+
+    The keywords are ``accelerate``, ``predict``, ``max_rows`` and ``init`` (see
+    :func:`solve`); unknown keywords raise ``TypeError``.
+
+    Example:
+        >>> solve_options(accelerate=None).predict
+        True
+    """
+    names = {f.name for f in fields(SolveOptions)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument {unknown[0]!r}; sweep options are "
+            + ", ".join(sorted(names))
+        )
+    merged = {**DEFAULT_OPTIONS.__dict__, **options}
+    accelerate = merged["accelerate"]
+    if accelerate is not None and accelerate not in ACCELERATIONS:
+        raise ValueError(f"accelerate must be None or one of {ACCELERATIONS}, got {accelerate!r}")
+    if not isinstance(merged["predict"], bool):
+        raise TypeError(f"predict must be a bool, got {type(merged['predict']).__name__}")
+    if merged["max_rows"] is not None:
+        merged["max_rows"] = check_int("max_rows", merged["max_rows"], minimum=1)
+    if merged["init"] is not None and not isinstance(merged["init"], Tensor):
+        raise TypeError(f"init must be a Tensor of states, got {type(merged['init']).__name__}")
+    return SolveOptions(**merged)
 
 
 def solve(
@@ -44,6 +95,10 @@ def solve(
     max_iters: int | None = None,
     save: bool | Sequence[int] = False,
     progress: Callable[[int, int], None] | None = None,
+    accelerate: str | None = None,
+    predict: bool = True,
+    max_rows: int | None = None,
+    init: Tensor | None = None,
 ) -> Solution:
     """Solve ``problem`` from ``x0`` by sliding-window Picard iteration.
 
@@ -63,6 +118,22 @@ def solve(
         save: ``True`` keeps every state ``x_0 … x_N`` in ``Solution.ys``; a sequence of
             increasing state indices keeps those; ``False`` keeps only the final state.
         progress: called after every sweep as ``progress(steps_done, num_steps)``.
+        accelerate: ``None`` (default): plain Picard updates, as ParaDiGMS.
+            ``"secant"`` corrects each sweep with per-step slopes estimated from the
+            last two sweeps (a triangular quasi-Newton step, safeguarded by falling back
+            to plain Picard): 10–30% fewer sweeps on deterministic samplers with long
+            windows, but at the same ``tol`` the final error can be a few times larger
+            (benchmarks/results/acceleration.md) — pair it with a smaller ``tol``.
+        predict: start the steps entering a window from the problem's cheap guess
+            (:meth:`picard.Problem.guess`: diffusion samplers reuse the last denoised
+            estimate, ODEs the last slope) instead of a copy of the window's last state.
+        max_rows: a row budget per call instead of a fixed window: the window adapts
+            (doubles after sweeps that finalize all of it, shrinks to twice the steps a
+            sweep finalizes but not below a quarter of the budget) with ``window ×
+            samples × rows_per_evaluation <= max_rows`` and ``window`` as a further cap.
+        init: warm start: a guess of all the states, ``(N + 1, *x0.shape)`` (e.g.
+            ``Solution.ys`` of a neighbouring solve); row 0 is ignored. Overrides
+            ``predict``.
 
     Returns:
         A :class:`picard.Solution`. States, cumulative sums and residuals are kept in
@@ -80,7 +151,10 @@ def solve(
         >>> sol.stats.iterations < 100
         True
     """
-    return solve_validated(problem, check_state("x0", x0), window, tol, max_iters, save, progress)
+    options = solve_options(accelerate=accelerate, predict=predict, max_rows=max_rows, init=init)
+    return solve_validated(
+        problem, check_state("x0", x0), window, tol, max_iters, save, progress, options
+    )
 
 
 def solve_validated(
@@ -91,8 +165,10 @@ def solve_validated(
     max_iters: int | None,
     save: bool | Sequence[int],
     progress: Callable[[int, int], None] | None = None,
+    options: SolveOptions | None = None,
 ) -> Solution:
     """:func:`solve` for an ``x0`` already checked by the caller (a front end)."""
+    options = options or DEFAULT_OPTIONS
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a picard.Problem, got {type(problem).__name__}")
     n = check_int("problem.num_steps", problem.num_steps, minimum=1)
@@ -104,12 +180,30 @@ def solve_validated(
     if batch_ndim > x0.ndim:
         raise ValueError(f"problem.batch_ndim={batch_ndim} exceeds x0.ndim={x0.ndim}")
     samples, size = per_sample_size(x0.shape, batch_ndim)
+    if options.init is not None:
+        _check_init(options.init, n, x0)
     scale = _scales(problem.scale(), n) * math.sqrt(size)  # on the norm, not the RMS
     # NaN/Inf are detected and reported by the loop itself, not by numpy warnings.
     with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"):
         inv_scale = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
         limits = _Limits(np.square(tol * scale), inv_scale, tol, max_iters)
-        return _sweeps(problem, x0, window, limits, saved, samples, progress=progress)
+        return _sweeps(
+            problem, x0, window, limits, saved, samples, progress=progress, options=options
+        )
+
+
+def _check_init(init: Tensor, n: int, x0: Tensor) -> None:
+    if init.shape != (n + 1, *x0.shape):
+        raise ValueError(
+            f"init must hold a guess of every state, shape {(n + 1, *x0.shape)}; "
+            f"got {tuple(init.shape)}"
+        )
+    if not init.is_floating_point():
+        raise TypeError(f"init must be a real floating tensor, got {init.dtype}")
+    if init.device != x0.device:
+        raise ValueError(f"init is on {init.device}; expected {x0.device}, like x0")
+    if not bool(torch.isfinite(init).all()):
+        raise ValueError("init holds NaN or Inf")
 
 
 @dataclass(frozen=True)
@@ -134,29 +228,36 @@ class _Arrays:
     view: Callable[[Tensor], Any]  # a tensor as this kind of array, sharing memory
     copy: Callable[[Any], Any]
     cumsum: Callable[[Any], Any]  # along dim 0
-    sq_norms: Callable[[Any], Any]  # (w, samples, size) -> (w, samples) squared norms
+    dots: Callable[[Any, Any], Any]  # (w, samples, size) twice -> (w, samples) dot products
+    cumprod: Callable[[Any], Any]  # along dim 0
     host: Callable[[Any], np.ndarray]  # to a host numpy array: the one synchronisation
     index: Callable[[Sequence[int], torch.device], Any]
+    asarray: Callable[[np.ndarray, Any], Any]  # a host array as this kind, like another
+
+    def sq_norms(self, d: Any) -> Any:
+        """``(w, samples, size) -> (w, samples)`` squared norms."""
+        return self.dots(d, d)
 
 
 _NUMPY = _Arrays(
     view=lambda t: t.detach().numpy(),
     copy=np.array,
     cumsum=lambda a: np.add.accumulate(a, axis=0),
-    sq_norms=(lambda d: np.vecdot(d, d))
-    if hasattr(np, "vecdot")
-    # numpy >= 2
-    else (lambda d: np.einsum("wsk,wsk->ws", d, d)),
+    dots=np.vecdot if hasattr(np, "vecdot") else (lambda a, b: np.einsum("wsk,wsk->ws", a, b)),
+    cumprod=lambda a: np.multiply.accumulate(a, axis=0),
     host=lambda a: a,
     index=lambda steps, device: np.asarray(steps),
+    asarray=lambda a, like: a.astype(like.dtype),
 )
 _TORCH = _Arrays(
     view=lambda t: t,
     copy=torch.clone,
     cumsum=lambda a: torch.cumsum(a, 0),
-    sq_norms=lambda d: torch.sum(d * d, dim=-1),
+    dots=lambda a, b: torch.sum(a * b, dim=-1),
+    cumprod=lambda a: torch.cumprod(a, 0),
     host=lambda a: a.cpu().numpy(),
     index=lambda steps, device: torch.tensor(list(steps), device=device),
+    asarray=lambda a, like: torch.as_tensor(a, dtype=like.dtype, device=like.device),
 )
 
 
@@ -169,39 +270,42 @@ def _sweeps(
     samples: int,
     arrays: _Arrays | None = None,
     progress: Callable[[int, int], None] | None = None,
+    options: SolveOptions = DEFAULT_OPTIONS,
 ) -> Solution:
     n = problem.num_steps
     memory = problem.memory
+    wmax = window
+    if options.max_rows is not None:
+        wmax = max(1, min(window, options.max_rows // (samples * problem.rows_per_evaluation)))
     # Workspace: xs[k] is the current guess of state off + k. When every state is saved
     # it is the whole trajectory (and the result); otherwise it holds two windows and is
     # compacted as the window slides, so memory stays O(window).
     keep_all = saved is not None and len(saved) == n + 1
-    length = n + 1 if keep_all else min(n + 1, 2 * window + 1)
+    length = n + 1 if keep_all else min(n + 1, 2 * wmax + 1)
     xs_t = x0.detach().to(working_dtype(x0.dtype)).expand(length, *x0.shape).clone()
     ops = arrays or (_NUMPY if xs_t.device.type == "cpu" else _TORCH)
     view, cumsum, sq_norms, host = ops.view, ops.cumsum, ops.sq_norms, ops.host
     xs = view(xs_t)
+    init = None if options.init is None else view(options.init.to(xs_t.dtype))
+    if init is not None:
+        xs[1:] = init[1:length]
     state = problem.init(x0)
     saver = None if keep_all or saved is None else _Saver(saved, xs_t[0], ops)
+    secant = _Secant(ops, samples) if options.accelerate == "secant" else None
     history: Tensor | None = None
     starts: list[int] = []
     changes: list[np.ndarray] = []  # per sweep: the worst sample's squared change per step
     start = off = evaluations = 0
+    w = wmax
     while start < n:
-        w = min(window, n - start)
         if len(starts) == limits.max_iters:
             raise ConvergenceError(
                 f"max_iters={limits.max_iters} sweeps converged {start} of {n} steps; "
                 "raise max_iters or tol",
-                stats=_stats(problem, window, limits, evaluations, starts, changes),
+                stats=_stats(problem, wmax, limits, evaluations, starts, changes, secant),
                 steps_done=start,
                 state=xs_t[start - off].to(x0.dtype),
             )
-        if start - off + w >= length:  # compact: move the live part to the front
-            keep = length - (start - off)
-            xs[:keep] = ops.copy(xs[start - off :])
-            xs[keep : w + 1] = xs[keep - 1]
-            off = start
         lo = start - off
         states = xs_t[lo : lo + w]
         inc, out = problem.increments(states, start, state, history)
@@ -212,11 +316,12 @@ def _sweeps(
             or inc.device != states.device
         ):
             _bad_increments(inc, states)
-        new = cumsum(view(inc))  # states start + 1 … start + w
+        new = cumsum(view(inc))  # states start + 1 … start + w, by plain Picard
         new += xs[lo]
-        change = sq_norms((new - xs[lo + 1 : lo + w + 1]).reshape(w, samples, -1))
-        xs[lo + 1 : lo + w + 1] = new
-        change = host(change)
+        # The fixed-point residual: the test (for plain Picard, the change of the state).
+        change = host(sq_norms((new - xs[lo + 1 : lo + w + 1]).reshape(w, samples, -1)))
+        if secant is None:
+            xs[lo + 1 : lo + w + 1] = new
         worst = change[:, 0] if samples == 1 else change.max(axis=1)
         starts.append(start)
         changes.append(worst)
@@ -226,18 +331,166 @@ def _sweeps(
         ok = worst <= limits.threshold2[start : start + w]
         first = int(ok.argmin())
         stride = w if ok[first] else first + 1
+        if secant is not None:
+            # Finalized states take their Picard values (a converged prefix stays exact);
+            # the others the accelerated ones.
+            secant.update(xs[lo : lo + w + 1], view(inc), start, new, stride)
+            secant.check(worst * np.square(limits.inv_scale[start : start + w]), start, stride)
         if saver is not None:
             saver.add(new, start, stride)
         if memory:
             history = _remember(history, out, stride, memory)
-        # Steps entering the next window start from this window's last state.
-        xs[lo + w + 1 : lo + w + 1 + stride] = new[-1]
-        start += stride
+        end, start = start + w, start + stride
         if progress is not None:
             progress(start, n)
-    stats = _stats(problem, window, limits, evaluations, starts, changes)
+        if start >= n:
+            break
+        if options.max_rows is not None:
+            w = _adapt(w, stride, wmax)
+        w = min(w, n - start)
+        need = start + w  # the next window reads states up to this one
+        if need - off >= length:  # compact: move the live part to the front
+            keep = end - start + 1
+            xs[:keep] = ops.copy(xs[start - off : end - off + 1])
+            off = start
+        if need > end:
+            xs[end + 1 - off : need + 1 - off] = _entering(
+                problem, options, init, xs_t[end - off], end, need - end, state, ops
+            )
+    stats = _stats(problem, wmax, limits, evaluations, starts, changes, secant)
     ys = xs_t if keep_all else None if saver is None else saver.ys_t
     return _solution(xs_t[n - off], ys, saved, stats, x0.dtype)
+
+
+def _adapt(w: int, stride: int, wmax: int) -> int:
+    """The next window for a row budget.
+
+    Twice as long after a sweep that finalized all of it; else twice the steps it
+    finalized — rows far beyond the converged front are mostly wasted — but at least a
+    quarter of ``wmax`` (small windows cost sweeps). At most ``wmax``.
+    """
+    if stride == w:
+        return min(wmax, 2 * w)
+    return min(wmax, max(wmax // 4, 2 * stride, 1))
+
+
+def _entering(
+    problem: Problem,
+    options: SolveOptions,
+    init: Any,
+    last: Tensor,
+    end: int,
+    count: int,
+    state: Any,
+    ops: _Arrays,
+) -> Any:
+    """Starting guesses of states ``end + 1 … end + count``: warm start, prediction or copy."""
+    if init is not None:
+        return init[end + 1 : end + 1 + count]
+    if options.predict:
+        guess = problem.guess(last, end, count, state)
+        if guess is not None:
+            if guess.shape != (count, *last.shape):
+                raise ValueError(
+                    f"problem.guess returned shape {tuple(guess.shape)}; expected "
+                    f"{(count, *last.shape)}"
+                )
+            return ops.view(guess.to(last.dtype))
+    return ops.view(last)
+
+
+class _Secant:
+    """Per-step secant (quasi-Newton) acceleration of the sweep, safeguarded.
+
+    Picard's update ``x_{i+1} <- x_b + Σ Δ_j(x_j)`` ignores how ``Δ_i`` depends on
+    ``x_i``. With a slope ``a_i`` (one scalar per step and sample, estimated from the
+    last two sweeps: ``<δΔ_i, δx_i> / |δx_i|²``) the sweep solves instead the linearized
+    recursion ``x'_{i+1} = x'_i + Δ_i(x_i) + a_i (x'_i - x_i)`` — a parallel scan,
+    ``x' = x_Picard + E`` with ``E_{i+1} = (1 + a_i) E_i + a_i (x_Picard_i - x_i)``. The
+    structure is triangular (causal), as in ParaTAA: state i is corrected only from
+    states before it, so a converged prefix stays exact and the window rule is unchanged
+    (at most N sweeps; ``tol = 0`` exact). Safeguard: slopes are clipped to
+    ``[-1/2, 1/2]``, and a sweep whose largest scaled change on the steps it shares with
+    the previous sweep grew is followed by a plain Picard sweep (counted as a fallback).
+    """
+
+    BLOCK = 32  # cumprod block: products of slopes in [1/2, 3/2] stay well inside float range
+
+    def __init__(self, ops: _Arrays, samples: int):
+        self.ops = ops
+        self.samples = samples
+        self.prev: tuple[int, Any, Any] | None = None  # start, inputs, increments
+        self.last: tuple[int, np.ndarray] | None = None  # start, scaled changes
+        self.plain = False
+        self.fallbacks = 0
+        self.accelerated = 0
+
+    def update(self, xs: Any, inc: Any, start: int, new: Any, stride: int) -> None:
+        """Write the next iterate of states ``start + 1 … start + w`` into ``xs[1:]``.
+
+        ``xs`` holds the window's states before the sweep (row 0 is final), ``new`` their
+        Picard values; states up to ``start + stride`` are final and take those.
+        """
+        w, s = inc.shape[0], self.samples
+        prev, self.prev = self.prev, (start, self.ops.copy(xs[:-1]), self.ops.copy(inc))
+        slope = None
+        if prev is not None and not self.plain:
+            slope = self._slopes(prev, xs[:-1], inc, start)
+        self.plain = False
+        if slope is None or stride >= w - 1:
+            xs[1:] = new
+            return
+        self.accelerated += 1
+        # E_{i+1} = (1 + a_i) E_i + a_i (x_Picard_i - x_i), E_b = 0; x' = x_Picard + E.
+        a = self.ops.asarray(slope[:, :, None], new)
+        residual = (new - xs[1:]).reshape(w, s, -1)
+        corr = _scan(self.ops, 1 + a[1:], a[1:] * residual[:-1], self.BLOCK)
+        flat = new.reshape(w, s, -1)
+        flat[stride:] += corr[stride - 1 :]
+        xs[1:] = new
+
+    def _slopes(self, prev: tuple[int, Any, Any], x: Any, inc: Any, start: int) -> Any:
+        """Per (step, sample) secant slopes ``<δΔ, δx> / |δx|²`` against the last sweep."""
+        p_start, p_x, p_inc = prev
+        w, s = inc.shape[0], self.samples
+        lo, hi = start - p_start, min(p_x.shape[0], start - p_start + w)
+        if hi <= lo:
+            return None
+        rows = hi - lo
+        dx = (x[:rows] - p_x[lo:hi]).reshape(rows, s, -1)
+        dd = (inc[:rows] - p_inc[lo:hi]).reshape(rows, s, -1)
+        den = self.ops.host(self.ops.dots(dx, dx))
+        num = self.ops.host(self.ops.dots(dx, dd))
+        slope = np.zeros((w, s))
+        np.divide(num, den, out=slope[:rows], where=den > 0)
+        np.clip(slope, -0.5, 0.5, out=slope)
+        return slope if slope.any() else None
+
+    def check(self, scaled: np.ndarray, start: int, stride: int) -> None:
+        """Safeguard: plain Picard next if the shared steps' worst change grew."""
+        last, self.last = self.last, (start, scaled)
+        if last is None:
+            return
+        l_start, l_scaled = last
+        lo = start - l_start
+        hi = min(len(l_scaled), lo + len(scaled))
+        if hi > lo and scaled[: hi - lo].max() > l_scaled[lo:hi].max():
+            self.plain = True
+            self.fallbacks += 1
+
+
+def _scan(ops: _Arrays, m: Any, source: Any, block: int) -> Any:
+    """``E_{j+1} = m_j E_j + source_j`` (``E_0 = 0``): ``E_1 … E_w``, by blocked cumprods."""
+    out = ops.copy(source)
+    carry = None
+    for b in range(0, source.shape[0], block):
+        p = ops.cumprod(m[b : b + block])
+        part = p * ops.cumsum(source[b : b + block] / p)
+        if carry is not None:
+            part += p * carry
+        out[b : b + block] = part
+        carry = part[-1:]
+    return out
 
 
 def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = False) -> Solution:
@@ -373,6 +626,7 @@ def _stats(
     evaluations: int,
     starts: list[int],
     changes: list[np.ndarray],
+    secant: _Secant | None = None,
 ) -> Stats:
     return Stats(
         num_steps=problem.num_steps,
@@ -385,6 +639,8 @@ def _stats(
         window_starts=tuple(starts),
         changes=changes,
         inv_scale=limits.inv_scale,
+        accelerated=0 if secant is None else secant.accelerated,
+        fallbacks=0 if secant is None else secant.fallbacks,
     )
 
 

@@ -37,6 +37,8 @@ class DDIMRule(UpdateRule):
         [999, 749, 499, 249]
     """
 
+    signal_keys = ("sqrt_alpha", "sqrt_beta")
+
     def __init__(
         self,
         config: Mapping[str, Any],

@@ -36,6 +36,8 @@ class DDPMRule(UpdateRule):
         ([900, 800, 700], False)
     """
 
+    signal_keys = ("sqrt_alpha", "sqrt_beta")
+
     def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
         self.config = config
         self.variance_type = config.get("variance_type", "fixed_small")

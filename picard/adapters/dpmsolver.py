@@ -345,6 +345,8 @@ class DPMSolverRule(UpdateRule):
         ([999, 799, 599, 400, 200], 1)
     """
 
+    signal_keys = ("alpha", "sigma")
+
     def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
         self.config = config = _with_defaults(config)
         timesteps, sigmas = solver_grid(config, num_inference_steps)

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from picard._checks import check_state
 from picard.adapters.rule import DiffusionProblem
 from picard.solution import Stats
-from picard.solver import solve
+from picard.solver import solve_options, solve_validated
 
 __all__ = ["SUPPORTED_PIPELINES", "ParallelPipeline", "parallelize"]
 
@@ -29,6 +30,7 @@ def parallelize(
     window: int | None = None,
     tol: float | None = 0.1,
     max_iters: int | None = None,
+    **options: Any,
 ) -> ParallelPipeline:
     """Wrap ``pipe`` so that calling it solves its denoising loop in parallel sweeps.
 
@@ -41,6 +43,8 @@ def parallelize(
             :func:`~picard.adapters.diffusers.from_scheduler`); 0 gives the sequential
             sample to float rounding.
         max_iters: sweep budget (default: the number of steps, which always suffices).
+        **options: :func:`picard.solve`'s sweep options: ``accelerate``, ``predict``,
+            ``max_rows`` (a row budget per model call instead of a window).
 
     Returns:
         A callable taking the pipeline's own arguments and returning its own output;
@@ -54,7 +58,7 @@ def parallelize(
         >>> out.images[0].size, fast.stats.iterations < 50
         ((8, 8), True)
     """
-    return ParallelPipeline(pipe, window=window, tol=tol, max_iters=max_iters)
+    return ParallelPipeline(pipe, window=window, tol=tol, max_iters=max_iters, **options)
 
 
 class ParallelPipeline:
@@ -65,7 +69,15 @@ class ParallelPipeline:
         stats: the :class:`picard.Stats` of the last call (``None`` before the first).
     """
 
-    def __init__(self, pipe: Any, *, window: int | None, tol: float | None, max_iters: int | None):
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        window: int | None,
+        tol: float | None,
+        max_iters: int | None,
+        **options: Any,
+    ):
         name = type(pipe).__name__
         if name not in SUPPORTED_PIPELINES:
             raise TypeError(
@@ -73,6 +85,9 @@ class ParallelPipeline:
             )
         self.pipe = pipe
         self.window, self.tol, self.max_iters = window, tol, max_iters
+        self.options = solve_options(**options)
+        if self.options.init is not None:
+            raise ValueError("init (a warm start) is not supported by pipelines; use solve")
         self.stats: Stats | None = None
         self._run = SUPPORTED_PIPELINES[name]
 
@@ -82,7 +97,15 @@ class ParallelPipeline:
             return self._run(self, *args, **kwargs)
 
     def _solve(self, problem: DiffusionProblem, latents: Tensor) -> Tensor:
-        sol = solve(problem, latents, window=self.window, tol=self.tol, max_iters=self.max_iters)
+        sol = solve_validated(
+            problem,
+            check_state("latents", latents),
+            self.window,
+            self.tol,
+            self.max_iters,
+            False,
+            options=self.options,
+        )
         self.stats = sol.stats
         return sol.final
 

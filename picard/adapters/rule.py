@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from picard.adapters import schedules
 from picard.problem import Problem, working_dtype
 
 __all__ = ["DiffusionProblem", "Generator", "UpdateRule"]
@@ -52,6 +53,11 @@ class UpdateRule(ABC):
         output_channels: model output channels per latent channel (2 for learned variance).
         noise_dtype: the dtype the sequential sampler draws its noise in (``None``: the
             latent's dtype, as most schedulers draw it).
+        signal_keys: the names of the coefficients ``(α_i, σ_i)`` with ``x = α x_0 + σ ε``
+            at the model's input, or ``None``; with them (and ``prediction_type``) the
+            solver's guesses for new steps hold the denoised estimate fixed, otherwise
+            the model output.
+        prediction_type: the model output's parametrization (diffusers' names).
     """
 
     num_steps: int
@@ -63,6 +69,8 @@ class UpdateRule(ABC):
     init_noise_sigma: float = 1.0
     output_channels: int = 1
     noise_dtype: torch.dtype | None = None
+    signal_keys: tuple[str, str] | None = None
+    prediction_type: str = "epsilon"
 
     def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """What the model receives for states ``x`` (identity unless the sampler scales)."""
@@ -100,6 +108,9 @@ class _State:
     timesteps: Tensor
     noise: Tensor | None
     latent_dtype: torch.dtype  # what the denoiser receives: the starting latent's dtype
+    # The last increments call's last row: (step, state, model output), for guesses.
+    anchor: list[tuple[int, Tensor, Tensor]] = field(default_factory=list)
+    affine: list[Tensor] = field(default_factory=list)  # (A, B) per step, for guesses
 
 
 class DiffusionProblem(Problem):
@@ -198,7 +209,49 @@ class DiffusionProblem(Problem):
         out = self._check_output(out, rows).reshape(w, b, *out.shape[1:]).to(x.dtype)
         noise = None if state.noise is None else state.noise[start:stop]
         nxt, outputs = self.rule.update(x, out, c, noise, history)
+        state.anchor[:] = [(stop - 1, x[-1].clone(), out[-1])]
         return nxt - x, outputs
+
+    def guess(self, x: Tensor, start: int, count: int, state: _State) -> Tensor | None:
+        """Roll the sampler forward from ``x`` on the last model call's denoised estimate.
+
+        The last row the model saw gives ``x̂_0``. Held fixed, it makes each step affine,
+        ``x_{i+1} = A_i x_i + B_i x̂_0 + (noise term)_i`` — the model output taken as the
+        one that predicts ``x̂_0`` at each step's own state and noise level, so
+        multistep corrections vanish — and the guesses are that recurrence, in a few
+        batched operations with the pre-drawn noise. No model call. ``None`` for rules
+        without ``signal_keys`` (their guess is a copy).
+        """
+        rule = self.rule
+        if not state.anchor or rule.signal_keys is None:
+            return None
+        step, x_a, out_a = state.anchor[0]
+        ka, ks = rule.signal_keys
+        co = state.coefficients
+        channels = x.shape[1]
+        x0 = schedules.predict_x0(
+            rule.prediction_type, x_a, out_a[:, :channels], co[ka][step], co[ks][step]
+        )
+        stop = start + count
+        if not state.affine:
+            state.affine.extend(_affine(rule, co, x))
+        a, b = (v[start:stop].reshape(count) for v in state.affine)
+        u = b.to(x.dtype).reshape(-1, *([1] * x.ndim)) * x0
+        if state.noise is not None:
+            c = {k: v[start:stop] for k, v in co.items()}
+            zero = x.new_zeros((count, *x.shape))
+            out = zero.repeat_interleave(rule.output_channels, 2)
+            if rule.output_channels > 1:  # a learned variance: the anchor's
+                out[:, :, channels:] = out_a[:, channels:]
+            history = None if not rule.memory else zero[:1].expand(rule.memory, *x.shape)
+            u = u + rule.update(zero, out, c, state.noise[start:stop], history)[0]
+        # y_{k+1} = A_k y_k + u_k: the coefficient of u_j in y_{k+1} is Π_{j<i<=k} A_i.
+        f = torch.where(torch.ones(count, count, dtype=torch.bool).tril(-1), a[:, None], 1.0)
+        path = torch.cumprod(f, 0).tril()
+        lead = torch.cumprod(a, 0)
+        flat = path.to(x.dtype) @ u.reshape(count, -1)
+        flat += lead.to(x.dtype)[:, None] * x.reshape(1, -1)
+        return flat.reshape(count, *x.shape)
 
     def _check_output(self, out: Any, rows: Tensor) -> Tensor:
         if not isinstance(out, Tensor):
@@ -217,6 +270,33 @@ class DiffusionProblem(Problem):
     def step_label(self, step: int) -> str:
         """Name a step by its index and model timestep."""
         return f"step {step} (timestep {self.rule.timesteps[step].item():g})"
+
+
+def _affine(rule: UpdateRule, co: Mapping[str, Tensor], x: Tensor) -> list[Tensor]:
+    """Per step, ``(A_i, B_i)`` of the update with ``x̂_0`` held fixed and no noise.
+
+    Probed on a state of one element per channel: ``A`` from ``(x, x̂_0) = (1, 0)``,
+    ``B`` from ``(0, 1)`` (clipping and thresholding, where configured, are ignored:
+    the result is only a guess).
+    """
+    assert rule.signal_keys is not None
+    ka, ks = rule.signal_keys
+    n = rule.num_steps
+    shape = (n, 1, x.shape[1], *([1] * (x.ndim - 2)))
+    probes = []
+    for xv, x0v in ((1.0, 0.0), (0.0, 1.0)):
+        xx = torch.full(shape, xv, dtype=x.dtype, device=x.device)
+        x0 = torch.full(shape, x0v, dtype=x.dtype, device=x.device)
+        out = schedules.output_for_x0(rule.prediction_type, xx, x0, co[ka], co[ks])
+        if rule.output_channels > 1:
+            out = torch.cat([out, torch.zeros_like(out)], 2)
+        history = None
+        if rule.memory:  # the same converted output before: no multistep correction
+            _, m = rule.update(xx, out, co, None, None)
+            history = None if m is None else m[:1].expand(rule.memory, *m.shape[1:])
+        nxt, _ = rule.update(xx, out, co, None, history)
+        probes.append(nxt.reshape(n, -1)[:, 0].double())
+    return probes
 
 
 def _check_generator(generator: Any) -> None:

@@ -309,6 +309,24 @@ def predict_eps(kind: str, x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor)
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {kind!r}")
 
 
+def output_for_x0(kind: str, x: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The model output whose estimate of x_0 at ``x`` is ``x0`` (inverts predict_x0).
+
+    Example:
+        >>> a, s = torch.tensor(0.6), torch.tensor(0.8)
+        >>> x, x0 = torch.tensor([1.0]), torch.tensor([0.5])
+        >>> predict_x0("v_prediction", x, output_for_x0("v_prediction", x, x0, a, s), a, s)
+        tensor([0.5000])
+    """
+    if kind == "epsilon":
+        return (x - alpha * x0) / sigma
+    if kind == "sample":
+        return x0
+    if kind == "v_prediction":  # α ε - σ x_0 with ε = (x - α x_0) / σ, α² + σ² = 1
+        return (alpha * x - (alpha * alpha + sigma * sigma) * x0) / sigma
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {kind!r}")
+
+
 def clip_or_threshold(x0: Tensor, config: Mapping[str, Any], sample_ndim: int) -> Tensor:
     """Apply the config's dynamic thresholding (Imagen, Saharia et al. 2022) or clipping.
 

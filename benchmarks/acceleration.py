@@ -1,0 +1,138 @@
+"""Issue 5: fewer sweeps than ParaDiGMS — each technique alone and the default, one run.
+
+For each model and sampler, on one seed: diffusers' sequential loop (the reference), the
+ParaDiGMS loop as published (DDPM/DDIM; :func:`picard.baselines.paradigms`), and picard
+with plain Picard (``accelerate=None, predict=False``: ParaDiGMS's algorithm), each
+technique alone, and the default. Sweeps, evaluations per step, the final sample's error
+against the sequential sample, and wall-clock (median, 1 thread) as a ratio to the
+ParaDiGMS loop (or to plain Picard where ParaDiGMS has no scheduler).
+
+    python benchmarks/acceleration.py [--models gmm moons] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from picard.baselines import paradigms
+from picard.bench import _model
+from picard.sampling import make_scheduler, median_time, parallel, sequential, start_latent
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {"accelerate": None, "predict": False},
+    "secant": {"accelerate": "secant", "predict": False},
+    "predict": {"accelerate": None, "predict": True},
+    "max_rows": {"accelerate": None, "predict": False, "max_rows": True},
+    "default": {},
+    "default+max_rows": {"max_rows": True},
+}
+CASES = {  # model -> [(sampler, steps, window)]
+    "gmm": [("ddpm", 1000, 64), ("ddim", 100, 100), ("ddim", 200, 64), ("dpmsolver++", 50, 50)],
+    "moons": [("ddpm", 1000, 64), ("ddim", 100, 100), ("ddim", 200, 64), ("dpmsolver++", 50, 50)],
+    "digits": [("ddpm", 1000, 64), ("ddim", 100, 100), ("dpmsolver++", 50, 50)],
+    "tiny-sd": [("ddpm", 1000, 64), ("ddim", 100, 100), ("dpmsolver++", 50, 50)],
+}
+BATCH = {"gmm": 16, "moons": 16, "digits": 4, "tiny-sd": 1}
+
+
+def run(models: list[str], repeats: int, tol: float, log: Any = print) -> list[dict[str, Any]]:
+    rows = []
+    for model in models:
+        den, base, shape = _model(model)
+        b = BATCH[model]
+        for sampler, n, window in CASES[model]:
+            sched = make_scheduler(sampler, base)
+
+            def start() -> tuple[torch.Tensor, torch.Generator]:
+                gen = torch.Generator().manual_seed(0)
+                return start_latent(sched, n, (b, *shape), gen), gen
+
+            def seq() -> torch.Tensor:
+                x, gen = start()
+                return sequential(sched, den, n, x, gen)
+
+            ref, t_seq = median_time(seq, 1)
+            results = {}
+            if sampler in ("ddpm", "ddim"):
+
+                def theirs() -> Any:
+                    x, gen = start()
+                    with torch.no_grad():
+                        return paradigms(
+                            sched, den, n, x, generator=gen, parallel=window, tolerance=tol
+                        )
+
+                r, t = median_time(theirs, repeats)
+                results["ParaDiGMS"] = (r.final, r.sweeps, r.evaluations, t)
+            for name, opts in VARIANTS.items():
+                opts = dict(opts)
+                if opts.get("max_rows"):
+                    opts["max_rows"] = window * b
+
+                def ours(opts: dict[str, Any] = opts) -> Any:
+                    x, gen = start()
+                    return parallel(sched, den, n, x, gen, window=window, tol=tol, **opts)
+
+                sol, t = median_time(ours, repeats)
+                results[name] = (sol.final, sol.stats.iterations, sol.stats.evaluations, t)
+            base_name = "ParaDiGMS" if "ParaDiGMS" in results else "plain"
+            base_sweeps, base_t = results[base_name][1], results[base_name][3]
+            for name, (final, sweeps, evals, t) in results.items():
+                row = {
+                    "model": model,
+                    "sampler": f"{sampler}-{n}",
+                    "window": window,
+                    "method": name,
+                    "sweeps": sweeps,
+                    "sweeps_vs_base": sweeps / base_sweeps,
+                    "evals_per_step": evals / n / b,
+                    "max_abs_error": float((final - ref).abs().max()),
+                    "rms_error": float((final - ref).pow(2).mean().sqrt()),
+                    "seconds": t,
+                    "speed_vs_base": base_t / t,
+                    "speed_vs_sequential": t_seq / t,
+                    "base": base_name,
+                }
+                rows.append(row)
+                log(_line(row))
+    return rows
+
+
+def _line(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['model']} | {r['sampler']} | {r['window']} | {r['method']} | {r['sweeps']} | "
+        f"{r['sweeps_vs_base']:.2f} | {r['evals_per_step']:.2f} | {r['max_abs_error']:.1e} | "
+        f"{r['rms_error']:.1e} | {r['speed_vs_base']:.2f}x | {r['speed_vs_sequential']:.2f}x |"
+    )
+
+
+HEADER = (
+    "| model | sampler | window | method | sweeps | sweeps vs base | evals/step | "
+    "max abs err | RMS err | wall-clock vs base | vs sequential |\n"
+    "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tol", type=float, default=0.1)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/acceleration"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(HEADER)
+    rows = run(args.models, args.repeats, args.tol)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    table = "\n".join([HEADER, *map(_line, rows)])
+    args.out.with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
