@@ -41,65 +41,80 @@ BATCH = {"gmm": 16, "moons": 16, "digits": 4, "tiny-sd": 1}
 
 
 def run(models: list[str], repeats: int, tol: float, log: Any = print) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for model in models:
         den, base, shape = _model(model)
-        b = BATCH[model]
         for sampler, n, window in CASES[model]:
-            sched = make_scheduler(sampler, base)
+            rows += _case(model, den, base, shape, sampler, n, window, repeats, tol, log)
+    return rows
 
-            def start() -> tuple[torch.Tensor, torch.Generator]:
-                gen = torch.Generator().manual_seed(0)
-                return start_latent(sched, n, (b, *shape), gen), gen
 
-            def seq() -> torch.Tensor:
-                x, gen = start()
-                return sequential(sched, den, n, x, gen)
+def _case(
+    model: str,
+    den: Any,
+    base: Any,
+    shape: tuple[int, ...],
+    sampler: str,
+    n: int,
+    window: int,
+    repeats: int,
+    tol: float,
+    log: Any,
+) -> list[dict[str, Any]]:
+    b = BATCH[model]
+    sched = make_scheduler(sampler, base)
 
-            ref, t_seq = median_time(seq, 1)
-            results = {}
-            if sampler in ("ddpm", "ddim"):
+    def start() -> tuple[torch.Tensor, torch.Generator]:
+        gen = torch.Generator().manual_seed(0)
+        return start_latent(sched, n, (b, *shape), gen), gen
 
-                def theirs() -> Any:
-                    x, gen = start()
-                    with torch.no_grad():
-                        return paradigms(
-                            sched, den, n, x, generator=gen, parallel=window, tolerance=tol
-                        )
+    def seq() -> torch.Tensor:
+        x, gen = start()
+        return sequential(sched, den, n, x, gen)
 
-                r, t = median_time(theirs, repeats)
-                results["ParaDiGMS"] = (r.final, r.sweeps, r.evaluations, t)
-            for name, opts in VARIANTS.items():
-                opts = dict(opts)
-                if opts.get("max_rows"):
-                    opts["max_rows"] = window * b
+    ref, t_seq = median_time(seq, 1)
+    results = {}
+    if sampler in ("ddpm", "ddim"):
 
-                def ours(opts: dict[str, Any] = opts) -> Any:
-                    x, gen = start()
-                    return parallel(sched, den, n, x, gen, window=window, tol=tol, **opts)
+        def theirs() -> Any:
+            x, gen = start()
+            with torch.no_grad():
+                return paradigms(sched, den, n, x, generator=gen, parallel=window, tolerance=tol)
 
-                sol, t = median_time(ours, repeats)
-                results[name] = (sol.final, sol.stats.iterations, sol.stats.evaluations, t)
-            base_name = "ParaDiGMS" if "ParaDiGMS" in results else "plain"
-            base_sweeps, base_t = results[base_name][1], results[base_name][3]
-            for name, (final, sweeps, evals, t) in results.items():
-                row = {
-                    "model": model,
-                    "sampler": f"{sampler}-{n}",
-                    "window": window,
-                    "method": name,
-                    "sweeps": sweeps,
-                    "sweeps_vs_base": sweeps / base_sweeps,
-                    "evals_per_step": evals / n / b,
-                    "max_abs_error": float((final - ref).abs().max()),
-                    "rms_error": float((final - ref).pow(2).mean().sqrt()),
-                    "seconds": t,
-                    "speed_vs_base": base_t / t,
-                    "speed_vs_sequential": t_seq / t,
-                    "base": base_name,
-                }
-                rows.append(row)
-                log(_line(row))
+        r, t = median_time(theirs, repeats)
+        results["ParaDiGMS"] = (r.final, r.sweeps, r.evaluations, t)
+    for name, opts in VARIANTS.items():
+        opts = dict(opts)
+        if opts.get("max_rows"):
+            opts["max_rows"] = window * b
+
+        def ours(opts: dict[str, Any] = opts) -> Any:
+            x, gen = start()
+            return parallel(sched, den, n, x, gen, window=window, tol=tol, **opts)
+
+        sol, t = median_time(ours, repeats)
+        results[name] = (sol.final, sol.stats.iterations, sol.stats.evaluations, t)
+    base_name = "ParaDiGMS" if "ParaDiGMS" in results else "plain"
+    base_sweeps, base_t = results[base_name][1], results[base_name][3]
+    rows = []
+    for name, (final, sweeps, evals, t) in results.items():
+        row = {
+            "model": model,
+            "sampler": f"{sampler}-{n}",
+            "window": window,
+            "method": name,
+            "sweeps": sweeps,
+            "sweeps_vs_base": sweeps / base_sweeps,
+            "evals_per_step": evals / n / b,
+            "max_abs_error": float((final - ref).abs().max()),
+            "rms_error": float((final - ref).pow(2).mean().sqrt()),
+            "seconds": t,
+            "speed_vs_base": base_t / t,
+            "speed_vs_sequential": t_seq / t,
+            "base": base_name,
+        }
+        rows.append(row)
+        log(_line(row))
     return rows
 
 
