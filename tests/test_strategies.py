@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import picard
 from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
-from tests.diffusion_helpers import gaussian_denoiser
-from tests.test_solver import linear_rule, problems, sequential_loop
+from diffusion_helpers import gaussian_denoiser
+from test_solver import linear_rule, problems, sequential_loop
 
 options = st.fixed_dictionaries(
     {
