@@ -32,7 +32,8 @@ class Problem(ABC):
     Subclasses set ``num_steps`` and implement :meth:`increments`. Optional hooks:
     :meth:`init` (draw noise once, at the start of a solve), :meth:`scale` (per-step
     scale of the convergence test), :meth:`guess` (cheap starting guesses for the steps
-    entering a window) and :meth:`step_label` (how errors name a step).
+    entering a window), :meth:`increments_at` and :meth:`guess_at` (per-sample windows)
+    and :meth:`step_label` (how errors name a step).
 
     Attributes:
         num_steps: N, the number of steps.
@@ -101,6 +102,46 @@ class Problem(ABC):
 
         Returns:
             ``(count, *x.shape)`` in ``x``'s dtype, or ``None``.
+        """
+        return None
+
+    def increments_at(
+        self, x: Tensor, steps: Tensor, samples: Tensor, state: Any, history: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Increments for per-sample windows: each sample of the batch at its own steps.
+
+        Only problems with one batch dimension can implement it (the solver's
+        ``per_sample=True``); the default raises ``NotImplementedError``.
+
+        Args:
+            x: states ``(w, S, *sample_shape)``; column k holds batch sample
+                ``samples[k]`` at steps ``steps[:, k]``.
+            steps: ``(w, S)`` long step indices, consecutive down each column; ``-1``
+                marks padding rows (a column with fewer steps left), which must not be
+                evaluated — their increments are ignored.
+            samples: ``(S,)`` long indices of the columns' samples in the batch.
+            state: what :meth:`init` returned.
+            history: ``(memory, S, …)``: each column's outputs of the ``memory`` steps
+                before its first (zeros where there are none); ``None`` when
+                ``memory == 0``.
+
+        Returns:
+            ``(increments, outputs)`` as for :meth:`increments`, shaped ``(w, S, …)``.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement increments_at (per-sample windows)"
+        )
+
+    def guess_at(
+        self, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: Any
+    ) -> Tensor | None:
+        """:meth:`guess` for per-sample windows, for several samples at once.
+
+        ``x[k]`` is batch sample ``samples[k]``'s newest state ``ends[k]`` (``x`` is
+        ``(S, *sample_shape)``; ``ends``, ``counts`` are ``(S,)`` long tensors). Returns
+        ``(max(counts), S, *sample_shape)``: column k guesses states ``ends[k] + 1 …
+        ends[k] + counts[k]`` (rows past ``counts[k]`` are ignored), or ``None`` (copies;
+        the default).
         """
         return None
 

@@ -111,7 +111,7 @@ def parallel(
     """The same sampler solved by picard (noise from ``generator``, after ``x_T``).
 
     ``options`` are :func:`picard.solve`'s sweep options (``accelerate``, ``predict``,
-    ``max_rows``, ``init``).
+    ``max_rows``, ``init``, ``per_sample``).
     """
     problem = from_scheduler(scheduler, denoiser, steps, generator=generator)
     with torch.no_grad():

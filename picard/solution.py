@@ -52,6 +52,8 @@ class Stats:
     # reciprocal per-step norm scale: residuals are computed from them when first asked.
     changes: Sequence[np.ndarray] = field(default=(), repr=False, compare=False)
     inv_scale: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # Per sweep, the residual itself, where the loop computed it (per-sample windows).
+    sweep_residuals: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def nfe(self) -> int:
@@ -70,6 +72,8 @@ class Stats:
         In units of the state's scale (comparable with ``tol``), over the window and the
         samples.
         """
+        if self.sweep_residuals is not None:
+            return self.sweep_residuals
         if not self.changes or self.inv_scale is None:
             return (0.0,) * self.iterations
         sizes = np.array([len(c) for c in self.changes])

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from picard._checks import check_int, check_nonneg, check_optional_int, check_state
 from picard.errors import ConvergenceError, NonFiniteError
+from picard.per_sample import per_sample_sweeps
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.solution import Solution, Stats
 
@@ -51,6 +52,7 @@ class SolveOptions:
     predict: bool = True
     max_rows: int | None = None
     init: Tensor | None = None
+    per_sample: bool = False
 
 
 DEFAULT_OPTIONS = SolveOptions()
@@ -59,7 +61,8 @@ DEFAULT_OPTIONS = SolveOptions()
 def solve_options(**options: Any) -> SolveOptions:
     """Check sweep options given as keywords and bundle them.
 
-    The keywords are ``accelerate``, ``predict``, ``max_rows`` and ``init`` (see
+    The keywords are ``accelerate``, ``predict``, ``max_rows``, ``init`` and
+    ``per_sample`` (see
     :func:`solve`); unknown keywords raise ``TypeError``.
 
     Example:
@@ -77,8 +80,13 @@ def solve_options(**options: Any) -> SolveOptions:
     accelerate = merged["accelerate"]
     if accelerate is not None and accelerate not in ACCELERATIONS:
         raise ValueError(f"accelerate must be None or one of {ACCELERATIONS}, got {accelerate!r}")
-    if not isinstance(merged["predict"], bool):
-        raise TypeError(f"predict must be a bool, got {type(merged['predict']).__name__}")
+    for name in ("predict", "per_sample"):
+        if not isinstance(merged[name], bool):
+            raise TypeError(f"{name} must be a bool, got {type(merged[name]).__name__}")
+    if merged["per_sample"] and accelerate is not None:
+        raise ValueError(
+            f"accelerate={accelerate!r} does not combine with per_sample=True; choose one"
+        )
     if merged["max_rows"] is not None:
         merged["max_rows"] = check_int("max_rows", merged["max_rows"], minimum=1)
     if merged["init"] is not None and not isinstance(merged["init"], Tensor):
@@ -99,6 +107,7 @@ def solve(
     predict: bool = True,
     max_rows: int | None = None,
     init: Tensor | None = None,
+    per_sample: bool = False,
 ) -> Solution:
     """Solve ``problem`` from ``x0`` by sliding-window Picard iteration.
 
@@ -134,6 +143,12 @@ def solve(
         init: warm start: a guess of all the states, ``(N + 1, *x0.shape)`` (e.g.
             ``Solution.ys`` of a neighbouring solve); row 0 is ignored. Overrides
             ``predict``.
+        per_sample: give every sample of the batch its own window (problems with one
+            batch dimension that implement :meth:`picard.Problem.increments_at`, such as
+            the diffusion adapters): each slides by its own converged prefix, finished
+            samples leave the batch, and with ``max_rows`` their rows go to the others.
+            Each sample gets what solving it alone would give. ``Stats.window_starts``
+            then holds the slowest sample's start.
 
     Returns:
         A :class:`picard.Solution`. States, cumulative sums and residuals are kept in
@@ -151,7 +166,9 @@ def solve(
         >>> sol.stats.iterations < 100
         True
     """
-    options = solve_options(accelerate=accelerate, predict=predict, max_rows=max_rows, init=init)
+    options = solve_options(
+        accelerate=accelerate, predict=predict, max_rows=max_rows, init=init, per_sample=per_sample
+    )
     return solve_validated(
         problem, check_state("x0", x0), window, tol, max_iters, save, progress, options
     )
@@ -187,8 +204,38 @@ def solve_validated(
     with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"):
         inv_scale = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
         limits = _Limits(np.square(tol * scale), inv_scale, tol, max_iters)
+        if options.per_sample:
+            _check_per_sample(problem, batch_ndim)
+            return per_sample_sweeps(
+                problem,
+                x0,
+                window,
+                limits.threshold2,
+                inv_scale,
+                tol,
+                max_iters,
+                saved,
+                progress,
+                options.max_rows,
+                options.predict,
+                options.init,
+            )
         return _sweeps(
             problem, x0, window, limits, saved, samples, progress=progress, options=options
+        )
+
+
+def _check_per_sample(problem: Problem, batch_ndim: int) -> None:
+    if batch_ndim != 1 or type(problem).increments_at is Problem.increments_at:
+        raise ValueError(
+            "per_sample=True needs a problem with one batch dimension (batch_ndim=1) that "
+            f"implements increments_at, such as the diffusion adapters; {type(problem).__name__} "
+            f"has batch_ndim={batch_ndim}"
+            + (
+                ""
+                if type(problem).increments_at is not Problem.increments_at
+                else " and no increments_at"
+            )
         )
 
 

@@ -249,3 +249,29 @@ def test_stable_diffusion_with_sigma_schedulers_float64(sd64, scheduler, rel):
     ref = sd64(generator=gen(), **kw).images
     out = parallelize(sd64, tol=0, window=5)(generator=gen(), **kw).images
     assert max_abs(out, ref) <= rel * float(ref.abs().max())
+
+
+def test_stable_diffusion_per_sample_windows(sd64):
+    """Each image's prompt follows its rows when the images slide their own windows."""
+    kw = {
+        "prompt": ["a cat", "a dog", "a red cube"],
+        "negative_prompt": ["blurry", "dark", "flat"],
+        "num_inference_steps": 15,
+        **SD_ARGS,
+    }
+    ref = sd64(generator=gen(), **kw).images
+    exact = parallelize(sd64, tol=0, window=5, per_sample=True)(generator=gen(), **kw).images
+    assert max_abs(exact, ref) < 1e-9
+    fast = parallelize(sd64, window=8, per_sample=True)
+    out = fast(generator=gen(), **kw).images
+    shared = parallelize(sd64, window=8)
+    loose = shared(generator=gen(), **kw).images
+    assert fast.stats.evaluations <= shared.stats.evaluations
+    scale = float(ref.abs().max())
+    assert max_abs(out, ref) < 0.05 * scale and max_abs(loose, ref) < 0.05 * scale
+    uncond = tiny_unet_pipeline("ddpm").to(torch.float64)
+    uncond.set_progress_bar_config(disable=True)
+    args = {"num_inference_steps": 12, "batch_size": 2, "output_type": "pt"}
+    base = uncond(generator=gen(), **args).images
+    per = parallelize(uncond, tol=0, window=4, per_sample=True)(generator=gen(), **args).images
+    assert max_abs(per, base) < 1e-10

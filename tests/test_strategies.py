@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusion_helpers import gaussian_denoiser
 from hypothesis import given
 from hypothesis import strategies as st
+from test_solver import linear_rule, problems, sequential_loop
 
 import picard
 from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
-from diffusion_helpers import gaussian_denoiser
-from test_solver import linear_rule, problems, sequential_loop
 
 options = st.fixed_dictionaries(
     {

@@ -44,7 +44,8 @@ def parallelize(
             sample to float rounding.
         max_iters: sweep budget (default: the number of steps, which always suffices).
         **options: :func:`picard.solve`'s sweep options: ``accelerate``, ``predict``,
-            ``max_rows`` (a row budget per model call instead of a window).
+            ``max_rows`` (a row budget per model call instead of a window),
+            ``per_sample`` (each image slides its own window; prompts follow their rows).
 
     Returns:
         A callable taking the pipeline's own arguments and returning its own output;
@@ -276,13 +277,14 @@ def _stable_diffusion(
             scale, embedding_dim=pipe.unet.config.time_cond_proj_dim
         ).to(device=device, dtype=latents.dtype)
 
-    def denoiser(x: Tensor, t: Tensor) -> Tensor:
-        reps = x.shape[0] // images  # window steps: rows are (step, image), step-major
-        emb = cond.repeat(reps, 1, 1)
-        tc = None if timestep_cond is None else timestep_cond.repeat(reps, 1)
+    def denoiser(x: Tensor, t: Tensor, samples: Tensor | None = None) -> Tensor:
+        if samples is None:  # a shared window: rows are (step, image), step-major
+            samples = torch.arange(images, device=x.device).repeat(x.shape[0] // images)
+        emb = cond[samples]
+        tc = None if timestep_cond is None else timestep_cond[samples]
         if cfg:
             x, t = torch.cat([x, x]), torch.cat([t, t])
-            emb = torch.cat([uncond.repeat(reps, 1, 1), emb])
+            emb = torch.cat([uncond[samples], emb])
             tc = None if tc is None else torch.cat([tc, tc])
         out = pipe.unet(
             x,

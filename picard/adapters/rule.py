@@ -9,6 +9,7 @@ when the solve starts, in the order the sequential sampler draws it.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,9 +109,12 @@ class _State:
     timesteps: Tensor
     noise: Tensor | None
     latent_dtype: torch.dtype  # what the denoiser receives: the starting latent's dtype
+    batch: int  # samples in the batch
     # The last increments call's last row: (step, state, model output), for guesses.
     anchor: list[tuple[int, Tensor, Tensor]] = field(default_factory=list)
     affine: list[Tensor] = field(default_factory=list)  # (A, B) per step, for guesses
+    # Per-sample windows: each sample's last evaluated row (step, state, model output).
+    anchors: list[Tensor] = field(default_factory=list)
 
 
 class DiffusionProblem(Problem):
@@ -156,6 +160,7 @@ class DiffusionProblem(Problem):
         self.memory = rule.memory
         self.rows_per_evaluation = rows_per_evaluation
         self.scale_model_input = scale_model_input
+        self._takes_samples = _takes_samples(denoiser)
 
     def scale(self) -> np.ndarray:
         """The rule's per-step noise std: ``tol`` is relative to it."""
@@ -178,7 +183,8 @@ class DiffusionProblem(Problem):
             k: torch.as_tensor(v, dtype=work).to(x0.device).reshape(view)
             for k, v in self.rule.coefficients.items()
         }
-        return _State(coefficients, self.rule.timesteps.to(x0.device), self._noise(x0), x0.dtype)
+        timesteps = self.rule.timesteps.to(x0.device)
+        return _State(coefficients, timesteps, self._noise(x0), x0.dtype, x0.shape[0])
 
     def _noise(self, x0: Tensor) -> Tensor | None:
         """All the noise of the solve, drawn now as the sequential sampler draws it."""
@@ -212,6 +218,70 @@ class DiffusionProblem(Problem):
         state.anchor[:] = [(stop - 1, x[-1].clone(), out[-1])]
         return nxt - x, outputs
 
+    def increments_at(
+        self, x: Tensor, steps: Tensor, samples: Tensor, state: _State, history: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """One model call for per-sample windows (see :meth:`picard.Problem.increments_at`).
+
+        Only the valid rows reach the model. A denoiser with a ``samples`` parameter gets
+        each row's batch index (for per-sample conditioning such as prompts).
+        """
+        w, s = steps.shape
+        valid = steps >= 0
+        at = steps.clamp(min=0)
+        bshape = (w, s) + (1,) * (x.ndim - 2)
+        c = {k: v.reshape(-1)[at].reshape(bshape) for k, v in state.coefficients.items()}
+        rows = self.rule.model_input(x, c) if self.scale_model_input else x
+        keep = valid.reshape(-1).nonzero().squeeze(1)
+        rows = rows.reshape(w * s, *x.shape[2:])[keep]
+        t = state.timesteps[at.reshape(-1)[keep]]
+        if self._takes_samples:
+            who = samples.expand(w, s).reshape(-1)[keep]
+            got = self.denoiser(rows.to(state.latent_dtype), t, samples=who)
+        else:
+            got = self.denoiser(rows.to(state.latent_dtype), t)
+        got = self._check_output(got, rows).to(x.dtype)
+        out = got.new_zeros((w * s, *got.shape[1:]))
+        out[keep] = got
+        out = out.reshape(w, s, *got.shape[1:])
+        noise = None
+        if state.noise is not None:
+            noise = state.noise[at, samples.expand(w, s)]
+        nxt, outputs = self.rule.update(x, out, c, noise, history)
+        self._anchor(state, x, out, steps, samples, valid.sum(0) - 1)
+        return torch.where(valid.reshape(bshape), nxt - x, 0.0), outputs
+
+    @staticmethod
+    def _anchor(
+        state: _State, x: Tensor, out: Tensor, steps: Tensor, samples: Tensor, last: Tensor
+    ) -> None:
+        """Keep each sample's last evaluated row (step, state, model output) for guesses."""
+        if not state.anchors:
+            batch = state.batch
+            state.anchors.extend(
+                [
+                    torch.full((batch,), -1, dtype=torch.long, device=x.device),
+                    x.new_zeros((batch, *x.shape[2:])),
+                    out.new_zeros((batch, *out.shape[2:])),
+                ]
+            )
+        cols = torch.arange(x.shape[1], device=x.device)
+        step_a, x_a, out_a = state.anchors
+        step_a[samples] = steps[last, cols]
+        x_a[samples] = x[last, cols]
+        out_a[samples] = out[last, cols]
+
+    def guess_at(
+        self, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: _State
+    ) -> Tensor | None:
+        """:meth:`guess` for per-sample windows: each sample from its own last model row."""
+        if not state.anchors or self.rule.signal_keys is None:
+            return None
+        step_a, x_a, out_a = (v[samples] for v in state.anchors)
+        steps = ends[None, :] + torch.arange(int(counts.max()), device=x.device)[:, None]
+        steps = steps.clamp(max=self.num_steps - 1)
+        return self._rollout(x, step_a, x_a, out_a, steps, samples, state)
+
     def guess(self, x: Tensor, start: int, count: int, state: _State) -> Tensor | None:
         """Roll the sampler forward from ``x`` on the last model call's denoised estimate.
 
@@ -222,36 +292,64 @@ class DiffusionProblem(Problem):
         batched operations with the pre-drawn noise. No model call. ``None`` for rules
         without ``signal_keys`` (their guess is a copy).
         """
-        rule = self.rule
-        if not state.anchor or rule.signal_keys is None:
+        if not state.anchor or self.rule.signal_keys is None:
             return None
         step, x_a, out_a = state.anchor[0]
+        b = x.shape[0]
+        steps = torch.arange(start, start + count, device=x.device)[:, None].expand(count, b)
+        step_a = torch.full((b,), step, device=x.device)
+        samples = torch.arange(b, device=x.device)
+        return self._rollout(x, step_a, x_a, out_a, steps, samples, state)
+
+    def _rollout(
+        self,
+        x: Tensor,
+        step_a: Tensor,
+        x_a: Tensor,
+        out_a: Tensor,
+        steps: Tensor,
+        samples: Tensor,
+        state: _State,
+    ) -> Tensor:
+        """The frozen-``x̂_0`` roll-out: ``(C, S, …)`` guesses of the states after ``x``.
+
+        Column k starts from ``x[k]`` (batch sample ``samples[k]``) with its anchor row
+        ``(step_a, x_a, out_a)[k]`` and takes steps ``steps[:, k]``.
+        """
+        rule = self.rule
+        assert rule.signal_keys is not None
         ka, ks = rule.signal_keys
         co = state.coefficients
+        count, cols = steps.shape
         channels = x.shape[1]
+        ones = (1,) * (x.ndim - 1)
         x0 = schedules.predict_x0(
-            rule.prediction_type, x_a, out_a[:, :channels], co[ka][step], co[ks][step]
+            rule.prediction_type,
+            x_a,
+            out_a[:, :channels],
+            co[ka].reshape(-1)[step_a].reshape(-1, *ones),
+            co[ks].reshape(-1)[step_a].reshape(-1, *ones),
         )
-        stop = start + count
         if not state.affine:
             state.affine.extend(_affine(rule, co, x))
-        a, b = (v[start:stop].reshape(count) for v in state.affine)
-        u = b.to(x.dtype).reshape(-1, *([1] * x.ndim)) * x0
+        a, b = (v[steps].to(x.dtype) for v in state.affine)  # (C, S)
+        u = b.reshape(count, cols, *ones) * x0
         if state.noise is not None:
-            c = {k: v[start:stop] for k, v in co.items()}
+            c = {k: v.reshape(-1)[steps].reshape(count, cols, *ones) for k, v in co.items()}
             zero = x.new_zeros((count, *x.shape))
             out = zero.repeat_interleave(rule.output_channels, 2)
             if rule.output_channels > 1:  # a learned variance: the anchor's
                 out[:, :, channels:] = out_a[:, channels:]
             history = None if not rule.memory else zero[:1].expand(rule.memory, *x.shape)
-            u = u + rule.update(zero, out, c, state.noise[start:stop], history)[0]
+            noise = state.noise[steps, samples.expand(count, cols)]
+            u = u + rule.update(zero, out, c, noise, history)[0]
         # y_{k+1} = A_k y_k + u_k: the coefficient of u_j in y_{k+1} is Π_{j<i<=k} A_i.
-        f = torch.where(torch.ones(count, count, dtype=torch.bool).tril(-1), a[:, None], 1.0)
-        path = torch.cumprod(f, 0).tril()
-        lead = torch.cumprod(a, 0)
-        flat = path.to(x.dtype) @ u.reshape(count, -1)
-        flat += lead.to(x.dtype)[:, None] * x.reshape(1, -1)
-        return flat.reshape(count, *x.shape)
+        below = torch.ones(count, count, dtype=torch.bool, device=x.device).tril(-1)
+        f = torch.where(below, a.T[:, :, None], 1.0)  # (S, C, C)
+        path = torch.cumprod(f, 1).tril()
+        flat = path @ u.transpose(0, 1).reshape(cols, count, -1)  # (S, C, D)
+        flat += torch.cumprod(a.T, 1)[:, :, None] * x.reshape(cols, 1, -1)
+        return flat.transpose(0, 1).reshape(count, *x.shape)
 
     def _check_output(self, out: Any, rows: Tensor) -> Tensor:
         if not isinstance(out, Tensor):
@@ -297,6 +395,15 @@ def _affine(rule: UpdateRule, co: Mapping[str, Tensor], x: Tensor) -> list[Tenso
         nxt, _ = rule.update(xx, out, co, None, history)
         probes.append(nxt.reshape(n, -1)[:, 0].double())
     return probes
+
+
+def _takes_samples(denoiser: Any) -> bool:
+    """Whether ``denoiser`` accepts a ``samples`` keyword (row -> batch index)."""
+    try:
+        params = inspect.signature(denoiser).parameters
+    except (TypeError, ValueError):
+        return False
+    return "samples" in params
 
 
 def _check_generator(generator: Any) -> None:
