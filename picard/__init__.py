@@ -2,10 +2,11 @@
 
 Public names: :func:`solve`, :func:`sequential`, :func:`odeint`, :func:`sdeint`,
 :class:`Problem`, :class:`Recursion`, :class:`Solution`, :class:`Stats`,
-:class:`NonFiniteError`, :class:`ConvergenceError`.
+:class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`,
+:class:`MemoryWarning`.
 """
 
-from picard.errors import ConvergenceError, NonFiniteError
+from picard.errors import ConvergenceError, MemoryWarning, NonFiniteError, RankError
 from picard.ode import odeint
 from picard.problem import Problem, Recursion
 from picard.sde import sdeint
@@ -15,8 +16,10 @@ from picard.solver import DEFAULT_TOL, sequential, solve
 __all__ = [
     "DEFAULT_TOL",
     "ConvergenceError",
+    "MemoryWarning",
     "NonFiniteError",
     "Problem",
+    "RankError",
     "Recursion",
     "Solution",
     "Stats",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from picard.solver import Stats
 
-__all__ = ["ConvergenceError", "NonFiniteError"]
+__all__ = ["ConvergenceError", "MemoryWarning", "NonFiniteError", "RankError"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -50,3 +50,23 @@ class ConvergenceError(RuntimeError):
         self.stats = stats
         self.steps_done = steps_done
         self.state = state
+
+
+class RankError(RuntimeError):
+    """A rank of a distributed solve failed; raised on every rank, naming the one that failed.
+
+    Attributes:
+        rank: the rank (in the solve's process group) whose model call failed.
+
+    Example:
+        >>> RankError("rank 1 failed", rank=1).rank
+        1
+    """
+
+    def __init__(self, message: str, *, rank: int):
+        super().__init__(message)
+        self.rank = rank
+
+
+class MemoryWarning(UserWarning):
+    """A sweep's model call did not fit in memory and is now evaluated in chunks."""

@@ -22,6 +22,7 @@ from picard._checks import (
     check_state,
 )
 from picard.problem import Problem, call_batched, working_dtype
+from picard.rows import Replicable, module_device, replicate
 from picard.solution import Stats
 from picard.solver import DEFAULT_TOL, solve_options, solve_validated
 
@@ -180,6 +181,18 @@ def batch_function(
     Uses :func:`torch.func.vmap`; a function that cannot be vectorised (``.item()``,
     data-dependent control flow) gets a clear error naming ``batched=True`` as the way out.
     """
+    if isinstance(func, torch.nn.Module) or hasattr(func, "picard_replicate"):
+        # devices=[...] rebuilds the vectorised call around a replica of the module
+        return Replicable(
+            lambda dev: _vmapped(func if dev is None else replicate(func, dev), name),
+            module_device(func),
+        )
+    return _vmapped(func, name)
+
+
+def _vmapped(
+    func: Callable[[Tensor, Tensor], Tensor], name: str
+) -> Callable[[Tensor, Tensor], Tensor]:
     mapped = torch.func.vmap(func, in_dims=(0, 0))
 
     def batched(t: Tensor, y: Tensor) -> Tensor:

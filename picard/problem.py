@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from picard._checks import check_callable, check_int
+from picard.rows import map_rows
 
 __all__ = ["Problem", "Recursion", "call_batched", "working_dtype"]
 
@@ -210,7 +211,7 @@ def call_batched(
     ``y`` is cast to ``in_dtype`` (the user's dtype) for the call; the result comes back
     in ``y``'s dtype.
     """
-    out = fn(t, y if y.dtype == in_dtype else y.to(in_dtype))
+    out = map_rows(fn, t, y if y.dtype == in_dtype else y.to(in_dtype))
     if not isinstance(out, Tensor):
         raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}")
     if out.shape != y.shape:

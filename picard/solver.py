@@ -28,6 +28,7 @@ from picard._checks import check_int, check_nonneg, check_optional_int, check_st
 from picard.errors import ConvergenceError, NonFiniteError
 from picard.per_sample import per_sample_sweeps
 from picard.problem import Problem, per_sample_size, working_dtype
+from picard.rows import check_devices, evaluating, evaluator_for
 from picard.solution import Solution, Stats
 
 __all__ = ["ACCELERATIONS", "DEFAULT_TOL", "SolveOptions", "sequential", "solve", "solve_options"]
@@ -53,6 +54,8 @@ class SolveOptions:
     max_rows: int | None = None
     init: Tensor | None = None
     per_sample: bool = False
+    distributed: bool = False
+    devices: tuple[torch.device, ...] | None = None
 
 
 DEFAULT_OPTIONS = SolveOptions()
@@ -61,8 +64,8 @@ DEFAULT_OPTIONS = SolveOptions()
 def solve_options(**options: Any) -> SolveOptions:
     """Check sweep options given as keywords and bundle them.
 
-    The keywords are ``accelerate``, ``predict``, ``max_rows``, ``init`` and
-    ``per_sample`` (see
+    The keywords are ``accelerate``, ``predict``, ``max_rows``, ``init``,
+    ``per_sample``, ``distributed`` and ``devices`` (see
     :func:`solve`); unknown keywords raise ``TypeError``.
 
     Example:
@@ -80,7 +83,10 @@ def solve_options(**options: Any) -> SolveOptions:
     accelerate = merged["accelerate"]
     if accelerate is not None and accelerate not in ACCELERATIONS:
         raise ValueError(f"accelerate must be None or one of {ACCELERATIONS}, got {accelerate!r}")
-    for name in ("predict", "per_sample"):
+    merged["devices"] = check_devices(merged["devices"])
+    if merged["distributed"] and merged["devices"]:
+        raise ValueError("distributed=True and devices=[...] do not combine; choose one")
+    for name in ("predict", "per_sample", "distributed"):
         if not isinstance(merged[name], bool):
             raise TypeError(f"{name} must be a bool, got {type(merged[name]).__name__}")
     if merged["per_sample"] and accelerate is not None:
@@ -108,6 +114,8 @@ def solve(
     max_rows: int | None = None,
     init: Tensor | None = None,
     per_sample: bool = False,
+    distributed: bool = False,
+    devices: Sequence[str | torch.device] | None = None,
 ) -> Solution:
     """Solve ``problem`` from ``x0`` by sliding-window Picard iteration.
 
@@ -149,6 +157,14 @@ def solve(
             samples leave the batch, and with ``max_rows`` their rows go to the others.
             Each sample gets what solving it alone would give. ``Stats.window_starts``
             then holds the slowest sample's start.
+        distributed: inside an initialised ``torch.distributed`` process group (e.g.
+            under ``torchrun``), every rank runs this same solve and evaluates its
+            contiguous shard of each sweep's model rows; the shards are gathered, so all
+            ranks hold the same result, the single-process one. A rank whose model
+            raises makes every rank raise :class:`picard.RankError` naming it.
+        devices: evaluate each sweep's rows on replicas of the model on these devices
+            (e.g. ``["cuda:0", "cuda:1"]``), one thread each, gathered in order; the
+            model must be a ``torch.nn.Module`` (or ``parallelize(pipe, ...)``'s).
 
     Returns:
         A :class:`picard.Solution`. States, cumulative sums and residuals are kept in
@@ -167,7 +183,13 @@ def solve(
         True
     """
     options = solve_options(
-        accelerate=accelerate, predict=predict, max_rows=max_rows, init=init, per_sample=per_sample
+        accelerate=accelerate,
+        predict=predict,
+        max_rows=max_rows,
+        init=init,
+        per_sample=per_sample,
+        distributed=distributed,
+        devices=devices,
     )
     return solve_validated(
         problem, check_state("x0", x0), window, tol, max_iters, save, progress, options
@@ -200,8 +222,9 @@ def solve_validated(
     if options.init is not None:
         _check_init(options.init, n, x0)
     scale = _scales(problem.scale(), n) * math.sqrt(size)  # on the norm, not the RMS
+    evaluator = evaluator_for(options.distributed, options.devices, x0, (n, window, tol))
     # NaN/Inf are detected and reported by the loop itself, not by numpy warnings.
-    with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"):
+    with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"), evaluating(evaluator):
         inv_scale = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
         limits = _Limits(np.square(tol * scale), inv_scale, tol, max_iters)
         if options.per_sample:

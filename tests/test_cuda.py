@@ -43,3 +43,24 @@ def test_one_synchronisation_per_sweep():
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     # The argument checks sync a few times once per solve; the loop once per sweep.
     assert len(syncs) <= stats.iterations + 4, len(syncs)
+
+
+@cuda
+def test_devices_split_rows_between_cpu_and_cuda():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    net = net.double().cuda()
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    t = torch.linspace(0, 1, 101, dtype=torch.float64, device="cuda")
+    y0 = torch.ones(3, 2, dtype=torch.float64, device="cuda")
+    ref = picard.odeint(Field(), y0, t, window=20)
+    out = picard.odeint(Field(), y0, t, window=20, devices=["cuda:0", "cpu"])
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)

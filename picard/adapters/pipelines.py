@@ -10,6 +10,7 @@ builds from the pipeline's scheduler.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from picard._checks import check_state
 from picard.adapters.rule import DiffusionProblem
+from picard.rows import Replicable
 from picard.solution import Stats
 from picard.solver import solve_options, solve_validated
 
@@ -167,8 +169,11 @@ def _unconditional(ddim: bool) -> Callable[..., Any]:
         image = randn_tensor(shape, generator=generator, device=device, dtype=pipe.unet.dtype)
         pipe.scheduler.set_timesteps(num_inference_steps)  # as the pipeline does
 
-        def denoiser(x: Tensor, t: Tensor) -> Tensor:
-            return pipe.unet(x, t).sample
+        def make(dev: torch.device | None) -> Callable[[Tensor, Tensor], Tensor]:
+            unet = pipe.unet if dev is None else copy.deepcopy(pipe.unet).to(dev)
+            return lambda x, t: unet(x, t).sample
+
+        denoiser = Replicable(make, pipe.unet.device)
 
         options: dict[str, Any] = {}
         if ddim:  # DDIMPipeline passes these to the scheduler's step, whatever it is
@@ -277,31 +282,41 @@ def _stable_diffusion(
             scale, embedding_dim=pipe.unet.config.time_cond_proj_dim
         ).to(device=device, dtype=latents.dtype)
 
-    def denoiser(x: Tensor, t: Tensor, samples: Tensor | None = None) -> Tensor:
-        if samples is None:  # a shared window: rows are (step, image), step-major
-            samples = torch.arange(images, device=x.device).repeat(x.shape[0] // images)
-        emb = cond[samples]
-        tc = None if timestep_cond is None else timestep_cond[samples]
-        if cfg:
-            x, t = torch.cat([x, x]), torch.cat([t, t])
-            emb = torch.cat([uncond[samples], emb])
-            tc = None if tc is None else torch.cat([tc, tc])
-        out = pipe.unet(
-            x,
-            t,
-            encoder_hidden_states=emb,
-            timestep_cond=tc,
-            cross_attention_kwargs=cross_attention_kwargs,
-            return_dict=False,
-        )[0]
-        if not cfg:
-            return out
-        out_uncond, out_text = out.chunk(2)
-        guided = out_uncond + guidance_scale * (out_text - out_uncond)
-        if guidance_rescale > 0.0:
-            guided = rescale_noise_cfg(guided, out_text, guidance_rescale=guidance_rescale)
-        return guided
+    def make(dev: torch.device | None) -> Callable[..., Tensor]:
+        """The guided model call, on ``dev`` (a replica of the UNet) or where it is."""
+        unet = pipe.unet if dev is None else copy.deepcopy(pipe.unet).to(dev)
+        c = cond if dev is None else cond.to(dev)
+        u = uncond if dev is None or uncond is None else uncond.to(dev)
+        tcond = timestep_cond if dev is None or timestep_cond is None else timestep_cond.to(dev)
 
+        def denoiser(x: Tensor, t: Tensor, samples: Tensor | None = None) -> Tensor:
+            if samples is None:  # a shared window: rows are (step, image), step-major
+                samples = torch.arange(images, device=x.device).repeat(x.shape[0] // images)
+            emb = c[samples]
+            tc = None if tcond is None else tcond[samples]
+            if cfg:
+                x, t = torch.cat([x, x]), torch.cat([t, t])
+                emb = torch.cat([u[samples], emb])
+                tc = None if tc is None else torch.cat([tc, tc])
+            out = unet(
+                x,
+                t,
+                encoder_hidden_states=emb,
+                timestep_cond=tc,
+                cross_attention_kwargs=cross_attention_kwargs,
+                return_dict=False,
+            )[0]
+            if not cfg:
+                return out
+            out_uncond, out_text = out.chunk(2)
+            guided = out_uncond + guidance_scale * (out_text - out_uncond)
+            if guidance_rescale > 0.0:
+                guided = rescale_noise_cfg(guided, out_text, guidance_rescale=guidance_rescale)
+            return guided
+
+        return denoiser
+
+    denoiser = Replicable(make, pipe.unet.device)
     problem = self._problem(
         num_inference_steps, denoiser, generator, eta=eta, rows_per_evaluation=2 if cfg else 1
     )

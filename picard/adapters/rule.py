@@ -21,6 +21,7 @@ from torch import Tensor
 
 from picard.adapters import schedules
 from picard.problem import Problem, working_dtype
+from picard.rows import map_rows
 
 __all__ = ["DiffusionProblem", "Generator", "UpdateRule"]
 
@@ -124,6 +125,10 @@ class DiffusionProblem(Problem):
         rule: the sampler's update rule.
         denoiser: ``denoiser(x, t)``, the batched model call with ``x: (M, *shape)`` in
             the latent's dtype and ``t: (M,)`` diffusers timesteps; returns ``(M, C', ...)``.
+            Rows are independent and may be split across calls, ranks or devices: a
+            denoiser that conditions per sample (a prompt per image) must take a
+            ``samples`` keyword, ``(M,)`` batch indices of the rows, rather than infer
+            them from row positions.
         generator: a generator, or a list with one per sample, for the sampler's noise.
         rows_per_evaluation: model rows per (step, sample) evaluation (2 with
             classifier-free guidance), reported in the stats.
@@ -211,7 +216,11 @@ class DiffusionProblem(Problem):
         rows = self.rule.model_input(x, c) if self.scale_model_input else x
         rows = rows.reshape(w * b, *x.shape[2:])
         t = state.timesteps[start:stop].repeat_interleave(b)
-        out = self.denoiser(rows.to(state.latent_dtype), t)
+        if self._takes_samples:  # each row's batch index: rows may be split across calls
+            who = torch.arange(b, device=x.device).repeat(w)
+            out = map_rows(self.denoiser, rows.to(state.latent_dtype), t, samples=who)
+        else:
+            out = map_rows(self.denoiser, rows.to(state.latent_dtype), t)
         out = self._check_output(out, rows).reshape(w, b, *out.shape[1:]).to(x.dtype)
         noise = None if state.noise is None else state.noise[start:stop]
         nxt, outputs = self.rule.update(x, out, c, noise, history)
@@ -237,9 +246,9 @@ class DiffusionProblem(Problem):
         t = state.timesteps[at.reshape(-1)[keep]]
         if self._takes_samples:
             who = samples.expand(w, s).reshape(-1)[keep]
-            got = self.denoiser(rows.to(state.latent_dtype), t, samples=who)
+            got = map_rows(self.denoiser, rows.to(state.latent_dtype), t, samples=who)
         else:
-            got = self.denoiser(rows.to(state.latent_dtype), t)
+            got = map_rows(self.denoiser, rows.to(state.latent_dtype), t)
         got = self._check_output(got, rows).to(x.dtype)
         out = got.new_zeros((w * s, *got.shape[1:]))
         out[keep] = got

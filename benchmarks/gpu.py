@@ -1,0 +1,275 @@
+"""Issue 6: picard on one GPU against the sequential sampler, in one run.
+
+Two models built from their configs with random weights (nothing downloaded):
+
+- a Stable-Diffusion-v2-sized ``UNet2DConditionModel`` (865M parameters, 64x64x4
+  latents, cross-attention on a fixed random 77x1024 text embedding, no guidance) in
+  float16: DDPM-1000 and DDIM-200 at batch 1 and 4;
+- a DiffusionPolicy-sized 1-D temporal UNet (``UNet1DModel``, 256/512/1024 channels,
+  63M parameters, horizon 16, 2 action dims) in float16: DDPM-100 (squared-cosine
+  schedule, clipped samples, as DiffusionPolicy), batch 1.
+
+For each: diffusers' sequential loop and ``picard`` (default options, tol 0.1),
+CUDA-synchronised wall-clock (median of repeats), sweeps, evaluations, and the final
+sample's RMS distance to the sequential one. Random weights make sweep counts those of an
+untrained model: the figures measure the machinery (rows per second, sweeps' cost), not a
+trained model's convergence. A time budget stops runs that would not finish.
+
+    python benchmarks/gpu.py                 # on a GPU, under 8 minutes
+    python benchmarks/gpu.py --smoke         # tiny configs on any device, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from picard.sampling import make_scheduler, parallel, sequential, start_latent
+
+
+class OverBudget(Exception):
+    """The run's time budget ran out."""
+
+
+def sd2_unet(smoke: bool) -> Any:
+    """Stable Diffusion v2's UNet (or a tiny one with the same blocks)."""
+    from diffusers import UNet2DConditionModel
+
+    if smoke:
+        return UNet2DConditionModel(
+            sample_size=8,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            use_linear_projection=True,
+        )
+    return UNet2DConditionModel(
+        sample_size=64,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        down_block_types=(
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ),
+        up_block_types=(
+            "UpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+            "CrossAttnUpBlock2D",
+        ),
+        use_linear_projection=True,
+    )
+
+
+def policy_unet(smoke: bool) -> Any:
+    """A DiffusionPolicy-sized 1-D temporal UNet."""
+    from diffusers import UNet1DModel
+
+    channels = (32, 64, 128) if smoke else (256, 512, 1024)
+    return UNet1DModel(
+        sample_size=16,
+        in_channels=2,
+        out_channels=2,
+        extra_in_channels=0,
+        time_embedding_type="positional",
+        flip_sin_to_cos=False,
+        use_timestep_embedding=True,
+        freq_shift=1.0,
+        down_block_types=("DownResnetBlock1D",) * 3,
+        up_block_types=("UpResnetBlock1D",) * 2,
+        mid_block_type="MidResTemporalBlock1D",
+        out_block_type="OutConv1DBlock",
+        block_out_channels=channels,
+        act_fn="mish",
+        norm_num_groups=8,
+        layers_per_block=1,
+        downsample_each_block=False,
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[Any, float]:
+    times, out = [], None
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return out, statistics.median(times)
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    device = torch.device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    deadline = time.monotonic() + args.budget
+    torch.manual_seed(0)
+    rows: list[dict[str, Any]] = []
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+    from diffusers import DDPMScheduler
+
+    unet = sd2_unet(args.smoke).to(device, dtype).eval()
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    sd_base = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
+    )
+    size = unet.config.sample_size
+
+    def sd_denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = text.expand(x.shape[0], -1, -1)
+        return unet(x, t.to(device), encoder_hidden_states=emb, return_dict=False)[0]
+
+    policy = policy_unet(args.smoke).to(device, dtype).eval()
+    policy_base = DDPMScheduler(
+        num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True
+    )
+
+    def policy_denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return policy(x, t.to(device)).sample
+
+    steps = {"ddpm-1000": 20 if args.smoke else 1000, "ddim-200": 10 if args.smoke else 200}
+    cases = [
+        ("sd2-unet", "ddpm", steps["ddpm-1000"], b, sd_base, sd_denoiser, (4, size, size))
+        for b in (1, 4)
+    ]
+    cases += [
+        ("sd2-unet", "ddim", steps["ddim-200"], b, sd_base, sd_denoiser, (4, size, size))
+        for b in (1, 4)
+    ]
+    policy_steps = 20 if args.smoke else 100
+    cases.append(("policy-unet1d", "ddpm", policy_steps, 1, policy_base, policy_denoiser, (2, 16)))
+    with torch.inference_mode():
+        sd_denoiser(torch.zeros(2, 4, size, size, device=device, dtype=dtype), torch.ones(2))
+        policy_denoiser(torch.zeros(2, 2, 16, device=device, dtype=dtype), torch.ones(2))
+        for model, sampler, n, b, base, den, shape in cases:
+            if time.monotonic() > deadline:
+                print(f"skipped {model} {sampler}-{n} batch {b}: out of time", flush=True)
+                continue
+            rows.append(
+                _case(model, sampler, n, b, base, den, shape, device, dtype, args, deadline)
+            )
+            rows[-1]["gpu"] = gpu
+            print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def _case(
+    model: str,
+    sampler: str,
+    n: int,
+    b: int,
+    base: Any,
+    den: Callable[..., torch.Tensor],
+    shape: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+    args: argparse.Namespace,
+    deadline: float,
+) -> dict[str, Any]:
+    sched = make_scheduler(sampler, base)
+    window = min(n, max(8, args.rows // b))
+    repeats = 1 if n >= 1000 and not args.smoke else args.repeats
+
+    def start() -> tuple[torch.Tensor, torch.Generator]:
+        gen = torch.Generator().manual_seed(0)
+        return start_latent(sched, n, (b, *shape), gen).to(device, dtype), gen
+
+    def seq() -> torch.Tensor:
+        x, gen = start()
+        return sequential(sched, den, n, x, gen)
+
+    def check(done: int, total: int) -> None:
+        if time.monotonic() > deadline:
+            raise OverBudget(f"stopped at step {done} of {total}")
+
+    def ours() -> Any:
+        x, gen = start()
+        return parallel(sched, den, n, x, gen, window=window, progress=check)
+
+    ref, t_seq = _timed(seq, repeats, device)
+    row: dict[str, Any] = {
+        "model": model,
+        "sampler": f"{sampler}-{n}",
+        "batch": b,
+        "window": window,
+        "dtype": str(dtype).removeprefix("torch."),
+        "sequential_s": t_seq,
+    }
+    try:
+        sol, t_par = _timed(ours, repeats, device)
+    except OverBudget as stop:
+        row.update({"picard_s": None, "note": str(stop)})
+        return row
+    err = (sol.final.float() - ref.float()).pow(2).mean().sqrt() / ref.float().pow(2).mean().sqrt()
+    row.update(
+        {
+            "picard_s": t_par,
+            "speedup": t_seq / t_par,
+            "sweeps": sol.stats.iterations,
+            "evals_per_step": sol.stats.evaluations / n / b,
+            "relative_rms_error": float(err),
+            "seconds_per_sweep": t_par / sol.stats.iterations,
+        }
+    )
+    return row
+
+
+def _line(r: dict[str, Any]) -> str:
+    if r.get("picard_s") is None:
+        return (
+            f"| {r['model']} | {r['sampler']} | {r['batch']} | {r['window']} | "
+            f"{r['sequential_s']:.2f} | – | – | – | – | – | {r.get('note', '')} |"
+        )
+    return (
+        f"| {r['model']} | {r['sampler']} | {r['batch']} | {r['window']} | "
+        f"{r['sequential_s']:.2f} | {r['picard_s']:.2f} | {r['speedup']:.2f}x | {r['sweeps']} | "
+        f"{r['evals_per_step']:.2f} | {r['relative_rms_error']:.1e} | |"
+    )
+
+
+HEADER = (
+    "| model | sampler | batch | window | sequential s | picard s | speedup | sweeps | "
+    "evals/step | rel. RMS err | note |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny configs, few steps")
+    parser.add_argument("--rows", type=int, default=64, help="model rows per sweep (about)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds for all runs")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu"))
+    args = parser.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    print(HEADER, flush=True)
+    rows = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    args.out.with_suffix(".md").write_text("\n".join([HEADER, *map(_line, rows)]) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
