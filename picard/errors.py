@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from picard.solver import Stats
+    from picard.solution import Solution, Stats
 
 __all__ = ["ConvergenceError", "MemoryWarning", "NonFiniteError", "RankError"]
 
@@ -38,6 +38,9 @@ class ConvergenceError(RuntimeError):
         stats: the statistics of the sweeps that did run.
         steps_done: how many steps were converged; ``state`` is state ``steps_done``.
         state: the last converged state (shaped like ``x0``).
+        solution: the partial :class:`picard.Solution`: ``final`` is ``state``, ``ys``
+            holds the saved states already final (``steps`` their indices); ``None``
+            where a solve cannot tell.
 
     Example:
         >>> err = ConvergenceError("budget", stats=None, steps_done=0, state=None)
@@ -45,11 +48,20 @@ class ConvergenceError(RuntimeError):
         0
     """
 
-    def __init__(self, message: str, *, stats: Stats | None, steps_done: int, state: Any):
+    def __init__(
+        self,
+        message: str,
+        *,
+        stats: Stats | None,
+        steps_done: int,
+        state: Any,
+        solution: Solution | None = None,
+    ):
         super().__init__(message)
         self.stats = stats
         self.steps_done = steps_done
         self.state = state
+        self.solution = solution
 
 
 class RankError(RuntimeError):
@@ -69,4 +81,12 @@ class RankError(RuntimeError):
 
 
 class MemoryWarning(UserWarning):
-    """A sweep's model call did not fit in memory and is now evaluated in chunks."""
+    """A sweep's model call did not fit in memory and is now evaluated in chunks.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("error", MemoryWarning)  # make chunking an error
+        ...     issubclass(MemoryWarning, UserWarning)
+        True
+    """

@@ -36,15 +36,15 @@ def per_sample_sweeps(
     max_iters: int,
     saved: Sequence[int] | None,
     progress: Callable[[int, int], None] | None,
-    max_rows: int | None,
-    predict: bool,
-    init: Tensor | None,
+    options: Any,
 ) -> Solution:
     """The sweep loop with one window per sample (arguments checked by :func:`picard.solve`).
 
     ``threshold2`` holds the squared-norm thresholds per step, ``inv_scale`` the
-    reciprocal norm scale per step (for :attr:`picard.Stats.residuals`).
+    reciprocal norm scale per step (for :attr:`picard.Stats.residuals`), ``options`` the
+    solve's :class:`picard.solver.SolveOptions`.
     """
+    max_rows, predict, init = options.max_rows, options.predict, options.init
     n, batch = problem.num_steps, x0.shape[0]
     memory, rpe = problem.memory, problem.rows_per_evaluation
 
@@ -70,18 +70,32 @@ def per_sample_sweeps(
     residuals: list[float] = []
     evaluations = 0
     active = np.arange(batch)
+    stopped = False
     while active.size:
-        if len(starts) == max_iters:
-            lows = [buf[start[s] - off[s], s] if start[s] < n else final[s] for s in range(batch)]
-            raise ConvergenceError(
-                f"max_iters={max_iters} sweeps left {active.size} of {batch} samples "
-                f"unfinished (the slowest at step {int(start[active].min())} of {n}); "
-                "raise max_iters or tol",
-                stats=_stats(problem, width(1), tol, evaluations, starts, residuals),
-                steps_done=int(start[active].min()),
-                state=torch.stack(lows).to(x0.dtype),
-            )
         lengths = np.minimum(width(active.size), n - start[active])
+        if options.max_evaluations is not None:
+            lengths = np.minimum(lengths, (options.max_evaluations - evaluations) // active.size)
+        if len(starts) == max_iters or lengths.max() <= 0:
+            if options.on_budget == "sequential":
+                stopped = True
+                break
+            lows = [buf[start[s] - off[s], s] if start[s] < n else final[s] for s in range(batch)]
+            stats = _stats(problem, width(1), tol, evaluations, starts, residuals)
+            what = (
+                f"max_iters={max_iters} sweeps"
+                if len(starts) == max_iters
+                else f"max_evaluations={options.max_evaluations} evaluations"
+            )
+            state_now = torch.stack(lows).to(x0.dtype)
+            raise ConvergenceError(
+                f"{what} left {active.size} of {batch} samples unfinished (the slowest at "
+                f"step {int(start[active].min())} of {n}); raise the budget or tol, or pass "
+                'on_budget="sequential" to finish step by step',
+                stats=stats,
+                steps_done=int(start[active].min()),
+                state=state_now,
+                solution=Solution(final=state_now, ys=None, steps=None, stats=stats),
+            )
         for k, s in enumerate(active):
             if start[s] + lengths[k] - off[s] >= length:  # compact this sample's column
                 keep = high[s] - start[s] + 1
@@ -117,6 +131,9 @@ def per_sample_sweeps(
         evaluations += int(lengths.sum())
         starts.append(int(start[active].min()))
         if not np.isfinite(change).all():
+            if options.on_nonfinite == "sequential":
+                stopped = True
+                break
             raise _non_finite(problem, change, steps, active, len(starts))
         residuals.append(float(np.sqrt((change * np.square(inv_scale[at])).max())))
         bad = (change > threshold2[at]) & valid
@@ -134,13 +151,66 @@ def per_sample_sweeps(
         active = active[~done]
         if progress is not None:
             progress(int(start.min()), n)
-    stats = _stats(problem, width(1), tol, evaluations, starts, residuals)
+    rounds = 0
+    if stopped:  # the rest step by step, every unfinished sample one step per round
+        rounds, evaluations = _finish(
+            problem, state, buf, start, off, active, hist, final, ys, saved, evaluations
+        )
+    stats = _stats(problem, width(1), tol, evaluations, starts, residuals, rounds)
     return Solution(
         final=final.to(x0.dtype),
         ys=None if ys is None else ys.to(x0.dtype),
         steps=saved,
         stats=stats,
     )
+
+
+def _finish(
+    problem: Problem,
+    state: Any,
+    buf: Tensor,
+    start: np.ndarray,
+    off: np.ndarray,
+    active: np.ndarray,
+    hist: Tensor | None,
+    final: Tensor,
+    ys: Tensor | None,
+    saved: Sequence[int] | None,
+    evaluations: int,
+) -> tuple[int, int]:
+    """Finish the ``active`` samples one step per round; returns (rounds, evaluations)."""
+    n, memory, dev = problem.num_steps, problem.memory, buf.device
+    cur = buf[torch.as_tensor(start[active] - off[active], device=dev), torch.as_tensor(active)]
+    rounds = 0
+    while active.size:
+        samples = torch.as_tensor(active, device=dev)
+        steps = torch.as_tensor(start[active][None, :], device=dev)
+        history = None if hist is None else hist[:, samples]
+        inc, out = problem.increments_at(cur[None], steps, samples, state, history)
+        cur = cur + inc[0]
+        rounds += 1
+        evaluations += active.size
+        bad = ~torch.isfinite(cur.reshape(active.size, -1)).all(1)
+        if bool(bad.any()):
+            k = int(bad.nonzero()[0, 0])
+            step = int(start[active[k]])
+            raise NonFiniteError(
+                f"{problem.step_label(step)} of sample {int(active[k])}: NaN or Inf even when "
+                "taken sequentially (the fallback after the sweeps stopped)",
+                step=step,
+            )
+        one = np.ones(active.size, dtype=np.int64)
+        if memory:
+            hist = _remember(hist, out, active, one, memory, final.shape[0])
+        if ys is not None and saved is not None:
+            _save(ys, saved, cur[None], active, start, one)
+        start[active] += 1
+        done = start[active] >= n
+        for k in np.flatnonzero(done):
+            final[active[k]] = cur[k]
+        keep = ~done
+        active, cur = active[keep], cur[torch.as_tensor(keep, device=dev)]
+    return rounds, evaluations
 
 
 def _enter(
@@ -240,15 +310,17 @@ def _stats(
     evaluations: int,
     starts: list[int],
     residuals: list[float],
+    rounds: int = 0,
 ) -> Stats:
     return Stats(
         num_steps=problem.num_steps,
         window=window,
         tol=tol,
-        iterations=len(starts),
+        iterations=len(starts) + rounds,
         evaluations=evaluations,
         stages=problem.stages,
         window_starts=tuple(starts),
         rows_per_evaluation=problem.rows_per_evaluation,
         sweep_residuals=tuple(residuals),
+        sequential_steps=rounds,
     )

@@ -31,15 +31,7 @@ from torch import Tensor
 
 from picard.errors import MemoryWarning, RankError
 
-__all__ = [
-    "Evaluator",
-    "Replicable",
-    "check_devices",
-    "evaluating",
-    "evaluator_for",
-    "map_rows",
-    "replicate",
-]
+__all__ = ["Replicable", "map_rows", "replicate"]
 
 OutOfMemory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -47,7 +39,25 @@ _CURRENT: ContextVar[Evaluator | None] = ContextVar("picard_evaluator", default=
 
 
 def map_rows(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` on a batch of rows, as the current solve evaluates calls."""
+    """``fn(*args, **kwargs)`` on a batch of rows, as the current solve evaluates calls.
+
+    Problems call their model through it, so that a solve can split the call into
+    chunks, ranks or devices; outside a solve it is a plain call.
+
+    Args:
+        fn: the batched model call.
+        *args: its arguments; tensors whose leading dimension equals that of the first
+            tensor argument are rows and may be split.
+        **kwargs: its keyword arguments, split the same way.
+
+    Returns:
+        What ``fn`` returns, rows in order.
+
+    Example:
+        >>> import torch
+        >>> map_rows(lambda t, y: y * t[:, None], torch.ones(3), torch.ones(3, 2)).shape
+        torch.Size([3, 2])
+    """
     evaluator = _CURRENT.get()
     if evaluator is None:
         return fn(*args, **kwargs)
@@ -70,6 +80,22 @@ def replicate(fn: Any, device: torch.device) -> Any:
 
     A module is deep-copied and moved; a callable with a ``picard_replicate(device)``
     method makes its own copy.
+
+    Args:
+        fn: a ``torch.nn.Module`` or a callable with ``picard_replicate``.
+        device: where the copy goes.
+
+    Returns:
+        The copy.
+
+    Raises:
+        TypeError: ``fn`` can be neither copied nor rebuilt.
+
+    Example:
+        >>> import torch
+        >>> copy = replicate(torch.nn.Linear(2, 2), torch.device("cpu"))
+        >>> isinstance(copy, torch.nn.Linear)
+        True
     """
     make = getattr(fn, "picard_replicate", None)
     if callable(make):

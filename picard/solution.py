@@ -28,6 +28,9 @@ class Stats:
             guidance); see :attr:`model_rows`.
         accelerated: sweeps whose update the secant acceleration corrected.
         fallbacks: times the acceleration's safeguard made the next sweep plain Picard.
+        sequential_steps: steps taken one at a time after the sweeps stopped
+            (``on_budget``/``on_nonfinite="sequential"``); counted in ``iterations``
+            and ``evaluations``.
 
     Example:
         >>> import torch, picard
@@ -48,6 +51,7 @@ class Stats:
     rows_per_evaluation: int = 1
     accelerated: int = 0
     fallbacks: int = 0
+    sequential_steps: int = 0
     # Per sweep, the worst sample's squared norm of each state's change, and the
     # reciprocal per-step norm scale: residuals are computed from them when first asked.
     changes: Sequence[np.ndarray] = field(default=(), repr=False, compare=False)

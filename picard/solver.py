@@ -26,6 +26,7 @@ from torch import Tensor
 
 from picard._checks import check_int, check_nonneg, check_optional_int, check_state
 from picard.errors import ConvergenceError, NonFiniteError
+from picard.fallback import FALLBACKS, finish_sequentially
 from picard.per_sample import per_sample_sweeps
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.rows import check_devices, evaluating, evaluator_for
@@ -56,6 +57,9 @@ class SolveOptions:
     per_sample: bool = False
     distributed: bool = False
     devices: tuple[torch.device, ...] | None = None
+    max_evaluations: int | None = None
+    on_budget: str = "raise"
+    on_nonfinite: str = "raise"
 
 
 DEFAULT_OPTIONS = SolveOptions()
@@ -65,7 +69,8 @@ def solve_options(**options: Any) -> SolveOptions:
     """Check sweep options given as keywords and bundle them.
 
     The keywords are ``accelerate``, ``predict``, ``max_rows``, ``init``,
-    ``per_sample``, ``distributed`` and ``devices`` (see
+    ``per_sample``, ``distributed``, ``devices``, ``max_evaluations``, ``on_budget`` and
+    ``on_nonfinite`` (see
     :func:`solve`); unknown keywords raise ``TypeError``.
 
     Example:
@@ -93,8 +98,12 @@ def solve_options(**options: Any) -> SolveOptions:
         raise ValueError(
             f"accelerate={accelerate!r} does not combine with per_sample=True; choose one"
         )
-    if merged["max_rows"] is not None:
-        merged["max_rows"] = check_int("max_rows", merged["max_rows"], minimum=1)
+    for name in ("max_rows", "max_evaluations"):
+        if merged[name] is not None:
+            merged[name] = check_int(name, merged[name], minimum=1)
+    for name in ("on_budget", "on_nonfinite"):
+        if merged[name] not in FALLBACKS:
+            raise ValueError(f"{name} must be one of {FALLBACKS}, got {merged[name]!r}")
     if merged["init"] is not None and not isinstance(merged["init"], Tensor):
         raise TypeError(f"init must be a Tensor of states, got {type(merged['init']).__name__}")
     return SolveOptions(**merged)
@@ -116,6 +125,9 @@ def solve(
     per_sample: bool = False,
     distributed: bool = False,
     devices: Sequence[str | torch.device] | None = None,
+    max_evaluations: int | None = None,
+    on_budget: str = "raise",
+    on_nonfinite: str = "raise",
 ) -> Solution:
     """Solve ``problem`` from ``x0`` by sliding-window Picard iteration.
 
@@ -165,6 +177,17 @@ def solve(
         devices: evaluate each sweep's rows on replicas of the model on these devices
             (e.g. ``["cuda:0", "cuda:1"]``), one thread each, gathered in order; the
             model must be a ``torch.nn.Module`` (or ``parallelize(pipe, ...)``'s).
+        max_evaluations: a budget of (step × sample) evaluations over all sweeps; the
+            last sweep's window shrinks to fit it.
+        on_budget: ``"raise"`` (default): when ``max_iters`` or ``max_evaluations`` run
+            out, raise :class:`picard.ConvergenceError` carrying the partial solution.
+            ``"sequential"``: take the remaining steps one at a time instead — the
+            result is still the sequential one (``stats.sequential_steps`` counts them).
+        on_nonfinite: ``"raise"`` (default): NaN/Inf raise
+            :class:`picard.NonFiniteError` naming the step and sweep. ``"sequential"``:
+            re-solve from the last converged state one step at a time (a model that
+            misbehaves only on the iteration's far-off guesses then still gives the
+            sequential result; one that returns NaN on the true trajectory still raises).
 
     Returns:
         A :class:`picard.Solution`. States, cumulative sums and residuals are kept in
@@ -190,6 +213,9 @@ def solve(
         per_sample=per_sample,
         distributed=distributed,
         devices=devices,
+        max_evaluations=max_evaluations,
+        on_budget=on_budget,
+        on_nonfinite=on_nonfinite,
     )
     return solve_validated(
         problem, check_state("x0", x0), window, tol, max_iters, save, progress, options
@@ -239,9 +265,7 @@ def solve_validated(
                 max_iters,
                 saved,
                 progress,
-                options.max_rows,
-                options.predict,
-                options.init,
+                options,
             )
         return _sweeps(
             problem, x0, window, limits, saved, samples, progress=progress, options=options
@@ -367,15 +391,29 @@ def _sweeps(
     changes: list[np.ndarray] = []  # per sweep: the worst sample's squared change per step
     start = off = evaluations = 0
     w = wmax
+    stopped = False  # the sweeps stopped early; the rest goes step by step
     while start < n:
-        if len(starts) == limits.max_iters:
+        left = _budget(options.max_evaluations, evaluations, samples)
+        if len(starts) == limits.max_iters or left == 0:
+            if options.on_budget == "sequential":
+                stopped = True
+                break
+            stats = _stats(problem, wmax, limits, evaluations, starts, changes, secant)
+            what = (
+                f"max_iters={limits.max_iters} sweeps"
+                if len(starts) == limits.max_iters
+                else f"max_evaluations={options.max_evaluations} evaluations"
+            )
             raise ConvergenceError(
-                f"max_iters={limits.max_iters} sweeps converged {start} of {n} steps; "
-                "raise max_iters or tol",
-                stats=_stats(problem, wmax, limits, evaluations, starts, changes, secant),
+                f"{what} converged {start} of {n} steps; raise the budget or tol, or pass "
+                'on_budget="sequential" to finish step by step',
+                stats=stats,
                 steps_done=start,
                 state=xs_t[start - off].to(x0.dtype),
+                solution=_partial(xs_t, off, start, keep_all, saver, stats, x0.dtype),
             )
+        if left is not None:
+            w = min(w, left)
         lo = start - off
         states = xs_t[lo : lo + w]
         inc, out = problem.increments(states, start, state, history)
@@ -397,6 +435,9 @@ def _sweeps(
         changes.append(worst)
         evaluations += w * samples
         if not math.isfinite(worst[-1]):  # cumsum carries any NaN/Inf to the last state
+            if options.on_nonfinite == "sequential":
+                stopped = True
+                break
             raise _non_finite(problem, worst, new, start, len(starts))
         ok = worst <= limits.threshold2[start : start + w]
         first = int(ok.argmin())
@@ -427,9 +468,56 @@ def _sweeps(
             xs[end + 1 - off : need + 1 - off] = _entering(
                 problem, options, init, xs_t[end - off], end, need - end, state, ops
             )
-    stats = _stats(problem, wmax, limits, evaluations, starts, changes, secant)
+    final = xs_t[n - off] if start >= n else xs_t[start - off]
+    if stopped:
+
+        def keep(i: int, x: Tensor) -> None:
+            if keep_all:
+                xs_t[i] = x
+            elif saver is not None:
+                saver.add(view(x[None]), i - 1, 1)
+
+        final = finish_sequentially(
+            problem,
+            state,
+            final.clone(),
+            start,
+            history,
+            keep,
+            lambda h, out: _remember(h, out, 1, memory),
+        )
+        evaluations += (n - start) * samples
+    stats = _stats(
+        problem, wmax, limits, evaluations, starts, changes, secant, n - start if stopped else 0
+    )
     ys = xs_t if keep_all else None if saver is None else saver.ys_t
-    return _solution(xs_t[n - off], ys, saved, stats, x0.dtype)
+    return _solution(final, ys, saved, stats, x0.dtype)
+
+
+def _budget(max_evaluations: int | None, evaluations: int, samples: int) -> int | None:
+    """Steps the evaluation budget still affords per sample (``None``: no budget)."""
+    if max_evaluations is None:
+        return None
+    return max(0, (max_evaluations - evaluations) // samples)
+
+
+def _partial(
+    xs_t: Tensor,
+    off: int,
+    start: int,
+    keep_all: bool,
+    saver: _Saver | None,
+    stats: Stats,
+    dtype: torch.dtype,
+) -> Solution:
+    """What a stopped solve has final: state ``start`` and the saved states up to it."""
+    ys: Tensor | None = None
+    steps: Sequence[int] | None = None
+    if keep_all:
+        ys, steps = xs_t[: start + 1], range(start + 1)
+    elif saver is not None:
+        ys, steps = saver.ys_t[: saver.k], saver.steps[: saver.k]
+    return _solution(xs_t[start - off], ys, steps, stats, dtype)
 
 
 def _adapt(w: int, stride: int, wmax: int) -> int:
@@ -566,7 +654,13 @@ def _scan(ops: _Arrays, m: Any, source: Any, block: int) -> Any:
 def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = False) -> Solution:
     """Solve ``problem`` step by step, one call per step: the reference for :func:`solve`.
 
-    Arguments are as for :func:`solve`. ``stats.iterations`` is N (one round per step).
+    Args:
+        problem: the recursion (:class:`picard.Problem`).
+        x0: the initial state.
+        save: as for :func:`solve`.
+
+    Returns:
+        A :class:`picard.Solution`; ``stats.iterations`` is N (one round per step).
 
     Example:
         >>> import torch, picard
@@ -628,14 +722,16 @@ def _saved_steps(save: Any, n: int) -> Sequence[int] | None:
         return range(n + 1)
     if save is False or save is None:
         return None
-    if isinstance(save, Tensor):
+    if isinstance(save, Tensor | np.ndarray):
         save = save.tolist()
-    try:
-        steps = [int(s) for s in save]
-    except TypeError:
+    items = list(save) if isinstance(save, Sequence | range) and not isinstance(save, str) else None
+    if items is None or not all(
+        isinstance(s, int | np.integer) and not isinstance(s, bool) for s in items
+    ):
         raise TypeError(
-            f"save must be a bool or a sequence of state indices, got {type(save).__name__}"
-        ) from None
+            f"save must be a bool or a sequence of integer state indices, got {save!r:.60}"
+        )
+    steps = [int(s) for s in items]
     if not steps or any(s < 0 or s > n for s in steps) or steps != sorted(set(steps)):
         raise ValueError(f"save must hold increasing state indices in [0, {n}], got {steps}")
     return steps
@@ -697,12 +793,13 @@ def _stats(
     starts: list[int],
     changes: list[np.ndarray],
     secant: _Secant | None = None,
+    sequential_steps: int = 0,
 ) -> Stats:
     return Stats(
         num_steps=problem.num_steps,
         window=window,
         tol=limits.tol,
-        iterations=len(starts),
+        iterations=len(starts) + sequential_steps,
         evaluations=evaluations,
         stages=problem.stages,
         rows_per_evaluation=problem.rows_per_evaluation,
@@ -711,6 +808,7 @@ def _stats(
         inv_scale=limits.inv_scale,
         accelerated=0 if secant is None else secant.accelerated,
         fallbacks=0 if secant is None else secant.fallbacks,
+        sequential_steps=sequential_steps,
     )
 
 

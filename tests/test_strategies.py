@@ -140,7 +140,7 @@ def test_diffusion_guess_is_the_frozen_denoised_rollout(scheduler):
         if rule.memory:
             _, m = rule.update(cur[None], out[None], c, None, None)
             history = m.expand(rule.memory, *m.shape[1:])
-        noise = None if state.noise is None else state.noise[i : i + 1]
+        noise = None if state.noise is None else state.noise.window(i, i + 1)
         cur = rule.update(cur[None], out[None], c, noise, history)[0][0]
         torch.testing.assert_close(guesses[j], cur, rtol=1e-6, atol=1e-6)
 

@@ -67,9 +67,22 @@ def parallelize(
 class ParallelPipeline:
     """A pipeline whose calls run picard; see :func:`parallelize`.
 
+    Args:
+        pipe: the pipeline to wrap.
+        window: as for :func:`parallelize`.
+        tol: as for :func:`parallelize`.
+        max_iters: as for :func:`parallelize`.
+        **options: as for :func:`parallelize`.
+
     Attributes:
         pipe: the wrapped pipeline (its components are used as they are).
         stats: the :class:`picard.Stats` of the last call (``None`` before the first).
+
+    Example:
+        >>> from picard.models.tiny import tiny_unet_pipeline
+        >>> fast = ParallelPipeline(tiny_unet_pipeline("ddim"), window=4, tol=0.1, max_iters=None)
+        >>> fast(num_inference_steps=8, output_type="pt").images.shape
+        torch.Size([1, 3, 8, 8])
     """
 
     def __init__(

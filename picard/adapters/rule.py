@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from picard.adapters import schedules
+from picard.adapters.noise import Noise
 from picard.problem import Problem, working_dtype
 from picard.rows import map_rows
 
@@ -38,7 +39,8 @@ DEFAULT_DIFFUSION_TOL = 0.1
 class UpdateRule(ABC):
     """One sampler's update ``x_{i+1} = F_i(x_i, model output, history, z_i)``.
 
-    Subclasses fill the per-step arrays in ``__init__`` and implement :meth:`update`.
+    Subclasses fill the per-step arrays in ``__init__`` and implement :meth:`update`
+    (docs: "Extending picard" writes one).
 
     Attributes:
         num_steps: N, the number of inference steps.
@@ -60,6 +62,13 @@ class UpdateRule(ABC):
             solver's guesses for new steps hold the denoised estimate fixed, otherwise
             the model output.
         prediction_type: the model output's parametrization (diffusers' names).
+
+    Example:
+        >>> from diffusers import DDIMScheduler
+        >>> from picard.adapters.ddim import from_config
+        >>> rule = from_config(DDIMScheduler().config, 10)
+        >>> isinstance(rule, UpdateRule), rule.num_steps, rule.timesteps[:3].tolist()
+        (True, 10, [900, 800, 700])
     """
 
     num_steps: int
@@ -108,7 +117,7 @@ class _State:
 
     coefficients: dict[str, Tensor]
     timesteps: Tensor
-    noise: Tensor | None
+    noise: Noise | None
     latent_dtype: torch.dtype  # what the denoiser receives: the starting latent's dtype
     batch: int  # samples in the batch
     # The last increments call's last row: (step, state, model output), for guesses.
@@ -191,20 +200,19 @@ class DiffusionProblem(Problem):
         timesteps = self.rule.timesteps.to(x0.device)
         return _State(coefficients, timesteps, self._noise(x0), x0.dtype, x0.shape[0])
 
-    def _noise(self, x0: Tensor) -> Tensor | None:
+    def _noise(self, x0: Tensor) -> Noise | None:
         """All the noise of the solve, drawn now as the sequential sampler draws it."""
         draws = self.rule.noise_draws
         if not draws.any():
             return None
-        from diffusers.utils.torch_utils import randn_tensor
-
-        work = working_dtype(x0.dtype)
-        noise = torch.zeros((self.num_steps, *x0.shape), dtype=work, device=x0.device)
-        generator = list(self.generator) if isinstance(self.generator, Sequence) else self.generator
-        dtype = self.rule.noise_dtype or x0.dtype
-        for i in np.flatnonzero(draws):
-            noise[i] = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=dtype)
-        return noise
+        return Noise(
+            draws,
+            tuple(x0.shape),
+            self.generator,
+            x0.device,
+            self.rule.noise_dtype or x0.dtype,
+            working_dtype(x0.dtype),
+        )
 
     def increments(
         self, x: Tensor, start: int, state: _State, history: Tensor | None
@@ -222,7 +230,7 @@ class DiffusionProblem(Problem):
         else:
             out = map_rows(self.denoiser, rows.to(state.latent_dtype), t)
         out = self._check_output(out, rows).reshape(w, b, *out.shape[1:]).to(x.dtype)
-        noise = None if state.noise is None else state.noise[start:stop]
+        noise = None if state.noise is None else state.noise.window(start, stop)
         nxt, outputs = self.rule.update(x, out, c, noise, history)
         state.anchor[:] = [(stop - 1, x[-1].clone(), out[-1])]
         return nxt - x, outputs
@@ -255,7 +263,7 @@ class DiffusionProblem(Problem):
         out = out.reshape(w, s, *got.shape[1:])
         noise = None
         if state.noise is not None:
-            noise = state.noise[at, samples.expand(w, s)]
+            noise = state.noise.rows(at, samples)
         nxt, outputs = self.rule.update(x, out, c, noise, history)
         self._anchor(state, x, out, steps, samples, valid.sum(0) - 1)
         return torch.where(valid.reshape(bshape), nxt - x, 0.0), outputs
@@ -350,7 +358,7 @@ class DiffusionProblem(Problem):
             if rule.output_channels > 1:  # a learned variance: the anchor's
                 out[:, :, channels:] = out_a[:, channels:]
             history = None if not rule.memory else zero[:1].expand(rule.memory, *x.shape)
-            noise = state.noise[steps, samples.expand(count, cols)]
+            noise = state.noise.rows(steps, samples)
             u = u + rule.update(zero, out, c, noise, history)[0]
         # y_{k+1} = A_k y_k + u_k: the coefficient of u_j in y_{k+1} is Π_{j<i<=k} A_i.
         below = torch.ones(count, count, dtype=torch.bool, device=x.device).tril(-1)

@@ -1,0 +1,60 @@
+"""Finishing a solve step by step: ``on_budget="sequential"`` and ``on_nonfinite="sequential"``.
+
+When the sweep budget runs out, or a sweep meets NaN/Inf, the states up to the window's
+start are final (converged, or computed from converged inputs). The remaining steps can
+then be taken one at a time, as the sequential sampler takes them, so the result is
+still the sequential one — only slower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from picard.errors import NonFiniteError
+from picard.problem import Problem
+
+__all__ = ["FALLBACKS", "finish_sequentially"]
+
+FALLBACKS = ("raise", "sequential")
+"""Values of ``on_budget`` and ``on_nonfinite``."""
+
+
+def finish_sequentially(
+    problem: Problem,
+    state: Any,
+    x: Tensor,
+    start: int,
+    history: Tensor | None,
+    keep: Callable[[int, Tensor], None],
+    remember: Callable[[Tensor | None, Any], Tensor | None],
+) -> Tensor:
+    """Take steps ``start … N-1`` one at a time from state ``x`` (state ``start``).
+
+    ``keep(i, x)`` receives each new state ``i``; ``remember(history, outputs)`` folds a
+    step's outputs into the history of a multistep problem. Returns the final state.
+
+    Raises:
+        picard.NonFiniteError: a step is NaN or Inf even when taken sequentially.
+    """
+    for i in range(start, problem.num_steps):
+        inc, out = problem.increments(x[None], i, state, history)
+        if not isinstance(inc, Tensor) or inc.shape != (1, *x.shape):
+            raise ValueError(
+                f"problem.increments returned {getattr(inc, 'shape', type(inc).__name__)}; "
+                f"expected {(1, *x.shape)}"
+            )
+        x = x + inc[0].to(x.dtype)
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteError(
+                f"{problem.step_label(i)}: NaN or Inf even when taken sequentially "
+                "(the fallback after the sweeps stopped)",
+                step=i,
+            )
+        keep(i + 1, x)
+        if problem.memory:
+            history = remember(history, out)
+    return x
