@@ -414,3 +414,39 @@ def test_ten_thousand_steps_of_a_64x64x4_latent_stay_within_the_memory_bound():
     growth, sweeps = out.stdout.split()
     assert float(growth) < 320, growth
     assert int(sweeps) < 10000
+
+
+CLI_CASES = [
+    (["sample", "--steps", "0"], "--steps"),
+    (["sample", "--model", "nope"], "model"),
+    (["sample", "--window", "-1"], "--window"),
+    (["sample", "--tol", "-2"], "--tol"),
+    (["sample", "--scheduler", "foo"], "scheduler"),
+    (["demo", "--steps", "abc"], "--steps"),
+]
+
+
+@pytest.mark.parametrize("argv,word", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_cli_bad_arguments_exit_2_naming_them(argv, word, capsys):
+    from picard.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert word in capsys.readouterr().err
+
+
+def test_parallelize_bad_inputs():
+    pipe = tiny_unet_pipeline("ddpm")
+    with pytest.raises(TypeError, match="not supported"):
+        parallelize(object())
+    with pytest.raises(ValueError, match="window"):
+        parallelize(pipe, window=0)(num_inference_steps=5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rtol'"):
+        parallelize(pipe, rtol=1e-3)
+    with pytest.raises(ValueError, match="init"):
+        parallelize(pipe, init=torch.zeros(3))
+    with pytest.raises(ValueError, match="generator"):
+        parallelize(pipe)(batch_size=2, generator=[torch.Generator()] * 3, num_inference_steps=5)
