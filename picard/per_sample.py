@@ -126,7 +126,11 @@ def per_sample_sweeps(
             )
         new = torch.cumsum(inc, 0) + x[:1]
         diff = (new - buf[rows + 1, cols]).reshape(*rows_np.shape, -1)
-        change = np.where(valid, torch.sum(diff * diff, -1).cpu().numpy(), 0.0)
+        change = torch.sum(diff * diff, -1)
+        if options.relative:
+            flat = new.reshape(*rows_np.shape, -1)
+            change = change / torch.sum(flat * flat, -1).clamp(min=torch.finfo(flat.dtype).tiny)
+        change = np.where(valid, change.cpu().numpy(), 0.0)
         at = np.where(valid, steps, 0)
         evaluations += int(lengths.sum())
         starts.append(int(start[active].min()))

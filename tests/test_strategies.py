@@ -192,3 +192,21 @@ def test_front_ends_take_the_options_and_refuse_unknown_keywords():
     assert sde.shape == (21, 2)
     with pytest.raises(TypeError, match="unexpected keyword argument 'atol'"):
         picard.sdeint(lambda t, y: -y, lambda t, y: 0 * y, y0, t, atol=1)
+
+
+@given(problems, st.integers(1, 70), st.sampled_from([1e-8, 1e-6, 1e-4]), st.integers(1, 3))
+def test_relative_tolerance_keeps_its_error_bound(problem, window, tol, batch):
+    """With relative=True a state is accepted when its change is at most tol times its
+    own RMS: the plain bound holds with tol scaled by the largest state RMS."""
+    n, dim, seed, gain = problem
+    fn, lips = linear_rule(n, dim, seed, gain)
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+    rule = picard.Recursion(fn, n, batch_dims=1)
+    sol = picard.solve(rule, x0, window=window, tol=tol, relative=True)
+    exact = sequential_loop(fn, x0, n)
+    rms = (sol.final - exact[-1]).square().mean(-1).sqrt()
+    biggest = float(exact.square().mean(-1).sqrt().max())
+    bound = tol * 1.01 * biggest * (math.prod(1 + lip for lip in lips) - 1)
+    assert float(rms.max()) <= bound * (1 + 1e-6) + 1e-12
+    assert picard.solve(rule, x0, window=window, tol=0, relative=True).stats.iterations <= n
