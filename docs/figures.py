@@ -39,6 +39,7 @@ def _done(stats) -> tuple[list[int], list[int]]:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
+    """Make every figure; returns their paths."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("figures"))
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
 )
 
 import picard
@@ -33,21 +34,25 @@ spec.loader.exec_module(fidelity)
         (DDIMScheduler, 200, {}),
         (DPMSolverMultistepScheduler, 25, {"solver_order": 2}),
         (EulerDiscreteScheduler, 50, {}),
+        (FlowMatchEulerDiscreteScheduler, 50, {}),
     ],
-    ids=["ddim-50", "ddim-200", "dpm++2m-25", "euler-50"],
+    ids=["ddim-50", "ddim-200", "dpm++2m-25", "euler-50", "flow-euler-50"],
 )
 def test_relative_tolerance_keeps_every_sample_in_its_mode(cls, n, extra):
     gmm = fidelity.mixture()
     base = DDPMScheduler(clip_sample=False)
-    sched = cls.from_config(base.config, **extra)
-    eps = gmm.denoiser(schedules.alphas_cumprod(base.config))
+    if cls is FlowMatchEulerDiscreteScheduler:
+        sched, eps = cls(), gmm.velocity()
+    else:
+        sched = cls.from_config(base.config, **extra)
+        eps = gmm.denoiser(schedules.alphas_cumprod(base.config))
     samples = 24
 
     def solve(**kw):
         gens = [torch.Generator().manual_seed(s) for s in range(samples)]
         x = torch.cat([torch.randn(1, 16, generator=g, dtype=torch.float64) for g in gens])
         problem = from_scheduler(sched, eps, n, generator=gens)
-        return picard.solve(problem, x * float(problem.rule.init_noise_sigma), **kw)
+        return picard.solve(problem, x * float(getattr(problem.rule, "init_noise_sigma", 1)), **kw)
 
     ref = solve(window=1, tol=0).final
     ours = solve(window=min(n, 64), tol=0.01, relative=True)

@@ -99,3 +99,29 @@ class GaussianMixture:
             return ((1 - a).sqrt() * score_term).reshape(x.shape).to(x.dtype)
 
         return eps
+
+    def velocity(self, num_train_timesteps: int = 1000) -> Callable[[Tensor, Tensor], Tensor]:
+        """The exact flow-matching velocity ``E[ε - x_0 | x_t]`` for ``x_t = (1-σ) x_0 + σ ε``.
+
+        ``t`` is diffusers' flow timestep, ``σ = t / num_train_timesteps``.
+
+        Example:
+            >>> gmm = GaussianMixture.ring(components=4, radius=2.0, std=0.1)
+            >>> v = gmm.velocity()(torch.zeros(3, 2), torch.full((3,), 500.0))
+            >>> v.shape
+            torch.Size([3, 2])
+        """
+
+        def v(x: Tensor, t: Tensor) -> Tensor:
+            sigma = (t.double() / num_train_timesteps).clamp(1e-6, 1.0)[:, None]  # (M, 1)
+            xd = x.double().reshape(x.shape[0], -1)
+            keep = 1 - sigma
+            var = keep**2 * self.stds[None] ** 2 + sigma**2  # (M, K)
+            r = torch.softmax(self._log_components(xd, keep, var), -1)
+            diff = xd[:, None, :] - keep[:, :, None] * self.means[None]  # (M, K, D)
+            eps = sigma[:, :, None] * diff / var[:, :, None]
+            x0 = self.means[None] + (keep * self.stds[None] ** 2 / var)[:, :, None] * diff
+            out = (r[:, :, None] * (eps - x0)).sum(1)
+            return out.reshape(x.shape).to(x.dtype)
+
+        return v
