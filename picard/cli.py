@@ -109,6 +109,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from picard.bench import run_bench, table
 
     out = _writable_dir(args.out)
+    if args.fidelity:
+        from picard import fidelity
+
+        print(fidelity.HEADER)
+        rows = fidelity.run(args.fidelity, log=lambda line: print(line, flush=True))
+        fidelity.write(rows, out / "fidelity")
+        print(f"wrote {out / 'fidelity.json'} and {out / 'fidelity.md'}")
+        return 0
     models = tuple(args.models.split(","))
     unknown = [m for m in models if m not in ("gmm", "moons", "digits", "tiny-sd")]
     if unknown:
@@ -192,6 +200,16 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("picard-bench"),
         help="folder for bench.json, bench.md and plots (default ./picard-bench)",
+    )
+    p.add_argument(
+        "--fidelity",
+        type=_positive("fidelity"),
+        nargs="?",
+        const=64,
+        default=None,
+        metavar="SAMPLES",
+        help="instead: the fidelity benchmark (error of the final sample against tol, mode "
+        "changes on a 16-D Gaussian mixture; SAMPLES samples, default 64)",
     )
     p.add_argument("--threads", **threads)
     p.set_defaults(run=_cmd_bench)

@@ -4,9 +4,6 @@ of it, in no more sweeps than the ParaDiGMS algorithm at its tolerance 0.1."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from diffusers import (
@@ -18,13 +15,9 @@ from diffusers import (
 )
 
 import picard
+from picard import fidelity
 from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
-
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("fidelity", ROOT / "benchmarks" / "fidelity.py")
-fidelity = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fidelity)
 
 
 @pytest.mark.parametrize(
@@ -61,3 +54,12 @@ def test_relative_tolerance_keeps_every_sample_in_its_mode(cls, n, extra):
     assert torch.equal(gmm.component(ours.final), gmm.component(ref))
     assert float(err) < 1e-2
     assert ours.stats.iterations <= paradigms.stats.iterations
+
+
+def test_picard_bench_fidelity_writes_its_table(tmp_path, capsys):
+    from picard.cli import main
+
+    assert main(["bench", "--fidelity", "2", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "fidelity.md").read_text()
+    assert "flow-euler-50" in text and "picard relative tol 0.01" in text
+    assert "wrote" in capsys.readouterr().out
