@@ -210,3 +210,28 @@ def test_relative_tolerance_keeps_its_error_bound(problem, window, tol, batch):
     bound = tol * 1.01 * biggest * (math.prod(1 + lip for lip in lips) - 1)
     assert float(rms.max()) <= bound * (1 + 1e-6) + 1e-12
     assert picard.solve(rule, x0, window=window, tol=0, relative=True).stats.iterations <= n
+
+
+def test_ode_guess_holds_the_last_slope_and_saves_sweeps():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
+    net = net.double()
+    y0 = torch.tensor([[2.0, 0.0], [0.5, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    t = torch.linspace(0, 5, 1001, dtype=torch.float64)
+    exact = picard.odeint(lambda t, y: net(y), y0, t, method="rk4", window=64, tol=0)
+    runs = {
+        p: picard.odeint(
+            lambda t, y: net(y),
+            y0,
+            t,
+            method="rk4",
+            window=64,
+            tol=1e-9,
+            predict=p,
+            return_stats=True,
+        )
+        for p in (False, True)
+    }
+    for ys, _ in runs.values():
+        torch.testing.assert_close(ys, exact, rtol=0, atol=1e-7)
+    assert runs[True][1].iterations < 0.9 * runs[False][1].iterations
