@@ -235,3 +235,25 @@ def test_ode_guess_holds_the_last_slope_and_saves_sweeps():
     for ys, _ in runs.values():
         torch.testing.assert_close(ys, exact, rtol=0, atol=1e-7)
     assert runs[True][1].iterations < 0.9 * runs[False][1].iterations
+
+
+def test_sde_guess_saves_sweeps_on_the_same_path():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
+    net = net.double()
+    t = torch.linspace(0, 5, 1001, dtype=torch.float64)
+    y0 = torch.full((8, 2), -1.0, dtype=torch.float64)
+    dW = torch.randn(1000, 8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    dW = dW * (5 / 1000) ** 0.5
+
+    def run(**kw):
+        return picard.sdeint(
+            lambda t, y: net(y), lambda t, y: 0.3 * torch.cos(y), y0, t, dW=dW, window=64, **kw
+        )
+
+    exact = run(tol=0)
+    copy, plain = run(tol=1e-8, predict=False, return_stats=True)
+    guess, fast = run(tol=1e-8, return_stats=True)
+    torch.testing.assert_close(guess, exact, rtol=0, atol=1e-7)
+    torch.testing.assert_close(copy, exact, rtol=0, atol=1e-7)
+    assert fast.iterations < 0.95 * plain.iterations
