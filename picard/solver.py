@@ -440,9 +440,10 @@ def _sweeps(
         new = cumsum(view(inc))  # states start + 1 … start + w, by plain Picard
         new += xs[lo]
         # The fixed-point residual: the test (for plain Picard, the change of the state).
-        change = host(sq_norms((new - xs[lo + 1 : lo + w + 1]).reshape(w, samples, -1)))
-        if options.relative:
-            change = change / np.maximum(host(sq_norms(new.reshape(w, samples, -1))), _TINY)
+        change = sq_norms((new - xs[lo + 1 : lo + w + 1]).reshape(w, samples, -1))
+        if options.relative:  # on the device: still one synchronisation per sweep
+            change = change / (sq_norms(new.reshape(w, samples, -1)) + _TINY)
+        change = host(change)
         if secant is None:
             xs[lo + 1 : lo + w + 1] = new
         worst = change[:, 0] if samples == 1 else change.max(axis=1)
