@@ -105,10 +105,22 @@ class Noise:
         return block[start - first * CHUNK : stop - first * CHUNK]
 
     def rows(self, steps: Tensor, samples: Tensor) -> Tensor:
-        """The noise of ``steps`` (any shape, long) for batch ``samples`` (broadcast to it)."""
-        lo, hi = int(steps.min()), int(steps.max()) + 1
-        block = self.window(lo, hi)
-        return block[steps - lo, samples.expand(steps.shape)]
+        """The noise of ``steps`` (any shape, long) for batch ``samples`` (broadcast to it).
+
+        Regenerated noise is gathered chunk by chunk, so samples far apart in steps (per-
+        sample windows) never make one call hold more than the chunks they touch.
+        """
+        who = samples.expand(steps.shape)
+        if self._whole is not None:
+            return self._whole[steps.to(self._whole.device), who.to(self._whole.device)].to(
+                self.device
+            )
+        out = torch.empty((*steps.shape, *self.shape[1:]), dtype=self.dtype, device=self.device)
+        chunk_of = steps // CHUNK
+        for c in torch.unique(chunk_of).tolist():
+            pick = chunk_of == c
+            out[pick] = self._chunk(c)[steps[pick] - c * CHUNK, who[pick]]
+        return out
 
     def _chunk(self, c: int) -> Tensor:
         cached = self._cache.get(c)
