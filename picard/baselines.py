@@ -31,7 +31,22 @@ _PARALLEL = {
 
 @dataclass(frozen=True)
 class ParadigmsResult:
-    """What the ParaDiGMS loop returned: the sample, its sweeps and evaluations."""
+    """What the ParaDiGMS loop returned: the sample, its sweeps and evaluations.
+
+    Attributes:
+        final: the final sample, shaped like the starting latent ``(B, *shape)``.
+        sweeps: the sweeps (sequential rounds of batched model calls).
+        evaluations: the model rows evaluated, summed over the sweeps (steps × B per
+            window).
+
+    Example:
+        >>> from diffusers import DDIMScheduler
+        >>> r = paradigms(DDIMScheduler(), lambda x, t: 0.1 * x, 10, torch.ones(3, 2), parallel=4)
+        >>> r.final.shape, r.sweeps >= 3  # windows of at most 4 of the 10 steps
+        (torch.Size([3, 2]), True)
+        >>> r.evaluations % 3, r.evaluations <= 3 * 4 * r.sweeps  # 3 rows per step
+        (0, True)
+    """
 
     final: Tensor
     sweeps: int

@@ -42,7 +42,35 @@ BATCH = {"gmm": 16, "moons": 16, "digits": 4, "tiny-sd": 1}
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One run of the matrix."""
+    """One run of the matrix.
+
+    Attributes:
+        model: the model's name (``gmm``, ``moons``, ``digits``, ``tiny-sd``).
+        sampler: the sampler's name (see :data:`picard.sampling.SCHEDULERS`).
+        steps: the number of inference steps.
+        window: the window picard solved with (steps per sweep, at most).
+        tol: the tolerance.
+        sweeps: picard's sweeps.
+        evals_per_step: picard's model evaluations per step and sample.
+        max_abs_error: the largest absolute difference of picard's final sample from the
+            sequential loop's (same seed).
+        sequential_s: the sequential loop's median wall-clock, in seconds.
+        picard_s: picard's median wall-clock, in seconds.
+        paradigms_sweeps: the ParaDiGMS loop's sweeps at the same window and tolerance
+            (``None`` for samplers other than DDPM and DDIM, as the other ParaDiGMS fields).
+        paradigms_evals_per_step: the ParaDiGMS loop's evaluations per step and sample.
+        paradigms_max_abs_error: the ParaDiGMS loop's largest absolute difference from
+            the sequential loop's sample.
+        paradigms_s: the ParaDiGMS loop's median wall-clock, in seconds.
+
+    Example:
+        >>> row = BenchRow("gmm", "ddim", 100, 64, 0.1, 5, 3.2, 1e-3, 2.0, 0.5,
+        ...                None, None, None, None)
+        >>> row.speedup  # sequential_s / picard_s
+        4.0
+        >>> "| 4.00x | – | – | – |" in table([row])  # no ParaDiGMS run for this row
+        True
+    """
 
     model: str
     sampler: str
@@ -169,12 +197,28 @@ def run_bench(
 ) -> list[BenchRow]:
     """Run the matrix; ``steps`` caps every sampler's steps (for quick runs).
 
+    Args:
+        out: the folder for ``bench.json``, ``bench.md`` and the plots (created if missing).
+        models: the models to run: ``gmm``, ``moons``, ``digits``, ``tiny-sd``.
+        steps: a cap on every sampler's steps (``None``: the matrix's own steps).
+        repeats: timing repeats (the median is kept).
+        tol_window: the window of the tolerance sweep.
+        log: called with one line per row as it comes.
+
+    Returns:
+        The rows, one per model, sampler, window and tolerance run.
+
     Example:
         >>> import tempfile
-        >>> rows = run_bench(Path(tempfile.mkdtemp()), models=("gmm",), steps=10, repeats=1,
+        >>> out = Path(tempfile.mkdtemp())
+        >>> rows = run_bench(out, models=("gmm",), steps=10, repeats=1,
         ...                  log=lambda line: None)
         >>> sorted({r.sampler for r in rows})
         ['ddim', 'ddpm', 'dpmsolver++']
+        >>> {r.steps for r in rows}, sorted({r.tol for r in rows})  # steps capped at 10
+        ({10}, [0.02, 0.05, 0.1, 0.2])
+        >>> sorted(p.name for p in out.iterdir())
+        ['bench.json', 'bench.md', 'error_vs_tol.png', 'speedup_vs_window.png', 'sweeps_vs_tol.png']
     """
     out.mkdir(parents=True, exist_ok=True)
     rows: list[BenchRow] = []

@@ -27,7 +27,21 @@ __all__ = ["CLIError", "main"]
 
 
 class CLIError(Exception):
-    """A user error: printed as one line, exit status 2."""
+    """A user error: printed as one line, exit status 2.
+
+    Args:
+        message: what was wrong, one line; :func:`main` prints it after
+            ``picard <command>: error:`` on stderr.
+
+    Example:
+        >>> import contextlib, io, tempfile
+        >>> stderr = io.StringIO()
+        >>> with contextlib.redirect_stderr(stderr):
+        ...     status = main(["bench", "--models", "gmm,nope", "--out", tempfile.mkdtemp(),
+        ...                    "--threads", str(torch.get_num_threads())])
+        >>> status, stderr.getvalue().strip()  # one line, no traceback
+        (2, "picard bench: error: unknown model 'nope'; choose from gmm, moons, digits, tiny-sd")
+    """
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,14 +51,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive(name: str) -> Any:
+def _positive(name: str, minimum: int = 1) -> Any:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
         return value
 
     return parse
@@ -162,7 +176,10 @@ def _parser() -> argparse.ArgumentParser:
         help="2-D samples per seed for the quality metric (default 512)",
     )
     p.add_argument(
-        "--images", type=_positive("images"), default=8, help="digit images per seed (default 8)"
+        "--images",
+        type=_positive("images", 2),  # a Fréchet distance needs a covariance: 2 or more
+        default=8,
+        help="digit images per seed (default 8, at least 2)",
     )
     p.add_argument(
         "--out",

@@ -23,7 +23,24 @@ SUFFIXES = (".png", ".pt", ".npy")
 def add_arguments(
     p: argparse.ArgumentParser, positive: Callable[[str], Any], tolerance: Callable[[str], float]
 ) -> None:
-    """The options of ``picard sample``."""
+    """The options of ``picard sample``.
+
+    Args:
+        p: the parser (or subparser) to add the options to.
+        positive: ``positive(name)`` gives the type of a count option ``name`` (a parser
+            of positive integers, as the command line's).
+        tolerance: the type of ``--tol`` (a parser of non-negative numbers).
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> add_arguments(p, lambda name: int, float)
+        >>> args = p.parse_args(["--model", "moons", "--steps", "20", "--out", "x.npy"])
+        >>> args.model, args.steps, args.window, args.tol, args.count, str(args.out)
+        ('moons', 20, 100, 0.1, 16, 'x.npy')
+        >>> p.parse_args(["--model", "moons", "--pipeline", "folder"])  # one source only
+        Traceback (most recent call last):
+        SystemExit: 2
+    """
     source = p.add_mutually_exclusive_group()
     source.add_argument(
         "--model", default="digits", help=f"shipped model: {', '.join(MODELS)} (default digits)"
@@ -86,7 +103,47 @@ def _check_out(path: Path) -> None:
 
 
 def sample(args: argparse.Namespace) -> int:
-    """Run ``picard sample``; prints the solve's statistics and writes ``--out``."""
+    """Run ``picard sample``; prints the solve's statistics and writes ``--out``.
+
+    Args:
+        args: the options of :func:`add_arguments`: ``model`` or ``pipeline`` (a
+            diffusers pipeline folder), ``scheduler`` (``None``: DDPM for models, the
+            pipeline's own), ``steps`` (``None``: 1000 for models, 50 for pipelines),
+            ``window``, ``tol``, ``seed``, ``count``, ``prompt`` (text-to-image
+            pipelines), ``sequential`` (run the sequential sampler instead) and ``out``
+            (``.png``, ``.pt`` or ``.npy``).
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        picard.cli.CLIError: an unknown model or scheduler, a bad or unwritable ``out``,
+            or an unsupported pipeline.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "moons.npy"
+        >>> args = argparse.Namespace(model="moons", pipeline=None, scheduler="ddim",
+        ...                           steps=20, window=8, tol=1e-3, seed=0, count=4,
+        ...                           sequential=False, out=out)
+        >>> sample(args)
+        moons: ... sweeps for 20 steps, ... evaluations per step, ... s
+        wrote ...moons.npy
+        0
+        >>> picard_samples = np.load(out)
+        >>> picard_samples.shape
+        (4, 2)
+        >>> args.sequential = True  # the same seed: the same samples
+        >>> sample(args)
+        moons: 20 sequential steps, ... s
+        wrote ...moons.npy
+        0
+        >>> float(abs(np.load(out) - picard_samples).max()) < 1e-3
+        True
+        >>> sample(argparse.Namespace(out=Path("samples.txt")))
+        Traceback (most recent call last):
+        picard.cli.CLIError: --out must end in .png, .pt, .npy, got 'samples.txt'
+    """
     from picard.cli import CLIError
 
     _check_out(args.out)

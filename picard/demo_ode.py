@@ -128,7 +128,32 @@ def _demo_rows(steps: int, window: int, tol: float, repeats: int, seed: int) -> 
 
 
 def run_odes(args: argparse.Namespace) -> int:
-    """Each problem sequentially and with picard, the same inputs; prints the table."""
+    """Each problem sequentially and with picard, the same inputs; prints the table.
+
+    Args:
+        args: the options of ``picard odes``: ``steps`` (per problem; Van der Pol takes
+            twice as many), ``window``, ``tol``, ``repeats`` (timing repeats, the median is
+            kept), ``seed`` (of the MLP and the Brownian increments) and ``threads``
+            (torch's thread count, set for the run).
+
+    Returns:
+        The exit status, 0.
+
+    Example:
+        >>> import argparse
+        >>> args = argparse.Namespace(steps=20, window=8, tol=1e-4, repeats=1, seed=0,
+        ...                           threads=torch.get_num_threads())
+        >>> run_odes(args)
+        picard ... odes: torch ..., window 8, tol 0.0001, median of 1 runs
+        <BLANKLINE>
+        problem  ...
+        neural ODE (MLP 3x128), Euler  20  ...
+        Van der Pol (mu = 1), RK4  40  ...
+        neural SDE (MLP drift), Euler-Maruyama  20  ...
+        <BLANKLINE>
+        sweeps = sequential rounds of batched drift calls (the sequential solver needs ...
+        0
+    """
     torch.set_num_threads(args.threads)
     print(
         f"picard {picard.__version__} odes: torch {torch.__version__}, "

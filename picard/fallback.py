@@ -37,8 +37,33 @@ def finish_sequentially(
     ``keep(i, x)`` receives each new state ``i``; ``remember(history, outputs)`` folds a
     step's outputs into the history of a multistep problem. Returns the final state.
 
+    Args:
+        problem: the recursion being solved.
+        state: what ``problem.init`` returned for this solve.
+        x: state ``start`` (final), without the leading row dimension.
+        start: the index of ``x``; steps ``start … N-1`` are taken.
+        history: the outputs of the steps before ``start`` (multistep problems), or
+            ``None``.
+        keep: called as ``keep(i, x_i)`` with each new state, ``i = start + 1 … N``.
+        remember: ``remember(history, outputs)`` returns the history after a step
+            (called only when ``problem.memory`` is nonzero).
+
+    Returns:
+        The final state ``x_N``, in ``x``'s dtype.
+
     Raises:
         picard.NonFiniteError: a step is NaN or Inf even when taken sequentially.
+
+    Example:
+        >>> import torch, picard
+        >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 5)
+        >>> kept = {}
+        >>> x5 = finish_sequentially(
+        ...     rule, rule.init(torch.ones(1)), torch.ones(1), 2, None, kept.__setitem__,
+        ...     lambda history, out: history,
+        ... )
+        >>> sorted(kept), x5  # 3 steps of x -> 0.9 x from state 2
+        ([3, 4, 5], tensor([0.7290]))
     """
     for i in range(start, problem.num_steps):
         inc, out = problem.increments(x[None], i, state, history)

@@ -25,6 +25,18 @@ def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 256, seed: int =
     The mean over random directions of the 1-D Wasserstein distance of the projections
     (quantiles compared at the same levels, so n and m may differ).
 
+    Args:
+        a: the first point cloud, (n, D).
+        b: the second point cloud, (m, D), with the same D.
+        projections: the number of random unit directions averaged over.
+        seed: the seed of the directions (the same seed gives the same directions).
+
+    Returns:
+        The distance, a non-negative float (0 for identical clouds).
+
+    Raises:
+        ValueError: if ``a`` and ``b`` are not 2-D with the same number of columns.
+
     Example:
         >>> x = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
         >>> sliced_wasserstein(x, x), sliced_wasserstein(x, x + 1.0) > 0.5
@@ -45,6 +57,15 @@ def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 256, seed: int =
 
 def frechet_distance(mean1: Tensor, cov1: Tensor, mean2: Tensor, cov2: Tensor) -> float:
     """``|μ1 - μ2|² + tr(Σ1 + Σ2 - 2 (Σ1 Σ2)^½)`` (Heusel et al. 2017).
+
+    Args:
+        mean1: the mean of the first Gaussian, (D,).
+        cov1: the covariance of the first Gaussian, (D, D).
+        mean2: the mean of the second Gaussian, (D,).
+        cov2: the covariance of the second Gaussian, (D, D).
+
+    Returns:
+        The Fréchet distance (squared 2-Wasserstein distance between the Gaussians).
 
     Example:
         >>> m, c = torch.zeros(3), torch.eye(3)
@@ -68,6 +89,14 @@ def digits_quality(images: Tensor) -> tuple[float, list[int]]:
     """Fréchet distance of 1x16x16 digits in [-1, 1] to the real digits, and labels.
 
     The label histogram (10 counts) is what the shipped classifier assigns.
+
+    Args:
+        images: the generated digits, (M, 1, 16, 16) in [-1, 1] (as
+            :func:`picard.models.nets.preprocess_digits` makes the real ones).
+
+    Returns:
+        ``(fd, histogram)``: the Fréchet distance of the images' classifier features to
+        those of the real digits, and the number of images given each label 0..9.
 
     Example:
         >>> from picard.models.nets import preprocess_digits

@@ -33,9 +33,19 @@ __all__ = ["METHODS", "ODEProblem", "Tableau", "batch_function", "odeint", "refi
 class Tableau:
     """An explicit Runge–Kutta method: ``c`` nodes, ``a`` strictly lower rows, ``b`` weights.
 
+    Attributes:
+        c: the nodes c_s, one per stage (stage s is evaluated at ``t_i + c_s h_i``).
+        a: the rows of the strictly lower triangular Runge–Kutta matrix; row s holds the
+            s weights of the earlier stages' slopes (row 0 is empty).
+        b: the weights of the stages' slopes in the step, one per stage.
+        order: the method's order of accuracy.
+
     Example:
         >>> Tableau(c=(0.0,), a=((),), b=(1.0,), order=1).stages
         1
+        >>> rk4 = METHODS["rk4"]
+        >>> rk4.stages, rk4.order, sum(rk4.b)  # consistent: the weights sum to 1
+        (4, 4, 1.0)
     """
 
     c: tuple[float, ...]
@@ -183,9 +193,19 @@ def refine_grid(t: Tensor, step_size: float) -> tuple[Tensor, list[int]]:
     Returns the fine grid and the indices of the points of ``t`` in it (so output lands
     exactly on ``t``, with no interpolation).
 
+    Args:
+        t: the grid (1-D, strictly monotone).
+        step_size: the longest substep allowed (positive).
+
+    Returns:
+        ``(fine, index)``: the fine grid (``t``'s dtype and device, its points included
+        exactly) and, for each point of ``t``, its index in ``fine``.
+
     Example:
         >>> refine_grid(torch.tensor([0.0, 1.0, 1.5]), 0.5)[1]
         [0, 2, 3]
+        >>> refine_grid(torch.tensor([0.0, 1.0, 1.5]), 0.5)[0]
+        tensor([0.0000, 0.5000, 1.0000, 1.5000])
     """
     spans = (t[1:] - t[:-1]).abs().tolist()
     counts = [max(1, math.ceil(s / step_size - 1e-9)) for s in spans]
@@ -207,6 +227,20 @@ def batch_function(
 
     Uses :func:`torch.func.vmap`; a function that cannot be vectorised (``.item()``,
     data-dependent control flow) gets a clear error naming ``batched=True`` as the way out.
+
+    Args:
+        func: the unbatched function, ``func(t: (), y: y0.shape) -> y0.shape``; a
+            ``torch.nn.Module`` is wrapped so that ``devices=[...]`` can replicate it.
+        name: how error messages name ``func`` (e.g. ``"func"`` or ``"f"``).
+
+    Returns:
+        The batched function ``(t: (M,), y: (M, *y0.shape)) -> (M, *y0.shape)``.
+
+    Example:
+        >>> f = batch_function(lambda t, y: t * y, "func")
+        >>> f(torch.tensor([1.0, 2.0]), torch.ones(2, 3))  # row m scaled by t[m]
+        tensor([[1., 1., 1.],
+                [2., 2., 2.]])
     """
     if isinstance(func, torch.nn.Module) or hasattr(func, "picard_replicate"):
         # devices=[...] rebuilds the vectorised call around a replica of the module

@@ -43,6 +43,37 @@ def per_sample_sweeps(
     ``threshold2`` holds the squared-norm thresholds per step, ``inv_scale`` the
     reciprocal norm scale per step (for :attr:`picard.Stats.residuals`), ``options`` the
     solve's :class:`picard.solver.SolveOptions`.
+
+    Args:
+        problem: the recursion, with one batch dimension and
+            :meth:`picard.Problem.increments_at`.
+        x0: the initial states, ``(batch, ...)``.
+        window: the longest window (steps per sample per sweep).
+        threshold2: ``(N,)`` squared-norm convergence thresholds, one per step.
+        inv_scale: ``(N,)`` reciprocal norm scales, one per step.
+        tol: the tolerance (reported in the stats).
+        max_iters: the sweep budget.
+        saved: the state indices to keep in ``Solution.ys``, or ``None`` for none.
+        progress: called after every sweep as ``progress(steps_done, num_steps)``
+            (the slowest sample's), or ``None``.
+        options: the solve's :class:`picard.solver.SolveOptions`.
+
+    Returns:
+        The :class:`picard.Solution`, each sample as solving it alone would give.
+
+    Raises:
+        picard.ConvergenceError: the budget ran out (with ``on_budget="raise"``).
+        picard.NonFiniteError: a sweep met NaN or Inf (with ``on_nonfinite="raise"``).
+
+    Example:
+        >>> import torch, picard
+        >>> from picard.adapters import ddim
+        >>> from picard.adapters.rule import DiffusionProblem
+        >>> p = DiffusionProblem(ddim.from_config({}, 5), lambda x, t: 0.1 * x)  # DDIM, 5 steps
+        >>> x0 = torch.ones(2, 1, 2, 2)
+        >>> sol = picard.solve(p, x0, per_sample=True, tol=0)  # runs per_sample_sweeps
+        >>> sol.final.shape, torch.equal(sol.final, picard.sequential(p, x0).final)
+        (torch.Size([2, 1, 2, 2]), True)
     """
     max_rows, predict, init = options.max_rows, options.predict, options.init
     n, batch = problem.num_steps, x0.shape[0]

@@ -24,7 +24,23 @@ def _pyplot() -> Any:
 
 
 def digit_grids(panels: dict[str, Tensor], path: Path, columns: int = 8) -> Path:
-    """Grids of 1xHxW images in [-1, 1], one panel per entry, side by side."""
+    """Grids of 1xHxW images in [-1, 1], one panel per entry, side by side.
+
+    Args:
+        panels: per panel title, its images, (n, 1, H, W) in [-1, 1] (clamped).
+        path: the PNG file to write.
+        columns: images per row of a grid.
+
+    Returns:
+        ``path``, written.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "digits.png"
+        >>> images = torch.linspace(-1, 1, 5 * 16 * 16).reshape(5, 1, 16, 16)
+        >>> digit_grids({"a": images, "b": -images}, out, columns=4).exists()
+        True
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
     for ax, (title, images) in zip(
@@ -49,7 +65,23 @@ def digit_grids(panels: dict[str, Tensor], path: Path, columns: int = 8) -> Path
 
 
 def points(panels: dict[str, Tensor], data: Tensor, path: Path) -> Path:
-    """2-D samples over the data, one panel per entry."""
+    """2-D samples over the data, one panel per entry.
+
+    Args:
+        panels: per panel title, its samples, (n, 2).
+        data: the reference points drawn in grey under every panel's samples, (m, 2).
+        path: the PNG file to write.
+
+    Returns:
+        ``path``, written.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "points.png"
+        >>> data = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+        >>> points({"samples": data + 0.1}, data, out).exists()
+        True
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(
         1, len(panels), figsize=(3.6 * len(panels), 3.6), sharex=True, sharey=True
@@ -70,7 +102,23 @@ def points(panels: dict[str, Tensor], data: Tensor, path: Path) -> Path:
 
 
 def convergence(runs: dict[str, Any], path: Path) -> Path:
-    """Per sweep: the window's first step (top) and the largest residual (bottom, log)."""
+    """Per sweep: the window's first step (top) and the largest residual (bottom, log).
+
+    Args:
+        runs: per curve name, the :class:`picard.Stats` of a solve (its ``iterations``,
+            ``num_steps``, ``window_starts``, ``residuals`` and ``tol`` are drawn).
+        path: the PNG file to write.
+
+    Returns:
+        ``path``, written.
+
+    Example:
+        >>> import tempfile, picard
+        >>> sol = picard.solve(picard.Recursion(lambda i, x: -0.1 * x, 8), torch.ones(1))
+        >>> out = Path(tempfile.mkdtemp()) / "convergence.png"
+        >>> convergence({"decay": sol.stats}, out).exists()
+        True
+    """
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
     for name, stats in runs.items():
@@ -97,7 +145,26 @@ def lines(
     logx: bool = False,
     logy: bool = False,
 ) -> Path:
-    """A line plot of named (x, y) series."""
+    """A line plot of named (x, y) series.
+
+    Args:
+        series: per legend name, the x values and the y values of its line.
+        xlabel: the x axis label.
+        ylabel: the y axis label.
+        path: the PNG file to write.
+        logx: a logarithmic x axis.
+        logy: a logarithmic y axis.
+
+    Returns:
+        ``path``, written.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "lines.png"
+        >>> series = {"linear": ([1, 2, 4], [1, 2, 4]), "square": ([1, 2, 4], [1, 4, 16])}
+        >>> lines(series, "x", "y", out, logx=True, logy=True).exists()
+        True
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (x, y) in series.items():

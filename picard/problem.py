@@ -23,7 +23,18 @@ __all__ = ["Problem", "Recursion", "call_batched", "working_dtype"]
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype picard keeps states, cumulative sums and residuals in (>= float32)."""
+    """The dtype picard keeps states, cumulative sums and residuals in (>= float32).
+
+    Args:
+        dtype: the user's dtype (of ``x0``).
+
+    Returns:
+        ``dtype`` promoted to at least float32.
+
+    Example:
+        >>> working_dtype(torch.float16), working_dtype(torch.float64)
+        (torch.float32, torch.float64)
+    """
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -210,6 +221,30 @@ def call_batched(
 
     ``y`` is cast to ``in_dtype`` (the user's dtype) for the call; the result comes back
     in ``y``'s dtype.
+
+    Args:
+        fn: the batched function, ``fn(t: (M,), y: (M, ...)) -> (M, ...)``.
+        name: how error messages name ``fn``.
+        t: the times (or step indices) of the M rows.
+        y: the M rows of states, in the working dtype.
+        in_dtype: the dtype ``fn`` receives ``y`` in.
+
+    Returns:
+        ``fn``'s result, checked to have ``y``'s shape and device, in ``y``'s dtype.
+
+    Raises:
+        TypeError: ``fn`` returned no tensor, or not a real floating one.
+        ValueError: ``fn`` returned the wrong shape or device.
+
+    Example:
+        >>> seen = []
+        >>> def scale(t, y):
+        ...     seen.append(y.dtype)
+        ...     return t[:, None] * y
+        >>> y = torch.ones(2, 3, dtype=torch.float64)
+        >>> out = call_batched(scale, "fn", torch.arange(2.0), y, torch.float32)
+        >>> out.tolist(), seen, out.dtype  # fn sees float32; the result is y's float64
+        ([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], [torch.float32], torch.float64)
     """
     out = map_rows(fn, t, y if y.dtype == in_dtype else y.to(in_dtype))
     if not isinstance(out, Tensor):

@@ -15,6 +15,16 @@ class ProgressBar:
     Usable as the ``progress`` callback of :func:`picard.solve`; silent when ``stream``
     is not a terminal unless ``force``.
 
+    Args:
+        label: the text before the bar.
+        stream: where to draw (default ``sys.stderr``).
+        width: the bar's length in characters.
+        force: draw even when ``stream`` is not a terminal.
+
+    Attributes:
+        sweeps: how many times the bar was called (sweeps so far).
+        enabled: whether the bar draws.
+
     Example:
         >>> import io
         >>> out = io.StringIO()
@@ -22,6 +32,9 @@ class ProgressBar:
         >>> bar(5, 10); bar.close()
         >>> "5/10 steps, 1 sweeps" in out.getvalue()
         True
+        >>> quiet = ProgressBar("demo", stream=io.StringIO())  # not a terminal: silent
+        >>> quiet(1, 2); quiet.sweeps, quiet.enabled, quiet.stream.getvalue()
+        (1, False, '')
     """
 
     def __init__(

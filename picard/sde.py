@@ -118,10 +118,22 @@ def brownian_increments(
     Drawn in one call, ``torch.randn((N, *shape), generator=generator) * sqrt(|Δt|)``, on
     ``t``'s device.
 
+    Args:
+        t: the time grid (1-D), N + 1 points.
+        shape: the shape of one increment (the state's shape).
+        dtype: the dtype to draw in.
+        generator: the random generator (on ``t``'s device); ``None`` for the global one.
+
+    Returns:
+        ``(N, *shape)`` increments; row i has variance ``|t_{i+1} - t_i|``.
+
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> brownian_increments(torch.linspace(0, 1, 5), (2,), torch.float32, g).shape
         torch.Size([4, 2])
+        >>> dW = brownian_increments(torch.tensor([0.0, 0.0, 1.0]), (3,), torch.float64, g)
+        >>> bool((dW[0] == 0).all()), bool((dW[1] != 0).all())  # an empty interval: no noise
+        (True, True)
     """
     n = t.shape[0] - 1
     z = torch.randn((n, *shape), generator=generator, dtype=dtype, device=t.device)

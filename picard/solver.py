@@ -48,6 +48,28 @@ class SolveOptions:
 
     Front ends (:func:`picard.odeint`, :func:`picard.sdeint`, pipelines) take them as
     keywords and build this with :func:`solve_options`, which checks them.
+
+    Attributes:
+        accelerate: ``None`` (plain Picard updates) or ``"secant"`` (see
+            :data:`ACCELERATIONS`).
+        predict: start the steps entering a window from the problem's cheap guess.
+        max_rows: a row budget per call instead of a fixed window (``None``: none).
+        init: warm start, a guess of all the states ``(N + 1, *x0.shape)``, or ``None``.
+        per_sample: give every sample of the batch its own window.
+        distributed: shard each sweep's rows over a ``torch.distributed`` process group.
+        devices: evaluate each sweep's rows on model replicas on these devices, or
+            ``None``.
+        max_evaluations: a budget of (step × sample) evaluations, or ``None``.
+        on_budget: ``"raise"`` or ``"sequential"`` when a budget runs out.
+        on_nonfinite: ``"raise"`` or ``"sequential"`` when a sweep meets NaN/Inf.
+        relative: measure each state's change relative to its own RMS.
+
+    Example:
+        >>> opts = SolveOptions(per_sample=True)
+        >>> opts.per_sample, opts.predict, opts.on_budget
+        (True, True, 'raise')
+        >>> opts == solve_options(per_sample=True)  # the checked builder gives the same
+        True
     """
 
     accelerate: str | None = None
@@ -76,9 +98,26 @@ def solve_options(**options: Any) -> SolveOptions:
     ``on_nonfinite`` and ``relative`` (see
     :func:`solve`); unknown keywords raise ``TypeError``.
 
+    Args:
+        **options: any of the fields of :class:`SolveOptions`, by name; those not given
+            keep their defaults.
+
+    Returns:
+        The checked :class:`SolveOptions` (``devices`` normalised to a tuple of devices).
+
+    Raises:
+        TypeError: an unknown keyword, or a value of the wrong type.
+        ValueError: a value out of range, or options that do not combine.
+
     Example:
         >>> solve_options(accelerate=None).predict
         True
+        >>> solve_options(max_rows=64, on_budget="sequential").max_rows
+        64
+        >>> solve_options(windw=4)
+        Traceback (most recent call last):
+            ...
+        TypeError: unexpected keyword argument 'windw'; sweep options are ...
     """
     names = {f.name for f in fields(SolveOptions)}
     unknown = sorted(set(options) - names)

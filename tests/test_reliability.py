@@ -471,3 +471,13 @@ def test_regenerated_noise_gives_the_same_sample(per_sample, monkeypatch):
     replayed = run()
     assert torch.equal(whole.ys, replayed.ys)
     assert whole.stats.iterations == replayed.stats.iterations
+
+
+def test_demo_needs_two_images_for_its_quality_metric(capsys):
+    from picard.cli import main
+
+    try:
+        code = main(["demo", "--images", "1"])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2 and "images must be >= 2" in capsys.readouterr().err

@@ -195,9 +195,20 @@ def step_orders(config: Mapping[str, Any], num_steps: int) -> np.ndarray:
     lowers the last two steps to orders 1 and 2; ``euler_at_final`` or a zero final sigma
     makes the last step first order.
 
+    Args:
+        config: a ``DPMSolverMultistepScheduler`` configuration (mapping); reads
+            ``solver_order``, ``lower_order_final``, ``euler_at_final`` and
+            ``final_sigmas_type``.
+        num_steps: the number of steps N of the grid.
+
+    Returns:
+        int64 ``(N,)``: the order (1, 2 or 3) of each step.
+
     Example:
         >>> step_orders({"solver_order": 3}, 6).tolist()
         [1, 2, 3, 3, 2, 1]
+        >>> step_orders({"final_sigmas_type": "sigma_min"}, 20).tolist()[-3:]  # no lowering
+        [2, 2, 2]
     """
     order = int(_get(config, "solver_order", 2))
     few = bool(_get(config, "lower_order_final", True)) and num_steps < 15

@@ -431,9 +431,22 @@ def from_config(
 ) -> EulerRule:
     """The Euler rule of an ``EulerDiscreteScheduler`` config, with ``step``'s options.
 
+    Args:
+        config: an ``EulerDiscreteScheduler`` configuration (mapping).
+        num_inference_steps: N.
+        s_churn: S_churn (0: the deterministic Euler ODE step).
+        s_tmin: S_tmin, the least σ that is churned.
+        s_tmax: S_tmax, the largest σ that is churned.
+        s_noise: S_noise, the scale of the churn noise.
+
+    Returns:
+        The :class:`EulerRule` on N steps.
+
     Example:
         >>> from_config({"use_karras_sigmas": True}, 5).num_steps
         5
+        >>> from_config({}, 3, s_churn=1.0).noise_draws.tolist()  # churn draws noise
+        [True, True, True]
     """
     return EulerRule(
         config, num_inference_steps, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise
@@ -445,8 +458,19 @@ def ancestral_from_config(
 ) -> EulerAncestralRule:
     """The rule of an ``EulerAncestralDiscreteScheduler`` config (``step`` takes no options).
 
+    Args:
+        config: an ``EulerAncestralDiscreteScheduler`` configuration (mapping); prediction
+            type epsilon or v_prediction.
+        num_inference_steps: N.
+
+    Returns:
+        The :class:`EulerAncestralRule` on N steps.
+
     Example:
         >>> ancestral_from_config({"prediction_type": "v_prediction"}, 10).num_steps
         10
+        >>> rule = ancestral_from_config({}, 4)
+        >>> bool(rule.noise_draws.all()), rule.sigmas[-1].item()  # noise at every step
+        (True, 0.0)
     """
     return EulerAncestralRule(config, num_inference_steps)

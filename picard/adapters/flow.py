@@ -138,6 +138,13 @@ def flow_tol_scale(sigma_from: np.ndarray, sigma_to: np.ndarray) -> np.ndarray:
     to ``σ_to √(1 - r²)`` with ``r = σ_to (1 - σ_from) / (σ_from (1 - σ_to))`` — finite at
     σ_from = 1, where it tends to σ_to (pure noise: the posterior std is the whole σ_to).
 
+    Args:
+        sigma_from: the flow sigmas σ_from the steps start at (in [0, 1]).
+        sigma_to: the flow sigmas σ_to they end at, the same shape.
+
+    Returns:
+        float64 array of the same shape: each step's ancestral std (0 where σ_to = 0).
+
     Example:
         >>> flow_tol_scale(np.array([1.0, 0.5, 0.2]), np.array([0.5, 0.2, 0.0])).round(4)
         array([0.5   , 0.1936, 0.    ])
@@ -235,9 +242,23 @@ def from_config(
 
     ``sigmas``, ``mu`` and ``timesteps`` are what SD3/Flux pipelines pass to it.
 
+    Args:
+        config: a ``FlowMatchEulerDiscreteScheduler`` configuration (missing keys take
+            :data:`FLOW_DEFAULTS`).
+        num_inference_steps: N.
+        sigmas: custom sigmas (N of them, before the shift).
+        mu: the dynamic shift (required with ``use_dynamic_shifting``).
+        timesteps: custom model timesteps (N).
+
+    Returns:
+        The :class:`FlowMatchEulerRule` on N steps.
+
     Example:
         >>> from_config({"shift": 3.0}, 28, sigmas=np.linspace(1.0, 1 / 28, 28)).num_steps
         28
+        >>> rule = from_config({"shift": 3.0}, 28, sigmas=np.linspace(1.0, 1 / 28, 28))
+        >>> rule.sigmas[0].item(), rule.sigmas[-1].item()  # from pure noise down to 0
+        (1.0, 0.0)
     """
     return FlowMatchEulerRule(
         config, num_inference_steps, sigmas=sigmas, mu=mu, timesteps=timesteps

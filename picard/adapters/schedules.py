@@ -55,10 +55,26 @@ def betas(config: Mapping[str, Any]) -> Tensor:
     Supports ``trained_betas`` and ``beta_schedule`` in {linear, scaled_linear,
     squaredcos_cap_v2}, with ``rescale_betas_zero_snr``.
 
+    Args:
+        config: the scheduler configuration (a mapping, or an object with attributes) with
+            diffusers' keys ``num_train_timesteps``, ``beta_start``, ``beta_end``,
+            ``beta_schedule``, ``trained_betas`` and ``rescale_betas_zero_snr``; missing
+            keys take diffusers' defaults (1000, 0.0001, 0.02, ``"linear"``).
+
+    Returns:
+        A float32 tensor of shape ``(num_train_timesteps,)`` (or ``(len(trained_betas),)``),
+        β_t for t = 0 … T-1.
+
+    Raises:
+        ValueError: if ``beta_schedule`` is unknown (and no ``trained_betas`` are given).
+
     Example:
         >>> betas({"num_train_timesteps": 4, "beta_schedule": "linear",
         ...        "beta_start": 0.1, "beta_end": 0.4}).tolist()
         [0.10000000149011612, 0.20000000298023224, 0.30000001192092896, 0.4000000059604645]
+        >>> b = betas({"beta_schedule": "squaredcos_cap_v2"})
+        >>> b.shape, b.dtype, round(float(b.max()), 3)
+        (torch.Size([1000]), torch.float32, 0.999)
     """
     n = int(_get(config, "num_train_timesteps", 1000))
     start, end = _get(config, "beta_start", 0.0001), _get(config, "beta_end", 0.02)
@@ -109,9 +125,16 @@ def alphas_cumprod(config: Mapping[str, Any], *, terminal_floor: bool = False) -
         terminal_floor: the sigma-based schedulers (Euler, DPM-Solver) replace a zero
             terminal ᾱ by 2^-24 under ``rescale_betas_zero_snr``; DDPM and DDIM do not.
 
+    Returns:
+        A float32 tensor of shape ``(num_train_timesteps,)``: ``ᾱ_t = ∏_{s≤t} (1 - β_s)``,
+        decreasing in t.
+
     Example:
         >>> float(alphas_cumprod({"num_train_timesteps": 1000})[0])
         0.9998999834060669
+        >>> zsnr = {"rescale_betas_zero_snr": True}
+        >>> float(alphas_cumprod(zsnr)[-1]), float(alphas_cumprod(zsnr, terminal_floor=True)[-1])
+        (0.0, 5.960464477539063e-08)
     """
     out = torch.cumprod(1.0 - betas(config), dim=0)
     if terminal_floor and _get(config, "rescale_betas_zero_snr", False):
@@ -129,9 +152,24 @@ def _spacing(config: Mapping[str, Any]) -> str:
 def leading_timesteps(config: Mapping[str, Any], n: int) -> np.ndarray:
     """The integer timestep grid of DDPM and DDIM (descending, length n).
 
+    Args:
+        config: the scheduler configuration: ``num_train_timesteps`` (default 1000),
+            ``timestep_spacing`` (one of :data:`SPACINGS`, default ``"leading"``) and
+            ``steps_offset`` (default 0, added under ``leading`` spacing only).
+        n: the number of inference steps.
+
+    Returns:
+        An int64 array of shape ``(n,)``, descending. It is not checked against the
+        training schedule; see :func:`check_timesteps`.
+
+    Raises:
+        ValueError: if ``timestep_spacing`` is not one of :data:`SPACINGS`.
+
     Example:
         >>> leading_timesteps({"num_train_timesteps": 1000, "timestep_spacing": "trailing"}, 4)
         array([999, 749, 499, 249])
+        >>> leading_timesteps({"num_train_timesteps": 1000, "steps_offset": 1}, 4).tolist()
+        [751, 501, 251, 1]
     """
     total = int(_get(config, "num_train_timesteps", 1000))
     spacing = _spacing(config)
@@ -149,6 +187,23 @@ def check_timesteps(timesteps: np.ndarray, total: int, config: Mapping[str, Any]
 
     ``leading`` spacing with ``steps_offset = 1`` and N = num_train_timesteps steps asks
     for timestep T, one past the end.
+
+    Args:
+        timesteps: the integer timestep grid (e.g. from :func:`leading_timesteps`).
+        total: the number of training timesteps T; valid timesteps are 0 … T-1.
+        config: the scheduler configuration, quoted (spacing, offset) in the error message.
+
+    Raises:
+        ValueError: if some timestep is negative or at least ``total``.
+
+    Example:
+        >>> cfg = {"num_train_timesteps": 1000, "steps_offset": 1}
+        >>> check_timesteps(leading_timesteps(cfg, 10), 1000, cfg)  # fine: returns None
+        >>> try:
+        ...     check_timesteps(leading_timesteps(cfg, 1000), 1000, cfg)
+        ... except ValueError as err:
+        ...     print("leaves the training schedule" in str(err))
+        True
     """
     if len(timesteps) and (timesteps.max() >= total or timesteps.min() < 0):
         raise ValueError(
@@ -164,6 +219,25 @@ def solver_timesteps(config: Mapping[str, Any], n: int, last: int | None = None)
 
     ``last`` is the first timestep beyond the grid (``num_train_timesteps`` unless
     ``lambda_min_clipped`` cuts it).
+
+    Args:
+        config: the scheduler configuration: ``num_train_timesteps`` (default 1000),
+            ``timestep_spacing`` (one of :data:`SPACINGS`, default ``"leading"``) and
+            ``steps_offset`` (default 0, added under ``leading`` spacing only).
+        n: the number of inference steps.
+        last: the first timestep beyond the grid; ``None`` means ``num_train_timesteps``.
+
+    Returns:
+        An int64 array of shape ``(n,)``, descending.
+
+    Raises:
+        ValueError: if ``timestep_spacing`` is not one of :data:`SPACINGS`.
+
+    Example:
+        >>> solver_timesteps({"num_train_timesteps": 1000, "timestep_spacing": "linspace"}, 4)
+        array([999, 749, 500, 250])
+        >>> solver_timesteps({"timestep_spacing": "linspace"}, 4, last=500).tolist()
+        [499, 374, 250, 125]
     """
     total = int(_get(config, "num_train_timesteps", 1000))
     last = total if last is None else last
@@ -178,7 +252,26 @@ def solver_timesteps(config: Mapping[str, Any], n: int, last: int | None = None)
 
 
 def euler_timesteps(config: Mapping[str, Any], n: int) -> np.ndarray:
-    """The float32 timestep grid of the Euler-type schedulers (descending, length n)."""
+    """The float32 timestep grid of the Euler-type schedulers (descending, length n).
+
+    Args:
+        config: the scheduler configuration: ``num_train_timesteps`` (default 1000),
+            ``timestep_spacing`` (one of :data:`SPACINGS`, default ``"leading"``) and
+            ``steps_offset`` (default 0, added under ``leading`` spacing only).
+        n: the number of inference steps.
+
+    Returns:
+        A float32 array of shape ``(n,)``, descending; under ``linspace`` spacing the
+        timesteps may be fractional.
+
+    Raises:
+        ValueError: if ``timestep_spacing`` is not one of :data:`SPACINGS`.
+
+    Example:
+        >>> ts = euler_timesteps({"num_train_timesteps": 1000, "timestep_spacing": "linspace"}, 4)
+        >>> ts.dtype, ts.tolist()
+        (dtype('float32'), [999.0, 666.0, 333.0, 0.0])
+    """
     total = int(_get(config, "num_train_timesteps", 1000))
     spacing = _spacing(config)
     if spacing == "linspace":
@@ -196,12 +289,36 @@ def train_sigmas(ab: Tensor) -> np.ndarray:
 
 
 def interp_sigmas(timesteps: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """σ at (possibly fractional) timesteps, linear in t between training steps."""
+    """σ at (possibly fractional) timesteps, linear in t between training steps.
+
+    Args:
+        timesteps: the timesteps, possibly fractional; values outside
+            ``[0, len(sigmas) - 1]`` take the end values.
+        sigmas: σ at each training timestep 0 … T-1 (ascending in t, as from
+            ``train_sigmas``).
+
+    Returns:
+        A float64 array with the shape of ``timesteps``.
+
+    Example:
+        >>> interp_sigmas(np.array([0.5, 2.0]), np.array([0.0, 1.0, 4.0])).tolist()
+        [0.5, 4.0]
+    """
     return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
     """Karras et al. 2022, eq. 5: n sigmas from ``sigma_max`` down to ``sigma_min``.
+
+    Args:
+        sigma_min: the smallest σ, the last of the grid.
+        sigma_max: the largest σ, the first of the grid.
+        n: the number of sigmas.
+        rho: the exponent ρ; the grid is uniform in ``σ^(1/ρ)`` (7 in the paper).
+
+    Returns:
+        A float64 array of shape ``(n,)``, descending from ``sigma_max`` to ``sigma_min``
+        (no terminal 0).
 
     Example:
         >>> karras_sigmas(0.1, 10.0, 3).round(3).tolist()
@@ -213,7 +330,21 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
 
 
 def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """The fractional timestep of each σ: linear interpolation in log σ (as diffusers)."""
+    """The fractional timestep of each σ: linear interpolation in log σ (as diffusers).
+
+    Args:
+        sigma: the sigmas, any shape.
+        log_sigmas: ``log σ_t`` of the training timesteps 0 … T-1, ascending (at least two).
+
+    Returns:
+        A float64 array with the shape of ``sigma``: the fractional timesteps, clipped to
+        ``[0, T-1]``.
+
+    Example:
+        >>> log_sigmas = np.log(np.array([0.1, 1.0, 10.0]))
+        >>> sigma_to_t(np.array([1.0, 10**0.5, 100.0]), log_sigmas).round(6).tolist()
+        [1.0, 1.5, 2.0]
+    """
     sigma = np.asarray(sigma, dtype=np.float64)
     log_sigma = np.log(np.maximum(sigma, 1e-10))
     dists = log_sigma - log_sigmas[:, np.newaxis]
@@ -233,6 +364,27 @@ def flow_sigmas(
 
     Static shift ``σ' = sσ / (1 + (s-1)σ)`` (SD3), or with ``use_dynamic_shifting`` the
     time shift by ``mu`` (Flux), exponential or linear.
+
+    Args:
+        config: the scheduler configuration: ``num_train_timesteps`` (default 1000),
+            ``shift`` (s, default 1), ``use_dynamic_shifting`` (default False) and
+            ``time_shift_type`` (``"exponential"``, the default, or ``"linear"``).
+        n: the number of inference steps (unused when ``sigmas`` is given).
+        sigmas: a custom, unshifted σ grid to shift instead of the default one.
+        mu: the time-shift parameter; required with ``use_dynamic_shifting``, else unused.
+
+    Returns:
+        A float array of shape ``(n,)`` (or that of ``sigmas``), descending, in (0, 1].
+
+    Raises:
+        ValueError: if the config uses dynamic shifting and ``mu`` is ``None``.
+
+    Example:
+        >>> flow_sigmas({"num_train_timesteps": 1000, "shift": 3.0}, 4).round(3).tolist()
+        [1.0, 0.858, 0.602, 0.009]
+        >>> s = flow_sigmas({"use_dynamic_shifting": True}, 3, sigmas=[1.0, 0.5, 0.25], mu=1.0)
+        >>> [round(float(v), 3) for v in s]
+        [1.0, 0.731, 0.475]
     """
     total = int(_get(config, "num_train_timesteps", 1000))
     shift = float(_get(config, "shift", 1.0))
@@ -261,6 +413,17 @@ def posterior_std(alpha_t: Tensor, alpha_prev: Tensor) -> Tensor:
     """The DDPM posterior std of ``x_prev`` given ``x_t`` and ``x_0`` (Ho et al., eq. 7).
 
     ``β̃ = (1-ᾱ_prev)/(1-ᾱ_t) · (1 - ᾱ_t/ᾱ_prev)``, in VP units.
+
+    Args:
+        alpha_t: ``ᾱ_t`` at the current timestep (tensor, broadcastable with alpha_prev).
+        alpha_prev: ``ᾱ_prev`` at the next, less noisy timestep of the grid.
+
+    Returns:
+        ``√β̃``, the variance clamped at 0 first, in the broadcast shape of the arguments.
+
+    Example:
+        >>> round(float(posterior_std(torch.tensor(0.5), torch.tensor(0.8))), 4)
+        0.3873
     """
     var = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
     return var.clamp(min=0).sqrt()
@@ -271,12 +434,39 @@ def ancestral_std(sigma_from: Tensor, sigma_to: Tensor) -> Tensor:
 
     ``σ_up² = σ_to² (σ_from² - σ_to²) / σ_from²`` — the DDPM posterior std expressed in the
     VE latent, so the same tolerance means the same thing for VP and VE samplers.
+
+    Args:
+        sigma_from: σ before the step (positive tensor).
+        sigma_to: σ after the step (tensor, broadcastable with sigma_from).
+
+    Returns:
+        ``σ_up`` (the variance clamped at 0 first), in the broadcast shape of the
+        arguments; 0 for a step to ``σ_to = 0``.
+
+    Example:
+        >>> up = ancestral_std(torch.tensor([2.0, 2.0]), torch.tensor([1.0, 0.0]))
+        >>> [round(v, 4) for v in up.tolist()]
+        [0.866, 0.0]
     """
     return (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2).clamp(min=0).sqrt()
 
 
 def prediction_type(config: Mapping[str, Any]) -> str:
-    """The config's prediction type, checked."""
+    """The config's prediction type, checked.
+
+    Args:
+        config: the scheduler configuration (key ``prediction_type``).
+
+    Returns:
+        One of :data:`PREDICTION_TYPES`; ``"epsilon"`` when the config has none.
+
+    Raises:
+        ValueError: if the prediction type is not one of :data:`PREDICTION_TYPES`.
+
+    Example:
+        >>> prediction_type({}), prediction_type({"prediction_type": "v_prediction"})
+        ('epsilon', 'v_prediction')
+    """
     kind = _get(config, "prediction_type", "epsilon")
     if kind not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {kind!r}")
@@ -288,6 +478,26 @@ def predict_x0(kind: str, x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor) 
 
     ``kind`` is the prediction type: epsilon (out = ε), sample (out = x_0) or v_prediction
     (out = α ε - σ x_0, Salimans & Ho 2022).
+
+    Args:
+        kind: the prediction type, one of :data:`PREDICTION_TYPES`.
+        x: the noisy latent.
+        out: the model output at ``x``, shaped like ``x``.
+        alpha: the signal scale α (``√ᾱ_t`` in VP units), broadcastable to ``x``.
+        sigma: the noise scale σ (``√(1-ᾱ_t)`` in VP units), broadcastable to ``x``; the
+            v_prediction formula assumes ``α² + σ² = 1``.
+
+    Returns:
+        The estimate of x_0, shaped like ``x``.
+
+    Raises:
+        ValueError: if ``kind`` is not one of :data:`PREDICTION_TYPES`.
+
+    Example:
+        >>> a, s = torch.tensor(0.6), torch.tensor(0.8)
+        >>> x, out = torch.tensor([1.0]), torch.tensor([0.5])
+        >>> [round(predict_x0(k, x, out, a, s).item(), 4) for k in PREDICTION_TYPES]
+        [1.0, 0.5, 0.2]
     """
     if kind == "epsilon":
         return (x - sigma * out) / alpha
@@ -299,7 +509,31 @@ def predict_x0(kind: str, x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor) 
 
 
 def predict_eps(kind: str, x: Tensor, out: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """The model's estimate of ε from ``x = α x_0 + σ ε`` and its output (see predict_x0)."""
+    """The model's estimate of ε from ``x = α x_0 + σ ε`` and its output (see predict_x0).
+
+    Args:
+        kind: the prediction type, one of :data:`PREDICTION_TYPES`.
+        x: the noisy latent.
+        out: the model output at ``x``, shaped like ``x``.
+        alpha: the signal scale α (``√ᾱ_t`` in VP units), broadcastable to ``x``.
+        sigma: the noise scale σ (``√(1-ᾱ_t)`` in VP units), broadcastable to ``x``; the
+            v_prediction formula assumes ``α² + σ² = 1``.
+
+    Returns:
+        The estimate of ε, shaped like ``x``.
+
+    Raises:
+        ValueError: if ``kind`` is not one of :data:`PREDICTION_TYPES`.
+
+    Example:
+        >>> a, s = torch.tensor(0.6), torch.tensor(0.8)
+        >>> x, out = torch.tensor([1.0]), torch.tensor([0.5])
+        >>> eps = predict_eps("v_prediction", x, out, a, s)
+        >>> round(eps.item(), 4)
+        1.1
+        >>> torch.allclose(a * predict_x0("v_prediction", x, out, a, s) + s * eps, x)
+        True
+    """
     if kind == "epsilon":
         return out
     if kind == "sample":
@@ -332,6 +566,27 @@ def clip_or_threshold(x0: Tensor, config: Mapping[str, Any], sample_ndim: int) -
 
     ``x0`` has ``sample_ndim`` trailing dimensions per sample (``(..., C, H, W)``); the
     quantile runs over each sample, as diffusers' ``_threshold_sample`` does.
+
+    Args:
+        x0: the estimate of x_0, shape ``(..., *sample_shape)``.
+        config: the scheduler configuration: ``thresholding`` (with
+            ``dynamic_thresholding_ratio``, default 0.995, and ``sample_max_value``,
+            default 1) takes precedence over ``clip_sample`` (with ``clip_sample_range``,
+            default 1); with neither set, ``x0`` is returned as is.
+        sample_ndim: the number of trailing dimensions that make up one sample.
+
+    Returns:
+        The thresholded or clipped ``x0``, same shape and dtype.
+
+    Example:
+        >>> x0 = torch.tensor([[-4.0, 2.0], [0.5, 0.25]])
+        >>> clip_or_threshold(x0, {"clip_sample": True}, 1).tolist()
+        [[-1.0, 1.0], [0.5, 0.25]]
+        >>> cfg = {"thresholding": True, "dynamic_thresholding_ratio": 1.0, "sample_max_value": 2.0}
+        >>> clip_or_threshold(x0, cfg, 1).tolist()  # per-sample s = clamp(max |x0|, 1, 2)
+        [[-1.0, 1.0], [0.5, 0.25]]
+        >>> clip_or_threshold(x0, {}, 1) is x0
+        True
     """
     if _get(config, "thresholding", False):
         lead = x0.shape[: x0.ndim - sample_ndim]

@@ -40,6 +40,14 @@ class ShippedModel:
         sample_shape: the shape of one sample.
         info: the training record (command, data, steps, seconds, final loss).
         data: reference data to compare samples with (2-D models), else ``None``.
+
+    Example:
+        >>> model = ShippedModel("zero", lambda x, t: torch.zeros_like(x), None, (2,))
+        >>> model.denoiser(torch.ones(3, 2), torch.tensor([1, 2, 3])).shape, model.data
+        (torch.Size([3, 2]), None)
+        >>> gmm = load("gmm")
+        >>> gmm.name, gmm.sample_shape, gmm.data.shape
+        ('gmm', (2,), torch.Size([4000, 2]))
     """
 
     name: str
@@ -66,10 +74,21 @@ def _scheduler(schedule: dict[str, Any]) -> Any:
 def load(name: str) -> ShippedModel:
     """Load a model by name (see :data:`MODELS`), offline.
 
+    Args:
+        name: ``"moons"``, ``"digits"`` or ``"gmm"``.
+
+    Returns:
+        The :class:`ShippedModel`, in eval mode, its denoiser running without gradients.
+
+    Raises:
+        ValueError: if ``name`` is not one of :data:`MODELS`.
+
     Example:
         >>> model = load("moons")
         >>> model.denoiser(torch.zeros(3, 2), torch.tensor([1, 2, 3])).shape
         torch.Size([3, 2])
+        >>> model.sample_shape, model.scheduler.config.num_train_timesteps
+        ((2,), 1000)
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
@@ -132,6 +151,10 @@ def _no_grad(net: torch.nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
 
 def load_classifier() -> tuple[Any, Tensor, Tensor]:
     """The digits classifier and the mean/covariance of its features on the real digits.
+
+    Returns:
+        ``(net, mean, cov)``: the :class:`~picard.models.nets.DigitsClassifier` (eval
+        mode), and the mean (64,) and covariance (64, 64) of its features on the real digits.
 
     Example:
         >>> net, mean, cov = load_classifier()

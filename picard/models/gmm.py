@@ -25,10 +25,17 @@ __all__ = ["GaussianMixture"]
 class GaussianMixture:
     """Isotropic components: ``means (K, D)``, ``stds (K,)``, ``weights (K,)`` (float64).
 
+    Attributes:
+        means: the components' means, (K, D).
+        stds: the components' standard deviations (the same in every coordinate), (K,).
+        weights: the mixture weights, (K,), summing to 1.
+
     Example:
         >>> gmm = GaussianMixture.ring(components=4, radius=2.0, std=0.1)
         >>> gmm.sample(5, torch.Generator().manual_seed(0)).shape
         torch.Size([5, 2])
+        >>> gmm.means.shape, gmm.weights.sum().item(), gmm.dim
+        (torch.Size([4, 2]), 1.0, 2)
     """
 
     means: Tensor

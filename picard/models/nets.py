@@ -23,9 +23,19 @@ def moons(n: int, noise: float = 0.05, seed: int = 0) -> Tensor:
 
     The points are ``(x - (0.5, 0.25)) / 0.5``, so the data has roughly unit scale.
 
+    Args:
+        n: the number of points (``n // 2`` on the outer moon, the rest on the inner one).
+        noise: the standard deviation of the Gaussian noise added before scaling.
+        seed: the seed of the noise and of the shuffling.
+
+    Returns:
+        The points, (n, 2) float32, in random order.
+
     Example:
         >>> moons(4, seed=0).shape
         torch.Size([4, 2])
+        >>> bool(torch.equal(moons(100, seed=1), moons(100, seed=1)))
+        True
     """
     rng = np.random.default_rng(seed)
     outer, inner = n // 2, n - n // 2
@@ -44,10 +54,20 @@ class MLPDenoiser(nn.Module):
 
     The timestep enters as sinusoidal features of ``t / num_train_timesteps``.
 
+    Args:
+        dim: the data dimension (input and output width).
+        width: the hidden layers' width.
+        depth: the number of hidden layers (each ``Linear`` then ``SiLU``).
+        frequencies: the number of sinusoidal frequencies of the timestep features (each
+            gives a sine and a cosine).
+        num_train_timesteps: the timestep that maps to 1 in the features.
+
     Example:
         >>> net = MLPDenoiser()
         >>> net(torch.zeros(3, 2), torch.tensor([0, 500, 999])).shape
         torch.Size([3, 2])
+        >>> MLPDenoiser(dim=3, width=8, depth=1).config["width"]
+        8
     """
 
     def __init__(
@@ -89,7 +109,21 @@ class MLPDenoiser(nn.Module):
 
 
 def preprocess_digits(images: np.ndarray) -> Tensor:
-    """scikit-learn's 8x8 digits (values 0..16) to 1x16x16 images in [-1, 1] (bilinear)."""
+    """scikit-learn's 8x8 digits (values 0..16) to 1x16x16 images in [-1, 1] (bilinear).
+
+    Args:
+        images: the digits, (M, 64) or (M, 8, 8), values 0..16.
+
+    Returns:
+        The images, (M, 1, 16, 16) float32: 0 maps to -1 and 16 to 1.
+
+    Example:
+        >>> x = preprocess_digits(np.full((2, 64), 16.0))
+        >>> x.shape, x.min().item(), x.max().item()
+        (torch.Size([2, 1, 16, 16]), 1.0, 1.0)
+        >>> preprocess_digits(np.zeros((1, 8, 8))).max().item()
+        -1.0
+    """
     x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     x = nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
     return x * 2 - 1
@@ -109,7 +143,22 @@ DIGITS_UNET: dict[str, Any] = {
 
 
 def digits_unet(config: dict[str, Any] | None = None) -> Any:
-    """A diffusers ``UNet2DModel`` for 1x16x16 digits (random weights)."""
+    """A diffusers ``UNet2DModel`` for 1x16x16 digits (random weights).
+
+    Args:
+        config: the UNet's diffusers config (default: :data:`DIGITS_UNET`).
+
+    Returns:
+        The ``UNet2DModel``, randomly initialised.
+
+    Example:
+        >>> unet = digits_unet()
+        >>> unet.config.sample_size, unet.config.block_out_channels
+        (16, [16, 32, 32])
+        >>> with torch.no_grad():
+        ...     unet(torch.zeros(1, 1, 16, 16), torch.tensor([500])).sample.shape
+        torch.Size([1, 1, 16, 16])
+    """
     from diffusers import UNet2DModel
 
     return UNet2DModel(**(config or DIGITS_UNET))

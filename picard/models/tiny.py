@@ -33,10 +33,18 @@ def _byte_chars() -> list[str]:
 def byte_level_clip_tokenizer(max_length: int = 16) -> Any:
     """A ``CLIPTokenizer`` with a 514-token byte-level vocabulary, built offline.
 
+    Args:
+        max_length: the tokenizer's ``model_max_length`` (prompt length in tokens).
+
+    Returns:
+        The ``CLIPTokenizer``; every prompt tokenizes to its characters.
+
     Example:
         >>> tok = byte_level_clip_tokenizer()
         >>> len(tok), tok("a cat").input_ids[:2]
         (514, [512, 320])
+        >>> byte_level_clip_tokenizer(max_length=8).model_max_length
+        8
     """
     from transformers import CLIPTokenizer
 
@@ -63,9 +71,23 @@ def byte_level_clip_tokenizer(max_length: int = 16) -> Any:
 def tiny_unet_pipeline(kind: str = "ddpm", seed: int = 0, sample_size: int = 8) -> Any:
     """An unconditional ``DDPMPipeline`` or ``DDIMPipeline`` with a small random UNet.
 
+    Args:
+        kind: ``"ddpm"`` or ``"ddim"``: the pipeline and scheduler class.
+        seed: the weights' seed.
+        sample_size: the side of the 3-channel square images.
+
+    Returns:
+        The pipeline, its UNet in eval mode, with a default scheduler of that kind.
+
+    Raises:
+        ValueError: if ``kind`` is neither ``"ddpm"`` nor ``"ddim"``.
+
     Example:
         >>> type(tiny_unet_pipeline("ddim")).__name__
         'DDIMPipeline'
+        >>> pipe = tiny_unet_pipeline("ddpm", sample_size=4)
+        >>> type(pipe).__name__, pipe.unet.config.sample_size
+        ('DDPMPipeline', 4)
     """
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
@@ -94,6 +116,9 @@ def tiny_stable_diffusion(seed: int = 0, scheduler: Any = None) -> Any:
     Args:
         seed: the weights' seed.
         scheduler: the scheduler to set (default: ``DDPMScheduler`` with SD's betas).
+
+    Returns:
+        The ``StableDiffusionPipeline``, without safety checker, progress bar disabled.
 
     Example:
         >>> pipe = tiny_stable_diffusion()
