@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -100,6 +101,7 @@ class _ODEState:
 
     dt: Tensor
     slope: list[Tensor] = field(default_factory=list)
+    elapsed: np.ndarray | None = None  # cumulative step sizes (N + 1,), for guesses
 
 
 class ODEProblem(Problem):
@@ -168,10 +170,14 @@ class ODEProblem(Problem):
         """
         if not state.slope:
             return None
-        h = state.dt[start : start + count]
+        if state.elapsed is None:  # on the host: a few numpy operations per sweep
+            dt = state.dt.reshape(-1).double().cpu().numpy()
+            state.elapsed = np.concatenate([[0.0], np.cumsum(dt)])
+        span = state.elapsed[start + 1 : start + 1 + count] - state.elapsed[start]
         if count > GUESS_STEPS:
-            h = torch.cat([h[:GUESS_STEPS], torch.zeros_like(h[GUESS_STEPS:])])
-        return x + torch.cumsum(h * state.slope[0], 0)
+            span[GUESS_STEPS:] = span[GUESS_STEPS - 1]
+        span_t = torch.from_numpy(span).to(x.device, x.dtype).reshape(-1, *([1] * x.ndim))
+        return torch.addcmul(x, span_t, state.slope[0])
 
     def step_label(self, step: int) -> str:
         """Name a step by its index and time."""
