@@ -110,7 +110,7 @@ def test_finished_samples_leave_and_their_rows_go_to_the_others():
     shared = picard.solve(problem, x0, tol=1e-8, max_rows=32)
     assert max(rows) == 32
     # The slow sample runs on with the whole budget (a window of 32, not 8).
-    assert sol.stats.iterations < 0.7 * shared.stats.iterations
+    assert sol.stats.iterations < 0.8 * shared.stats.iterations
     torch.testing.assert_close(sol.final, shared.final, rtol=0, atol=1e-6)
 
 
