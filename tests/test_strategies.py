@@ -7,7 +7,13 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+)
 from diffusion_helpers import gaussian_denoiser
 from hypothesis import given
 from hypothesis import strategies as st
@@ -113,8 +119,14 @@ def test_secant_safeguard_falls_back_when_slopes_mislead():
 
 @pytest.mark.parametrize(
     "scheduler",
-    [DDPMScheduler(), DDIMScheduler(), DPMSolverMultistepScheduler(solver_order=2)],
-    ids=["ddpm", "ddim", "dpmsolver++"],
+    [
+        DDPMScheduler(),
+        DDIMScheduler(),
+        DPMSolverMultistepScheduler(solver_order=2),
+        EulerDiscreteScheduler(),
+        EulerAncestralDiscreteScheduler(),
+    ],
+    ids=["ddpm", "ddim", "dpmsolver++", "euler", "euler-ancestral"],
 )
 def test_diffusion_guess_is_the_frozen_denoised_rollout(scheduler):
     """The vectorised guess equals stepping the rule with x̂_0 held fixed, step by step."""

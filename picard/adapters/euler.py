@@ -262,6 +262,17 @@ class _EulerBase(UpdateRule):
         }
         return sigma
 
+    def _signal(self, sigma_key: str) -> None:
+        """Declare ``x = 1 · x_0 + σ ε`` for the predicted guesses (ε-prediction only).
+
+        The state is the unscaled latent, so α = 1 and σ is the step's σ; for an
+        ε-model ``x̂_0 = x - σ ε̂`` as in :meth:`_denoised`. (v- and sample-prediction
+        rules keep copies: their outputs relate to the scaled latent.)
+        """
+        if self.prediction_type == "epsilon":
+            self.coefficients["unit"] = np.ones(self.num_steps)
+            self.signal_keys = ("unit", sigma_key)
+
     def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """``scale_model_input``: ``x / √(σ_i² + 1)``, the VP latent the model was trained on."""
         return x / c["input_scale"]
@@ -336,6 +347,7 @@ class EulerRule(_EulerBase):
             }
         )
         self.noise_draws = draws.numpy().copy()
+        self._signal("sigma_hat")
 
     def update(
         self,
@@ -387,6 +399,7 @@ class EulerAncestralRule(_EulerBase):
             }
         )
         self.noise_draws = np.ones(self.num_steps, dtype=bool)
+        self._signal("sigma")
         bad = np.flatnonzero(~np.isfinite(self.coefficients["dt"]))
         if len(bad):  # σ_↑ rounds above σ_{i+1} in float32 when σ_i ≫ σ_{i+1}
             raise ValueError(
