@@ -17,7 +17,7 @@ from torch import Tensor
 from picard.errors import NonFiniteError
 from picard.problem import Problem
 
-__all__ = ["FALLBACKS", "finish_sequentially"]
+__all__ = ["FALLBACKS", "bad_increments", "finish_sequentially"]
 
 FALLBACKS = ("raise", "sequential")
 """Values of ``on_budget`` and ``on_nonfinite``."""
@@ -31,6 +31,7 @@ def finish_sequentially(
     history: Tensor | None,
     keep: Callable[[int, Tensor], None],
     remember: Callable[[Tensor | None, Any], Tensor | None],
+    where: str = "even when taken sequentially (the fallback after the sweeps stopped)",
 ) -> Tensor:
     """Take steps ``start … N-1`` one at a time from state ``x`` (state ``start``).
 
@@ -47,6 +48,8 @@ def finish_sequentially(
         keep: called as ``keep(i, x_i)`` with each new state, ``i = start + 1 … N``.
         remember: ``remember(history, outputs)`` returns the history after a step
             (called only when ``problem.memory`` is nonzero).
+        where: how the NaN/Inf error describes the run (:func:`picard.sequential` says
+            it is the sequential solve).
 
     Returns:
         The final state ``x_N``, in ``x``'s dtype.
@@ -67,19 +70,39 @@ def finish_sequentially(
     """
     for i in range(start, problem.num_steps):
         inc, out = problem.increments(x[None], i, state, history)
-        if not isinstance(inc, Tensor) or inc.shape != (1, *x.shape):
-            raise ValueError(
-                f"problem.increments returned {getattr(inc, 'shape', type(inc).__name__)}; "
-                f"expected {(1, *x.shape)}"
-            )
-        x = x + inc[0].to(x.dtype)
+        if not isinstance(inc, Tensor) or inc.shape != (1, *x.shape) or inc.dtype != x.dtype:
+            bad_increments(inc, x[None])
+        x = x + inc[0]
         if not bool(torch.isfinite(x).all()):
-            raise NonFiniteError(
-                f"{problem.step_label(i)}: NaN or Inf even when taken sequentially "
-                "(the fallback after the sweeps stopped)",
-                step=i,
-            )
+            raise NonFiniteError(f"{problem.step_label(i)}: NaN or Inf {where}", step=i)
         keep(i + 1, x)
         if problem.memory:
             history = remember(history, out)
     return x
+
+
+def bad_increments(inc: Any, x: Tensor) -> None:
+    """Raise the error for increments that are not a tensor like ``x``.
+
+    Args:
+        inc: what ``problem.increments`` returned.
+        x: the states it was given.
+
+    Raises:
+        TypeError: ``inc`` is not a tensor.
+        ValueError: its shape, dtype or device differ from ``x``'s.
+
+    Example:
+        >>> import torch
+        >>> try:
+        ...     bad_increments(torch.ones(2), torch.ones(3))
+        ... except ValueError as err:
+        ...     "expected (3,)" in str(err)
+        True
+    """
+    if not isinstance(inc, Tensor):
+        raise TypeError(f"problem.increments must return a Tensor, got {type(inc).__name__}")
+    raise ValueError(
+        f"problem.increments returned {tuple(inc.shape)} {inc.dtype} on {inc.device}; "
+        f"expected {tuple(x.shape)} {x.dtype} on {x.device}, like its input"
+    )

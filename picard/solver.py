@@ -26,7 +26,7 @@ from torch import Tensor
 
 from picard._checks import check_int, check_nonneg, check_optional_int, check_state
 from picard.errors import ConvergenceError, NonFiniteError
-from picard.fallback import FALLBACKS, finish_sequentially
+from picard.fallback import FALLBACKS, bad_increments, finish_sequentially
 from picard.per_sample import per_sample_sweeps
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.rows import check_devices, evaluating, evaluator_for
@@ -475,7 +475,7 @@ def _sweeps(
             or inc.dtype != states.dtype
             or inc.device != states.device
         ):
-            _bad_increments(inc, states)
+            bad_increments(inc, states)
         new = cumsum(view(inc))  # states start + 1 … start + w, by plain Picard
         new += xs[lo]
         # The fixed-point residual: the test (for plain Picard, the change of the state).
@@ -734,31 +734,25 @@ def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = Fal
         x = x0.detach().to(working_dtype(x0.dtype), copy=True)
         state = problem.init(x0)
         saver = None if saved is None else _Saver(saved, x, _TORCH)
-        history: Tensor | None = None
-        for i in range(n):
-            inc, out = problem.increments(x[None], i, state, history)
-            if not isinstance(inc, Tensor) or inc.shape != (1, *x.shape) or inc.dtype != x.dtype:
-                _bad_increments(inc, x[None])
-            x = x + inc[0]
+
+        def keep(i: int, xi: Tensor) -> None:
             if saver is not None:
-                saver.add(x[None], i, 1)
-            if problem.memory:
-                history = _remember(history, out, 1, problem.memory)
-        if not bool(torch.isfinite(x).all()):
-            raise NonFiniteError("the sequential solve produced NaN or Inf")
+                saver.add(xi[None], i - 1, 1)
+
+        x = finish_sequentially(
+            problem,
+            state,
+            x,
+            0,
+            None,
+            keep,
+            lambda h, out: _remember(h, out, 1, problem.memory),
+            where="in the sequential solve",
+        )
     stats = Stats(
         n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)), problem.rows_per_evaluation
     )
     return _solution(x, None if saver is None else saver.ys_t, saved, stats, x0.dtype)
-
-
-def _bad_increments(inc: Any, x: Tensor) -> None:
-    if not isinstance(inc, Tensor):
-        raise TypeError(f"problem.increments must return a Tensor, got {type(inc).__name__}")
-    raise ValueError(
-        f"problem.increments returned {tuple(inc.shape)} {inc.dtype} on {inc.device}; "
-        f"expected {tuple(x.shape)} {x.dtype} on {x.device}, like its input"
-    )
 
 
 def _scales(scale: Any, n: int) -> np.ndarray:
