@@ -8,6 +8,8 @@ sequential pipeline and, where diffusers has it (DDPM, DDIM on Stable Diffusion)
 ``StableDiffusionParadigmsPipeline`` at the same window and tolerance — measured in one
 run, medians of interleaved repeats, torch on one thread. Random weights: sweep counts
 are those of an untrained model (issue 4 brings trained ones).
+Every picard run uses ParaDiGMS's test (``tol`` relative to each step's noise std,
+``relative=False``), the semantics these figures were first measured under.
 
     python benchmarks/diffusion.py [--repeats 3] [--window 64] [--quick]
 """
@@ -153,7 +155,7 @@ def measure_sd(sd: Any, counter: Counter, sched: Any, n: int, args: argparse.Nam
         "output_type": "latent",
         "num_inference_steps": n,
     }
-    fast = parallelize(sd, window=window, tol=args.tol)
+    fast = parallelize(sd, window=window, tol=args.tol, relative=False)
     times: dict[str, list[float]] = {"seq": [], "picard": [], "paradigms": []}
 
     def seeded() -> torch.Generator:
@@ -198,7 +200,7 @@ def measure_unet(unet: Any, sched: Any, n: int, args: argparse.Namespace) -> dic
         problem = from_scheduler(
             sched, lambda x, t: unet(x, t).sample, n, generator=torch.Generator().manual_seed(1)
         )
-        return solve(problem, start, window=min(args.window, n), tol=args.tol)
+        return solve(problem, start, window=min(args.window, n), tol=args.tol, relative=False)
 
     for _ in range(args.repeats):
         ref, t = timed(lambda: unconditional_loop(unet, sched, n, start))

@@ -9,7 +9,8 @@ Two models built from their configs with random weights (nothing downloaded):
   63M parameters, horizon 16, 2 action dims) in float16: DDPM-100 (squared-cosine
   schedule, clipped samples, as DiffusionPolicy), batch 1.
 
-For each: diffusers' sequential loop and ``picard`` (default options, tol 0.1),
+For each: diffusers' sequential loop and ``picard`` (default options: tol 0.01 relative to
+each latent's RMS),
 CUDA-synchronised wall-clock (median of repeats), sweeps, evaluations, and the final
 sample's RMS distance to the sequential one. Random weights make sweep counts those of an
 untrained model: the figures measure the machinery (rows per second, sweeps' cost), not a

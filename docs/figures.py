@@ -3,7 +3,9 @@
 Writes into ``docs/figures`` (or ``--out``): ``sweeps.png`` (steps done against rounds of
 model calls: sequential, the ParaDiGMS algorithm, picard's default), ``convergence.png``
 (window start and residual per sweep), ``window.png`` and ``tol.png`` (sweeps, evaluations
-and error against the window and the tolerance).
+and error against the window and the tolerance). Every picard run uses ParaDiGMS's test
+(``tol`` relative to each step's noise std, ``relative=False``), the semantics the
+figures compare with ParaDiGMS under.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def _run(sampler: str, n: int, window: int | None, tol: float, **options):
     sched = make_scheduler(sampler, model.scheduler)
     gen = torch.Generator().manual_seed(0)
     x = start_latent(sched, n, (16, 2), gen)
+    options = {"relative": False, **options}
     sol = parallel(sched, model.denoiser, n, x, gen, window=window, tol=tol, **options)
     gen = torch.Generator().manual_seed(0)
     x = start_latent(sched, n, (16, 2), gen)

@@ -3,10 +3,16 @@
 Public names: :func:`solve`, :func:`sequential`, :func:`odeint`, :func:`sdeint`,
 :class:`Problem`, :class:`Recursion`, :class:`Solution`, :class:`Stats`,
 :class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`,
-:class:`MemoryWarning`.
+:class:`MemoryWarning`, :class:`AccuracyWarning`.
 """
 
-from picard.errors import ConvergenceError, MemoryWarning, NonFiniteError, RankError
+from picard.errors import (
+    AccuracyWarning,
+    ConvergenceError,
+    MemoryWarning,
+    NonFiniteError,
+    RankError,
+)
 from picard.ode import odeint
 from picard.problem import Problem, Recursion
 from picard.sde import sdeint
@@ -15,6 +21,7 @@ from picard.solver import DEFAULT_TOL, sequential, solve
 
 __all__ = [
     "DEFAULT_TOL",
+    "AccuracyWarning",
     "ConvergenceError",
     "MemoryWarning",
     "NonFiniteError",

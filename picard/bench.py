@@ -8,7 +8,10 @@ tiny Stable Diffusion pipeline's UNet with guidance) and sampler:
 
 each run timed against diffusers' sequential loop on the same seed, and — for DDPM and
 DDIM — against the ParaDiGMS loop as published (:func:`picard.baselines.paradigms`) at the
-same window and tolerance. Writes ``bench.json``, ``bench.md`` and three plots.
+same window and tolerance. Both use ParaDiGMS's test (``tol`` relative to each step's noise
+std: ``relative=False``), so the columns compare like with like; picard's own default
+(relative to each state's RMS) is measured by ``picard bench --fidelity``.
+Writes ``bench.json``, ``bench.md`` and three plots.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def _run(
 
     def ours() -> Any:
         x, gen = start()
-        return parallel(sched, den, steps, x, gen, window=window, tol=tol)
+        return parallel(sched, den, steps, x, gen, window=window, tol=tol, relative=False)
 
     sol, t_ours = median_time(ours, repeats)
     ref, t_seq = seq

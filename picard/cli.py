@@ -159,7 +159,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--window", type=_positive("window"), default=100, help="steps per sweep (default 100)"
     )
-    p.add_argument("--tol", type=_tolerance, default=0.1, help="tolerance (default 0.1)")
+    p.add_argument(
+        "--tol",
+        type=_tolerance,
+        default=0.01,
+        help="tolerance, relative to each state's RMS (default 0.01)",
+    )
     p.add_argument(
         "--repeats", type=_positive("repeats"), default=3, help="timing repeats (default 3)"
     )

@@ -36,7 +36,7 @@ def add_arguments(
         >>> add_arguments(p, lambda name: int, float)
         >>> args = p.parse_args(["--model", "moons", "--steps", "20", "--out", "x.npy"])
         >>> args.model, args.steps, args.window, args.tol, args.count, str(args.out)
-        ('moons', 20, 100, 0.1, 16, 'x.npy')
+        ('moons', 20, 100, 0.01, 16, 'x.npy')
         >>> p.parse_args(["--model", "moons", "--pipeline", "folder"])  # one source only
         Traceback (most recent call last):
         SystemExit: 2
@@ -67,7 +67,12 @@ def add_arguments(
     p.add_argument(
         "--window", type=positive("window"), default=100, help="steps per sweep (default 100)"
     )
-    p.add_argument("--tol", type=tolerance, default=0.1, help="tolerance (default 0.1)")
+    p.add_argument(
+        "--tol",
+        type=tolerance,
+        default=0.01,
+        help="tolerance, relative to each state's RMS (default 0.01)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--count", type=positive("count"), default=16, help="samples / images (default 16)"

@@ -164,7 +164,7 @@ def run_demo(
     *,
     steps: int = 1000,
     window: int = 100,
-    tol: float = 0.1,
+    tol: float = 0.01,
     repeats: int = 3,
     seeds: int = 2,
     samples: int = 512,
@@ -177,7 +177,7 @@ def run_demo(
         out: the folder for the figures (created if missing).
         steps: DDPM steps of both models.
         window: picard's window (steps per sweep, at most).
-        tol: picard's tolerance.
+        tol: picard's tolerance, relative to each state's RMS.
         repeats: timing repeats of the 2-D model (the median is kept).
         seeds: seeds for the quality metrics (and digit runs).
         samples: 2-D samples per seed for the quality metric.

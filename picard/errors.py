@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from picard.solution import Solution, Stats
 
-__all__ = ["ConvergenceError", "MemoryWarning", "NonFiniteError", "RankError"]
+__all__ = ["AccuracyWarning", "ConvergenceError", "MemoryWarning", "NonFiniteError", "RankError"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -88,5 +88,19 @@ class MemoryWarning(UserWarning):
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("error", MemoryWarning)  # make chunking an error
         ...     issubclass(MemoryWarning, UserWarning)
+        True
+    """
+
+
+class AccuracyWarning(UserWarning):
+    """``verify=`` refined the maximum number of times and the estimate still exceeds its target.
+
+    The solution is returned all the same; ``stats.error_estimate`` says how far off it may be.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("error", AccuracyWarning)  # make it an error
+        ...     issubclass(AccuracyWarning, UserWarning)
         True
     """

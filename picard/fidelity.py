@@ -4,12 +4,17 @@ A 16-D Gaussian mixture with 4 well-separated modes (component variance 0.1, mea
 N(0, 4I)) whose ε is exact (``picard.models.gmm``), 64 samples (one seed each), window 64.
 Samplers: DDPM-100/1000, DDIM-50/200, DPM-Solver++ 2M-25, Euler-50 (VP ε-model), and
 flow-matching Euler-50 (exact velocity). For each: the ParaDiGMS algorithm (plain
-Picard, noise-scaled test) at tol 0.1 and 0.01, picard's default, and ``relative=True``
-(tol relative to each state's RMS) at 0.01.
+Picard, noise-scaled test) at tol 0.1 and 0.01, picard with the noise-scaled test at 0.1
+(its default before the relative test), picard's default (tol 0.01 relative to each
+state's RMS), and the default with ``verify=True``.
 Columns: sweeps, evaluations per step, the final samples' RMS distance to the sequential
-ones relative to the samples' RMS (batch and worst sample), and how many samples land in a
-different mode than the sequential sampler puts them. ``clip_sample`` (on by default in
-diffusers' DDPM/DDIM configs, meant for data in [-1, 1]) is run both ways.
+ones relative to the samples' RMS (batch and worst sample), how many samples land in a
+different mode than the sequential sampler puts them, and for ``verify``: the error
+estimate against the true error of the solution it estimates (verify's next-to-last solve,
+re-run here: the default run when one verification sufficed; worst sample, each relative
+to its own RMS).
+``clip_sample`` (on by default in diffusers' DDPM/DDIM configs, meant for data in [-1, 1])
+is run both ways.
 
 Run it with ``picard bench --fidelity`` or ``python benchmarks/fidelity.py``.
 """
@@ -34,6 +39,7 @@ import picard
 from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
 from picard.models.gmm import GaussianMixture
+from picard.verify import REFINEMENT, relative_error
 
 SAMPLERS = [
     ("ddpm", DDPMScheduler, 100, {}),
@@ -45,14 +51,15 @@ SAMPLERS = [
     ("flow-euler", FlowMatchEulerDiscreteScheduler, 50, {}),
 ]
 METHODS: dict[str, dict[str, Any]] = {
-    "ParaDiGMS tol 0.1": {"tol": 0.1, "predict": False},
-    "ParaDiGMS tol 0.01": {"tol": 0.01, "predict": False},
-    "picard default (tol 0.1)": {"tol": 0.1},
-    "picard relative tol 0.01": {"tol": 0.01, "relative": True},
+    "ParaDiGMS tol 0.1": {"tol": 0.1, "predict": False, "relative": False},
+    "ParaDiGMS tol 0.01": {"tol": 0.01, "predict": False, "relative": False},
+    "picard noise-scaled tol 0.1": {"tol": 0.1, "relative": False},
+    "picard default (tol 0.01)": {},
+    "picard default + verify": {"verify": True},
 }
 HEADER = (
     "| clip_sample | sampler | method | sweeps | evals/step | rel. RMS err | worst sample | "
-    "mode changes |\n|---|---|---|---:|---:|---:|---:|---:|"
+    "mode changes | estimate / true error |\n|---|---|---|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -96,13 +103,15 @@ def run(
     Returns:
         One dict per ``clip_sample``, sampler and method (flow matching runs without
         clipping only), with the keys ``clip_sample``, ``sampler``, ``method``,
-        ``sweeps``, ``evals_per_step``, ``relative_rms_error``, ``worst_sample`` and
-        ``mode_changes``.
+        ``sweeps``, ``evals_per_step``, ``relative_rms_error``, ``worst_sample``,
+        ``mode_changes``, ``error_estimate``, ``estimated_error`` (the true error of
+        the solution the estimate is about; both ``None`` without ``verify``) and
+        ``verifications``.
 
     Example:
         >>> rows = run(samples=2, log=lambda line: None, samplers=SAMPLERS[2:3])
         >>> len(rows), rows[0]["sampler"], rows[0]["mode_changes"]
-        (8, 'ddim-50', 0)
+        (10, 'ddim-50', 0)
         >>> sorted({r["method"] for r in rows}) == sorted(METHODS), {r["clip_sample"] for r in rows}
         (True, {False, True})
     """
@@ -130,6 +139,12 @@ def run(
             scale = ref.pow(2).mean().sqrt()
             for method, opts in METHODS.items():
                 sol = solve(window=min(n, 64), **opts)
+                estimate = sol.stats.error_estimate
+                if estimate is not None:  # the solve it estimates: verify's next to last
+                    est = solve(window=min(n, 64), save=True)
+                    for k in range(1, sol.stats.verifications):
+                        tol = sol.stats.tol / REFINEMENT**k
+                        est = solve(window=min(n, 64), tol=tol, init=est.ys, save=True)
                 per = (sol.final - ref).pow(2).mean(1).sqrt() / scale
                 row = {
                     "clip_sample": clip,
@@ -140,6 +155,11 @@ def run(
                     "relative_rms_error": float((sol.final - ref).pow(2).mean().sqrt() / scale),
                     "worst_sample": float(per.max()),
                     "mode_changes": int((gmm.component(sol.final) != gmm.component(ref)).sum()),
+                    "error_estimate": estimate,
+                    "verifications": sol.stats.verifications,
+                    "estimated_error": None
+                    if estimate is None
+                    else relative_error(est.final, ref, 1),
                 }
                 rows.append(row)
                 log(_line(row))
@@ -147,10 +167,14 @@ def run(
 
 
 def _line(r: dict[str, Any]) -> str:
+    est, true = r.get("error_estimate"), r.get("estimated_error")
+    ratio = "" if est is None else f"{est:.1e} / {true:.1e} = {est / max(true, 1e-300):.2f}"
+    if est is not None and r.get("verifications", 1) > 1:
+        ratio += f" ({r['verifications']} verifications)"
     return (
         f"| {r['clip_sample']} | {r['sampler']} | {r['method']} | {r['sweeps']} | "
         f"{r['evals_per_step']:.2f} | {r['relative_rms_error']:.1e} | {r['worst_sample']:.1e} | "
-        f"{r['mode_changes']} |"
+        f"{r['mode_changes']} | {ratio} |"
     )
 
 
@@ -164,11 +188,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         The table: :data:`HEADER` and one line per row, ending in a newline.
 
     Example:
-        >>> row = {"clip_sample": False, "sampler": "ddim-50", "method": "picard default (tol 0.1)",
+        >>> row = {"clip_sample": False, "sampler": "ddim-50", "method": "picard default",
         ...        "sweeps": 7, "evals_per_step": 1.5, "relative_rms_error": 0.001,
         ...        "worst_sample": 0.002, "mode_changes": 0}
         >>> print(table([row]).splitlines()[-1])
-        | False | ddim-50 | picard default (tol 0.1) | 7 | 1.50 | 1.0e-03 | 2.0e-03 | 0 |
+        | False | ddim-50 | picard default | 7 | 1.50 | 1.0e-03 | 2.0e-03 | 0 |  |
     """
     return "\n".join([HEADER, *map(_line, rows)]) + "\n"
 
@@ -182,7 +206,7 @@ def write(rows: list[dict[str, Any]], out: Path) -> None:
 
     Example:
         >>> import tempfile
-        >>> row = {"clip_sample": True, "sampler": "ddpm-100", "method": "picard default (tol 0.1)",
+        >>> row = {"clip_sample": True, "sampler": "ddpm-100", "method": "picard default",
         ...        "sweeps": 9, "evals_per_step": 2.0, "relative_rms_error": 0.01,
         ...        "worst_sample": 0.02, "mode_changes": 0}
         >>> out = Path(tempfile.mkdtemp()) / "results" / "fidelity"

@@ -37,6 +37,7 @@ def per_sample_sweeps(
     saved: Sequence[int] | None,
     progress: Callable[[int, int], None] | None,
     options: Any,
+    draw: Callable[[Tensor], Any] | None = None,
 ) -> Solution:
     """The sweep loop with one window per sample (arguments checked by :func:`picard.solve`).
 
@@ -57,6 +58,8 @@ def per_sample_sweeps(
         progress: called after every sweep as ``progress(steps_done, num_steps)``
             (the slowest sample's), or ``None``.
         options: the solve's :class:`picard.solver.SolveOptions`.
+        draw: returns the solve's state for ``x0`` (default :meth:`picard.Problem.init`;
+            verification solves reuse the first solve's noise through it).
 
     Returns:
         The :class:`picard.Solution`, each sample as solving it alone would give.
@@ -88,7 +91,7 @@ def per_sample_sweeps(
     buf = x0.detach().to(working_dtype(x0.dtype)).expand(length, *x0.shape).clone()
     dev = buf.device
     guesses = None if init is None else init.to(buf.dtype)
-    state = problem.init(x0)
+    state = (draw or problem.init)(x0)
     start = np.zeros(batch, dtype=np.int64)  # per sample: its window's first step
     off = np.zeros(batch, dtype=np.int64)  # buf[k, s] is state off[s] + k of sample s
     high = np.zeros(batch, dtype=np.int64)  # per sample: the last state holding a guess

@@ -54,7 +54,11 @@ class Problem(ABC):
         stages: drift calls per step (e.g. 4 for RK4); used for :attr:`Stats.nfe`.
         memory: how many outputs of earlier steps an increment reads (multistep rules);
             the solver hands them back through ``history``.
-        default_tol: the tolerance :func:`picard.solve` uses when given none.
+        default_tol: the tolerance :func:`picard.solve` uses when given none (for the
+            test :attr:`relative_tol` selects; see :meth:`default_tolerance`).
+        relative_tol: whether ``tol`` is relative to each state's RMS unless the solve
+            says otherwise (``solve(relative=None)``); ``False`` scales it by
+            :meth:`scale`.
         rows_per_evaluation: model rows behind one (step, sample) evaluation (2 with
             classifier-free guidance); reported in :class:`picard.Stats`.
 
@@ -73,7 +77,19 @@ class Problem(ABC):
     stages: int = 1
     memory: int = 0
     default_tol: float = 1e-5
+    relative_tol: bool = False
     rows_per_evaluation: int = 1
+
+    def default_tolerance(self, relative: bool) -> float:
+        """The tolerance a solve uses when given none, for the chosen test.
+
+        Args:
+            relative: whether the solve measures changes relative to each state's RMS.
+
+        Returns:
+            ``default_tol`` (the same for both tests unless a subclass says otherwise).
+        """
+        return self.default_tol
 
     def init(self, x0: Tensor) -> Any:
         """Called once when a solve starts; the result is passed to every increments call.

@@ -31,6 +31,14 @@ class Stats:
         sequential_steps: steps taken one at a time after the sweeps stopped
             (``on_budget``/``on_nonfinite="sequential"``); counted in ``iterations``
             and ``evaluations``.
+        error_estimate: with ``verify=``, the estimated error of the final state: the
+            worst sample's RMS distance between the last two solutions (at ``tol / 100^k``
+            and ``tol / 100^(k+1)``) relative to its RMS. It estimates the error of the
+            looser one; the returned state is the tighter one, usually a few times
+            closer to the sequential result. ``None`` without ``verify``.
+        verifications: the verification solves run (``verify=``), each warm-started
+            from the previous trajectory at a hundredth of its tolerance; their sweeps and
+            evaluations are counted in ``iterations`` and ``evaluations``.
 
     Example:
         >>> import torch, picard
@@ -52,6 +60,8 @@ class Stats:
     accelerated: int = 0
     fallbacks: int = 0
     sequential_steps: int = 0
+    error_estimate: float | None = None
+    verifications: int = 0
     # Per sweep, the worst sample's squared norm of each state's change, and the
     # reciprocal per-step norm scale: residuals are computed from them when first asked.
     changes: Sequence[np.ndarray] = field(default=(), repr=False, compare=False)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from picard.per_sample import per_sample_sweeps
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.rows import check_devices, evaluating, evaluator_for
 from picard.solution import Solution, Stats
+from picard.verify import verified
 
 __all__ = ["ACCELERATIONS", "DEFAULT_TOL", "SolveOptions", "sequential", "solve", "solve_options"]
 
@@ -62,7 +63,11 @@ class SolveOptions:
         max_evaluations: a budget of (step × sample) evaluations, or ``None``.
         on_budget: ``"raise"`` or ``"sequential"`` when a budget runs out.
         on_nonfinite: ``"raise"`` or ``"sequential"`` when a sweep meets NaN/Inf.
-        relative: measure each state's change relative to its own RMS.
+        relative: measure each state's change relative to its own RMS (``None``: the
+            problem's choice, :attr:`picard.Problem.relative_tol`).
+        verify: estimate the final state's error by a warm-started solve at a hundredth
+            of the tolerance and refine until the estimate meets ``tol`` (``True``) or the
+            given number; ``False``: no estimate.
 
     Example:
         >>> opts = SolveOptions(per_sample=True)
@@ -82,7 +87,8 @@ class SolveOptions:
     max_evaluations: int | None = None
     on_budget: str = "raise"
     on_nonfinite: str = "raise"
-    relative: bool = False
+    relative: bool | None = None
+    verify: bool | float = False
 
 
 DEFAULT_OPTIONS = SolveOptions()
@@ -95,7 +101,7 @@ def solve_options(**options: Any) -> SolveOptions:
 
     The keywords are ``accelerate``, ``predict``, ``max_rows``, ``init``,
     ``per_sample``, ``distributed``, ``devices``, ``max_evaluations``, ``on_budget``,
-    ``on_nonfinite`` and ``relative`` (see
+    ``on_nonfinite``, ``relative`` and ``verify`` (see
     :func:`solve`); unknown keywords raise ``TypeError``.
 
     Args:
@@ -134,8 +140,9 @@ def solve_options(**options: Any) -> SolveOptions:
     if merged["distributed"] and merged["devices"]:
         raise ValueError("distributed=True and devices=[...] do not combine; choose one")
     for name in ("predict", "per_sample", "distributed", "relative"):
-        if not isinstance(merged[name], bool):
+        if not isinstance(merged[name], bool) and (name != "relative" or merged[name] is not None):
             raise TypeError(f"{name} must be a bool, got {type(merged[name]).__name__}")
+    merged["verify"] = _check_verify(merged["verify"])
     if merged["per_sample"] and accelerate is not None:
         raise ValueError(
             f"accelerate={accelerate!r} does not combine with per_sample=True; choose one"
@@ -149,6 +156,16 @@ def solve_options(**options: Any) -> SolveOptions:
     if merged["init"] is not None and not isinstance(merged["init"], Tensor):
         raise TypeError(f"init must be a Tensor of states, got {type(merged['init']).__name__}")
     return SolveOptions(**merged)
+
+
+def _check_verify(verify: Any) -> bool | float:
+    if isinstance(verify, bool):
+        return verify
+    if not isinstance(verify, int | float):
+        raise TypeError(f"verify must be a bool or a positive number, got {verify!r}")
+    if not math.isfinite(verify) or verify <= 0:
+        raise ValueError(f"verify must be a bool or a positive number, got {verify!r}")
+    return float(verify)
 
 
 def solve(
@@ -170,7 +187,8 @@ def solve(
     max_evaluations: int | None = None,
     on_budget: str = "raise",
     on_nonfinite: str = "raise",
-    relative: bool = False,
+    relative: bool | None = None,
+    verify: bool | float = False,
 ) -> Solution:
     """Solve ``problem`` from ``x0`` by sliding-window Picard iteration.
 
@@ -182,9 +200,11 @@ def solve(
         window: steps per sweep (rows per call = window × samples); ``None`` means the
             whole grid. Larger windows need fewer sweeps but more evaluations.
         tol: step i converges when the RMS change of state ``i + 1`` between two sweeps is
-            at most ``tol * problem.scale()[i]`` (worst sample). ``tol = 0`` reproduces
-            the sequential recursion to float rounding. ``None``: ``problem.default_tol``
-            (1e-5, or 0.1 relative to the noise std for diffusion samplers).
+            at most ``tol`` times that state's RMS (``relative``, per sample; the default
+            of diffusion samplers) or ``tol * problem.scale()[i]`` (worst sample). ``tol
+            = 0`` reproduces the sequential recursion to float rounding. ``None``:
+            ``problem.default_tolerance(relative)`` (1e-5 for ODEs/SDEs and recursions;
+            0.01 for diffusion samplers, 0.1 with ``relative=False``).
         max_iters: sweep budget (default N, which always suffices); running out raises
             :class:`picard.ConvergenceError`.
         save: ``True`` keeps every state ``x_0 … x_N`` in ``Solution.ys``; a sequence of
@@ -231,13 +251,22 @@ def solve(
             re-solve from the last converged state one step at a time (a model that
             misbehaves only on the iteration's far-off guesses then still gives the
             sequential result; one that returns NaN on the true trajectory still raises).
-        relative: measure each state's change relative to the state's own RMS (per
-            sample) instead of ``problem.scale()``: ``tol`` is then a relative error, the
-            same for every sampler and state — in the units of the state, which for the
-            last states are the data's. Diffusion samplers: ``tol=0.01`` gives final
-            samples within about 1e-3 of the sequential ones (relative RMS) in fewer
-            sweeps than ParaDiGMS's noise-scaled test at 0.1 on deterministic samplers
-            (``benchmarks/fidelity.py``).
+        relative: ``True``: measure each state's change relative to the state's own RMS
+            (per sample): ``tol`` is then a relative error with the same meaning for
+            every sampler, step and ODE — for the last states, the sample's own relative
+            error, and since for Gaussian data a sampler maps a relative perturbation at
+            any step to the same relative perturbation of the sample, the final error is
+            about ``tol`` ("How it works"). ``False``: relative to ``problem.scale()``
+            (ParaDiGMS's noise-std test for diffusion samplers). ``None`` (default): the
+            problem's choice, :attr:`picard.Problem.relative_tol` (``True`` for
+            diffusion samplers, ``False`` for ODEs, SDEs and recursions).
+        verify: ``True``: estimate the final state's error a posteriori and refine until
+            the estimate is at most ``tol`` (a number: at most that). Each verification
+            re-solves at a hundredth of the tolerance, warm-started from the last
+            trajectory (typically 40–100% more sweeps in all); the distance between the
+            two final states is ``stats.error_estimate`` (relative to the sample's RMS,
+            worst sample), and the tighter solution is returned. At most 2 refinements,
+            then :class:`picard.AccuracyWarning`. Keeps every state while it runs.
 
     Returns:
         A :class:`picard.Solution`. States, cumulative sums and residuals are kept in
@@ -267,6 +296,7 @@ def solve(
         on_budget=on_budget,
         on_nonfinite=on_nonfinite,
         relative=relative,
+        verify=verify,
     )
     return solve_validated(
         problem, check_state("x0", x0), window, tol, max_iters, save, progress, options
@@ -289,7 +319,10 @@ def solve_validated(
         raise TypeError(f"problem must be a picard.Problem, got {type(problem).__name__}")
     n = check_int("problem.num_steps", problem.num_steps, minimum=1)
     window = min(n, check_optional_int("window", window, minimum=1, default=n))
-    tol = check_nonneg("tol", problem.default_tol if tol is None else tol)
+    relative = problem.relative_tol if options.relative is None else options.relative
+    options = replace(options, relative=bool(relative))
+    tol = check_nonneg("tol", problem.default_tolerance(options.relative) if tol is None else tol)
+    given_iters = max_iters
     max_iters = check_optional_int("max_iters", max_iters, minimum=1, default=n)
     saved = _saved_steps(save, n)
     batch_ndim = check_int("problem.batch_ndim", problem.batch_ndim, minimum=0)
@@ -298,29 +331,53 @@ def solve_validated(
     samples, size = per_sample_size(x0.shape, batch_ndim)
     if options.init is not None:
         _check_init(options.init, n, x0)
+    if options.per_sample:
+        _check_per_sample(problem, batch_ndim)
     # On the norm, not the RMS; relative: the change's norm over the state's (an RMS ratio).
     scale = np.ones(n) if options.relative else _scales(problem.scale(), n) * math.sqrt(size)
+    inv_scale = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
     evaluator = evaluator_for(options.distributed, options.devices, x0, (n, window, tol))
+
+    def run(
+        tol: float,
+        init: Tensor | None,
+        max_iters: int,
+        max_evaluations: int | None,
+        saved: Sequence[int] | None = saved,
+    ) -> Solution:
+        opts = replace(options, init=init, max_evaluations=max_evaluations)
+        limits = _Limits(np.square(tol * scale), inv_scale, tol, max_iters)
+        if opts.per_sample:
+            return per_sample_sweeps(
+                problem, x0, window, limits.threshold2, inv_scale, tol, max_iters, saved,
+                progress, opts, draw,
+            )  # fmt: skip
+        return _sweeps(
+            problem, x0, window, limits, saved, samples, progress=progress, options=opts, draw=draw
+        )
+
+    drawn: list[Any] = []
+
+    def draw(x0: Tensor) -> Any:  # verification solves reuse the first solve's noise
+        if not drawn:
+            drawn.append(problem.init(x0))
+        return drawn[0]
+
     # NaN/Inf are detected and reported by the loop itself, not by numpy warnings.
     with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"), evaluating(evaluator):
-        inv_scale = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
-        limits = _Limits(np.square(tol * scale), inv_scale, tol, max_iters)
-        if options.per_sample:
-            _check_per_sample(problem, batch_ndim)
-            return per_sample_sweeps(
-                problem,
-                x0,
-                window,
-                limits.threshold2,
-                inv_scale,
-                tol,
-                max_iters,
-                saved,
-                progress,
-                options,
-            )
-        return _sweeps(
-            problem, x0, window, limits, saved, samples, progress=progress, options=options
+        if options.verify is False:
+            return run(tol, options.init, max_iters, options.max_evaluations)
+        target = tol if options.verify is True else options.verify
+        every = list(range(n + 1))
+        return verified(
+            lambda t, i, m, e: run(t, i, n if m is None else m, e, every),
+            tol,
+            target,
+            options.init,
+            None if given_iters is None else max_iters,
+            options.max_evaluations,
+            batch_ndim,
+            saved,
         )
 
 
@@ -417,6 +474,7 @@ def _sweeps(
     arrays: _Arrays | None = None,
     progress: Callable[[int, int], None] | None = None,
     options: SolveOptions = DEFAULT_OPTIONS,
+    draw: Callable[[Tensor], Any] | None = None,
 ) -> Solution:
     n = problem.num_steps
     memory = problem.memory
@@ -435,7 +493,7 @@ def _sweeps(
     init = None if options.init is None else view(options.init.to(xs_t.dtype))
     if init is not None:
         xs[1:] = init[1:length]
-    state = problem.init(x0)
+    state = (draw or problem.init)(x0)
     saver = None if keep_all or saved is None else _Saver(saved, xs_t[0], ops)
     secant = _Secant(ops, samples) if options.accelerate == "secant" else None
     history: Tensor | None = None

@@ -100,9 +100,9 @@ def test_default_tolerance_is_close_and_faster():
     x_T = start_latent(sched, 100)
     ref = sequential(sched, den, 100, x_T, torch.Generator().manual_seed(2))
     sol = parallel(sched, den, 100, x_T, seed=2)
-    assert sol.stats.tol == 0.1
+    assert sol.stats.tol == 0.01  # relative to each state's RMS
     assert sol.stats.iterations < 40  # 21 here
-    assert max_abs(sol.final, ref) < 5e-2  # 1.7e-2 here: RMS changes <= 0.1 noise std
+    assert max_abs(sol.final, ref) < 5e-2  # 1.3e-2 here (1.7e-2 with ParaDiGMS's 0.1)
 
 
 def test_per_sample_generators_and_the_generator_state():

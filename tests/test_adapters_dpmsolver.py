@@ -343,9 +343,9 @@ def test_default_tolerance_is_close_and_faster():
     x_T = start_latent(sched, 50)
     ref = sequential(sched, den, 50, x_T)
     sol = parallel(sched, den, 50, x_T)
-    assert sol.stats.tol == 0.1
+    assert sol.stats.tol == 0.01  # relative to each state's RMS
     assert sol.stats.iterations < 15  # 5 here
-    assert max_abs(sol.final, ref) < 2e-2  # 3.2e-3 here
+    assert max_abs(sol.final, ref) < 2e-2  # 4.4e-4 here (3.2e-3 with ParaDiGMS's 0.1)
 
 
 @pytest.mark.parametrize(("algorithm", "order"), [("sde-dpmsolver++", 3), ("sde-dpmsolver", 2)])

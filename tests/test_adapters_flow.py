@@ -185,7 +185,7 @@ def test_per_sample_generators_stochastic():
 @pytest.mark.parametrize(
     ("scheduler", "options", "sweeps"),
     [
-        (flow_scheduler(shift=3.0), {}, 10),  # 6 sweeps here, max diff 3.9e-3
+        (flow_scheduler(shift=3.0), {}, 10),  # 5 sweeps here, max diff 6.1e-4
         (flow_scheduler(dynamic=("exponential", 1.15)), {"mu": 1.15, "sigmas": "flux"}, 10),
         # Re-noising replaces x_i by (1 - σ') x̂_0(x_i) + σ' z, far from the identity: the
         # sweeps' corrections grow until the window reaches them, so no speed-up (but exact).
@@ -202,9 +202,9 @@ def test_default_tolerance_is_close_and_faster(scheduler, options, sweeps):
     ref = flow_sequential(scheduler, den, n, x_T, torch.Generator().manual_seed(2), **options)
     gen = torch.Generator().manual_seed(2)
     sol = picard.solve(from_scheduler(scheduler, den, n, generator=gen, **options), x_T)
-    assert sol.stats.tol == 0.1
+    assert sol.stats.tol == 0.01  # relative to each state's RMS
     assert sol.stats.iterations < sweeps
-    assert max_abs(sol.final, ref) < 1e-2  # 3.9e-3 (SD3), 2.9e-3 (Flux) here
+    assert max_abs(sol.final, ref) < 1e-2  # 6.1e-4 (SD3), 7.3e-4 (Flux) here
 
 
 def test_tol_scale_converts_through_the_ve_sigma():

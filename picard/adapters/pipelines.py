@@ -30,7 +30,7 @@ __all__ = ["SUPPORTED_PIPELINES", "ParallelPipeline", "parallelize"]
 def parallelize(
     pipe: Any,
     window: int | None = None,
-    tol: float | None = 0.1,
+    tol: float | None = None,
     max_iters: int | None = None,
     **options: Any,
 ) -> ParallelPipeline:
@@ -41,13 +41,16 @@ def parallelize(
             scheduler may be set on it (:data:`~picard.adapters.diffusers.SUPPORTED_SCHEDULERS`).
         window: steps per sweep (``None``: all the steps). Each model call then gets
             ``window × images`` rows (twice that with classifier-free guidance).
-        tol: tolerance relative to each step's noise std (ParaDiGMS's semantics; see
-            :func:`~picard.adapters.diffusers.from_scheduler`); 0 gives the sequential
-            sample to float rounding.
+        tol: tolerance: ``None`` (default) is 0.01 relative to each latent's RMS, which
+            bounds the final latent's relative error to about that for every scheduler
+            (see :func:`picard.solve`'s ``relative``); 0 gives the sequential sample to
+            float rounding. ``relative=False`` (in ``options``) selects ParaDiGMS's test
+            relative to each step's noise std, whose default is 0.1.
         max_iters: sweep budget (default: the number of steps, which always suffices).
         **options: :func:`picard.solve`'s sweep options: ``accelerate``, ``predict``,
             ``max_rows`` (a row budget per model call instead of a window),
-            ``per_sample`` (each image slides its own window; prompts follow their rows).
+            ``per_sample`` (each image slides its own window; prompts follow their rows),
+            ``relative``, ``verify`` (an error estimate in ``stats``).
 
     Returns:
         A callable taking the pipeline's own arguments and returning its own output;

@@ -32,8 +32,11 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """``denoiser(x, t)``: the batched model call, ``x: (M, *shape)``, ``t: (M,)`` timesteps."""
 
-DEFAULT_DIFFUSION_TOL = 0.1
-"""ParaDiGMS's tolerance: the RMS change of a state, relative to the step's noise std."""
+DEFAULT_DIFFUSION_TOL = 0.01
+"""Diffusion samplers' default tolerance: the RMS change of a state relative to its RMS."""
+
+PARADIGMS_TOL = 0.1
+"""ParaDiGMS's default tolerance, relative to the step's noise std (``relative=False``)."""
 
 
 class UpdateRule(ABC):
@@ -155,6 +158,18 @@ class DiffusionProblem(Problem):
 
     batch_ndim = 1
     default_tol = DEFAULT_DIFFUSION_TOL
+    relative_tol = True
+
+    def default_tolerance(self, relative: bool) -> float:
+        """0.01 relative to each state's RMS, or ParaDiGMS's 0.1 relative to the noise std.
+
+        Args:
+            relative: whether the solve measures changes relative to each state's RMS.
+
+        Returns:
+            :data:`DEFAULT_DIFFUSION_TOL` or, with ``relative=False``, :data:`PARADIGMS_TOL`.
+        """
+        return DEFAULT_DIFFUSION_TOL if relative else PARADIGMS_TOL
 
     def __init__(
         self,
@@ -177,7 +192,7 @@ class DiffusionProblem(Problem):
         self._takes_samples = _takes_samples(denoiser)
 
     def scale(self) -> np.ndarray:
-        """The rule's per-step noise std: ``tol`` is relative to it."""
+        """The rule's per-step noise std: with ``relative=False``, ``tol`` is relative to it."""
         return self.rule.tol_scale
 
     def init(self, x0: Tensor) -> _State:

@@ -1,0 +1,186 @@
+"""Issue 9: ``verify=`` — an a-posteriori estimate of the final state's error, and refinement;
+and the tolerance's default meaning (relative to each state's RMS for diffusion samplers)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusion_helpers import gaussian_denoiser
+from hypothesis import given
+from hypothesis import strategies as st
+from test_solver import linear_rule, problems, sequential_loop
+
+import picard
+from picard.adapters.diffusers import from_scheduler
+from picard.verify import MAX_VERIFICATIONS, REFINEMENT, relative_error
+
+
+def _chain(rule, x0, window, tol, relative, verifications):
+    """The solves ``verify`` runs, one by one: tol, then tol / 100 warm-started, ..."""
+    sols = [picard.solve(rule, x0, window=window, tol=tol, relative=relative, save=True)]
+    for k in range(verifications):
+        t = tol / REFINEMENT ** (k + 1)
+        sols.append(
+            picard.solve(
+                rule, x0, window=window, tol=t, relative=relative, save=True, init=sols[-1].ys
+            )
+        )
+    return sols
+
+
+@given(problems, st.integers(1, 70), st.sampled_from([1e-6, 1e-4, 1e-2]), st.integers(1, 3))
+def test_estimate_is_within_3x_of_the_true_error(problem, window, tol, batch):
+    """Over random linear recursions (contracting or expanding, stiff or not), the estimate
+    is within a factor of 3 of the true error of the solution it is about whenever that
+    error is at least tol / 20; a solution luckier than that is estimated at the level the
+    verification solve (at tol / 100) resolves, still far below tol. And verify is exactly
+    the chain of warm-started solves it describes."""
+    n, dim, seed, gain = problem
+    fn, _ = linear_rule(n, dim, seed, gain)
+    x0 = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    rule = picard.Recursion(fn, n, batch_dims=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sol = picard.solve(rule, x0, window=window, tol=tol, relative=True, verify=True)
+    stats = sol.stats
+    assert 1 <= stats.verifications <= MAX_VERIFICATIONS
+    sols = _chain(rule, x0, window, tol, True, stats.verifications)
+    assert torch.equal(sol.final, sols[-1].final)
+    assert stats.iterations == sum(s.stats.iterations for s in sols)
+    assert stats.evaluations == sum(s.stats.evaluations for s in sols)
+    assert stats.tol == tol and sol.ys is None
+    assert stats.error_estimate == relative_error(sols[-2].final, sols[-1].final, 1)
+    true = relative_error(sols[-2].final, sequential_loop(fn, x0, n)[-1], 1)
+    bound = tol / REFINEMENT ** (stats.verifications - 1)  # the estimated solve's tol
+    if true >= bound / 20:
+        assert true / 3 <= stats.error_estimate <= 3 * true
+    else:
+        assert stats.error_estimate <= bound / 5
+    met = stats.error_estimate <= tol
+    assert met != any(issubclass(w.category, picard.AccuracyWarning) for w in caught)
+
+
+def test_tol_zero_needs_no_verification():
+    fn, _ = linear_rule(20, 3, 0, 2.0)
+    rule = picard.Recursion(fn, 20)
+    x0 = torch.ones(3, dtype=torch.float64)
+    sol = picard.solve(rule, x0, window=5, tol=0, verify=True)
+    assert sol.stats.error_estimate == 0.0 and sol.stats.verifications == 0
+    assert torch.equal(sol.final, picard.solve(rule, x0, window=5, tol=0).final)
+
+
+def test_a_smaller_target_refines_more_and_an_unreachable_one_warns():
+    rule = picard.Recursion(lambda i, x: 0.05 * torch.sin(3 * x), num_steps=60)
+    x0 = torch.ones(2, dtype=torch.float64)
+    once = picard.solve(rule, x0, window=20, tol=1e-3, verify=True)
+    assert once.stats.verifications == 1 and once.stats.error_estimate <= 1e-3
+    tighter = picard.solve(rule, x0, window=20, tol=1e-3, verify=once.stats.error_estimate / 10)
+    assert tighter.stats.verifications == 2
+    assert tighter.stats.error_estimate <= once.stats.error_estimate / 10
+    with pytest.warns(picard.AccuracyWarning, match="after 2 refinements the error estimate"):
+        hopeless = picard.solve(rule, x0, window=20, tol=1e-3, verify=1e-300)
+    assert hopeless.stats.verifications == MAX_VERIFICATIONS
+
+
+def test_saved_states_come_from_the_returned_solution():
+    rule = picard.Recursion(lambda i, x: 0.05 * torch.sin(3 * x), num_steps=30)
+    x0 = torch.ones(2, dtype=torch.float64)
+    sol = picard.solve(rule, x0, window=10, tol=1e-3, verify=True, save=[0, 7, 30])
+    assert list(sol.steps) == [0, 7, 30] and sol.ys.shape == (3, 2)
+    assert torch.equal(sol.ys[-1], sol.final) and torch.equal(sol.ys[0], x0)
+    full = picard.solve(rule, x0, window=10, tol=1e-3, verify=True, save=True)
+    assert torch.equal(full.ys[[0, 7, 30]], sol.ys) and full.ys.shape == (31, 2)
+
+
+def test_budgets_cover_the_verification_too():
+    rule = picard.Recursion(lambda i, x: 0.05 * torch.sin(3 * x), num_steps=60)
+    x0 = torch.ones(2, dtype=torch.float64)
+    first = picard.solve(rule, x0, window=20, tol=1e-3).stats
+    with pytest.raises(picard.ConvergenceError, match="verify= needs a verification solve"):
+        picard.solve(rule, x0, window=20, tol=1e-3, verify=True, max_iters=first.iterations)
+    with pytest.raises(picard.ConvergenceError, match="max_evaluations"):
+        picard.solve(rule, x0, window=20, tol=1e-3, verify=True, max_evaluations=first.evaluations)
+    with pytest.raises(picard.ConvergenceError, match="max_iters"):  # runs out inside it
+        picard.solve(rule, x0, window=20, tol=1e-3, verify=True, max_iters=first.iterations + 1)
+    ok = picard.solve(rule, x0, window=20, tol=1e-3, verify=True, on_budget="sequential")
+    assert ok.stats.verifications == 1
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("cls", [DDIMScheduler, DDPMScheduler])
+def test_diffusion_estimate_and_per_sample_windows(cls, per_sample):
+    """DDPM draws noise: the verification solves must reuse it, not draw again."""
+    sched = cls(clip_sample=False)
+    den = gaussian_denoiser(sched)
+    x0 = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def problem():
+        gens = [torch.Generator().manual_seed(s) for s in range(3)]
+        return from_scheduler(sched, den, 40, generator=gens)
+
+    ref = picard.sequential(problem(), x0).final
+    plain = picard.solve(problem(), x0, window=16, per_sample=per_sample)
+    sol = picard.solve(problem(), x0, window=16, per_sample=per_sample, verify=True)
+    true = relative_error(plain.final, ref, 1)
+    assert sol.stats.verifications == 1 and true > 1e-8
+    assert true / 3 <= sol.stats.error_estimate <= 3 * true
+    assert relative_error(sol.final, ref, 1) < true
+
+
+def test_sdeint_verification_keeps_the_brownian_path():
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    y0 = torch.ones(4, 2, dtype=torch.float64)
+
+    def solve(**kw):
+        kw = {"tol": 1e-4, "window": 25, **kw}
+        g = torch.Generator().manual_seed(0)
+        f, noise = (lambda t, y: -y), (lambda t, y: 0.3 * torch.cos(y))
+        return picard.sdeint(f, noise, y0, t, generator=g, return_stats=True, **kw)
+
+    exact, _ = solve(window=1, tol=0)
+    plain, _ = solve()
+    checked, stats = solve(verify=True)
+    true = relative_error(plain[-1], exact[-1], 0)
+    assert stats.verifications == 1 and true > 1e-10
+    assert true / 3 <= stats.error_estimate <= 3 * true
+    assert relative_error(checked[-1], exact[-1], 0) < true
+
+
+def test_front_ends_take_verify():
+    t = torch.linspace(0, 1, 41, dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    ys, stats = picard.odeint(
+        lambda t, y: -y * torch.cos(y), y0, t, tol=1e-6, verify=True, return_stats=True
+    )
+    assert stats.verifications >= 1 and stats.error_estimate <= 1e-6 and ys.shape == (41, 2)
+
+
+@pytest.mark.parametrize(
+    ("verify", "error", "match"),
+    [
+        (-1.0, ValueError, "verify must be a bool or a positive number, got -1.0"),
+        (0, ValueError, "verify must be a bool or a positive number, got 0"),
+        (math.nan, ValueError, "verify must be a bool or a positive number, got nan"),
+        ("yes", TypeError, "verify must be a bool or a positive number, got 'yes'"),
+    ],
+)
+def test_bad_verify_names_the_argument(verify, error, match):
+    rule = picard.Recursion(lambda i, x: -0.1 * x, 5)
+    with pytest.raises(error, match=match):
+        picard.solve(rule, torch.ones(1), verify=verify)
+
+
+def test_tolerance_meaning_by_default_and_on_request():
+    sched = DDPMScheduler()
+    problem = from_scheduler(sched, gaussian_denoiser(sched), 20)
+    x0 = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert problem.relative_tol and picard.solve(problem, x0).stats.tol == 0.01
+    assert picard.solve(problem, x0, relative=False).stats.tol == 0.1  # ParaDiGMS's
+    rule = picard.Recursion(lambda i, x: -0.1 * x, 5)
+    assert not rule.relative_tol and picard.solve(rule, torch.ones(1)).stats.tol == 1e-5
+    with pytest.raises(TypeError, match="relative must be a bool, got str"):
+        picard.solve(rule, torch.ones(1), relative="yes")
