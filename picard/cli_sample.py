@@ -81,6 +81,12 @@ def add_arguments(
         "--prompt", default="a photo of a cat", help="prompt, for text-to-image pipelines"
     )
     p.add_argument(
+        "--verify",
+        action="store_true",
+        help="estimate the sample's error (a warm-started re-solve at tol/100) and refine "
+        "until it meets --tol",
+    )
+    p.add_argument(
         "--sequential",
         action="store_true",
         help="run the sequential sampler instead (same seed, same sample)",
@@ -172,18 +178,33 @@ def sample(args: argparse.Namespace) -> int:
     else:
         bar = ProgressBar(f"{args.model}, {args.count} samples")
         sol = parallel(
-            sched, model.denoiser, steps, x_T, gen, window=args.window, tol=args.tol, progress=bar
+            sched,
+            model.denoiser,
+            steps,
+            x_T,
+            gen,
+            window=args.window,
+            tol=args.tol,
+            progress=bar,
+            verify=args.verify,
         )
         bar.close()
         samples, s = sol.final, sol.stats
         summary = (
             f"{s.iterations} sweeps for {s.num_steps} steps, "
             f"{s.evaluations / s.num_steps / args.count:.1f} evaluations per step"
+            + _estimate(s)
         )
     print(f"{args.model}: {summary}, {time.perf_counter() - t0:.2f} s")
     _write(samples, args.out, model.data)
     print(f"wrote {args.out}")
     return 0
+
+
+def _estimate(stats: Any) -> str:
+    if stats.error_estimate is None:
+        return ""
+    return f", estimated relative error {stats.error_estimate:.1e}"
 
 
 def _write(samples: torch.Tensor, path: Path, data: torch.Tensor | None) -> None:
@@ -213,7 +234,11 @@ def _pipeline(args: argparse.Namespace) -> int:
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler)
     steps = args.steps or 50
     gen = torch.Generator().manual_seed(args.seed)
-    runner = pipe if args.sequential else parallelize(pipe, window=args.window, tol=args.tol)
+    runner = (
+        pipe
+        if args.sequential
+        else parallelize(pipe, window=args.window, tol=args.tol, verify=args.verify)
+    )
     kind = type(pipe).__name__
     t0 = time.perf_counter()
     if kind == "StableDiffusionPipeline":
@@ -237,7 +262,10 @@ def _pipeline(args: argparse.Namespace) -> int:
     stats = (
         ""
         if args.sequential or runner.stats is None
-        else (f"{runner.stats.iterations} sweeps for {runner.stats.num_steps} steps, ")
+        else (
+            f"{runner.stats.iterations} sweeps for {runner.stats.num_steps} steps"
+            f"{_estimate(runner.stats)}, "
+        )
     )
     print(f"{kind}: {stats}{time.perf_counter() - t0:.2f} s")
     if args.out.suffix == ".png":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -63,6 +64,18 @@ def test_sample_is_the_sequential_sample_at_tol_zero(model, tmp_path, capsys):
     par, seq = torch.load(tmp_path / "p.pt"), torch.load(tmp_path / "s.pt")
     assert par.shape[0] == 3
     torch.testing.assert_close(par, seq, rtol=1e-4, atol=1e-4)
+
+
+def test_sample_verify_prints_the_error_estimate(tmp_path, capsys):
+    args = ["sample", "--model", "moons", "--steps", "50", "--count", "8", "--seed", "1"]
+    code, out, _ = run([*args, "--verify", "--out", str(tmp_path / "v.pt")], capsys)
+    assert code == 0
+    estimate = float(re.search(r"estimated relative error ([0-9.e+-]+),", out).group(1))
+    code, out, _ = run([*args, "--tol", "0", "--out", str(tmp_path / "e.pt")], capsys)
+    verified, exact = torch.load(tmp_path / "v.pt"), torch.load(tmp_path / "e.pt")
+    rel = float((verified - exact).norm(dim=1).div(exact.norm(dim=1)).max())
+    assert 0 < estimate <= 0.01  # met the default tol
+    assert rel <= estimate  # and the refined sample is returned
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpmsolver++", "euler", "euler-ancestral"])
