@@ -121,8 +121,9 @@ def sample(args: argparse.Namespace) -> int:
             diffusers pipeline folder), ``scheduler`` (``None``: DDPM for models, the
             pipeline's own), ``steps`` (``None``: 1000 for models, 50 for pipelines),
             ``window``, ``tol``, ``seed``, ``count``, ``prompt`` (text-to-image
-            pipelines), ``sequential`` (run the sequential sampler instead) and ``out``
-            (``.png``, ``.pt`` or ``.npy``).
+            pipelines), ``verify`` (estimate the error and refine to ``tol``),
+            ``sequential`` (run the sequential sampler instead) and ``out`` (``.png``,
+            ``.pt`` or ``.npy``).
 
     Returns:
         The exit status, 0.
@@ -136,7 +137,7 @@ def sample(args: argparse.Namespace) -> int:
         >>> out = Path(tempfile.mkdtemp()) / "moons.npy"
         >>> args = argparse.Namespace(model="moons", pipeline=None, scheduler="ddim",
         ...                           steps=20, window=8, tol=1e-3, seed=0, count=4,
-        ...                           sequential=False, out=out)
+        ...                           verify=False, sequential=False, out=out)
         >>> sample(args)
         moons: ... sweeps for 20 steps, ... evaluations per step, ... s
         wrote ...moons.npy

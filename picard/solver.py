@@ -266,7 +266,8 @@ def solve(
             trajectory (typically 40–100% more sweeps in all); the distance between the
             two final states is ``stats.error_estimate`` (relative to the sample's RMS,
             worst sample), and the tighter solution is returned. At most 2 refinements,
-            then :class:`picard.AccuracyWarning`. Keeps every state while it runs.
+            then :class:`picard.AccuracyWarning`. Keeps every state while it runs;
+            ``progress`` starts again from 0 for each verification solve.
 
     Returns:
         A :class:`picard.Solution`. States, cumulative sums and residuals are kept in

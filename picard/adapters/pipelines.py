@@ -83,7 +83,7 @@ class ParallelPipeline:
 
     Example:
         >>> from picard.models.tiny import tiny_unet_pipeline
-        >>> fast = ParallelPipeline(tiny_unet_pipeline("ddim"), window=4, tol=0.1, max_iters=None)
+        >>> fast = ParallelPipeline(tiny_unet_pipeline("ddim"), window=4, tol=0.01, max_iters=None)
         >>> fast(num_inference_steps=8, output_type="pt").images.shape
         torch.Size([1, 3, 8, 8])
     """
