@@ -193,8 +193,7 @@ def sample(args: argparse.Namespace) -> int:
         samples, s = sol.final, sol.stats
         summary = (
             f"{s.iterations} sweeps for {s.num_steps} steps, "
-            f"{s.evaluations / s.num_steps / args.count:.1f} evaluations per step"
-            + _estimate(s)
+            f"{s.evaluations / s.num_steps / args.count:.1f} evaluations per step" + _estimate(s)
         )
     print(f"{args.model}: {summary}, {time.perf_counter() - t0:.2f} s")
     _write(samples, args.out, model.data)
