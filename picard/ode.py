@@ -359,7 +359,9 @@ def odeint(
         batch_dims: leading dimensions of ``y0`` that index independent samples; the
             convergence test takes the worst sample.
         **options: :func:`picard.solve`'s sweep options (``accelerate``, ``max_rows``,
-            ``init`` — a warm start ``(len(t), *y0.shape)``, not with ``step_size``).
+            ``init`` — a warm start ``(len(t), *y0.shape)``, not with ``step_size``;
+            ``relative``; ``verify`` — the final state's error estimated and refined to
+            ``tol``, in ``stats.error_estimate``).
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)`` with ``ys[0] = y0``, in ``y0.dtype``; or

@@ -170,7 +170,7 @@ def parallel(
     """The same sampler solved by picard (noise from ``generator``, after ``x_T``).
 
     ``options`` are :func:`picard.solve`'s sweep options (``accelerate``, ``predict``,
-    ``max_rows``, ``init``, ``per_sample``).
+    ``max_rows``, ``init``, ``per_sample``, ``relative``, ``verify``, ...).
 
     Args:
         scheduler: a diffusers scheduler (through :func:`picard.adapters.diffusers.from_scheduler`).

@@ -218,7 +218,9 @@ def sdeint(
         return_stats: also return the :class:`picard.Stats`.
         batch_dims: leading dimensions of ``y0`` that index independent samples.
         **options: :func:`picard.solve`'s sweep options (``accelerate``, ``max_rows``,
-            ``init`` — a warm start ``(len(t), *y0.shape)``).
+            ``init`` — a warm start ``(len(t), *y0.shape)``;
+            ``relative``; ``verify`` — the final state's error estimated and refined to
+            ``tol``, in ``stats.error_estimate``).
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)``, or ``(ys, stats)``.
