@@ -1,11 +1,15 @@
 """picard: sequential samplers made parallel in time by sliding-window Picard iteration.
 
-Public names: :func:`solve`, :func:`sequential`, :func:`odeint`, :func:`sdeint`,
-:class:`Problem`, :class:`Recursion`, :class:`Solution`, :class:`Stats`,
-:class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`,
-:class:`MemoryWarning`, :class:`AccuracyWarning`.
+Solving: :func:`solve`, :func:`sequential`, :class:`Options`, :class:`Solution`,
+:class:`Stats`. Problems: :class:`Problem`, :class:`Recursion`, :func:`map_rows` (how a
+problem calls its model so that solves can chunk and shard the rows). ODEs and SDEs:
+:func:`odeint`, :func:`sdeint`. Strategies: :class:`Tolerance`, :class:`Acceleration`,
+:class:`Picard`, :class:`Secant` (``accelerate=``). Errors: :class:`NonFiniteError`,
+:class:`ConvergenceError`, :class:`RankError`, :class:`MemoryWarning`,
+:class:`AccuracyWarning`.
 """
 
+from picard.acceleration import ACCELERATIONS, Acceleration, Picard, Secant
 from picard.errors import (
     AccuracyWarning,
     ConvergenceError,
@@ -14,22 +18,32 @@ from picard.errors import (
     RankError,
 )
 from picard.ode import odeint
+from picard.options import Options
 from picard.problem import Problem, Recursion
+from picard.rows import map_rows
 from picard.sde import sdeint
 from picard.solution import Solution, Stats
 from picard.solver import DEFAULT_TOL, sequential, solve
+from picard.tolerance import Tolerance
 
 __all__ = [
+    "ACCELERATIONS",
     "DEFAULT_TOL",
     "AccuracyWarning",
+    "Acceleration",
     "ConvergenceError",
     "MemoryWarning",
     "NonFiniteError",
+    "Options",
+    "Picard",
     "Problem",
     "RankError",
     "Recursion",
+    "Secant",
     "Solution",
     "Stats",
+    "Tolerance",
+    "map_rows",
     "odeint",
     "sdeint",
     "sequential",

@@ -42,7 +42,7 @@ def check_int(name: str, value: Any, *, minimum: int) -> int:
     return int(value)
 
 
-def check_optional_int(name: str, value: Any, *, minimum: int, default: int) -> int:
+def check_optional_int(name: str, value: Any, *, minimum: int, default: Any) -> Any:
     """Check that ``value`` is ``None`` (meaning ``default``) or an integer >= ``minimum``."""
     if value is None:
         return default

@@ -22,10 +22,11 @@ from picard._checks import (
     check_nonneg,
     check_state,
 )
+from picard.options import Options
 from picard.problem import Problem, call_batched, working_dtype
 from picard.rows import Replicable, module_device, replicate
 from picard.solution import Stats
-from picard.solver import DEFAULT_TOL, solve_options, solve_validated
+from picard.solver import solve_with
 
 __all__ = ["METHODS", "ODEProblem", "Tableau", "batch_function", "odeint", "refine_grid"]
 
@@ -284,9 +285,6 @@ def odeint(
     t: Tensor,
     *,
     method: str = "euler",
-    window: int | None = None,
-    tol: float = DEFAULT_TOL,
-    max_iters: int | None = None,
     batched: bool = True,
     return_stats: Literal[False] = False,
     step_size: float | None = None,
@@ -302,9 +300,6 @@ def odeint(
     t: Tensor,
     *,
     method: str = "euler",
-    window: int | None = None,
-    tol: float = DEFAULT_TOL,
-    max_iters: int | None = None,
     batched: bool = True,
     return_stats: Literal[True],
     step_size: float | None = None,
@@ -319,9 +314,6 @@ def odeint(
     t: Tensor,
     *,
     method: str = "euler",
-    window: int | None = None,
-    tol: float = DEFAULT_TOL,
-    max_iters: int | None = None,
     batched: bool = True,
     return_stats: bool = False,
     step_size: float | None = None,
@@ -348,20 +340,18 @@ def odeint(
     Other Arguments:
         method: ``"euler"``, ``"midpoint"``, ``"heun2"`` (``"heun"``), ``"heun3"`` or
             ``"rk4"`` (Kutta's 3/8 rule, as torchdiffeq's ``"rk4"``).
-        window: steps per sweep (``None``: all). Each stage call gets ``window`` rows.
-        tol: absolute tolerance on the RMS change of each state between sweeps, in the
-            units of ``y``; ``0`` reproduces the sequential solver to float rounding.
-        max_iters: sweep budget (default: the number of steps, which always suffices).
         batched: whether ``func`` already takes batches of rows (see ``func``).
         return_stats: also return the :class:`picard.Stats`.
         step_size: internal step no longer than this; each interval of ``t`` is split
             into equal substeps, so the output lands exactly on ``t``.
         batch_dims: leading dimensions of ``y0`` that index independent samples; the
             convergence test takes the worst sample.
-        **options: :func:`picard.solve`'s sweep options (``accelerate``, ``max_rows``,
-            ``init`` — a warm start ``(len(t), *y0.shape)``, not with ``step_size``;
-            ``relative``; ``verify`` — the final state's error estimated and refined to
-            ``tol``, in ``stats.error_estimate``).
+        **options: the solve's options (:class:`picard.Options`): ``window`` (steps per
+            sweep; each stage call gets ``window`` rows), ``tol`` (default 1e-5: the RMS
+            change of each state between sweeps, in the units of ``y``; ``0`` reproduces
+            the sequential solver to float rounding), ``max_iters``, ``accelerate``,
+            ``init`` (a warm start ``(len(t), *y0.shape)``, not with ``step_size``),
+            ``verify`` and the others.
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)`` with ``ys[0] = y0``, in ``y0.dtype``; or
@@ -374,7 +364,7 @@ def odeint(
         >>> ys.shape, round(float(ys[-1, 0]), 4)  # Euler: (1 - 0.01)^100
         (torch.Size([101, 2]), 0.366)
     """
-    opts = solve_options(**options)
+    opts = Options.of(**options)
     func = check_callable("func", func)
     y0 = check_state("y0", y0)
     t = check_grid(t, y0)
@@ -391,8 +381,6 @@ def odeint(
         raise ValueError("init (a warm start on t) cannot be combined with step_size")
     drift = func if batched else batch_function(func, "func")
     problem = ODEProblem(drift, grid, method, y0.dtype, batch_ndim)
-    sol = solve_validated(
-        problem, y0, window, tol, max_iters, True if out_index is None else out_index, None, opts
-    )
+    sol = solve_with(problem, y0, opts, save=True if out_index is None else out_index)
     assert sol.ys is not None
     return (sol.ys, sol.stats) if return_stats else sol.ys

@@ -16,9 +16,10 @@ from torch import Tensor
 
 from picard._checks import check_batch_dims, check_callable, check_grid, check_state
 from picard.ode import GUESS_STEPS, batch_function
+from picard.options import Options
 from picard.problem import Problem, call_batched, working_dtype
 from picard.solution import Stats
-from picard.solver import DEFAULT_TOL, solve_options, solve_validated
+from picard.solver import solve_with
 
 __all__ = ["SDEProblem", "brownian_increments", "sdeint"]
 
@@ -150,9 +151,6 @@ def sdeint(
     *,
     dW: Tensor | None = None,
     generator: torch.Generator | None = None,
-    window: int | None = None,
-    tol: float = DEFAULT_TOL,
-    max_iters: int | None = None,
     batched: bool = True,
     return_stats: Literal[False] = False,
     batch_dims: int = 0,
@@ -169,9 +167,6 @@ def sdeint(
     *,
     dW: Tensor | None = None,
     generator: torch.Generator | None = None,
-    window: int | None = None,
-    tol: float = DEFAULT_TOL,
-    max_iters: int | None = None,
     batched: bool = True,
     return_stats: Literal[True],
     batch_dims: int = 0,
@@ -187,9 +182,6 @@ def sdeint(
     *,
     dW: Tensor | None = None,
     generator: torch.Generator | None = None,
-    window: int | None = None,
-    tol: float = DEFAULT_TOL,
-    max_iters: int | None = None,
     batched: bool = True,
     return_stats: bool = False,
     batch_dims: int = 0,
@@ -210,17 +202,13 @@ def sdeint(
         dW: Brownian increments of shape ``(len(t) - 1, *y0.shape)``; by default drawn
             once as ``randn((len(t) - 1, *y0.shape), generator=generator) * sqrt(|Δt|)``.
         generator: the random generator for ``dW`` (on ``y0``'s device); not with ``dW``.
-        window: steps per sweep (``None``: all); each call gets ``window`` rows.
-        tol: absolute tolerance on the RMS change of each state between sweeps, in the
-            units of ``y``; ``0`` reproduces the sequential path to float rounding.
-        max_iters: sweep budget (default: the number of steps, which always suffices).
         batched: whether ``f`` and ``g`` take batches of rows (else :func:`torch.func.vmap`).
         return_stats: also return the :class:`picard.Stats`.
         batch_dims: leading dimensions of ``y0`` that index independent samples.
-        **options: :func:`picard.solve`'s sweep options (``accelerate``, ``max_rows``,
-            ``init`` — a warm start ``(len(t), *y0.shape)``;
-            ``relative``; ``verify`` — the final state's error estimated and refined to
-            ``tol``, in ``stats.error_estimate``).
+        **options: the solve's options (:class:`picard.Options`): ``window``, ``tol``
+            (default 1e-5, in the units of ``y``; ``0`` reproduces the sequential path to
+            float rounding), ``max_iters``, ``accelerate``, ``init`` (a warm start
+            ``(len(t), *y0.shape)``), ``verify`` and the others.
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)``, or ``(ys, stats)``.
@@ -234,7 +222,7 @@ def sdeint(
         >>> ys.shape
         torch.Size([51, 3])
     """
-    opts = solve_options(**options)
+    opts = Options.of(**options)
     f = check_callable("f", f)
     g = check_callable("g", g)
     y0 = check_state("y0", y0)
@@ -258,7 +246,7 @@ def sdeint(
     if not batched:
         f, g = batch_function(f, "f"), batch_function(g, "g")
     problem = SDEProblem(f, g, t, dW, y0.dtype, batch_ndim)
-    sol = solve_validated(problem, y0, window, tol, max_iters, True, None, opts)
+    sol = solve_with(problem, y0, opts, save=True)
     assert sol.ys is not None
     return (sol.ys, sol.stats) if return_stats else sol.ys
 

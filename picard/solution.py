@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -26,8 +26,9 @@ class Stats:
         window_starts: the first step of the window, per sweep.
         rows_per_evaluation: model rows behind one evaluation (2 with classifier-free
             guidance); see :attr:`model_rows`.
-        accelerated: sweeps whose update the secant acceleration corrected.
-        fallbacks: times the acceleration's safeguard made the next sweep plain Picard.
+        acceleration: the acceleration's own counters (``accelerate=``), e.g. the secant's
+            ``accelerated`` (sweeps whose update it corrected) and ``fallbacks`` (times its
+            safeguard made the next sweep plain Picard); empty for plain Picard.
         sequential_steps: steps taken one at a time after the sweeps stopped
             (``on_budget``/``on_nonfinite="sequential"``); counted in ``iterations``
             and ``evaluations``.
@@ -57,17 +58,26 @@ class Stats:
     stages: int
     window_starts: tuple[int, ...]
     rows_per_evaluation: int = 1
-    accelerated: int = 0
-    fallbacks: int = 0
+    acceleration: Mapping[str, int] = field(default_factory=dict)
     sequential_steps: int = 0
     error_estimate: float | None = None
     verifications: int = 0
-    # Per sweep, the worst sample's squared norm of each state's change, and the
-    # reciprocal per-step norm scale: residuals are computed from them when first asked.
+    # Per sweep, the worst sample's squared measure of each state's change ((w,) for one
+    # shared window, (w, lanes) for per-sample windows, whose starts are in lane_starts),
+    # and the reciprocal per-step norm scale: residuals are computed when first asked.
     changes: Sequence[np.ndarray] = field(default=(), repr=False, compare=False)
+    lane_starts: Sequence[np.ndarray] | None = field(default=None, repr=False, compare=False)
     inv_scale: np.ndarray | None = field(default=None, repr=False, compare=False)
-    # Per sweep, the residual itself, where the loop computed it (per-sample windows).
-    sweep_residuals: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def accelerated(self) -> int:
+        """Sweeps whose update the acceleration corrected (``acceleration["accelerated"]``)."""
+        return self.acceleration.get("accelerated", 0)
+
+    @property
+    def fallbacks(self) -> int:
+        """Times the acceleration's safeguard made a sweep plain (``acceleration["fallbacks"]``)."""
+        return self.acceleration.get("fallbacks", 0)
 
     @property
     def nfe(self) -> int:
@@ -86,10 +96,15 @@ class Stats:
         In units of the state's scale (comparable with ``tol``), over the window and the
         samples.
         """
-        if self.sweep_residuals is not None:
-            return self.sweep_residuals
         if not self.changes or self.inv_scale is None:
             return (0.0,) * self.iterations
+        if self.lane_starts is not None:  # per-sample windows: a start per lane
+            last = len(self.inv_scale) - 1
+            out = []
+            for change, starts in zip(self.changes, self.lane_starts, strict=True):
+                steps = np.minimum(starts[None, :] + np.arange(len(change))[:, None], last)
+                out.append(float((np.sqrt(change) * self.inv_scale[steps]).max()))
+            return tuple(out)
         sizes = np.array([len(c) for c in self.changes])
         begins = np.cumsum(sizes) - sizes
         steps = np.arange(sizes.sum()) + np.repeat(np.array(self.window_starts) - begins, sizes)

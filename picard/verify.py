@@ -136,7 +136,11 @@ def _evaluations(parts: Sequence[Stats]) -> int:
 
 
 def _combined(parts: Sequence[Stats], estimate: float | None) -> Stats:
-    residuals = [s.sweep_residuals for s in parts]
+    counters: dict[str, int] = {}
+    for s in parts:
+        for name, count in s.acceleration.items():
+            counters[name] = counters.get(name, 0) + count
+    lanes = [s.lane_starts for s in parts]
     return dataclasses.replace(
         parts[-1],
         tol=parts[0].tol,
@@ -144,11 +148,10 @@ def _combined(parts: Sequence[Stats], estimate: float | None) -> Stats:
         iterations=sum(s.iterations for s in parts),
         evaluations=_evaluations(parts),
         window_starts=tuple(i for s in parts for i in s.window_starts),
-        accelerated=sum(s.accelerated for s in parts),
-        fallbacks=sum(s.fallbacks for s in parts),
+        acceleration=counters,
         sequential_steps=sum(s.sequential_steps for s in parts),
         changes=[c for s in parts for c in s.changes],
-        sweep_residuals=None if None in residuals else tuple(r for rs in residuals for r in rs),
+        lane_starts=None if any(ls is None for ls in lanes) else [a for ls in lanes for a in ls],
         error_estimate=estimate,
         verifications=len(parts) - 1,
     )

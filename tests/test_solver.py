@@ -13,7 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import picard
-from picard.solver import _NUMPY, _TORCH, _Limits, _sweeps
+from picard.acceleration import Picard
+from picard.acceptance import FirstUnconverged
+from picard.arrays import NUMPY, TORCH
+from picard.budget import Budget
+from picard.guess import Predict
+from picard.plans import SharedWindow
+from picard.sweeps import Strategies, sweep
+from picard.tolerance import Tolerance
+from picard.window import FixedWindow
 
 
 def linear_rule(n: int, dim: int, seed: int, gain: float):
@@ -137,11 +145,20 @@ def test_torch_and_numpy_bookkeeping_agree():
     fn, _ = linear_rule(50, 3, seed=1, gain=3.0)
     rule = picard.Recursion(fn, 50, batch_dims=1)
     x0 = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    threshold2 = np.full(50, (1e-6 * math.sqrt(3)) ** 2)
-    limits = _Limits(threshold2, np.ones(50), 1e-6, 50)
+    strategies = Strategies(
+        Tolerance.of(rule, 1e-6, relative=False, size=3),
+        FirstUnconverged(),
+        Picard(),
+        Predict(),
+        Budget(max_iters=50),
+    )
+
+    def run(ops, save):
+        plan = SharedWindow(rule, x0, save, 8, ops=ops)
+        return sweep(rule, x0, plan, FixedWindow(8), strategies, rule.init(x0))
+
     for save in (None, range(51), [0, 5, 50]):
-        a = _sweeps(rule, x0, 8, limits, save, 4, arrays=_NUMPY)
-        b = _sweeps(rule, x0, 8, limits, save, 4, arrays=_TORCH)
+        a, b = run(NUMPY, save), run(TORCH, save)
         assert a.stats.window_starts == b.stats.window_starts
         torch.testing.assert_close(a.final, b.final, rtol=1e-13, atol=1e-13)
         if save is not None:

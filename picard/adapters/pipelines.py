@@ -18,22 +18,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard._checks import check_state
 from picard.adapters.rule import DiffusionProblem
+from picard.options import Options
 from picard.rows import Replicable
 from picard.solution import Stats
-from picard.solver import solve_options, solve_validated
+from picard.solver import solve_with
 
 __all__ = ["SUPPORTED_PIPELINES", "ParallelPipeline", "parallelize"]
 
 
-def parallelize(
-    pipe: Any,
-    window: int | None = None,
-    tol: float | None = None,
-    max_iters: int | None = None,
-    **options: Any,
-) -> ParallelPipeline:
+def parallelize(pipe: Any, **options: Any) -> ParallelPipeline:
     """Wrap ``pipe`` so that calling it solves its denoising loop in parallel sweeps.
 
     Args:
@@ -64,7 +58,7 @@ def parallelize(
         >>> out.images[0].size, fast.stats.iterations < 50
         ((8, 8), True)
     """
-    return ParallelPipeline(pipe, window=window, tol=tol, max_iters=max_iters, **options)
+    return ParallelPipeline(pipe, **options)
 
 
 class ParallelPipeline:
@@ -88,23 +82,14 @@ class ParallelPipeline:
         torch.Size([1, 3, 8, 8])
     """
 
-    def __init__(
-        self,
-        pipe: Any,
-        *,
-        window: int | None,
-        tol: float | None,
-        max_iters: int | None,
-        **options: Any,
-    ):
+    def __init__(self, pipe: Any, **options: Any):
         name = type(pipe).__name__
         if name not in SUPPORTED_PIPELINES:
             raise TypeError(
                 f"pipeline {name} is not supported; supported: {', '.join(SUPPORTED_PIPELINES)}"
             )
         self.pipe = pipe
-        self.window, self.tol, self.max_iters = window, tol, max_iters
-        self.options = solve_options(**options)
+        self.options = Options.of(**options)
         if self.options.init is not None:
             raise ValueError("init (a warm start) is not supported by pipelines; use solve")
         self.stats: Stats | None = None
@@ -116,15 +101,7 @@ class ParallelPipeline:
             return self._run(self, *args, **kwargs)
 
     def _solve(self, problem: DiffusionProblem, latents: Tensor) -> Tensor:
-        sol = solve_validated(
-            problem,
-            check_state("latents", latents),
-            self.window,
-            self.tol,
-            self.max_iters,
-            False,
-            options=self.options,
-        )
+        sol = solve_with(problem, latents, self.options)
         self.stats = sol.stats
         return sol.final
 

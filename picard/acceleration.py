@@ -1,0 +1,250 @@
+"""How a sweep turns its Picard values into the next iterate: plain Picard or accelerated.
+
+An acceleration is a small object with one method, ``begin(columns)``, that returns the
+per-solve worker: ``update(sweep, stride)`` may rewrite the rows of ``sweep.new`` that are
+not final (row ``j`` of a lane is final when ``j < stride``), and ``counters()`` returns
+what it wants reported in :attr:`picard.Stats.acceleration`. The convergence test is made
+on the Picard values before ``update`` runs, so ``tol`` means the same with and without.
+Write your own by following :class:`Acceleration`; ``accelerate=`` takes the object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from picard.arrays import Arrays
+from picard.sweep import Sweep
+
+__all__ = ["ACCELERATIONS", "Acceleration", "Picard", "Run", "Secant", "acceleration_of"]
+
+
+class Run(Protocol):
+    """One solve's worker of an :class:`Acceleration`."""
+
+    def update(self, sweep: Sweep, stride: np.ndarray) -> None:
+        """Rewrite ``sweep.new`` in place at the rows not final (``row >= stride`` per lane)."""
+        ...
+
+    def counters(self) -> dict[str, int]:
+        """What :attr:`picard.Stats.acceleration` reports for this solve."""
+        ...
+
+
+@runtime_checkable
+class Acceleration(Protocol):
+    """The protocol of ``accelerate=`` objects: ``begin(columns)`` returns a :class:`Run`."""
+
+    def begin(self, columns: int) -> Run:
+        """The worker of one solve whose sweeps have ``columns`` columns (samples)."""
+        ...
+
+
+class _Plain:
+    def update(self, sweep: Sweep, stride: np.ndarray) -> None:
+        return None
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+
+@dataclass(frozen=True)
+class Picard:
+    """Plain Picard updates, as ParaDiGMS: the next iterate is the Picard value.
+
+    Example:
+        >>> import torch, picard
+        >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 10)
+        >>> picard.solve(rule, torch.ones(1), accelerate=picard.Picard()).stats.acceleration
+        {}
+    """
+
+    def begin(self, columns: int) -> Run:
+        """A worker that changes nothing."""
+        return _Plain()
+
+
+@dataclass(frozen=True)
+class Secant:
+    """Per-step secant (quasi-Newton) acceleration of the sweep, safeguarded.
+
+    Picard's update ``x_{i+1} <- x_b + Σ Δ_j(x_j)`` ignores how ``Δ_i`` depends on ``x_i``.
+    With a slope ``a_i`` (one scalar per step and sample, estimated from the last two
+    sweeps: ``<δΔ_i, δx_i> / |δx_i|²``, clipped to ``[-clip, clip]``) the sweep solves the
+    linearized recursion ``x'_{i+1} = x'_i + Δ_i(x_i) + a_i (x'_i - x_i)`` instead — a
+    parallel scan, ``x' = x_Picard + E`` with ``E_{i+1} = (1 + a_i) E_i + a_i (x_Picard_i -
+    x_i)``. The structure is triangular (causal), as in ParaTAA: state i is corrected only
+    from states before it, so a final prefix stays exact and the window rule is unchanged
+    (at most N sweeps; ``tol = 0`` exact). Safeguard: a lane whose largest scaled change on
+    the steps it shares with the previous sweep grew takes a plain Picard sweep next
+    (counted as a fallback). Per lane, so per-sample windows get what solving each sample
+    alone gives.
+
+    Args:
+        clip: the largest slope magnitude.
+
+    Example:
+        >>> import torch, picard
+        >>> rule = picard.Recursion(lambda i, x: -0.05 * (1 + i[:, None]) * x / 40, 40)
+        >>> x0 = torch.ones(1, dtype=torch.float64)
+        >>> fast = picard.solve(rule, x0, tol=1e-9, accelerate=picard.Secant())
+        >>> plain = picard.solve(rule, x0, tol=1e-9)
+        >>> fast.stats.iterations, plain.stats.iterations, fast.stats.accelerated
+        (3, 12, 1)
+    """
+
+    clip: float = 0.5
+
+    def begin(self, columns: int) -> Run:
+        """The worker of one solve."""
+        return _SecantRun(self.clip)
+
+
+ACCELERATIONS: dict[str, type] = {"secant": Secant}
+"""``accelerate=`` names and the class each builds (with its defaults)."""
+
+
+def acceleration_of(accelerate: Any) -> Acceleration | None:
+    """``accelerate=`` as an object: ``None``, a name of :data:`ACCELERATIONS` or an object.
+
+    Raises:
+        ValueError: an unknown name.
+        TypeError: an object without ``begin``.
+
+    Example:
+        >>> acceleration_of("secant"), acceleration_of(None)
+        (Secant(clip=0.5), None)
+    """
+    if accelerate is None:
+        return None
+    if isinstance(accelerate, str):
+        if accelerate not in ACCELERATIONS:
+            raise ValueError(
+                f"accelerate must be None or one of {tuple(ACCELERATIONS)} (or an object with "
+                f"a begin(columns) method, picard.Acceleration), got {accelerate!r}"
+            )
+        return ACCELERATIONS[accelerate]()
+    if not isinstance(accelerate, Acceleration):
+        raise TypeError(
+            "accelerate must be None, a name or an object with a begin(columns) method "
+            f"(picard.Acceleration), got {type(accelerate).__name__}"
+        )
+    return accelerate
+
+
+class _SecantRun:
+    BLOCK = 32  # cumprod block: products of slopes in [1/2, 3/2] stay well inside float range
+
+    def __init__(self, clip: float):
+        self.clip = clip
+        self.prev: tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any] | None = None
+        self.last: tuple[np.ndarray, ...] | None = None  # the last sweep's scaled changes
+        self.plain = np.zeros(0, dtype=np.int64)  # lanes whose next sweep is plain Picard
+        self.accelerated = 0
+        self.fallbacks = 0
+
+    def counters(self) -> dict[str, int]:
+        return {"accelerated": self.accelerated, "fallbacks": self.fallbacks}
+
+    def update(self, sweep: Sweep, stride: np.ndarray) -> None:
+        ops = sweep.ops
+        prev = self.prev
+        self.prev = (
+            sweep.lanes,
+            sweep.starts,
+            sweep.lengths,
+            ops.copy(sweep.x),
+            ops.copy(sweep.inc),
+        )
+        plain, self.plain = self.plain, np.zeros(0, dtype=np.int64)
+        slope = None if prev is None else self._slopes(prev, sweep, plain)
+        if slope is not None:
+            fix = slope.reshape(slope.shape[0], len(sweep.lanes), -1).any(axis=(0, 2))
+            fix &= stride < sweep.lengths - 1
+            if fix.any():
+                self.accelerated += 1
+                self._correct(sweep, slope, stride, fix)
+        self._check(sweep, stride)
+
+    def _slopes(self, prev: tuple, sweep: Sweep, plain: np.ndarray) -> np.ndarray | None:
+        """Per (row, column) secant slopes ``<δΔ, δx> / |δx|²`` against the last sweep."""
+        ops = sweep.ops
+        p_lanes, p_starts, p_lengths, p_x, p_inc = prev
+        w = sweep.inc.shape[0]
+        pos = np.searchsorted(p_lanes, sweep.lanes).clip(max=len(p_lanes) - 1)
+        shift = sweep.starts - p_starts[pos]
+        have = (p_lanes[pos] == sweep.lanes) & ~np.isin(sweep.lanes, plain)
+        rows = np.where(have, np.minimum(p_lengths[pos], shift + w) - shift, 0)
+        if len(sweep.lanes) == 1:  # one shared window: slices
+            lo, n = int(shift[0]), int(rows[0])
+            if n <= 0:
+                return None
+            dx = sweep.x[:n] - p_x[lo : lo + n]
+            dd = sweep.inc[:n] - p_inc[lo : lo + n]
+        else:
+            j = np.arange(w)[:, None]
+            n = int(rows.max(initial=0))
+            if n <= 0:
+                return None
+            src = ops.index(np.minimum(j[:n] + shift, p_x.shape[0] - 1), None)
+            col = ops.index(np.broadcast_to(pos, (n, len(pos))), None)
+            valid = ops.asarray((j[:n] < rows)[:, :, None], sweep.x)
+            dx = (sweep.x[:n] - p_x[src, col]) * valid
+            dd = (sweep.inc[:n] - p_inc[src, col]) * valid
+        den = ops.host(ops.dots(dx, dx))
+        num = ops.host(ops.dots(dx, dd))
+        slope = np.zeros((w, sweep.x.shape[1]))
+        np.divide(num, den, out=slope[:n], where=den > 0)
+        np.clip(slope, -self.clip, self.clip, out=slope)
+        return slope if slope.any() else None
+
+    def _correct(
+        self, sweep: Sweep, slope: np.ndarray, stride: np.ndarray, fix: np.ndarray
+    ) -> None:
+        """``new += E`` at the rows not final, ``E_{j+1} = (1 + a_j) E_j + a_j (new_j - x_j)``."""
+        ops, new = sweep.ops, sweep.new
+        a = ops.asarray(slope[:, :, None], new)
+        corr = _scan(ops, 1 + a[1:], a[1:] * (new - sweep.old)[:-1], self.BLOCK)
+        if len(sweep.lanes) == 1:
+            s = int(stride[0])
+            new[s:] += corr[s - 1 :]
+            return
+        rows = np.arange(1, new.shape[0])[:, None]
+        keep = ops.asarray(((rows >= stride) & fix)[:, :, None], new)
+        new[1:] += corr * keep
+
+    def _check(self, sweep: Sweep, stride: np.ndarray) -> None:
+        """Safeguard: plain Picard next for lanes whose worst change on shared steps grew."""
+        scaled = sweep.change * np.square(sweep.tolerance.inv_scale[sweep.steps])
+        last, self.last = self.last, (sweep.lanes, sweep.starts, sweep.lengths, scaled)
+        if last is None:
+            return
+        l_lanes, l_starts, l_lengths, l_scaled = last
+        grew = []
+        for k, lane in enumerate(sweep.lanes):
+            at = int(np.searchsorted(l_lanes, lane))
+            if at == len(l_lanes) or l_lanes[at] != lane:
+                continue
+            lo = int(sweep.starts[k] - l_starts[at])
+            hi = min(int(l_lengths[at]), lo + int(sweep.lengths[k]))
+            if hi > lo and scaled[: hi - lo, k].max() > l_scaled[lo:hi, at].max():
+                grew.append(lane)
+        if grew:
+            self.plain = np.asarray(grew)
+            self.fallbacks += 1
+
+
+def _scan(ops: Arrays, m: Any, source: Any, block: int) -> Any:
+    """``E_{j+1} = m_j E_j + source_j`` (``E_0 = 0``): ``E_1 … E_w``, by blocked cumprods."""
+    out = ops.copy(source)
+    carry = None
+    for b in range(0, source.shape[0], block):
+        p = ops.cumprod(m[b : b + block])
+        part = p * ops.cumsum(source[b : b + block] / p)
+        if carry is not None:
+            part += p * carry
+        out[b : b + block] = part
+        carry = part[-1:]
+    return out

@@ -1,0 +1,71 @@
+"""How far a window slides after a sweep: which states are declared final.
+
+An acceptance rule maps the convergence test's verdicts on a window's states to the number
+of states each window makes final (its *stride*). The state at a window's start is final;
+state ``b + 1`` is computed from it alone, so it is final after any sweep — a stride of at
+least 1 is what guarantees at most N sweeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["AcceptAll", "Acceptance", "FirstUnconverged"]
+
+
+class Acceptance(Protocol):
+    """The protocol of an acceptance rule."""
+
+    def stride(self, ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """States made final per window.
+
+        Args:
+            ok: ``(w, lanes)`` whether each state of each window passed the test (rows
+                past a window's length are padding and pass).
+            lengths: ``(lanes,)`` each window's length.
+
+        Returns:
+            ``(lanes,)`` integers in ``[1, lengths]``.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class FirstUnconverged:
+    """ParaDiGMS's rule: the converged prefix and the first unconverged state are final.
+
+    The first unconverged state was computed from converged inputs, so it is final up to
+    the tolerance of its inputs. The default.
+
+    Example:
+        >>> import numpy as np
+        >>> ok = np.array([[True, True], [False, True], [True, True]])
+        >>> FirstUnconverged().stride(ok, np.array([3, 3])).tolist()
+        [2, 3]
+    """
+
+    def stride(self, ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """See :class:`Acceptance`."""
+        if ok.shape[1] == 1:  # one shared window: the fast path of the sweep loop
+            first = int(ok[:, 0].argmin())
+            return np.array([lengths[0] if ok[first, 0] else first + 1])
+        bad = ~ok
+        return np.where(bad.any(0), bad.argmax(0) + 1, lengths)
+
+
+@dataclass(frozen=True)
+class AcceptAll:
+    """Every state of the window is final: for windows of one step (the sequential finish).
+
+    Example:
+        >>> import numpy as np
+        >>> AcceptAll().stride(np.zeros((1, 2), dtype=bool), np.array([1, 1])).tolist()
+        [1, 1]
+    """
+
+    def stride(self, ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """See :class:`Acceptance`."""
+        return lengths

@@ -1,0 +1,111 @@
+"""Where the steps entering a window start: a copy, the problem's prediction, a warm start.
+
+A guess decides only how fast the sweeps converge, never what they converge to. The first
+window of a solve starts from copies of ``x0`` (or the warm start): a prediction needs a
+model call to go on. Each guess has a method per window layout — one shared window
+(:meth:`shared`) or one per sample (:meth:`per_sample`) — returning the guesses, or
+``None`` for copies of the last state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from picard.problem import Problem
+
+__all__ = ["Copy", "Guess", "Predict", "WarmStart", "guess_for"]
+
+
+class Guess(Protocol):
+    """The protocol of a guess for entering steps."""
+
+    needs_history: bool
+    """Whether it needs a model call first (then the first window starts from copies)."""
+
+    def shared(self, problem: Problem, x: Tensor, end: int, count: int, state: Any) -> Any:
+        """Guesses of states ``end + 1 … end + count`` from state ``end``, ``x``; or ``None``."""
+        ...
+
+    def per_sample(
+        self, problem: Problem, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: Any
+    ) -> Any:
+        """Per column k (batch sample ``samples[k]``): states ``ends[k] + 1 …``, or ``None``.
+
+        Returns ``(max(counts), S, *sample_shape)`` (rows past ``counts[k]`` are ignored).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class Copy:
+    """Copies of the window's last state, as ParaDiGMS starts new steps."""
+
+    needs_history = True
+
+    def shared(self, problem: Problem, x: Tensor, end: int, count: int, state: Any) -> None:
+        """See :class:`Guess`."""
+        return None
+
+    def per_sample(
+        self, problem: Problem, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: Any
+    ) -> None:
+        """See :class:`Guess`."""
+        return None
+
+
+@dataclass(frozen=True)
+class Predict:
+    """The problem's cheap prediction (:meth:`picard.Problem.guess`), else a copy."""
+
+    needs_history = True
+
+    def shared(self, problem: Problem, x: Tensor, end: int, count: int, state: Any) -> Any:
+        """See :class:`Guess`."""
+        guess = problem.guess(x, end, count, state)
+        if guess is not None and guess.shape != (count, *x.shape):
+            raise ValueError(
+                f"problem.guess returned shape {tuple(guess.shape)}; expected {(count, *x.shape)}"
+            )
+        return guess
+
+    def per_sample(
+        self, problem: Problem, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: Any
+    ) -> Any:
+        """See :class:`Guess`."""
+        guess = problem.guess_at(x, samples, ends, counts, state)
+        expected = (int(counts.max()), *x.shape)
+        if guess is not None and tuple(guess.shape) != expected:
+            raise ValueError(
+                f"problem.guess_at returned shape {tuple(guess.shape)}; expected {expected}"
+            )
+        return guess
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A given guess of every state, ``(N + 1, *x0.shape)`` (row 0 unused)."""
+
+    states: Tensor
+    needs_history = False
+
+    def shared(self, problem: Problem, x: Tensor, end: int, count: int, state: Any) -> Tensor:
+        """See :class:`Guess`."""
+        return self.states[end + 1 : end + 1 + count]
+
+    def per_sample(
+        self, problem: Problem, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: Any
+    ) -> Tensor:
+        """See :class:`Guess`."""
+        rows = ends[None, :] + 1 + torch.arange(int(counts.max()), device=ends.device)[:, None]
+        return self.states[rows.clamp(max=self.states.shape[0] - 1), samples[None, :]]
+
+
+def guess_for(init: Tensor | None, predict: bool, dtype: Any) -> Guess:
+    """The guess of a solve: the warm start ``init`` if given, else predict or copy."""
+    if init is not None:
+        return WarmStart(init.to(dtype))
+    return Predict() if predict else Copy()

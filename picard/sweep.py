@@ -1,0 +1,60 @@
+"""What one sweep computed: the record the loop hands to its acceleration.
+
+A sweep evaluates, for every *lane* (one window: the whole batch shares one, or each sample
+has its own), the increments of its window's states in one batched call, and forms their
+Picard values ``x_b + Σ Δ_j``. Arrays are indexed ``(row, column, element)``: row j of a
+lane is its window's step ``start + j``; columns are the batch's samples (all in the one
+lane of a shared window, one lane each with per-sample windows), so a ``(w, lanes)`` array
+broadcasts against ``(w, columns)`` in both layouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from picard.arrays import Arrays
+from picard.tolerance import Tolerance
+
+__all__ = ["Sweep"]
+
+
+@dataclass
+class Sweep:
+    """One sweep's inputs and results (see the module docstring).
+
+    Arrays are numpy arrays on the CPU (views of the solve's tensors:
+    ``ops.tensor(a)`` gives a tensor sharing memory) and torch tensors elsewhere.
+
+    Attributes:
+        ops: the array operations for these arrays.
+        lanes: ``(lanes,)`` which lane each is (0 for a shared window; the batch index of
+            the sample with per-sample windows), increasing.
+        starts: ``(lanes,)`` each lane's first step.
+        lengths: ``(lanes,)`` each lane's window length (rows past it are padding).
+        x: ``(w, columns, size)`` the states the increments were evaluated at.
+        inc: ``(w, columns, size)`` their increments.
+        new: ``(w, columns, size)`` the Picard values of the next states, ``x[0] + Σ inc``;
+            an acceleration may rewrite the rows that are not final.
+        old: ``(w, columns, size)`` the previous values of those next states.
+        change: ``(w, lanes)`` the tolerance's squared measure of ``new - old`` (worst
+            sample of a lane), on the host.
+        steps: an index of per-step arrays of length N matching ``change`` (see
+            :meth:`picard.Tolerance.converged`).
+        tolerance: the test, e.g. ``change * tolerance.inv_scale[steps]**2`` is the squared
+            change in units of ``tol``.
+    """
+
+    ops: Arrays
+    lanes: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    x: Any
+    inc: Any
+    new: Any
+    old: Any
+    change: np.ndarray
+    steps: Any
+    tolerance: Tolerance

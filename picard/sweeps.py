@@ -1,0 +1,189 @@
+"""The sliding-window Picard sweep loop — the one loop, for every problem and layout.
+
+Notation (ParaDiGMS, Shih et al. 2023, Algorithm 1): states ``x_0 … x_N``, increments
+``Δ_i``; a sweep over the window ``[b, b + w)`` computes, from the current guesses,
+
+    x_{i+1}  <-  x_b + Σ_{j=b..i} Δ_j(x_j)        for i = b … b + w - 1   (one cumsum)
+
+with every ``Δ_j`` of the window from one batched call. The loop only sequences small
+objects built once per solve: the plan (:mod:`picard.plans`: one window for the batch, or
+one per sample) evaluates and keeps the states; the :class:`~picard.tolerance.Tolerance`
+says which states converged; the acceptance rule (:mod:`picard.acceptance`) how far each
+window slides; the acceleration (:mod:`picard.acceleration`) rewrites the states not yet
+final; the window controller (:mod:`picard.window`) sizes the next window; the guess
+(:mod:`picard.guess`) fills the steps entering it; the budget (:mod:`picard.budget`) stops
+it. The first unconverged state is final too, so windows slide by at least one step: at
+most N sweeps, and ``tol = 0`` gives the sequential recursion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from picard.acceleration import Acceleration, Picard
+from picard.acceptance import AcceptAll, Acceptance
+from picard.budget import SEQUENTIAL_FINISH, Budget
+from picard.errors import ConvergenceError
+from picard.guess import Copy, Guess
+from picard.plans import Plan
+from picard.problem import Problem
+from picard.solution import Solution, Stats
+from picard.tolerance import Tolerance
+from picard.window import Controller, FixedWindow
+
+__all__ = ["Log", "Strategies", "sweep"]
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Strategies:
+    """The small objects a solve's loop runs with (see the module docstring)."""
+
+    tolerance: Tolerance
+    acceptance: Acceptance
+    acceleration: Acceleration
+    guess: Guess
+    budget: Budget
+
+
+class Log:
+    """What the sweeps did and cost, for :class:`picard.Stats`."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []  # per sweep, the first step not final
+        self.changes: list[np.ndarray] = []  # per sweep, the worst squared change per row
+        self.lane_starts: list[np.ndarray] | None = None  # per-sample windows: their starts
+        self.evaluations = 0
+        self.sequential = 0  # sweeps of one step each, after the sweeps stopped
+        self.counters: dict[str, int] = {}
+
+    def add(self, plan: Plan, sweep_: Any, lengths: np.ndarray, finishing: bool) -> int:
+        """Count one sweep; returns its number (1-based) among the parallel sweeps."""
+        self.evaluations += plan.cost(lengths)
+        if finishing:
+            self.sequential += 1
+            return len(self.starts)
+        self.starts.append(plan.front())
+        if plan.shared:
+            self.changes.append(sweep_.change[:, 0])
+        else:
+            self.changes.append(sweep_.change)
+            self.lane_starts = [] if self.lane_starts is None else self.lane_starts
+            self.lane_starts.append(sweep_.starts.copy())
+        return len(self.starts)
+
+    def stats(self, problem: Problem, window: int, tolerance: Tolerance) -> Stats:
+        """The statistics so far."""
+        return Stats(
+            num_steps=problem.num_steps,
+            window=window,
+            tol=tolerance.value,
+            iterations=len(self.starts) + self.sequential,
+            evaluations=self.evaluations,
+            stages=problem.stages,
+            rows_per_evaluation=problem.rows_per_evaluation,
+            window_starts=tuple(self.starts),
+            acceleration=dict(self.counters),
+            sequential_steps=self.sequential,
+            changes=self.changes,
+            lane_starts=self.lane_starts,
+            inv_scale=tolerance.inv_scale,
+        )
+
+
+def sweep(
+    problem: Problem,
+    x0: Tensor,
+    plan: Plan,
+    controller: Controller,
+    strategies: Strategies,
+    state: Any,
+    progress: Progress | None = None,
+) -> Solution:
+    """Solve ``problem`` from ``x0`` on ``plan``: sweeps, then (if they stop) steps.
+
+    Raises:
+        picard.ConvergenceError: a budget ran out with ``on_budget="raise"``.
+        picard.NonFiniteError: a sweep met NaN/Inf with ``on_nonfinite="raise"``, or a step
+            taken sequentially did.
+    """
+    log = Log()
+    stopped = _loop(problem, plan, controller, strategies, state, log, progress)
+    window = controller.cap
+    if stopped == "budget" and strategies.budget.on_budget == "raise":
+        stats = log.stats(problem, window, strategies.tolerance)
+        partial = plan.partial(stats, x0.dtype)
+        raise ConvergenceError(
+            f"{strategies.budget.what(len(log.starts))} {plan.progress_note()}; raise the "
+            'budget or tol, or pass on_budget="sequential" to finish step by step',
+            stats=stats,
+            steps_done=plan.front(),
+            state=partial.final,
+            solution=partial,
+        )
+    if stopped is not None:  # the rest step by step: windows of one step, each final
+        finish = replace(
+            strategies, acceptance=AcceptAll(), acceleration=Picard(), guess=Copy(),
+            budget=SEQUENTIAL_FINISH,
+        )  # fmt: skip
+        _loop(problem, plan, FixedWindow(1), finish, state, log, progress, finishing=True)
+    return plan.solution(log.stats(problem, window, strategies.tolerance), x0.dtype)
+
+
+def _loop(
+    problem: Problem,
+    plan: Plan,
+    controller: Controller,
+    s: Strategies,
+    state: Any,
+    log: Log,
+    progress: Progress | None,
+    finishing: bool = False,
+) -> str | None:
+    """Sweep until every window reaches the last step; why it stopped early, or ``None``."""
+    run = s.acceleration.begin(plan.active())
+    try:
+        return _sweeps(problem, plan, controller, s, state, log, progress, finishing, run)
+    finally:
+        for name, count in run.counters().items():
+            log.counters[name] = log.counters.get(name, 0) + count
+
+
+def _sweeps(
+    problem: Problem,
+    plan: Plan,
+    controller: Controller,
+    s: Strategies,
+    state: Any,
+    log: Log,
+    progress: Progress | None,
+    finishing: bool,
+    run: Any,
+) -> str | None:
+    n, budget, tolerance = problem.num_steps, s.budget, s.tolerance
+    sweeps = 0
+    while plan.running():
+        left = budget.left(log.evaluations, plan.active())
+        lengths = plan.lengths(controller.width(plan.active()), left)
+        if budget.spent(sweeps, int(lengths.max())):
+            return "budget"
+        this = plan.sweep(lengths, problem, state, s.guess, tolerance)
+        sweeps += 1
+        number = log.add(plan, this, lengths, finishing)
+        if not plan.finite(this):
+            if budget.on_nonfinite == "sequential":
+                return "nonfinite"
+            raise plan.non_finite(this, number, budget.where)
+        stride = s.acceptance.stride(tolerance.converged(this.change, this.steps), lengths)
+        run.update(this, stride)
+        plan.commit(this, stride)
+        controller.after(stride, int(lengths[0]))
+        if progress is not None:
+            progress(plan.front(), n)
+    return None
