@@ -177,7 +177,7 @@ class _SecantRun:
         shift = sweep.starts - p_starts[pos]
         have = (p_lanes[pos] == sweep.lanes) & ~np.isin(sweep.lanes, plain)
         rows = np.where(have, np.minimum(p_lengths[pos], shift + w) - shift, 0)
-        if len(sweep.lanes) == 1:  # one shared window: slices
+        if len(sweep.lanes) == len(p_lanes) == 1:  # the same one window: slices
             lo, n = int(shift[0]), int(rows[0])
             if n <= 0:
                 return None

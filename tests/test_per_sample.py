@@ -202,3 +202,29 @@ def test_per_sample_warm_start_from_the_answer_takes_one_pass():
     sol = picard.solve(problem, x0, window=n, tol=1e-10, per_sample=True, init=exact)
     assert sol.stats.iterations == 1
     torch.testing.assert_close(sol.final, exact[-1])
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.integers(2, 40),
+    st.integers(2, 45),
+    st.sampled_from([0.0, 1e-9, 1e-6, 1e-3]),
+    st.integers(1, 4),
+    st.integers(0, 10**6),
+    st.sampled_from([None, "secant"]),
+)
+def test_each_sample_is_bitwise_its_solo_solve_with_any_acceleration(
+    n, window, tol, batch, seed, accelerate
+):
+    """Per-sample windows run the one loop with one lane per sample: each sample's iterates,
+    secant slopes and safeguard included, are bitwise those of solving it alone."""
+    gains = torch.rand(batch, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    problem = Mixed(n, 3, seed, 4 * gains)
+    x0 = torch.randn(
+        batch, 3, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64
+    )
+    kw = {"window": window, "tol": tol, "accelerate": accelerate}
+    sol = picard.solve(problem, x0, per_sample=True, **kw)
+    for s in range(batch):
+        one = picard.solve(problem.alone(s), x0[s : s + 1], **kw)
+        assert torch.equal(sol.final[s], one.final[0])
