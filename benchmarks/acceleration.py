@@ -1,7 +1,7 @@
 """Issue 5: fewer sweeps than ParaDiGMS — each technique alone and the default, one run.
 
 For each model and sampler, on one seed: diffusers' sequential loop (the reference), the
-ParaDiGMS loop as published (DDPM/DDIM; :func:`picard.baselines.paradigms`), and picard
+ParaDiGMS loop as published (DDPM/DDIM; :func:`picard.cli.baselines.paradigms`), and picard
 with plain Picard (``accelerate=None, predict=False``: ParaDiGMS's algorithm), each
 technique alone, and the default. Sweeps, evaluations per step, the final sample's error
 against the sequential sample, and wall-clock (median, 1 thread) as a ratio to the
@@ -23,9 +23,15 @@ from typing import Any
 
 import torch
 
-from picard.baselines import paradigms
-from picard.bench import _model
-from picard.sampling import make_scheduler, median_time, parallel, sequential, start_latent
+from picard.cli.baselines import paradigms
+from picard.cli.bench import _model
+from picard.cli.runs import (
+    make_scheduler,
+    median_time,
+    sample_in_parallel,
+    sample_sequentially,
+    start_latent,
+)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"accelerate": None, "predict": False},
@@ -76,7 +82,7 @@ def _case(
 
     def seq() -> torch.Tensor:
         x, gen = start()
-        return sequential(sched, den, n, x, gen)
+        return sample_sequentially(sched, den, n, x, gen)
 
     ref, t_seq = median_time(seq, 1)
     results = {}
@@ -97,7 +103,7 @@ def _case(
         def ours(opts: dict[str, Any] = opts) -> Any:
             x, gen = start()
             kw = {"tol": tol, "relative": False, **opts}
-            return parallel(sched, den, n, x, gen, window=window, **kw)
+            return sample_in_parallel(sched, den, n, x, gen, window=window, **kw)
 
         sol, t = median_time(ours, repeats)
         results[name] = (sol.final, sol.stats.iterations, sol.stats.evaluations, t)

@@ -1,4 +1,4 @@
-"""Issue 9: the error of the final sample against the tolerance (see :mod:`picard.fidelity`).
+"""Issue 9: the error of the final sample against the tolerance (see :mod:`picard.cli.fidelity`).
 
 python benchmarks/fidelity.py [--samples 64] [--out benchmarks/results/fidelity]
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from picard import fidelity
+from picard.cli import fidelity
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from picard.sampling import make_scheduler, parallel, sequential, start_latent
+from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially, start_latent
 
 
 class OverBudget(Exception):
@@ -196,7 +196,7 @@ def _case(
 
     def seq() -> torch.Tensor:
         x, gen = start()
-        return sequential(sched, den, n, x, gen)
+        return sample_sequentially(sched, den, n, x, gen)
 
     def check(done: int, total: int) -> None:
         if time.monotonic() > deadline:
@@ -204,7 +204,7 @@ def _case(
 
     def ours() -> Any:
         x, gen = start()
-        return parallel(sched, den, n, x, gen, window=window, progress=check)
+        return sample_in_parallel(sched, den, n, x, gen, window=window, progress=check)
 
     ref, t_seq = _timed(seq, repeats, device)
     row: dict[str, Any] = {

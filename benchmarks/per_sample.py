@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from picard.bench import _model
-from picard.sampling import make_scheduler, parallel, sequential, start_latent
+from picard.cli.bench import _model
+from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially, start_latent
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "shared": {},
@@ -54,7 +54,7 @@ def _case(model: str, sampler: str, n: int, window: int, repeats: int, tol: floa
         return start_latent(sched, n, (b, *shape), gen), gen
 
     x, gen = start()
-    ref = sequential(sched, den, n, x, gen)
+    ref = sample_sequentially(sched, den, n, x, gen)
     runs: dict[str, Any] = {}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(repeats):  # interleaved: every variant once per round
@@ -65,7 +65,9 @@ def _case(model: str, sampler: str, n: int, window: int, repeats: int, tol: floa
                 opts["max_rows"], w = window * b, None
             x, gen = start()
             t0 = time.perf_counter()
-            runs[name] = parallel(sched, den, n, x, gen, window=w, tol=tol, relative=False, **opts)
+            runs[name] = sample_in_parallel(
+                sched, den, n, x, gen, window=w, tol=tol, relative=False, **opts
+            )
             times[name].append(time.perf_counter() - t0)
     base_t = float(np.median(times["shared"]))
     rows = []

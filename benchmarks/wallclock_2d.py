@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from picard.baselines import paradigms
+from picard.cli.baselines import paradigms
+from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially, start_latent
 from picard.models import load
-from picard.sampling import make_scheduler, parallel, sequential, start_latent
 
 
 def main() -> None:
@@ -32,13 +32,13 @@ def main() -> None:
         return start_latent(sched, n, shape, gen), gen
 
     x, g = start()
-    ref = sequential(sched, m.denoiser, n, x, g)
+    ref = sample_sequentially(sched, m.denoiser, n, x, g)
     runs = {
         "ParaDiGMS loop": lambda x, g: paradigms(sched, m.denoiser, n, x, generator=g, parallel=64),
-        "picard plain": lambda x, g: parallel(
+        "picard plain": lambda x, g: sample_in_parallel(
             sched, m.denoiser, n, x, g, window=64, predict=False, relative=False
         ),
-        "picard default": lambda x, g: parallel(
+        "picard default": lambda x, g: sample_in_parallel(
             sched, m.denoiser, n, x, g, window=64, tol=0.1, relative=False
         ),
     }

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from picard import plots
+from picard.cli import plots
+from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially, start_latent
 from picard.models import load
-from picard.sampling import make_scheduler, parallel, sequential, start_latent
 
 N = 1000
 
@@ -28,10 +28,10 @@ def _run(sampler: str, n: int, window: int | None, tol: float, **options):
     gen = torch.Generator().manual_seed(0)
     x = start_latent(sched, n, (16, 2), gen)
     options = {"relative": False, **options}
-    sol = parallel(sched, model.denoiser, n, x, gen, window=window, tol=tol, **options)
+    sol = sample_in_parallel(sched, model.denoiser, n, x, gen, window=window, tol=tol, **options)
     gen = torch.Generator().manual_seed(0)
     x = start_latent(sched, n, (16, 2), gen)
-    ref = sequential(sched, model.denoiser, n, x, gen)
+    ref = sample_sequentially(sched, model.denoiser, n, x, gen)
     return sol, float((sol.final - ref).pow(2).mean().sqrt())
 
 

@@ -29,8 +29,8 @@ from picard.tolerance import Tolerance
 __all__ = [
     "ACCELERATIONS",
     "DEFAULT_TOL",
-    "AccuracyWarning",
     "Acceleration",
+    "AccuracyWarning",
     "ConvergenceError",
     "MemoryWarning",
     "NonFiniteError",

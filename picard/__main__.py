@@ -2,7 +2,7 @@
 
 import sys
 
-from picard.cli import main
+from picard.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,7 +22,13 @@ __all__ = ["ACCELERATIONS", "Acceleration", "Picard", "Run", "Secant", "accelera
 
 
 class Run(Protocol):
-    """One solve's worker of an :class:`Acceleration`."""
+    """One solve's worker of an :class:`Acceleration` (see the module docstring).
+
+    Example:
+        >>> run = Secant().begin(columns=2)
+        >>> run.counters()
+        {'accelerated': 0, 'fallbacks': 0}
+    """
 
     def update(self, sweep: Sweep, stride: np.ndarray) -> None:
         """Rewrite ``sweep.new`` in place at the rows not final (``row >= stride`` per lane)."""
@@ -35,7 +41,12 @@ class Run(Protocol):
 
 @runtime_checkable
 class Acceleration(Protocol):
-    """The protocol of ``accelerate=`` objects: ``begin(columns)`` returns a :class:`Run`."""
+    """The protocol of ``accelerate=`` objects: ``begin(columns)`` returns a :class:`Run`.
+
+    Example:
+        >>> isinstance(Secant(), Acceleration), isinstance("secant", Acceleration)
+        (True, False)
+    """
 
     def begin(self, columns: int) -> Run:
         """The worker of one solve whose sweeps have ``columns`` columns (samples)."""
@@ -108,6 +119,12 @@ ACCELERATIONS: dict[str, type] = {"secant": Secant}
 
 def acceleration_of(accelerate: Any) -> Acceleration | None:
     """``accelerate=`` as an object: ``None``, a name of :data:`ACCELERATIONS` or an object.
+
+    Args:
+        accelerate: ``None``, a name, or an object with ``begin(columns)``.
+
+    Returns:
+        The object (``None`` for plain Picard).
 
     Raises:
         ValueError: an unknown name.

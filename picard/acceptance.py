@@ -9,15 +9,21 @@ least 1 is what guarantees at most N sweeps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 __all__ = ["AcceptAll", "Acceptance", "FirstUnconverged"]
 
 
+@runtime_checkable
 class Acceptance(Protocol):
-    """The protocol of an acceptance rule."""
+    """The protocol of an acceptance rule (see the module docstring).
+
+    Example:
+        >>> isinstance(FirstUnconverged(), Acceptance)
+        True
+    """
 
     def stride(self, ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """States made final per window.

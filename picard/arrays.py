@@ -22,6 +22,18 @@ __all__ = ["NUMPY", "TORCH", "Arrays", "arrays_for"]
 class Arrays:
     """The operations a sweep needs, on numpy arrays or torch tensors.
 
+    Attributes:
+        view: a tensor as this kind of array, sharing memory.
+        tensor: this kind of array as a tensor, sharing memory.
+        copy: a copy.
+        cumsum: the cumulative sum along dim 0.
+        dots: ``(w, columns, size)`` twice to ``(w, columns)`` dot products.
+        cumprod: the cumulative product along dim 0.
+        host: to a host numpy array (the sweep's one synchronisation).
+        index: host integers as this kind of index array.
+        asarray: a host array as this kind, with another's dtype and device.
+        nonzero: its argument, never 0 (numpy: plus the float64 tiny, so in float64).
+
     Example:
         >>> import torch
         >>> ops = arrays_for(torch.device("cpu"))
@@ -76,5 +88,16 @@ TORCH = Arrays(
 
 
 def arrays_for(device: torch.device) -> Arrays:
-    """:data:`NUMPY` on the CPU, :data:`TORCH` elsewhere."""
+    """:data:`NUMPY` on the CPU, :data:`TORCH` elsewhere.
+
+    Args:
+        device: where the solve's states are.
+
+    Returns:
+        The operations for that device.
+
+    Example:
+        >>> arrays_for(torch.device("cpu")) is NUMPY
+        True
+    """
     return NUMPY if device.type == "cpu" else TORCH

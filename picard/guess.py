@@ -10,7 +10,7 @@ model call to go on. Each guess has a method per window layout — one shared wi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -20,8 +20,14 @@ from picard.problem import Problem
 __all__ = ["Copy", "Guess", "Predict", "WarmStart", "guess_for"]
 
 
+@runtime_checkable
 class Guess(Protocol):
-    """The protocol of a guess for entering steps."""
+    """The protocol of a guess for entering steps (see the module docstring).
+
+    Example:
+        >>> isinstance(Predict(), Guess), Predict().needs_history
+        (True, True)
+    """
 
     needs_history: bool
     """Whether it needs a model call first (then the first window starts from copies)."""
@@ -42,7 +48,12 @@ class Guess(Protocol):
 
 @dataclass(frozen=True)
 class Copy:
-    """Copies of the window's last state, as ParaDiGMS starts new steps."""
+    """Copies of the window's last state, as ParaDiGMS starts new steps.
+
+    Example:
+        >>> Copy().shared(None, torch.ones(2), end=3, count=2, state=None) is None  # copies
+        True
+    """
 
     needs_history = True
 
@@ -59,7 +70,14 @@ class Copy:
 
 @dataclass(frozen=True)
 class Predict:
-    """The problem's cheap prediction (:meth:`picard.Problem.guess`), else a copy."""
+    """The problem's cheap prediction (:meth:`picard.Problem.guess`), else a copy.
+
+    Example:
+        >>> import picard
+        >>> rule = picard.Recursion(lambda i, x: -x, 4)  # no guess hook: copies
+        >>> Predict().shared(rule, torch.ones(2), end=1, count=2, state=None) is None
+        True
+    """
 
     needs_history = True
 
@@ -87,7 +105,16 @@ class Predict:
 
 @dataclass(frozen=True)
 class WarmStart:
-    """A given guess of every state, ``(N + 1, *x0.shape)`` (row 0 unused)."""
+    """A given guess of every state, ``(N + 1, *x0.shape)`` (row 0 unused).
+
+    Attributes:
+        states: the guesses.
+
+    Example:
+        >>> WarmStart(torch.arange(5.0)[:, None]).shared(None, None, end=1, count=2, state=None)
+        tensor([[2.],
+                [3.]])
+    """
 
     states: Tensor
     needs_history = False
@@ -105,7 +132,20 @@ class WarmStart:
 
 
 def guess_for(init: Tensor | None, predict: bool, dtype: Any) -> Guess:
-    """The guess of a solve: the warm start ``init`` if given, else predict or copy."""
+    """The guess of a solve: the warm start ``init`` if given, else predict or copy.
+
+    Args:
+        init: a warm start ``(N + 1, *x0.shape)``, or ``None``.
+        predict: whether to use the problem's prediction.
+        dtype: the working dtype the warm start is kept in.
+
+    Returns:
+        The guess.
+
+    Example:
+        >>> guess_for(None, True, torch.float32), guess_for(None, False, torch.float32)
+        (Predict(), Copy())
+    """
     if init is not None:
         return WarmStart(init.to(dtype))
     return Predict() if predict else Copy()

@@ -43,6 +43,12 @@ class SharedWindow:
         saved: the state indices to keep (``None``: only the final state).
         cap: the longest window.
         ops: the bookkeeping's array operations (default: numpy on the CPU).
+
+    Example:
+        >>> import torch, picard
+        >>> plan = SharedWindow(picard.Recursion(lambda i, x: -x, 10), torch.ones(3), None, 4)
+        >>> plan.running(), plan.lengths(width=4, left=None).tolist(), plan.columns
+        (True, [4], 1)
     """
 
     def __init__(
@@ -211,6 +217,15 @@ class PerSampleWindows:
         x0: the initial states, ``(batch, ...)``.
         saved: the state indices to keep (``None``: only the final state).
         cap: the longest window.
+
+    Example:
+        >>> import torch
+        >>> from diffusers import DDIMScheduler
+        >>> from picard.adapters.diffusers import from_scheduler
+        >>> problem = from_scheduler(DDIMScheduler(), lambda x, t: 0.1 * x, 10)
+        >>> plan = PerSampleWindows(problem, torch.ones(3, 1, 2, 2), None, 4)
+        >>> plan.lengths(width=4, left=None).tolist()  # one window per sample
+        [4, 4, 4]
     """
 
     def __init__(self, problem: Problem, x0: Tensor, saved: Sequence[int] | None, cap: int):

@@ -97,6 +97,23 @@ def solve_with(
 
     Front ends (:func:`picard.odeint`, :func:`picard.sdeint`, pipelines) check their
     options when they are called, before any work, and solve through this.
+
+    Args:
+        problem: the recursion.
+        x0: the initial state.
+        options: the checked options.
+        save: as for :func:`solve`.
+        progress: as for :func:`solve`.
+
+    Returns:
+        The :class:`picard.Solution`.
+
+    Example:
+        >>> import torch, picard
+        >>> options = picard.Options.of(window=4, tol=0)
+        >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 10)
+        >>> solve_with(rule, torch.ones(1), options).final
+        tensor([0.3487])
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a picard.Problem, got {type(problem).__name__}")

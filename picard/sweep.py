@@ -45,6 +45,19 @@ class Sweep:
             :meth:`picard.Tolerance.converged`).
         tolerance: the test, e.g. ``change * tolerance.inv_scale[steps]**2`` is the squared
             change in units of ``tol``.
+
+    Example:
+        >>> import torch, picard
+        >>> seen = []
+        >>> class Spy(picard.Picard):  # an acceleration that only looks
+        ...     def begin(self, columns):
+        ...         run = super().begin(columns)
+        ...         run.update = lambda sweep, stride: seen.append(sweep.new.shape)
+        ...         return run
+        >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 6)
+        >>> _ = picard.solve(rule, torch.ones(2), window=3, accelerate=Spy())
+        >>> seen[0]  # (rows, columns, elements per column)
+        (3, 1, 2)
     """
 
     ops: Arrays

@@ -43,7 +43,26 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Strategies:
-    """The small objects a solve's loop runs with (see the module docstring)."""
+    """The small objects a solve's loop runs with (see the module docstring).
+
+    Attributes:
+        tolerance: the convergence test.
+        acceptance: how far windows slide.
+        acceleration: how a sweep's Picard values become the next iterate.
+        guess: where entering steps start.
+        budget: the budgets and what happens when they end.
+
+    Example:
+        >>> import picard
+        >>> from picard.acceptance import FirstUnconverged
+        >>> from picard.budget import Budget
+        >>> from picard.guess import Copy
+        >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 10)
+        >>> s = Strategies(picard.Tolerance.of(rule, 1e-6, False, 1), FirstUnconverged(),
+        ...                picard.Picard(), Copy(), Budget(max_iters=10))
+        >>> s.budget.max_iters
+        10
+    """
 
     tolerance: Tolerance
     acceptance: Acceptance
@@ -53,7 +72,12 @@ class Strategies:
 
 
 class Log:
-    """What the sweeps did and cost, for :class:`picard.Stats`."""
+    """What the sweeps did and cost, for :class:`picard.Stats`.
+
+    Example:
+        >>> Log().stats  # filled by the loop; ``stats(...)`` builds the Stats
+        <bound method Log.stats of ...>
+    """
 
     def __init__(self) -> None:
         self.starts: list[int] = []  # per sweep, the first step not final
@@ -107,6 +131,35 @@ def sweep(
     progress: Progress | None = None,
 ) -> Solution:
     """Solve ``problem`` from ``x0`` on ``plan``: sweeps, then (if they stop) steps.
+
+    :func:`picard.solve` builds the arguments from its options; building them by hand
+    runs the same loop.
+
+    Args:
+        problem: the recursion.
+        x0: the initial state.
+        plan: the window layout (:mod:`picard.plans`).
+        controller: the window controller (:mod:`picard.window`).
+        strategies: tolerance, acceptance, acceleration, guess and budget.
+        state: what ``problem.init(x0)`` returned.
+        progress: called after every sweep as ``progress(steps_done, num_steps)``.
+
+    Returns:
+        The :class:`picard.Solution`.
+
+    Example:
+        >>> import torch, picard
+        >>> from picard.acceptance import FirstUnconverged
+        >>> from picard.budget import Budget
+        >>> from picard.guess import Predict
+        >>> from picard.plans import SharedWindow
+        >>> from picard.window import FixedWindow
+        >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 10)
+        >>> x0 = torch.ones(1)
+        >>> s = Strategies(picard.Tolerance.of(rule, 0.0, False, 1), FirstUnconverged(),
+        ...                picard.Picard(), Predict(), Budget(max_iters=10))
+        >>> sweep(rule, x0, SharedWindow(rule, x0, None, 4), FixedWindow(4), s, None).final
+        tensor([0.3487])
 
     Raises:
         picard.ConvergenceError: a budget ran out with ``on_budget="raise"``.

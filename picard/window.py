@@ -8,15 +8,21 @@ running window may take (``width``), and after it learns how far the windows sli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 __all__ = ["Controller", "FixedWindow", "RowBudget", "controller_for"]
 
 
+@runtime_checkable
 class Controller(Protocol):
-    """The protocol of a window controller (one per solve)."""
+    """The protocol of a window controller (one per solve).
+
+    Example:
+        >>> isinstance(FixedWindow(8), Controller)
+        True
+    """
 
     cap: int
     """The longest window it will ask for (reported as :attr:`picard.Stats.window`)."""
@@ -33,6 +39,9 @@ class Controller(Protocol):
 @dataclass
 class FixedWindow:
     """The same window every sweep.
+
+    Attributes:
+        cap: the window.
 
     Example:
         >>> FixedWindow(16).width(4)
@@ -108,8 +117,22 @@ def controller_for(
 ) -> Controller:
     """The controller of a solve: a row budget if ``max_rows`` is given, else fixed.
 
-    ``columns`` is the number of samples sharing one window (all of them), or 1 for
-    per-sample windows, whose budget is shared among the running samples.
+    Args:
+        window: the longest window.
+        max_rows: the row budget per call, or ``None``.
+        columns: the samples sharing one window (all of them), or 1 for per-sample
+            windows, whose budget is shared among the running samples.
+        rows_per_evaluation: model rows per (step, sample).
+        per_sample: whether each sample has its own window.
+
+    Returns:
+        The controller.
+
+    Example:
+        >>> controller_for(64, None, 4, 1, False)
+        FixedWindow(cap=64)
+        >>> controller_for(64, 32, 4, 1, False).cap
+        8
     """
     if max_rows is None:
         return FixedWindow(window)

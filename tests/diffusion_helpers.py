@@ -10,6 +10,7 @@ for Gaussian data, plus a small nonlinear term); random UNets are used in float6
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 
 import torch
@@ -131,9 +132,11 @@ class _NoUpcast:
 
 def _loop(s, denoiser, x, generator, step_kwargs):
     scale = getattr(s, "scale_model_input", lambda x, t: x)  # flow matching has none
+    if "generator" in inspect.signature(s.step).parameters:
+        step_kwargs = {"generator": generator, **step_kwargs}
     for t in s.timesteps:
         out = denoiser(scale(x, t), t.reshape(1).expand(x.shape[0]))
-        x = s.step(out, t, x, generator=generator, **step_kwargs).prev_sample
+        x = s.step(out, t, x, **step_kwargs).prev_sample
     return x
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
+from diffusers import CMStochasticIterativeScheduler, DDIMScheduler, DDPMScheduler
 
 import picard
 from picard.adapters.diffusers import from_scheduler
@@ -19,9 +19,9 @@ X = torch.randn(2, 3, 4, 4)
 CASES = [
     (
         "scheduler",
-        lambda: from_scheduler(PNDMScheduler(), den, 10),
+        lambda: from_scheduler(CMStochasticIterativeScheduler(), den, 10),
         TypeError,
-        "scheduler PNDMScheduler is not supported; supported: DDPMScheduler",
+        "scheduler CMStochasticIterativeScheduler is not supported; supported: DDPMScheduler",
     ),
     (
         "denoiser",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from picard.cli import main
+from picard.cli.main import main
 
 
 def run(args, capsys):
@@ -147,7 +147,7 @@ def test_bench_quick(tmp_path, capsys):
 
 BAD = [
     (["sample", "--model", "nope"], "unknown model 'nope'; choose one of moons, digits, gmm"),
-    (["sample", "--scheduler", "pndm"], "unknown scheduler 'pndm'; choose one of ddpm"),
+    (["sample", "--scheduler", "plms-9"], "unknown scheduler 'plms-9'; choose one of ddpm"),
     (["sample", "--count", "-2"], "argument --count: count must be >= 1, got -2"),
     (["sample", "--steps", "0"], "argument --steps: steps must be >= 1, got 0"),
     (["sample", "--tol", "-1"], "argument --tol: tol must be >= 0, got -1"),
@@ -188,3 +188,10 @@ def test_python_dash_m_picard_help():
         check=True,
     ).stdout
     assert "--pipeline" in out and "--scheduler" in out
+
+
+def test_a_failed_run_leaves_no_file(tmp_path, capsys):
+    out = tmp_path / "x.npy"
+    code, _, err = run(["sample", "--model", "moons", "--steps", "5000", "--out", str(out)], capsys)
+    assert code == 2 and "num_inference_steps" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

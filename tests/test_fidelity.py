@@ -16,9 +16,9 @@ from diffusers import (
 )
 
 import picard
-from picard import fidelity
 from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
+from picard.cli import fidelity
 from picard.verify import relative_error
 
 
@@ -64,7 +64,7 @@ def test_default_tolerance_keeps_every_sample_in_its_mode(cls, n, extra):
 
 
 def test_picard_bench_fidelity_writes_its_table(tmp_path, capsys):
-    from picard.cli import main
+    from picard.cli.main import main
 
     assert main(["bench", "--fidelity", "2", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "fidelity.md").read_text()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from picard.metrics import digits_quality, frechet_distance, sliced_wasserstein
+from picard.cli.metrics import digits_quality, frechet_distance, sliced_wasserstein
 from picard.models import MODELS, load
 from picard.models.gmm import GaussianMixture
 

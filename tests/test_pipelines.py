@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    CMStochasticIterativeScheduler,
     DDIMScheduler,
     DDPMParallelScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
-    PNDMScheduler,
 )
 
 from picard.adapters.diffusers import parallelize
@@ -203,12 +203,14 @@ def test_no_more_sweeps_than_paradigms_and_no_farther(sd32):
 
 def test_unsupported_pipeline_scheduler_and_arguments(sd32):
     with pytest.raises(
-        TypeError, match="pipeline PNDMScheduler is not supported; supported: DDPMPipeline"
+        TypeError,
+        match="pipeline CMStochasticIterativeScheduler is not supported; supported: DDPMPipeline",
     ):
-        parallelize(PNDMScheduler())
-    pipe = tiny_stable_diffusion(scheduler=PNDMScheduler())
+        parallelize(CMStochasticIterativeScheduler())
+    pipe = tiny_stable_diffusion(scheduler=CMStochasticIterativeScheduler())
     with pytest.raises(
-        TypeError, match="scheduler PNDMScheduler is not supported; supported: DDPMScheduler"
+        TypeError,
+        match="scheduler CMStochasticIterativeScheduler is not supported; supported: DDPMScheduler",
     ):
         parallelize(pipe)("a cat", num_inference_steps=5, **SD_ARGS)
     fast = parallelize(sd32)

@@ -428,7 +428,7 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("argv,word", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
 def test_cli_bad_arguments_exit_2_naming_them(argv, word, capsys):
-    from picard.cli import main
+    from picard.cli.main import main
 
     try:
         code = main(argv)
@@ -474,7 +474,7 @@ def test_regenerated_noise_gives_the_same_sample(per_sample, monkeypatch):
 
 
 def test_demo_needs_two_images_for_its_quality_metric(capsys):
-    from picard.cli import main
+    from picard.cli.main import main
 
     try:
         code = main(["demo", "--images", "1"])

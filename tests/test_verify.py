@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from test_solver import linear_rule, problems, sequential_loop
 
 import picard
-from picard import fidelity
 from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
+from picard.cli import fidelity
 from picard.verify import MAX_VERIFICATIONS, REFINEMENT, relative_error
 
 

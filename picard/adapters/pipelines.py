@@ -13,26 +13,28 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from picard.adapters.rule import DiffusionProblem
+from picard.adapters.schedulers import from_scheduler
 from picard.options import Options
 from picard.rows import Replicable
 from picard.solution import Stats
 from picard.solver import solve_with
 
-__all__ = ["SUPPORTED_PIPELINES", "ParallelPipeline", "parallelize"]
+__all__ = ["PIPELINES", "ParallelPipeline", "Runner", "parallelize"]
 
 
 def parallelize(pipe: Any, **options: Any) -> ParallelPipeline:
     """Wrap ``pipe`` so that calling it solves its denoising loop in parallel sweeps.
 
     Args:
-        pipe: a diffusers pipeline; see :data:`SUPPORTED_PIPELINES`. Any supported
-            scheduler may be set on it (:data:`~picard.adapters.diffusers.SUPPORTED_SCHEDULERS`).
+        pipe: a diffusers pipeline; see :data:`PIPELINES`. Any supported scheduler may be
+            set on it (:data:`picard.adapters.schedulers.SCHEDULERS`).
         window: steps per sweep (``None``: all the steps). Each model call then gets
             ``window × images`` rows (twice that with classifier-free guidance).
         tol: tolerance: ``None`` (default) is 0.01 relative to each latent's RMS, which
@@ -84,16 +86,14 @@ class ParallelPipeline:
 
     def __init__(self, pipe: Any, **options: Any):
         name = type(pipe).__name__
-        if name not in SUPPORTED_PIPELINES:
-            raise TypeError(
-                f"pipeline {name} is not supported; supported: {', '.join(SUPPORTED_PIPELINES)}"
-            )
+        if name not in PIPELINES:
+            raise TypeError(f"pipeline {name} is not supported; supported: {', '.join(PIPELINES)}")
         self.pipe = pipe
         self.options = Options.of(**options)
         if self.options.init is not None:
             raise ValueError("init (a warm start) is not supported by pipelines; use solve")
         self.stats: Stats | None = None
-        self._run = SUPPORTED_PIPELINES[name]
+        self._run = PIPELINES[name].run
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the pipeline with its own arguments; returns its own output type."""
@@ -117,8 +117,6 @@ class ParallelPipeline:
         **options: Any,
     ) -> DiffusionProblem:
         """The problem of the pipeline's scheduler, with the step options it accepts."""
-        from picard.adapters.diffusers import from_scheduler
-
         accepted = inspect.signature(self.pipe.scheduler.step).parameters
         if eta is not None and "eta" in accepted:  # as the pipelines pass it
             options["eta"] = eta
@@ -331,9 +329,35 @@ def _stable_diffusion(
     return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=nsfw)
 
 
-SUPPORTED_PIPELINES: dict[str, Callable[..., Any]] = {
-    "DDPMPipeline": _unconditional(ddim=False),
-    "DDIMPipeline": _unconditional(ddim=True),
-    "StableDiffusionPipeline": _stable_diffusion,
+@dataclass(frozen=True)
+class Runner:
+    """How :func:`parallelize` runs one pipeline class.
+
+    Attributes:
+        run: ``run(parallel_pipeline, *args, **kwargs)``: the pipeline's call with its loop
+            solved by picard.
+        inputs: what a call takes, for the command line: ``"text"`` (a prompt) or
+            ``"none"`` (unconditional: ``batch_size``).
+        supports: what of the pipeline's call is supported (one line, for the docs).
+
+    Example:
+        >>> PIPELINES["StableDiffusionPipeline"].inputs
+        'text'
+    """
+
+    run: Callable[..., Any]
+    inputs: str
+    supports: str
+
+
+PIPELINES: dict[str, Runner] = {
+    "DDPMPipeline": Runner(_unconditional(ddim=False), "none", "every argument"),
+    "DDIMPipeline": Runner(_unconditional(ddim=True), "none", "every argument"),
+    "StableDiffusionPipeline": Runner(
+        _stable_diffusion,
+        "text",
+        "prompts and embeddings, guidance (rescale), clip_skip, LCM guidance embedding; "
+        f"not {', '.join(_SD_UNSUPPORTED)}",
+    ),
 }
-"""Pipeline class names :func:`parallelize` supports, and the runner of each."""
+"""Pipeline class names :func:`parallelize` runs, and how (see :class:`Runner`)."""

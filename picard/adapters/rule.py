@@ -372,7 +372,7 @@ class DiffusionProblem(Problem):
             out = zero.repeat_interleave(rule.output_channels, 2)
             if rule.output_channels > 1:  # a learned variance: the anchor's
                 out[:, :, channels:] = out_a[:, channels:]
-            history = None if not rule.memory else zero[:1].expand(rule.memory, *x.shape)
+            history = None  # rules treat a missing history as zeros
             noise = state.noise.rows(steps, samples)
             u = u + rule.update(zero, out, c, noise, history)[0]
         # y_{k+1} = A_k y_k + u_k: the coefficient of u_j in y_{k+1} is Π_{j<i<=k} A_i.

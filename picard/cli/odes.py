@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 import picard
+from picard.cli.runs import median_time
 from picard.ode import METHODS
-from picard.sampling import median_time
 
 __all__ = ["run_odes"]
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["convergence", "digit_grids", "lines", "points"]
+__all__ = ["convergence", "digit_grids", "image_grid", "lines", "points"]
 
 
 def _pyplot() -> Any:
@@ -23,8 +23,39 @@ def _pyplot() -> Any:
     return plt
 
 
+def image_grid(images: Tensor, columns: int = 8, scale: int = 1) -> Any:
+    """Images ``(n, C, H, W)`` in [0, 1] as one PIL grid (diffusers' ``make_image_grid``).
+
+    The last row is padded with white; ``scale`` enlarges each pixel (nearest neighbour).
+
+    Args:
+        images: the images, values in [0, 1] (clamped), 1 or 3 channels.
+        columns: images per row.
+        scale: the enlargement factor.
+
+    Returns:
+        A ``PIL.Image``.
+
+    Example:
+        >>> image_grid(torch.rand(5, 3, 8, 8), columns=4, scale=2).size
+        (64, 32)
+    """
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    n = images.shape[0]
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    pad = torch.ones(rows * columns - n, *images.shape[1:])
+    arr = (torch.cat([images.detach().float().cpu().clamp(0, 1), pad]) * 255).round()
+    arr = arr.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pil = [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+    grid = make_image_grid(pil, rows=rows, cols=columns)
+    return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+
+
 def digit_grids(panels: dict[str, Tensor], path: Path, columns: int = 8) -> Path:
-    """Grids of 1xHxW images in [-1, 1], one panel per entry, side by side.
+    """Grids of 1xHxW images in [-1, 1], one labelled panel per entry, one under another.
 
     Args:
         panels: per panel title, its images, (n, 1, H, W) in [-1, 1] (clamped).
@@ -36,31 +67,24 @@ def digit_grids(panels: dict[str, Tensor], path: Path, columns: int = 8) -> Path
 
     Example:
         >>> import tempfile
+        >>> from PIL import Image
         >>> out = Path(tempfile.mkdtemp()) / "digits.png"
         >>> images = torch.linspace(-1, 1, 5 * 16 * 16).reshape(5, 1, 16, 16)
-        >>> digit_grids({"a": images, "b": -images}, out, columns=4).exists()
-        True
+        >>> Image.open(digit_grids({"a": images, "b": -images}, out, columns=4)).size
+        (256, 296)
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
-    for ax, (title, images) in zip(
-        list(axes) if len(panels) > 1 else [axes], panels.items(), strict=True
-    ):
-        n = images.shape[0]
-        rows = -(-n // columns)
-        h, w = images.shape[-2:]
-        grid = torch.ones(rows * (h + 1), columns * (w + 1))
-        for k in range(n):
-            r, c = divmod(k, columns)
-            grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = (
-                images[k, 0].clamp(-1, 1) + 1
-            ) / 2
-        ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from PIL import Image, ImageDraw
+
+    grids = [(t, image_grid((im + 1) / 2, columns, scale=4)) for t, im in panels.items()]
+    label = 20
+    width = max(g.width for _, g in grids)
+    sheet = Image.new("L", (width, sum(label + g.height for _, g in grids)), 255)
+    draw, y = ImageDraw.Draw(sheet), 0
+    for title, grid in grids:
+        draw.text((4, y + 4), title, fill=0)
+        sheet.paste(grid, (0, y + label))
+        y += label + grid.height
+    sheet.save(path)
     return path
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 
+import picard.cli.plots as plots
+from picard.cli.common import CLIError, progress_bar
+from picard.cli.runs import (
+    SCHEDULERS,
+    make_scheduler,
+    sample_in_parallel,
+    sample_sequentially,
+    start_latent,
+)
 from picard.models import MODELS, load
-from picard.progress import ProgressBar
-from picard.sampling import SCHEDULERS, make_scheduler, parallel, sequential, start_latent
 
 __all__ = ["add_arguments", "sample"]
 
@@ -100,15 +109,19 @@ def add_arguments(
 
 
 def _check_out(path: Path) -> None:
-    from picard.cli import CLIError
+    """Fail early if ``path`` cannot be written, without creating it.
 
+    A run that fails later leaves no empty file behind.
+    """
     if path.suffix not in SUFFIXES:
         raise CLIError(f"--out must end in {', '.join(SUFFIXES)}, got {path.name!r}")
     folder = path.parent if str(path.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".picard-", suffix=path.suffix):
             pass
+        if path.is_dir() or (path.exists() and not os.access(path, os.W_OK)):
+            raise PermissionError(13, "not a writable file")
     except OSError as err:
         raise CLIError(f"cannot write {path}: {err.strerror or err}") from None
 
@@ -154,10 +167,8 @@ def sample(args: argparse.Namespace) -> int:
         True
         >>> sample(argparse.Namespace(out=Path("samples.txt")))
         Traceback (most recent call last):
-        picard.cli.CLIError: --out must end in .png, .pt, .npy, got 'samples.txt'
+        picard.cli.common.CLIError: --out must end in .png, .pt, .npy, got 'samples.txt'
     """
-    from picard.cli import CLIError
-
     _check_out(args.out)
     if args.scheduler is not None and args.scheduler not in SCHEDULERS:
         raise CLIError(
@@ -174,11 +185,11 @@ def sample(args: argparse.Namespace) -> int:
     x_T = start_latent(sched, steps, (args.count, *model.sample_shape), gen)
     t0 = time.perf_counter()
     if args.sequential:
-        samples = sequential(sched, model.denoiser, steps, x_T, gen)
+        samples = sample_sequentially(sched, model.denoiser, steps, x_T, gen)
         summary = f"{steps} sequential steps"
     else:
-        bar = ProgressBar(f"{args.model}, {args.count} samples")
-        sol = parallel(
+        bar = progress_bar(f"{args.model}, {args.count} samples", steps)
+        sol = sample_in_parallel(
             sched,
             model.denoiser,
             steps,
@@ -208,8 +219,6 @@ def _estimate(stats: Any) -> str:
 
 
 def _write(samples: torch.Tensor, path: Path, data: torch.Tensor | None) -> None:
-    from picard import plots
-
     if path.suffix == ".pt":
         torch.save(samples, path)
     elif path.suffix == ".npy":
@@ -224,7 +233,6 @@ def _pipeline(args: argparse.Namespace) -> int:
     from diffusers import DiffusionPipeline
 
     from picard.adapters.diffusers import parallelize
-    from picard.cli import CLIError
 
     if not args.pipeline.is_dir():
         raise CLIError(f"--pipeline {args.pipeline} is not a folder")
@@ -269,17 +277,8 @@ def _pipeline(args: argparse.Namespace) -> int:
     )
     print(f"{kind}: {stats}{time.perf_counter() - t0:.2f} s")
     if args.out.suffix == ".png":
-        _image_grid(images, args.out)
+        plots.image_grid(images, columns=len(images)).save(args.out)
     else:
         _write(images, args.out, None)
     print(f"wrote {args.out}")
     return 0
-
-
-def _image_grid(images: torch.Tensor, path: Path) -> None:
-    """Images (N, C, H, W) in [0, 1] side by side in one PNG."""
-    from PIL import Image
-
-    row = torch.cat(list(images.clamp(0, 1)), dim=-1)  # (C, H, N*W)
-    arr = (row.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).save(path)

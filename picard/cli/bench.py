@@ -7,7 +7,7 @@ tiny Stable Diffusion pipeline's UNet with guidance) and sampler:
 - a tolerance sweep at one window (sweeps and error against the tolerance),
 
 each run timed against diffusers' sequential loop on the same seed, and — for DDPM and
-DDIM — against the ParaDiGMS loop as published (:func:`picard.baselines.paradigms`) at the
+DDIM — against the ParaDiGMS loop as published (:func:`picard.cli.baselines.paradigms`) at the
 same window and tolerance. Both use ParaDiGMS's test (``tol`` relative to each step's noise
 std: ``relative=False``), so the columns compare like with like; picard's own default
 (relative to each state's RMS) is measured by ``picard bench --fidelity``.
@@ -25,10 +25,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard import plots
-from picard.baselines import paradigms
+import picard.cli.plots as plots
+from picard.cli.baselines import paradigms
+from picard.cli.runs import (
+    make_scheduler,
+    median_time,
+    sample_in_parallel,
+    sample_sequentially,
+    start_latent,
+)
 from picard.models import load
-from picard.sampling import make_scheduler, median_time, parallel, sequential, start_latent
 
 __all__ = ["BenchRow", "run_bench"]
 
@@ -49,7 +55,7 @@ class BenchRow:
 
     Attributes:
         model: the model's name (``gmm``, ``moons``, ``digits``, ``tiny-sd``).
-        sampler: the sampler's name (see :data:`picard.sampling.SCHEDULERS`).
+        sampler: the sampler's name (see :data:`picard.cli.runs.SCHEDULERS`).
         steps: the number of inference steps.
         window: the window picard solved with (steps per sweep, at most).
         tol: the tolerance.
@@ -125,7 +131,7 @@ def _sequential_run(
     def run() -> Tensor:
         gen = torch.Generator().manual_seed(0)
         x = start_latent(sched, n, (BATCH[model], *shape), gen)
-        return sequential(sched, den, n, x, gen)
+        return sample_sequentially(sched, den, n, x, gen)
 
     return run
 
@@ -151,7 +157,7 @@ def _run(
 
     def ours() -> Any:
         x, gen = start()
-        return parallel(sched, den, steps, x, gen, window=window, tol=tol, relative=False)
+        return sample_in_parallel(sched, den, steps, x, gen, window=window, tol=tol, relative=False)
 
     sol, t_ours = median_time(ours, repeats)
     ref, t_seq = seq

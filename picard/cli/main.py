@@ -17,78 +17,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
 import torch
 
 import picard
+from picard.cli.common import CLIError, Parser, positive, tolerance, writable_dir
 
-__all__ = ["CLIError", "main"]
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit status 2.
-
-    Args:
-        message: what was wrong, one line; :func:`main` prints it after
-            ``picard <command>: error:`` on stderr.
-
-    Example:
-        >>> import contextlib, io, tempfile
-        >>> stderr = io.StringIO()
-        >>> with contextlib.redirect_stderr(stderr):
-        ...     status = main(["bench", "--models", "gmm,nope", "--out", tempfile.mkdtemp(),
-        ...                    "--threads", str(torch.get_num_threads())])
-        >>> status, stderr.getvalue().strip()  # one line, no traceback
-        (2, "picard bench: error: unknown model 'nope'; choose from gmm, moons, digits, tiny-sd")
-    """
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line on stderr, exit status 2 (argparse prints the usage too)."""
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
-def _positive(name: str, minimum: int = 1) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tol must be a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"tol must be >= 0, got {text}")
-    return value
-
-
-def _writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".picard-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise CLIError(f"cannot write to {path}: {err.strerror or err}") from None
-    return path
+__all__ = ["main"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from picard.demo import format_table, run_demo
+    from picard.cli.demo import format_table, run_demo
 
-    out = _writable_dir(args.out)
+    out = writable_dir(args.out)
     print(
         f"picard {picard.__version__} demo — shipped models, DDPM 1000 steps, window "
         f"{args.window}, tol {args.tol:g}, torch on {args.threads} thread(s)\n",
@@ -114,17 +55,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from picard.cli_sample import sample
+    from picard.cli.sample import sample
 
     return sample(args)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from picard.bench import run_bench, table
+    from picard.cli.bench import run_bench, table
 
-    out = _writable_dir(args.out)
+    out = writable_dir(args.out)
     if args.fidelity:
-        from picard import fidelity
+        import picard.cli.fidelity as fidelity
 
         print(fidelity.HEADER)
         rows = fidelity.run(args.fidelity, log=lambda line: print(line, flush=True))
@@ -142,47 +83,47 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_odes(args: argparse.Namespace) -> int:
-    from picard.demo_ode import run_odes
+    from picard.cli.odes import run_odes
 
     return run_odes(args)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="picard", description="Sequential samplers made parallel in time.")
-    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
-    threads = {"type": _positive("threads"), "default": 1, "help": "torch threads (default 1)"}
+    parser = Parser(prog="picard", description="Sequential samplers made parallel in time.")
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=Parser)
+    threads = {"type": positive("threads"), "default": 1, "help": "torch threads (default 1)"}
 
     p = sub.add_parser("demo", help="the shipped models, sequential vs picard (the main job)")
     p.add_argument(
-        "--steps", type=_positive("steps"), default=1000, help="DDPM steps (default 1000)"
+        "--steps", type=positive("steps"), default=1000, help="DDPM steps (default 1000)"
     )
     p.add_argument(
-        "--window", type=_positive("window"), default=100, help="steps per sweep (default 100)"
+        "--window", type=positive("window"), default=100, help="steps per sweep (default 100)"
     )
     p.add_argument(
         "--tol",
-        type=_tolerance,
+        type=tolerance,
         default=0.01,
         help="tolerance, relative to each state's RMS (default 0.01)",
     )
     p.add_argument(
-        "--repeats", type=_positive("repeats"), default=3, help="timing repeats (default 3)"
+        "--repeats", type=positive("repeats"), default=3, help="timing repeats (default 3)"
     )
     p.add_argument(
         "--seeds",
-        type=_positive("seeds"),
+        type=positive("seeds"),
         default=2,
         help="seeds for the quality metrics (default 2)",
     )
     p.add_argument(
         "--samples",
-        type=_positive("samples"),
+        type=positive("samples"),
         default=512,
         help="2-D samples per seed for the quality metric (default 512)",
     )
     p.add_argument(
         "--images",
-        type=_positive("images", 2),  # a Fréchet distance needs a covariance: 2 or more
+        type=positive("images", 2),  # a Fréchet distance needs a covariance: 2 or more
         default=8,
         help="digit images per seed (default 8, at least 2)",
     )
@@ -195,10 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", **threads)
     p.set_defaults(run=_cmd_demo)
 
-    from picard.cli_sample import add_arguments
+    from picard.cli.sample import add_arguments
 
     p = sub.add_parser("sample", help="sample a shipped model or a diffusers pipeline folder")
-    add_arguments(p, _positive, _tolerance)
+    add_arguments(p, positive, tolerance)
     p.add_argument("--threads", **threads)
     p.set_defaults(run=_cmd_sample)
 
@@ -210,12 +151,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--steps",
-        type=_positive("steps"),
+        type=positive("steps"),
         default=None,
         help="cap every sampler's steps (for a quick run)",
     )
     p.add_argument(
-        "--repeats", type=_positive("repeats"), default=3, help="timing repeats (default 3)"
+        "--repeats", type=positive("repeats"), default=3, help="timing repeats (default 3)"
     )
     p.add_argument(
         "--out",
@@ -225,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fidelity",
-        type=_positive("fidelity"),
+        type=positive("fidelity"),
         nargs="?",
         const=64,
         default=None,
@@ -238,14 +179,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("odes", help="ODEs and an SDE, sequential vs picard.odeint/sdeint")
     p.add_argument(
-        "--steps", type=_positive("steps"), default=1000, help="steps per problem (default 1000)"
+        "--steps", type=positive("steps"), default=1000, help="steps per problem (default 1000)"
     )
     p.add_argument(
-        "--window", type=_positive("window"), default=128, help="steps per sweep (default 128)"
+        "--window", type=positive("window"), default=128, help="steps per sweep (default 128)"
     )
-    p.add_argument("--tol", type=_tolerance, default=1e-4, help="tolerance (default 1e-4)")
+    p.add_argument("--tol", type=tolerance, default=1e-4, help="tolerance (default 1e-4)")
     p.add_argument(
-        "--repeats", type=_positive("repeats"), default=5, help="timing repeats (default 5)"
+        "--repeats", type=positive("repeats"), default=5, help="timing repeats (default 5)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", **threads)

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from picard import plots
-from picard.metrics import digits_quality, sliced_wasserstein
+import picard.cli.plots as plots
+from picard.cli.common import progress_bar
+from picard.cli.metrics import digits_quality, sliced_wasserstein
+from picard.cli.runs import median_time, sample_in_parallel, sample_sequentially, start_latent
 from picard.models import load
-from picard.progress import ProgressBar
-from picard.sampling import median_time, parallel, sequential, start_latent
 
 __all__ = ["DemoRow", "run_demo"]
 
@@ -84,8 +84,8 @@ def _moons(
         gen = torch.Generator().manual_seed(seed)
         x_T = start_latent(sched, steps, (n, 2), gen)
         if parallel_run:
-            return parallel(sched, den, steps, x_T, gen, window=window, tol=tol)
-        return sequential(sched, den, steps, x_T, gen)
+            return sample_in_parallel(sched, den, steps, x_T, gen, window=window, tol=tol)
+        return sample_sequentially(sched, den, steps, x_T, gen)
 
     ref, seq_s = median_time(lambda: one(0, 1, False), repeats)
     sol, par_s = median_time(lambda: one(0, 1, True), repeats)
@@ -121,12 +121,12 @@ def _digits(
     for seed in range(seeds):
         x_T, gen = _digit_start(sched, steps, images, model.sample_shape, 7 + seed)
         t0 = time.perf_counter()
-        refs.append(sequential(sched, den, steps, x_T, gen))
+        refs.append(sample_sequentially(sched, den, steps, x_T, gen))
         seq_times.append(time.perf_counter() - t0)
         x_T, gen = _digit_start(sched, steps, images, model.sample_shape, 7 + seed)
-        bar = ProgressBar(f"digits, seed {seed}", force=verbose)
+        bar = progress_bar(f"digits, seed {seed}", steps, disable=not verbose)
         t0 = time.perf_counter()
-        sol = parallel(sched, den, steps, x_T, gen, window=window, tol=tol, progress=bar)
+        sol = sample_in_parallel(sched, den, steps, x_T, gen, window=window, tol=tol, progress=bar)
         par_times.append(time.perf_counter() - t0)
         bar.close()
         outs.append(sol.final)

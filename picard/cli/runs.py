@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from picard.adapters.diffusers import from_scheduler
+from picard.adapters.schedulers import SCHEDULERS as REGISTRY
+from picard.adapters.schedulers import from_scheduler
 from picard.solution import Solution
 from picard.solver import solve
 
@@ -24,20 +25,18 @@ __all__ = [
     "SCHEDULERS",
     "make_scheduler",
     "median_time",
-    "parallel",
-    "sequential",
+    "sample_in_parallel",
+    "sample_sequentially",
     "start_latent",
 ]
 
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "dpmsolver++": ("DPMSolverMultistepScheduler", {"solver_order": 2}),
-    "dpmsolver++3": ("DPMSolverMultistepScheduler", {"solver_order": 3}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+SCHEDULERS: dict[str, tuple[str, Mapping[str, Any]]] = {
+    name: (cls, overrides)
+    for cls, sampler in REGISTRY.items()
+    for name, overrides in sampler.names.items()
 }
-"""Sampler names of the command line: a diffusers scheduler class and its overrides."""
+"""Sampler names of the command line: a diffusers scheduler class and its overrides (from
+the registry, :data:`picard.adapters.schedulers.SCHEDULERS`)."""
 
 
 def make_scheduler(name: str, base: Any) -> Any:
@@ -63,7 +62,7 @@ def make_scheduler(name: str, base: Any) -> Any:
         0.01
         >>> make_scheduler("plms", DDPMScheduler())
         Traceback (most recent call last):
-        ValueError: unknown scheduler 'plms'; choose one of ddpm, ddim, dpmsolver++, ...
+        ValueError: unknown scheduler 'plms'; choose one of ddpm, ddim, pndm, ...
     """
     import diffusers
 
@@ -113,7 +112,7 @@ def start_latent(
     return z * float(getattr(view, "init_noise_sigma", 1.0))
 
 
-def sequential(
+def sample_sequentially(
     scheduler: Any,
     denoiser: Callable[[Tensor, Tensor], Tensor],
     steps: int,
@@ -138,7 +137,7 @@ def sequential(
         >>> m = load("moons")
         >>> gen = torch.Generator().manual_seed(0)
         >>> x_T = start_latent(m.scheduler, 20, (4, 2), gen)
-        >>> x = sequential(m.scheduler, m.denoiser, 20, x_T, gen)
+        >>> x = sample_sequentially(m.scheduler, m.denoiser, 20, x_T, gen)
         >>> x.shape, bool(x.isfinite().all())
         (torch.Size([4, 2]), True)
         >>> m.scheduler.num_inference_steps is None  # the model's scheduler is untouched
@@ -155,7 +154,7 @@ def sequential(
     return x
 
 
-def parallel(
+def sample_in_parallel(
     scheduler: Any,
     denoiser: Callable[[Tensor, Tensor], Tensor],
     steps: int,
@@ -174,10 +173,10 @@ def parallel(
 
     Args:
         scheduler: a diffusers scheduler (through :func:`picard.adapters.diffusers.from_scheduler`).
-        denoiser: ``denoiser(x, t)`` batched over rows, as for :func:`sequential`.
+        denoiser: ``denoiser(x, t)`` batched over rows, as for :func:`sample_sequentially`.
         steps: the number of inference steps.
         x_T: the starting latent (see :func:`start_latent`).
-        generator: the generator of the sampler's noise, drawn as :func:`sequential` draws
+        generator: the generator of the sampler's noise, drawn as :func:`sample_sequentially` draws
             it (``None`` for the global one).
         window: steps per sweep (``None``: :func:`picard.solve`'s default).
         tol: the tolerance (``None``: :func:`picard.solve`'s default).
@@ -192,10 +191,10 @@ def parallel(
         >>> m = load("moons")
         >>> gen = torch.Generator().manual_seed(0)
         >>> x_T = start_latent(m.scheduler, 20, (4, 2), gen)
-        >>> ref = sequential(m.scheduler, m.denoiser, 20, x_T, gen)
+        >>> ref = sample_sequentially(m.scheduler, m.denoiser, 20, x_T, gen)
         >>> gen = torch.Generator().manual_seed(0)  # the same seed: the same sample
         >>> x_T = start_latent(m.scheduler, 20, (4, 2), gen)
-        >>> sol = parallel(m.scheduler, m.denoiser, 20, x_T, gen, window=8, tol=1e-3)
+        >>> sol = sample_in_parallel(m.scheduler, m.denoiser, 20, x_T, gen, window=8, tol=1e-3)
         >>> sol.stats.num_steps, sol.stats.iterations < 20  # fewer sweeps than steps
         (20, True)
         >>> float((sol.final - ref).abs().max()) < 1e-3  # the sequential loop's sample

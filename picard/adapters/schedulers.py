@@ -1,0 +1,264 @@
+"""The registry of diffusers schedulers picard reproduces, and ``from_scheduler``.
+
+One entry per scheduler class: the factory of its update rule (a pure function of the
+scheduler's *configuration*, never its stateful ``step``), a line on what it supports, and
+the command line's names for it. The API (:func:`from_scheduler`, ``parallelize``), the
+command line (``picard sample --scheduler``) and the docs' "Supported" page all read this
+one table. Adding a sampler is one rule file plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from picard.adapters.rule import DiffusionProblem, Generator, UpdateRule
+
+__all__ = ["SCHEDULERS", "Sampler", "from_scheduler", "rule_for", "sampler_for"]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A supported diffusers scheduler.
+
+    Attributes:
+        factory: ``"module:function"``, the rule's factory ``(config, num_inference_steps,
+            **step_options) -> UpdateRule``.
+        supports: what of its configuration picard reproduces (one line, for the docs).
+        names: the command line's names for it, each with config overrides.
+
+    Example:
+        >>> SCHEDULERS["DDIMScheduler"].step_options()
+        ('eta', 'use_clipped_model_output')
+    """
+
+    factory: str
+    supports: str
+    names: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def make(self) -> Callable[..., UpdateRule]:
+        """The factory function."""
+        module, name = self.factory.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def step_options(self) -> tuple[str, ...]:
+        """The step options the rule takes (its factory's keyword-only arguments)."""
+        params = inspect.signature(self.make()).parameters.values()
+        return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+
+_VP = "beta schedules, timestep spacings, prediction types"
+
+SCHEDULERS: dict[str, Sampler] = {
+    "DDPMScheduler": Sampler(
+        "picard.adapters.ddpm:from_config",
+        f"{_VP}; every variance type; clipping and thresholding",
+        {"ddpm": {}},
+    ),
+    "DDPMParallelScheduler": Sampler("picard.adapters.ddpm:from_config", "as DDPMScheduler"),
+    "DDIMScheduler": Sampler(
+        "picard.adapters.ddim:from_config",
+        f"{_VP}; any eta; set_alpha_to_one either way; clipping and thresholding",
+        {"ddim": {}},
+    ),
+    "DDIMParallelScheduler": Sampler("picard.adapters.ddim:from_config", "as DDIMScheduler"),
+    "PNDMScheduler": Sampler(
+        "picard.adapters.pndm:from_config",
+        f"{_VP} (epsilon, v_prediction); skip_prk_steps either way (Stable Diffusion 1.5's)",
+        {"pndm": {"skip_prk_steps": True}},
+    ),
+    "LMSDiscreteScheduler": Sampler(
+        "picard.adapters.lms:from_config",
+        f"{_VP}; karras, exponential and beta sigmas; any order",
+        {"lms": {}},
+    ),
+    "DPMSolverMultistepScheduler": Sampler(
+        "picard.adapters.dpmsolver:from_config",
+        f"{_VP}; orders 1–3; dpmsolver(++) and their SDE variants; midpoint/heun; "
+        "karras, lu, exponential and beta sigmas; lower_order_final, euler_at_final",
+        {"dpmsolver++": {"solver_order": 2}, "dpmsolver++3": {"solver_order": 3}},
+    ),
+    "DPMSolverSinglestepScheduler": Sampler(
+        "picard.adapters.dpmsolver_singlestep:from_config",
+        "beta schedules, prediction types; orders 1–3; dpmsolver(++), sde-dpmsolver++; "
+        "midpoint/heun; karras, exponential and beta sigmas; lower_order_final",
+        {"dpmsolver-singlestep": {}},
+    ),
+    "DEISMultistepScheduler": Sampler(
+        "picard.adapters.deis:from_config",
+        f"{_VP}; orders 1–3; karras, exponential and beta sigmas; lower_order_final",
+        {"deis": {}},
+    ),
+    "EDMDPMSolverMultistepScheduler": Sampler(
+        "picard.adapters.edm_dpmsolver:from_config",
+        "karras/exponential sigma schedules, sigma_data, epsilon/v_prediction; orders 1–3; "
+        "dpmsolver++ and sde-dpmsolver++; midpoint/heun",
+    ),
+    "EulerDiscreteScheduler": Sampler(
+        "picard.adapters.euler:from_config",
+        f"{_VP}; karras, exponential and beta sigmas; churn",
+        {"euler": {}},
+    ),
+    "EulerAncestralDiscreteScheduler": Sampler(
+        "picard.adapters.euler:ancestral_from_config",
+        f"{_VP} (epsilon, v_prediction)",
+        {"euler-ancestral": {}},
+    ),
+    "FlowMatchEulerDiscreteScheduler": Sampler(
+        "picard.adapters.flow:from_config",
+        "shift, dynamic shift (mu), custom sigmas/timesteps, karras/exponential/beta sigmas",
+    ),
+    "FlowMatchHeunDiscreteScheduler": Sampler(
+        "picard.adapters.flow_heun:from_config", "shift; churn (s_churn, s_tmin, s_tmax, s_noise)"
+    ),
+    "LCMScheduler": Sampler(
+        "picard.adapters.lcm:from_config",
+        f"{_VP}; original_inference_steps; thresholding; zero-terminal-SNR rescaling",
+        {"lcm": {}},
+    ),
+    "TCDScheduler": Sampler(
+        "picard.adapters.tcd:from_config",
+        f"{_VP}; eta (gamma); original_inference_steps",
+        {"tcd": {}},
+    ),
+    "HeunDiscreteScheduler": Sampler(
+        "picard.adapters.heun:from_config",
+        f"{_VP}; karras, exponential and beta sigmas (two model calls per step)",
+        {"heun": {}},
+    ),
+    "KDPM2DiscreteScheduler": Sampler(
+        "picard.adapters.kdpm2:from_config",
+        f"{_VP} (epsilon, v_prediction); karras, exponential and beta sigmas",
+        {"kdpm2": {}},
+    ),
+    "KDPM2AncestralDiscreteScheduler": Sampler(
+        "picard.adapters.kdpm2:ancestral_from_config",
+        f"{_VP} (epsilon, v_prediction); karras, exponential and beta sigmas",
+        {"kdpm2-ancestral": {}},
+    ),
+    "UniPCMultistepScheduler": Sampler(
+        "picard.adapters.unipc:from_config",
+        f"{_VP}; bh1/bh2; any order; predict_x0; disable_corrector; lower_order_final; "
+        "karras, exponential, beta and flow sigmas",
+        {"unipc": {}, "unipc3": {"solver_order": 3}},
+    ),
+    "SASolverScheduler": Sampler(
+        "picard.adapters.sasolver:from_config",
+        f"{_VP}; predictor/corrector orders 1–4; any tau_func; data or noise prediction",
+        {"sa-solver": {}},
+    ),
+    "EDMEulerScheduler": Sampler(
+        "picard.adapters.edm_euler:from_config",
+        "karras and exponential sigma schedules, sigma_data, epsilon/v_prediction, churn",
+    ),
+}
+"""Scheduler class names picard reproduces, and how (see :class:`Sampler`)."""
+
+
+def sampler_for(scheduler: Any) -> Sampler:
+    """The registry entry of ``scheduler``'s class.
+
+    Args:
+        scheduler: a diffusers scheduler.
+
+    Returns:
+        Its :class:`Sampler`.
+
+    Example:
+        >>> from diffusers import DDIMScheduler
+        >>> sampler_for(DDIMScheduler()).factory
+        'picard.adapters.ddim:from_config'
+
+    Raises:
+        TypeError: the class is not supported (the message lists what is).
+    """
+    name = type(scheduler).__name__
+    if name not in SCHEDULERS:
+        raise TypeError(f"scheduler {name} is not supported; supported: {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name]
+
+
+def rule_for(scheduler: Any, num_inference_steps: int, **options: Any) -> UpdateRule:
+    """The update rule of ``scheduler``'s configuration on ``num_inference_steps`` steps.
+
+    Args:
+        scheduler: a diffusers scheduler (its class and ``config`` are read).
+        num_inference_steps: N.
+        **options: the sampler's step options (``eta`` and ``use_clipped_model_output``
+            for DDIM, ``sigmas``/``mu`` for flow matching, see
+            :meth:`Sampler.step_options`); others raise ``TypeError``.
+
+    Returns:
+        The :class:`~picard.adapters.rule.UpdateRule`.
+
+    Example:
+        >>> from diffusers import DDIMScheduler
+        >>> rule_for(DDIMScheduler(), 50, eta=0.5).num_steps
+        50
+    """
+    sampler = sampler_for(scheduler)
+    config = getattr(scheduler, "config", None)
+    if config is None:
+        raise TypeError(f"scheduler {type(scheduler).__name__} has no config")
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+        raise TypeError(
+            f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}"
+        )
+    return sampler.make()(config, num_inference_steps, **options)
+
+
+def from_scheduler(
+    scheduler: Any,
+    denoiser: Callable[[Tensor, Tensor], Tensor],
+    num_inference_steps: int,
+    *,
+    generator: Generator = None,
+    rows_per_evaluation: int = 1,
+    scale_model_input: bool = True,
+    **options: Any,
+) -> DiffusionProblem:
+    """The sampler that ``scheduler`` configures, as a problem for :func:`picard.solve`.
+
+    ``picard.solve(problem, x_T).final`` is the sample the sequential loop
+    (``for t in scheduler.timesteps: x = scheduler.step(denoiser(x, t), t, x)``) gives,
+    within the tolerance. ``x_T`` is the starting latent exactly as the loop starts from
+    it (already multiplied by ``problem.rule.init_noise_sigma``); its first dimension
+    indexes samples. The sampler's noise is drawn from ``generator`` when the solve
+    starts — after the caller drew ``x_T`` — in the order the sequential sampler draws it.
+
+    The default tolerance is 0.01 relative to each state's RMS (``relative=True``), which
+    keeps the final sample within about 1% of the sequential one for every sampler;
+    ``relative=False`` selects ParaDiGMS's test (0.1 times each step's noise std).
+
+    Args:
+        scheduler: a diffusers scheduler; see :data:`SCHEDULERS`.
+        denoiser: ``denoiser(x, t)``, the batched model call: ``x: (M, *shape)`` as the
+            scheduler's ``scale_model_input`` leaves it, ``t: (M,)`` the scheduler's
+            timesteps; returns the model output ``(M, C, ...)``.
+        num_inference_steps: N.
+        generator: a ``torch.Generator``, or a list with one per sample.
+        rows_per_evaluation: model rows per (step, sample), e.g. 2 with classifier-free
+            guidance inside ``denoiser``; reported by ``stats.model_rows``.
+        scale_model_input: scale the model input as the scheduler's
+            ``scale_model_input`` does (the Euler family), as pipelines that call it do.
+        **options: the sampler's step options (``eta``, ``use_clipped_model_output``
+            for DDIM; ``sigmas``, ``mu`` for flow matching; :meth:`Sampler.step_options`).
+
+    Returns:
+        A :class:`~picard.adapters.rule.DiffusionProblem`.
+
+    Example:
+        >>> import torch, picard
+        >>> from diffusers import DDIMScheduler
+        >>> problem = from_scheduler(DDIMScheduler(), lambda x, t: 0.1 * x, 20)
+        >>> sol = picard.solve(problem, torch.randn(2, 3, 4, 4))
+        >>> sol.final.shape, sol.stats.iterations <= 20
+        (torch.Size([2, 3, 4, 4]), True)
+    """
+    rule = rule_for(scheduler, num_inference_steps, **options)
+    return DiffusionProblem(rule, denoiser, generator, rows_per_evaluation, scale_model_input)
