@@ -6,7 +6,7 @@ problem calls its model so that solves can chunk and shard the rows). ODEs and S
 :func:`odeint`, :func:`sdeint`. Strategies: :class:`Tolerance`, :class:`Acceleration`,
 :class:`Picard`, :class:`Secant` (``accelerate=``). Errors: :class:`NonFiniteError`,
 :class:`ConvergenceError`, :class:`RankError`, :class:`MemoryWarning`,
-:class:`AccuracyWarning`.
+:class:`AccuracyWarning`, :class:`SequentialWarning`.
 """
 
 from picard.acceleration import ACCELERATIONS, Acceleration, Picard, Secant
@@ -16,6 +16,7 @@ from picard.errors import (
     MemoryWarning,
     NonFiniteError,
     RankError,
+    SequentialWarning,
 )
 from picard.ode import odeint
 from picard.options import Options
@@ -40,6 +41,7 @@ __all__ = [
     "RankError",
     "Recursion",
     "Secant",
+    "SequentialWarning",
     "Solution",
     "Stats",
     "Tolerance",

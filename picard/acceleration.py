@@ -31,7 +31,10 @@ class Run(Protocol):
     """
 
     def update(self, sweep: Sweep, stride: np.ndarray) -> None:
-        """Rewrite ``sweep.new`` in place at the rows not final (``row >= stride`` per lane)."""
+        """Rewrite ``sweep.new`` in place at the rows not final (``row >= stride`` per lane).
+
+        A worker with nothing to do may set ``update = None`` instead.
+        """
         ...
 
     def counters(self) -> dict[str, int]:
@@ -54,8 +57,7 @@ class Acceleration(Protocol):
 
 
 class _Plain:
-    def update(self, sweep: Sweep, stride: np.ndarray) -> None:
-        return None
+    update = None  # nothing to do: the loop skips the call
 
     def counters(self) -> dict[str, int]:
         return {}
@@ -169,9 +171,9 @@ class _SecantRun:
         ops = sweep.ops
         prev = self.prev
         self.prev = (
-            sweep.lanes,
-            sweep.starts,
-            sweep.lengths,
+            sweep.lanes.copy(),
+            sweep.starts.copy(),
+            sweep.lengths.copy(),
             ops.copy(sweep.x),
             ops.copy(sweep.inc),
         )
@@ -235,7 +237,8 @@ class _SecantRun:
     def _check(self, sweep: Sweep, stride: np.ndarray) -> None:
         """Safeguard: plain Picard next for lanes whose worst change on shared steps grew."""
         scaled = sweep.change * np.square(sweep.tolerance.inv_scale[sweep.steps])
-        last, self.last = self.last, (sweep.lanes, sweep.starts, sweep.lengths, scaled)
+        last = self.last
+        self.last = (sweep.lanes.copy(), sweep.starts.copy(), sweep.lengths.copy(), scaled)
         if last is None:
             return
         l_lanes, l_starts, l_lengths, l_scaled = last

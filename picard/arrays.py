@@ -33,6 +33,7 @@ class Arrays:
         index: host integers as this kind of index array.
         asarray: a host array as this kind, with another's dtype and device.
         nonzero: its argument, never 0 (numpy: plus the float64 tiny, so in float64).
+        sq_norms: ``(w, columns, size)`` to ``(w, columns)`` squared norms.
 
     Example:
         >>> import torch
@@ -52,10 +53,7 @@ class Arrays:
     index: Callable[[Any, torch.device | None], Any]  # host integers as this kind
     asarray: Callable[[np.ndarray, Any], Any]  # a host array as this kind, like another
     nonzero: Callable[[Any], Any]  # never 0 (numpy: + the float64 tiny, so in float64)
-
-    def sq_norms(self, d: Any) -> Any:
-        """``(w, columns, size) -> (w, columns)`` squared norms."""
-        return self.dots(d, d)
+    sq_norms: Callable[[Any], Any]  # (w, columns, size) -> (w, columns) squared norms
 
 
 NUMPY = Arrays(
@@ -69,6 +67,11 @@ NUMPY = Arrays(
     index=lambda a, device: np.asarray(a),
     asarray=lambda a, like: a.astype(like.dtype),
     nonzero=lambda a: a + np.finfo(np.float64).tiny,  # a numpy scalar: promotes to float64
+    sq_norms=(
+        (lambda d: np.vecdot(d, d))
+        if hasattr(np, "vecdot")
+        else (lambda d: np.einsum("wsk,wsk->ws", d, d))
+    ),
 )
 """Numpy views of CPU tensors."""
 
@@ -83,6 +86,7 @@ TORCH = Arrays(
     index=lambda a, device: torch.as_tensor(np.asarray(a), device=device),
     asarray=lambda a, like: torch.as_tensor(a, dtype=like.dtype, device=like.device),
     nonzero=lambda a: a.clamp(min=torch.finfo(a.dtype).tiny),
+    sq_norms=lambda d: torch.sum(d * d, dim=-1),
 )
 """Torch tensors, on any device."""
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = ["Budget"]
 
 
@@ -45,9 +47,14 @@ class Budget:
             return None
         return max(0, (self.max_evaluations - evaluations) // columns)
 
-    def spent(self, sweeps: int, longest: int) -> bool:
-        """Whether no sweep is left: ``max_iters`` reached, or no window step affordable."""
-        return sweeps == self.max_iters or longest <= 0
+    def spent(self, sweeps: int, left: int | None, lengths: np.ndarray) -> bool:
+        """Whether no sweep is left: ``max_iters`` reached, or no window step affordable.
+
+        ``left`` is what :meth:`left` returned, ``lengths`` the next windows' lengths. (The
+        sweep loop tests ``max_iters`` itself and calls this only with an evaluation
+        budget.)
+        """
+        return sweeps == self.max_iters or (left is not None and int(lengths.max()) <= 0)
 
     def what(self, sweeps: int) -> str:
         """Which budget ran out, for the error message."""

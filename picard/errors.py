@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from picard.solution import Solution, Stats
 
-__all__ = ["AccuracyWarning", "ConvergenceError", "MemoryWarning", "NonFiniteError", "RankError"]
+__all__ = [
+    "AccuracyWarning",
+    "ConvergenceError",
+    "MemoryWarning",
+    "NonFiniteError",
+    "RankError",
+    "SequentialWarning",
+]
 
 
 class NonFiniteError(FloatingPointError):
@@ -103,4 +110,19 @@ class AccuracyWarning(UserWarning):
         ...     warnings.simplefilter("error", AccuracyWarning)  # make it an error
         ...     issubclass(AccuracyWarning, UserWarning)
         True
+    """
+
+
+class SequentialWarning(UserWarning):
+    """Something picard cannot parallelize runs sequentially (``on_unsupported="sequential"``).
+
+    The result is exactly the sequential one; only the speed-up is lost.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     warnings.warn("scheduler X runs step by step", SequentialWarning)
+        >>> seen[0].category.__name__
+        'SequentialWarning'
     """

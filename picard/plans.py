@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,11 +43,13 @@ class SharedWindow:
         saved: the state indices to keep (``None``: only the final state).
         cap: the longest window.
         ops: the bookkeeping's array operations (default: numpy on the CPU).
+        on_step: called as ``on_step(i, x_{i+1})`` for every step ``i`` in order, as its
+            result becomes final (``x_{i+1}`` in ``x0``'s dtype; valid during the call).
 
     Example:
         >>> import torch, picard
         >>> plan = SharedWindow(picard.Recursion(lambda i, x: -x, 10), torch.ones(3), None, 4)
-        >>> plan.running(), plan.lengths(width=4, left=None).tolist(), plan.columns
+        >>> plan.running, plan.lengths(width=4, left=None).tolist(), plan.columns
         (True, [4], 1)
     """
 
@@ -58,8 +60,10 @@ class SharedWindow:
         saved: Sequence[int] | None,
         cap: int,
         ops: Arrays | None = None,
+        on_step: Callable[[int, Tensor], None] | None = None,
     ):
         self.problem, self.n, self.saved = problem, problem.num_steps, saved
+        self.on_step, self.dtype = on_step, x0.dtype
         self.columns = per_sample_size(x0.shape, problem.batch_ndim)[0]
         self.keep_all = saved is not None and len(saved) == self.n + 1
         length = self.n + 1 if self.keep_all else min(self.n + 1, 2 * cap + 1)
@@ -73,35 +77,31 @@ class SharedWindow:
         self.start = self.off = self.high = 0  # high: the window's end (its last state)
         self.lanes = np.zeros(1, dtype=np.int64)
         self.shared = True  # one window for every sample
+        self.running = True  # steps remain
+        self.active = self.columns  # samples evaluated per window step
+        self.length = length
+        self._starts = np.zeros(1, dtype=np.int64)  # rewritten every sweep: no allocation
+        self._lengths = np.zeros(1, dtype=np.int64)
+        self._w = 0  # the window of the current sweep
         self._new: Any = None
         self._out: Any = None
-
-    def running(self) -> bool:
-        """Whether steps remain."""
-        return self.start < self.n
 
     def front(self) -> int:
         """The first step not final."""
         return self.start
 
-    def active(self) -> int:
-        """Samples evaluated per window step."""
-        return self.columns
-
-    def cost(self, lengths: np.ndarray) -> int:
-        """(step × sample) evaluations of windows of these lengths."""
-        return int(lengths[0]) * self.columns
-
     def lengths(self, width: int, left: int | None) -> np.ndarray:
         """The window of the next sweep: ``width`` capped by the steps and ``left``."""
         w = min(width, self.n - self.start)
-        return np.array([w if left is None else min(w, left)])
+        self._w = w if left is None else min(w, left)
+        self._lengths[0] = self._w
+        return self._lengths
 
     def sweep(
         self, lengths: np.ndarray, problem: Problem, state: Any, guess: Guess, tol: Tolerance
     ) -> Sweep:
         """Enter new steps, evaluate the window in one call, form its Picard values."""
-        w, start, ops = int(lengths[0]), self.start, self.ops
+        w, start, ops = self._w, self.start, self.ops
         self._enter(start + w, guess, state)
         lo = start - self.off
         states = self.xs_t[lo : lo + w]
@@ -121,25 +121,24 @@ class SharedWindow:
         new3, old3 = new.reshape(shape), self.xs[lo + 1 : lo + w + 1].reshape(shape)
         change = tol.measure(ops, new3, old3)
         worst = change if self.columns == 1 else change.max(axis=1, keepdims=True)
-        x3 = self.xs[lo : lo + w].reshape(shape)
         steps = (slice(start, start + w), None)
+        self._starts[0] = start
         return Sweep(
             ops,
             self.lanes,
-            np.array([start]),
+            self._starts,
             lengths,
-            x3,
-            inc_a.reshape(shape),
+            self.xs[lo : lo + w],
+            inc_a,
             new3,
             old3,
             worst,
             steps,
             tol,
+            math.isfinite(worst[-1, 0]),  # a cumsum carries NaN/Inf to the last state
+            w * self.columns,
+            start,
         )
-
-    def finite(self, sweep: Sweep) -> bool:
-        """Whether the sweep's states are finite (a cumsum carries NaN/Inf to the last)."""
-        return math.isfinite(sweep.change[-1, 0])
 
     def non_finite(self, sweep: Sweep, number: int, where: str | None) -> NonFiniteError:
         """The error for a sweep whose states are not finite."""
@@ -155,19 +154,24 @@ class SharedWindow:
 
     def commit(self, sweep: Sweep, stride: np.ndarray) -> None:
         """Keep the new iterate; the first ``stride`` states are final; slide."""
-        w, s, lo = int(sweep.lengths[0]), int(stride[0]), self.start - self.off
+        w, s, lo = self._w, int(stride[0]), self.start - self.off
         self.xs[lo + 1 : lo + w + 1] = self._new
         if self.saver is not None:
             self.saver.add(self._new, self.start, s)
+        if self.on_step is not None:
+            final = self.xs_t[lo + 1 : lo + s + 1].to(self.dtype)
+            for j in range(s):
+                self.on_step(self.start + j, final[j])
         if self.problem.memory:
             self.history = remember(self.history, self._out, s, self.problem.memory)
         # Guesses beyond the window's end are stale: the next steps past it enter anew.
         self.high = self.start + w
         self.start += s
+        self.running = self.start < self.n
 
     def _enter(self, need: int, guess: Guess, state: Any) -> None:
         """Make room for states up to ``need`` and give the new ones starting guesses."""
-        if need - self.off >= len(self.xs):  # compact: move the live part to the front
+        if need - self.off >= self.length:  # compact: move the live part to the front
             keep = self.high - self.start + 1
             self.xs[:keep] = self.ops.copy(
                 self.xs[self.start - self.off : self.high - self.off + 1]
@@ -247,23 +251,13 @@ class PerSampleWindows:
             self.ys[0] = self.buf_t[0]
         self.alive = np.arange(self.batch)  # the samples still running
         self.shared = False  # one window per sample
+        self.running = True  # a sample is still running
+        self.active = self.batch  # samples evaluated per window step
         self._rows: Any = None
-
-    def running(self) -> bool:
-        """Whether a sample is still running."""
-        return bool(self.alive.size)
 
     def front(self) -> int:
         """The slowest sample's first step not final."""
         return int(self.start.min())
-
-    def active(self) -> int:
-        """Samples evaluated per window step."""
-        return int(self.alive.size)
-
-    def cost(self, lengths: np.ndarray) -> int:
-        """(step × sample) evaluations of windows of these lengths."""
-        return int(lengths.sum())
 
     def lengths(self, width: int, left: int | None) -> np.ndarray:
         """Each running sample's window: ``width`` capped by its steps and ``left``."""
@@ -305,6 +299,7 @@ class PerSampleWindows:
         change = np.where(valid, tol.measure(ops, new3, old3), 0.0)
         self._rows = (rows, valid, out, new)
         at = np.where(valid, steps, 0)
+        last = change[lengths - 1, np.arange(len(lengths))]  # a cumsum carries NaN/Inf there
         return Sweep(
             ops,
             alive,
@@ -317,12 +312,10 @@ class PerSampleWindows:
             change,
             at,
             tol,
+            bool(np.isfinite(last).all()),
+            int(lengths.sum()),
+            int(self.start.min()),
         )
-
-    def finite(self, sweep: Sweep) -> bool:
-        """Whether each window's last state is finite (a cumsum carries NaN/Inf there)."""
-        last = sweep.change[sweep.lengths - 1, np.arange(len(sweep.lengths))]
-        return bool(np.isfinite(last).all())
 
     def non_finite(self, sweep: Sweep, number: int, where: str | None) -> NonFiniteError:
         """The error for a sweep whose states are not finite."""
@@ -357,6 +350,7 @@ class PerSampleWindows:
         for s in alive[done]:
             self.final[s] = self.buf_t[self.n - self.off[s], s]
         self.alive = alive[~done]
+        self.running, self.active = bool(self.alive.size), int(self.alive.size)
 
     def _compact(self, lengths: np.ndarray) -> None:
         """Move each sample's live states to the front of its column when needed."""

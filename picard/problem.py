@@ -61,6 +61,7 @@ class Problem(ABC):
             :meth:`scale`.
         rows_per_evaluation: model rows behind one (step, sample) evaluation (2 with
             classifier-free guidance); reported in :class:`picard.Stats`.
+        sequential_only: the problem runs only by its own step-by-step :meth:`loop`.
 
     Example:
         >>> import torch, picard
@@ -79,6 +80,16 @@ class Problem(ABC):
     default_tol: float = 1e-5
     relative_tol: bool = False
     rows_per_evaluation: int = 1
+    sequential_only: bool = False
+
+    def loop(self, x0: Tensor) -> Tensor:
+        """The final state by the problem's own step-by-step loop (``sequential_only``).
+
+        A problem that cannot be evaluated out of order — a scheduler picard does not
+        reproduce, run by its own stateful ``step`` — sets ``sequential_only`` and
+        implements this; :func:`picard.solve` then calls it instead of sweeping.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no loop")
 
     def default_tolerance(self, relative: bool) -> float:
         """The tolerance a solve uses when given none, for the chosen test.

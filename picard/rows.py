@@ -131,9 +131,16 @@ class Evaluator:
         self.devices = list(devices) if devices else []
         self._replicas: dict[int, tuple[Any, list[Any]]] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self.plain = not distributed and not self.devices
 
     def __call__(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """Evaluate ``fn(*args, **kwargs)``: sharded, on devices, or in chunks."""
+        first = None
+        if self.plain:  # one device, nothing chunked yet: the common case, kept short
+            try:
+                return fn(*args, **kwargs)
+            except OutOfMemory:
+                self.plain, first = False, 2  # retry below in halves
         rows = _rows(args)
         if rows is None:
             return fn(*args, **kwargs)
@@ -141,7 +148,7 @@ class Evaluator:
             return self._ranks(fn, args, kwargs, rows)
         if self.devices:
             return self._on_devices(fn, args, kwargs, rows)
-        return self._chunked(fn, args, kwargs, rows)
+        return self._chunked(fn, args, kwargs, rows, None if first is None else (rows + 1) // 2)
 
     def close(self) -> None:
         """Stop the device threads."""
@@ -149,8 +156,10 @@ class Evaluator:
             self._pool.shutdown()
             self._pool = None
 
-    def _chunked(self, fn: Callable[..., Any], args: tuple, kwargs: dict, rows: int) -> Any:
-        size = min(self.chunk or rows, rows)
+    def _chunked(
+        self, fn: Callable[..., Any], args: tuple, kwargs: dict, rows: int, size: int | None = None
+    ) -> Any:
+        size = min(size or self.chunk or rows, rows)
         while True:
             try:
                 if size >= rows:
@@ -261,10 +270,10 @@ class Evaluator:
 
 
 def _rows(args: tuple) -> int | None:
-    first = next((a for a in args if isinstance(a, Tensor)), None)
-    if first is None or first.ndim == 0:
-        return None
-    return first.shape[0]
+    for a in args:
+        if isinstance(a, Tensor):
+            return a.shape[0] if a.ndim else None
+    return None
 
 
 def _slice(args: tuple, kwargs: dict, rows: int, lo: int, hi: int) -> tuple[tuple, dict]:

@@ -82,7 +82,8 @@ def solve(
         >>> sol.stats.iterations < 100
         True
     """
-    return solve_with(problem, x0, Options.of(**options), save=save, progress=progress)
+    options_ = Options.of(**options)
+    return solve_with(problem, check_state("x0", x0), options_, save=save, progress=progress)
 
 
 def solve_with(
@@ -92,11 +93,13 @@ def solve_with(
     *,
     save: bool | Sequence[int] = False,
     progress: Progress | None = None,
+    on_step: Callable[[int, Tensor], None] | None = None,
 ) -> Solution:
-    """:func:`solve` with its options already checked (:meth:`picard.Options.of`).
+    """:func:`solve` with its options and ``x0`` already checked.
 
     Front ends (:func:`picard.odeint`, :func:`picard.sdeint`, pipelines) check their
-    options when they are called, before any work, and solve through this.
+    options (:meth:`picard.Options.of`) and state when they are called, before any work,
+    and solve through this.
 
     Args:
         problem: the recursion.
@@ -104,9 +107,16 @@ def solve_with(
         options: the checked options.
         save: as for :func:`solve`.
         progress: as for :func:`solve`.
+        on_step: called as ``on_step(i, x_{i+1})`` for every step ``i`` in order, as its
+            result becomes final (one shared window, no ``verify``): what a sequential
+            loop's per-step callback would see, though later steps may already be under
+            way.
 
     Returns:
         The :class:`picard.Solution`.
+
+    Raises:
+        ValueError: ``on_step`` with ``per_sample`` or ``verify``.
 
     Example:
         >>> import torch, picard
@@ -118,10 +128,9 @@ def solve_with(
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a picard.Problem, got {type(problem).__name__}")
     n = check_int("problem.num_steps", problem.num_steps, minimum=1)
-    x0 = check_state("x0", x0)
+    if problem.sequential_only:
+        return _own_loop(problem, x0, save, on_step)
     window = min(n, options.window or n)
-    relative = bool(problem.relative_tol if options.relative is None else options.relative)
-    tol = problem.default_tolerance(relative) if options.tol is None else options.tol
     max_iters = options.max_iters or n
     saved = saved_steps(save, n)
     batch_ndim = check_int("problem.batch_ndim", problem.batch_ndim, minimum=0)
@@ -130,7 +139,10 @@ def solve_with(
     samples, size = per_sample_size(x0.shape, batch_ndim)
     if options.init is not None:
         _check_init(options.init, n, x0)
-    tolerance = Tolerance.of(problem, tol, relative, size)
+    if on_step is not None and (options.per_sample or options.verify is not False):
+        raise ValueError("a per-step callback does not combine with per_sample or verify")
+    tolerance = Tolerance.of(problem, options.tol, options.relative, size)
+    tol = tolerance.value
     evaluator = evaluator_for(options.distributed, options.devices, x0, (n, window, tol))
     drawn: list[Any] = []
 
@@ -149,8 +161,10 @@ def solve_with(
         columns = 1 if options.per_sample else samples
         rpe = problem.rows_per_evaluation
         control = controller_for(window, options.max_rows, columns, rpe, options.per_sample)
-        layout = PerSampleWindows if options.per_sample else SharedWindow
-        plan = layout(problem, x0, keep, control.cap)
+        if options.per_sample:
+            plan = PerSampleWindows(problem, x0, keep, control.cap)
+        else:
+            plan = SharedWindow(problem, x0, keep, control.cap, on_step=on_step)
         return sweep(problem, x0, plan, control, strategies, drawn[0], progress)
 
     # NaN/Inf are detected and reported by the loop itself, not by numpy warnings.
@@ -214,6 +228,24 @@ def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = Fal
         n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)), problem.rows_per_evaluation
     )
     return solution(x, None if saver is None else saver.ys_t, saved, stats, x0.dtype)
+
+
+def _own_loop(
+    problem: Problem, x0: Tensor, save: Any, on_step: Callable[[int, Tensor], None] | None
+) -> Solution:
+    """A ``sequential_only`` problem, by its own loop: exactly its sequential result."""
+    if save is not False or on_step is not None:
+        raise ValueError(
+            f"{type(problem).__name__} runs step by step: save and on_step are not kept"
+        )
+    n = problem.num_steps
+    samples, _ = per_sample_size(x0.shape, problem.batch_ndim)
+    with torch.no_grad():
+        final = problem.loop(x0)
+    stats = Stats(
+        n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)), problem.rows_per_evaluation
+    )
+    return Solution(final=final, ys=None, steps=None, stats=stats)
 
 
 def saved_steps(save: Any, n: int) -> Sequence[int] | None:

@@ -10,7 +10,6 @@ broadcasts against ``(w, columns)`` in both layouts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,12 +20,12 @@ from picard.tolerance import Tolerance
 __all__ = ["Sweep"]
 
 
-@dataclass
 class Sweep:
     """One sweep's inputs and results (see the module docstring).
 
     Arrays are numpy arrays on the CPU (views of the solve's tensors:
-    ``ops.tensor(a)`` gives a tensor sharing memory) and torch tensors elsewhere.
+    ``ops.tensor(a)`` gives a tensor sharing memory) and torch tensors elsewhere. They are
+    valid during the sweep only — the workspace moves on — so copy what you keep.
 
     Attributes:
         ops: the array operations for these arrays.
@@ -45,6 +44,9 @@ class Sweep:
             :meth:`picard.Tolerance.converged`).
         tolerance: the test, e.g. ``change * tolerance.inv_scale[steps]**2`` is the squared
             change in units of ``tol``.
+        finite: whether the new states are finite.
+        evaluations: the (step × sample) evaluations of the sweep.
+        front: the first step not final before the sweep (the slowest lane's start).
 
     Example:
         >>> import torch, picard
@@ -52,7 +54,7 @@ class Sweep:
         >>> class Spy(picard.Picard):  # an acceleration that only looks
         ...     def begin(self, columns):
         ...         run = super().begin(columns)
-        ...         run.update = lambda sweep, stride: seen.append(sweep.new.shape)
+        ...         run.update = lambda sweep, stride: seen.append(sweep.x.shape)
         ...         return run
         >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 6)
         >>> _ = picard.solve(rule, torch.ones(2), window=3, accelerate=Spy())
@@ -60,14 +62,51 @@ class Sweep:
         (3, 1, 2)
     """
 
-    ops: Arrays
-    lanes: np.ndarray
-    starts: np.ndarray
-    lengths: np.ndarray
-    x: Any
-    inc: Any
-    new: Any
-    old: Any
-    change: np.ndarray
-    steps: Any
-    tolerance: Tolerance
+    __slots__ = (
+        "_inc",
+        "_x",
+        "change",
+        "evaluations",
+        "finite",
+        "front",
+        "lanes",
+        "lengths",
+        "new",
+        "old",
+        "ops",
+        "starts",
+        "steps",
+        "tolerance",
+    )
+
+    def __init__(
+        self,
+        ops: Arrays,
+        lanes: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        x: Any,
+        inc: Any,
+        new: Any,
+        old: Any,
+        change: np.ndarray,
+        steps: Any,
+        tolerance: Tolerance,
+        finite: bool = True,
+        evaluations: int = 0,
+        front: int = 0,
+    ):
+        self.ops, self.lanes, self.starts, self.lengths = ops, lanes, starts, lengths
+        self._x, self._inc, self.new, self.old = x, inc, new, old
+        self.change, self.steps, self.tolerance = change, steps, tolerance
+        self.finite, self.evaluations, self.front = finite, evaluations, front
+
+    @property
+    def x(self) -> Any:
+        """The states the increments were evaluated at, ``(w, columns, size)``."""
+        return self._x.reshape(self.new.shape)
+
+    @property
+    def inc(self) -> Any:
+        """Their increments, ``(w, columns, size)``."""
+        return self._inc.reshape(self.new.shape)

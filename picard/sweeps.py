@@ -87,13 +87,13 @@ class Log:
         self.sequential = 0  # sweeps of one step each, after the sweeps stopped
         self.counters: dict[str, int] = {}
 
-    def add(self, plan: Plan, sweep_: Any, lengths: np.ndarray, finishing: bool) -> int:
+    def add(self, plan: Plan, sweep_: Any, finishing: bool) -> int:
         """Count one sweep; returns its number (1-based) among the parallel sweeps."""
-        self.evaluations += plan.cost(lengths)
+        self.evaluations += sweep_.evaluations
         if finishing:
             self.sequential += 1
             return len(self.starts)
-        self.starts.append(plan.front())
+        self.starts.append(sweep_.front)
         if plan.shared:
             self.changes.append(sweep_.change[:, 0])
         else:
@@ -200,7 +200,7 @@ def _loop(
     finishing: bool = False,
 ) -> str | None:
     """Sweep until every window reaches the last step; why it stopped early, or ``None``."""
-    run = s.acceleration.begin(plan.active())
+    run = s.acceleration.begin(plan.active)
     try:
         return _sweeps(problem, plan, controller, s, state, log, progress, finishing, run)
     finally:
@@ -219,24 +219,31 @@ def _sweeps(
     finishing: bool,
     run: Any,
 ) -> str | None:
-    n, budget, tolerance = problem.num_steps, s.budget, s.tolerance
+    n, budget, tolerance, guess = problem.num_steps, s.budget, s.tolerance, s.guess
+    # Bound once: the loop's own cost matters when the model is small.
+    lengths_of, evaluate, commit, width = plan.lengths, plan.sweep, plan.commit, controller.width
+    after = controller.after if controller.adapts else None
+    update, stride_of, converged = run.update, s.acceptance.stride, tolerance.converged
+    max_iters, metered = budget.max_iters, budget.max_evaluations is not None
     sweeps = 0
-    while plan.running():
-        left = budget.left(log.evaluations, plan.active())
-        lengths = plan.lengths(controller.width(plan.active()), left)
-        if budget.spent(sweeps, int(lengths.max())):
+    while plan.running:
+        left = budget.left(log.evaluations, plan.active) if metered else None
+        lengths = lengths_of(width(plan.active), left)
+        if sweeps == max_iters or (metered and budget.spent(sweeps, left, lengths)):
             return "budget"
-        this = plan.sweep(lengths, problem, state, s.guess, tolerance)
+        this = evaluate(lengths, problem, state, guess, tolerance)
         sweeps += 1
-        number = log.add(plan, this, lengths, finishing)
-        if not plan.finite(this):
+        number = log.add(plan, this, finishing)
+        if not this.finite:
             if budget.on_nonfinite == "sequential":
                 return "nonfinite"
             raise plan.non_finite(this, number, budget.where)
-        stride = s.acceptance.stride(tolerance.converged(this.change, this.steps), lengths)
-        run.update(this, stride)
-        plan.commit(this, stride)
-        controller.after(stride, int(lengths[0]))
+        stride = stride_of(converged(this.change, this.steps), lengths)
+        if update is not None:
+            update(this, stride)
+        commit(this, stride)
+        if after is not None:
+            after(stride, lengths)
         if progress is not None:
             progress(plan.front(), n)
     return None

@@ -64,18 +64,25 @@ class Tolerance:
         object.__setattr__(self, "threshold2", np.square(self.value * scale))
 
     @classmethod
-    def of(cls, problem: Problem, value: float, relative: bool, size: int) -> Tolerance:
+    def of(
+        cls, problem: Problem, value: float | None, relative: bool | None, size: int
+    ) -> Tolerance:
         """The test of ``problem`` at ``value`` for states of ``size`` elements per sample.
 
         Args:
-            problem: the recursion (its :meth:`~picard.Problem.scale` sets the absolute test).
-            value: ``tol`` (>= 0).
-            relative: measure changes relative to each state's RMS.
+            problem: the recursion: its :meth:`~picard.Problem.scale` sets the absolute
+                test, its :attr:`~picard.Problem.relative_tol` and
+                :meth:`~picard.Problem.default_tolerance` the defaults.
+            value: ``tol`` (>= 0), or ``None`` for the problem's default for the test.
+            relative: measure changes relative to each state's RMS; ``None``: the
+                problem's choice.
             size: elements per sample.
 
         Returns:
             The test.
         """
+        relative = bool(problem.relative_tol if relative is None else relative)
+        value = problem.default_tolerance(relative) if value is None else value
         n = problem.num_steps
         # On the norm, not the RMS; relative: the change's norm over the state's.
         scale = np.ones(n) if relative else _scales(problem.scale(), n) * math.sqrt(size)

@@ -27,12 +27,15 @@ class Controller(Protocol):
     cap: int
     """The longest window it will ask for (reported as :attr:`picard.Stats.window`)."""
 
+    adapts: bool
+    """Whether it learns from the sweeps (else :meth:`after` is not called)."""
+
     def width(self, columns: int) -> int:
         """Steps per window for this sweep, with ``columns`` samples still running."""
         ...
 
-    def after(self, stride: np.ndarray, used: int) -> None:
-        """Learn from a sweep that used windows of ``used`` steps and slid by ``stride``."""
+    def after(self, stride: np.ndarray, lengths: np.ndarray) -> None:
+        """Learn from a sweep whose windows had these ``lengths`` and slid by ``stride``."""
         ...
 
 
@@ -49,12 +52,13 @@ class FixedWindow:
     """
 
     cap: int
+    adapts = False
 
     def width(self, columns: int) -> int:
         """See :class:`Controller`."""
         return self.cap
 
-    def after(self, stride: np.ndarray, used: int) -> None:
+    def after(self, stride: np.ndarray, lengths: np.ndarray) -> None:
         """See :class:`Controller`."""
 
 
@@ -79,7 +83,7 @@ class RowBudget:
         >>> budget = RowBudget(64, window=100, columns=4, rows_per_evaluation=1, adapt=True)
         >>> budget.cap, budget.width(4)
         (16, 16)
-        >>> budget.after(np.array([3]), 16); budget.width(4)  # slid 3: half the budget
+        >>> budget.after(np.array([3]), np.array([16])); budget.width(4)  # slid 3: half the budget
         8
     """
 
@@ -94,6 +98,7 @@ class RowBudget:
         )
         self.cap = self._fit(columns)
         self.w = self.cap
+        self.adapts = adapt
 
     def _fit(self, columns: int) -> int:
         return max(1, min(self.window, self.max_rows // (columns * self.rpe)))
@@ -102,11 +107,11 @@ class RowBudget:
         """See :class:`Controller`."""
         return self.w if self.adapt else self._fit(columns)
 
-    def after(self, stride: np.ndarray, used: int) -> None:
+    def after(self, stride: np.ndarray, lengths: np.ndarray) -> None:
         """See :class:`Controller`."""
         if not self.adapt:
             return
-        s = int(stride[0])
+        s, used = int(stride[0]), int(lengths[0])
         self.w = (
             min(self.cap, 2 * used) if s == used else min(self.cap, max(self.cap // 2, 2 * s, 1))
         )

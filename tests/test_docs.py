@@ -16,7 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
-BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.S | re.M)
+BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", flags=re.S | re.M)
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -15,6 +15,7 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
+import picard
 from picard.adapters.diffusers import parallelize
 from picard.models.tiny import tiny_stable_diffusion, tiny_unet_pipeline
 
@@ -214,10 +215,8 @@ def test_unsupported_pipeline_scheduler_and_arguments(sd32):
     ):
         parallelize(pipe)("a cat", num_inference_steps=5, **SD_ARGS)
     fast = parallelize(sd32)
-    with pytest.raises(
-        TypeError, match="'callback_on_step_end' of StableDiffusionPipeline is not supported"
-    ):
-        fast("a cat", callback_on_step_end=print, **SD_ARGS)
+    with pytest.raises(TypeError, match="'timesteps' of StableDiffusionPipeline is not supported"):
+        fast("a cat", timesteps=[999, 500], **SD_ARGS)
     with pytest.raises(TypeError, match="'bogus' of StableDiffusionPipeline is unknown"):
         fast("a cat", bogus=1, **SD_ARGS)
     with pytest.raises(ValueError, match="generator is a list of 3 generators"):
@@ -277,3 +276,121 @@ def test_stable_diffusion_per_sample_windows(sd64):
     base = uncond(generator=gen(), **args).images
     per = parallelize(uncond, tol=0, window=4, per_sample=True)(generator=gen(), **args).images
     assert max_abs(per, base) < 1e-10
+
+
+def test_progress_bar_follows_the_pipelines_config():
+    """The sweeps move the pipeline's own tqdm bar, configured by set_progress_bar_config."""
+    import io
+
+    pipe = tiny_unet_pipeline("ddim")
+    out = io.StringIO()
+    pipe.set_progress_bar_config(file=out, disable=False)
+    fast = parallelize(pipe, window=4)
+    fast(num_inference_steps=8, generator=gen(), output_type="pt")
+    assert "8/8" in out.getvalue() and f"sweeps={fast.stats.iterations}" in out.getvalue()
+    pipe.set_progress_bar_config(disable=True)
+    quiet = io.StringIO()
+    pipe.set_progress_bar_config(file=quiet, disable=True)
+    fast(num_inference_steps=8, generator=gen(), output_type="pt")
+    assert quiet.getvalue() == ""
+
+
+def test_callback_on_step_end_sees_every_step_in_order(sd64):
+    """Each step's callback gets the state the sequential loop would have given it."""
+    seen, ref_seen = [], []
+
+    def record(into):
+        def callback(pipe, i, t, kwargs):
+            into.append((i, int(t), kwargs["latents"].clone()))
+            return kwargs
+
+        return callback
+
+    args = {"num_inference_steps": 12, **SD_ARGS}
+    sd64("a cat", generator=gen(), callback_on_step_end=record(ref_seen), **args)
+    parallelize(sd64, tol=0, window=5)(
+        "a cat", generator=gen(), callback_on_step_end=record(seen), **args
+    )
+    assert [(i, t) for i, t, _ in seen] == [(i, t) for i, t, _ in ref_seen]
+    pairs = zip(seen, ref_seen, strict=True)
+    assert max(max_abs(a, b) for (_, _, a), (_, _, b) in pairs) < 1e-10
+
+    def meddle(pipe, i, t, kwargs):
+        return {"latents": kwargs["latents"] * 0}
+
+    with pytest.raises(ValueError, match="changed the latents at step 0"):
+        parallelize(sd64)("a cat", generator=gen(), callback_on_step_end=meddle, **args)
+    with pytest.raises(TypeError, match="callback_on_step_end_tensor_inputs"):
+        parallelize(sd64)(
+            "a cat",
+            callback_on_step_end=record([]),
+            callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+            **args,
+        )
+
+
+def test_subclasses_run_as_their_parent_unless_they_change_it():
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    pipe = tiny_unet_pipeline("ddim").to(torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+
+    class Mine(DDIMPipeline):  # keeps __call__: runs as a DDIMPipeline
+        pass
+
+    mine = Mine(unet=pipe.unet, scheduler=pipe.scheduler)
+    mine.set_progress_bar_config(disable=True)
+    args = {"num_inference_steps": 10, "output_type": "pt"}
+    exact = pipe(generator=gen(), **args).images
+    out = parallelize(mine, tol=0)(generator=gen(), **args).images
+    assert max_abs(out, exact) < 1e-10
+
+    class Changed(DDIMPipeline):
+        def __call__(self, *args, **kwargs):
+            return super().__call__(*args, **kwargs)
+
+    with pytest.raises(TypeError, match="pipeline Changed is not supported"):
+        parallelize(Changed(unet=pipe.unet, scheduler=pipe.scheduler))
+
+    class Stepper(DDIMScheduler):  # changes the update: never treated as a DDIMScheduler
+        def step(self, *args, **kwargs):
+            return super().step(*args, **kwargs)
+
+    pipe.scheduler = Stepper.from_config(pipe.scheduler.config)
+    with pytest.raises(TypeError, match=r"Stepper is not supported \(it changes the DDIM"):
+        parallelize(pipe)  # at wrap time
+    with pytest.warns(picard.SequentialWarning, match="runs sequentially"):
+        fallback = parallelize(pipe, on_unsupported="sequential")
+    out = fallback(generator=gen(), **args).images
+    assert torch.equal(out, pipe(generator=gen(), **args).images) and fallback.stats is None
+
+
+def test_options_are_checked_when_wrapping(sd32):
+    for bad, error in [({"window": 0}, ValueError), ({"tol": -1}, ValueError),
+                       ({"max_iters": 1.5}, TypeError), ({"windw": 3}, TypeError),
+                       ({"on_unsupported": "skip"}, ValueError)]:  # fmt: skip
+        with pytest.raises(error, match=next(iter(bad)).replace("windw", "unexpected")):
+            parallelize(sd32, **bad)
+
+
+def test_scheduler_loop_for_unsupported_schedulers_is_exact():
+    """from_scheduler(on_unsupported="sequential") runs the scheduler's own loop."""
+    from diffusers import CMStochasticIterativeScheduler
+
+    from picard.adapters.diffusers import from_scheduler
+
+    sched = CMStochasticIterativeScheduler()
+
+    def den(x, t):
+        return 0.5 * x
+
+    with pytest.warns(picard.SequentialWarning):
+        problem = from_scheduler(sched, den, 4, generator=gen(), on_unsupported="sequential")
+    x_T = torch.randn(2, 1, 4, 4, generator=gen(1)) * sched.init_noise_sigma
+    sol = picard.solve(problem, x_T)
+    loop = CMStochasticIterativeScheduler()
+    loop.set_timesteps(4)
+    x, g = x_T, gen()
+    for t in loop.timesteps:
+        x = loop.step(den(loop.scale_model_input(x, t), t), t, x, generator=g).prev_sample
+    assert torch.equal(sol.final, x) and sol.stats.iterations == 4

@@ -9,6 +9,7 @@ when the solve starts, in the order the sequential sampler draws it.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -85,6 +86,44 @@ class UpdateRule(ABC):
     noise_dtype: torch.dtype | None = None
     signal_keys: tuple[str, str] | None = None
     prediction_type: str = "epsilon"
+
+    def tail(self, begin: int) -> UpdateRule:
+        """The rule of steps ``begin … N-1`` only, as a scheduler set to begin there runs them.
+
+        Used by img2img's ``strength`` and SDEdit. A rule without memory is its own steps,
+        sliced. A multistep rule restarts its warm-up at ``begin`` in diffusers
+        (``set_begin_index``), so slicing is not enough: such rules override this or raise
+        ``NotImplementedError``.
+
+        Args:
+            begin: the first step kept.
+
+        Returns:
+            The rule of the last ``N - begin`` steps.
+
+        Example:
+            >>> from diffusers import DDIMScheduler
+            >>> from picard.adapters.ddim import from_config
+            >>> rule = from_config(DDIMScheduler().config, 10)
+            >>> rule.tail(6).timesteps.tolist()
+            [300, 200, 100, 0]
+        """
+        if not 0 <= begin < self.num_steps:
+            raise ValueError(f"begin must be in [0, {self.num_steps}), got {begin}")
+        if begin == 0:
+            return self
+        if self.memory:
+            raise NotImplementedError(
+                f"{type(self).__name__} is a multistep rule: starting it at step {begin} "
+                "(e.g. img2img's strength < 1) is not supported"
+            )
+        tail = copy.copy(self)
+        tail.num_steps = self.num_steps - begin
+        tail.timesteps = self.timesteps[begin:]
+        tail.coefficients = {k: v[begin:] for k, v in self.coefficients.items()}
+        tail.noise_draws = self.noise_draws[begin:]
+        tail.tol_scale = self.tol_scale[begin:]
+        return tail
 
     def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """What the model receives for states ``x`` (identity unless the sampler scales)."""

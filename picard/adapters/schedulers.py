@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
+from picard.adapters.lookup import registered
 from picard.adapters.rule import DiffusionProblem, Generator, UpdateRule
+from picard.adapters.scheduler_loop import SchedulerLoop
+from picard.errors import SequentialWarning
 
 __all__ = ["SCHEDULERS", "Sampler", "from_scheduler", "rule_for", "sampler_for"]
 
@@ -27,8 +31,8 @@ class Sampler:
     """A supported diffusers scheduler.
 
     Attributes:
-        factory: ``"module:function"``, the rule's factory ``(config, num_inference_steps,
-            **step_options) -> UpdateRule``.
+        factory: the rule's factory ``(config, num_inference_steps, **step_options) ->
+            UpdateRule``, or ``"module:function"`` naming it (imported when first used).
         supports: what of its configuration picard reproduces (one line, for the docs).
         names: the command line's names for it, each with config overrides.
 
@@ -37,12 +41,14 @@ class Sampler:
         ('eta', 'use_clipped_model_output')
     """
 
-    factory: str
+    factory: str | Callable[..., UpdateRule]
     supports: str
     names: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def make(self) -> Callable[..., UpdateRule]:
         """The factory function."""
+        if callable(self.factory):
+            return self.factory
         module, name = self.factory.split(":")
         return getattr(importlib.import_module(module), name)
 
@@ -160,8 +166,15 @@ SCHEDULERS: dict[str, Sampler] = {
 """Scheduler class names picard reproduces, and how (see :class:`Sampler`)."""
 
 
+_STATEFUL = ("step", "set_timesteps", "scale_model_input")
+"""A scheduler subclass that overrides one of these is not its parent for picard."""
+
+
 def sampler_for(scheduler: Any) -> Sampler:
-    """The registry entry of ``scheduler``'s class.
+    """The registry entry of ``scheduler``'s class, or of the diffusers class it keeps.
+
+    A subclass that overrides ``step``, ``set_timesteps`` or ``scale_model_input`` is not
+    its parent: it is refused.
 
     Args:
         scheduler: a diffusers scheduler.
@@ -169,18 +182,27 @@ def sampler_for(scheduler: Any) -> Sampler:
     Returns:
         Its :class:`Sampler`.
 
+    Raises:
+        TypeError: the class is not supported (the message lists what is).
+
     Example:
         >>> from diffusers import DDIMScheduler
         >>> sampler_for(DDIMScheduler()).factory
         'picard.adapters.ddim:from_config'
-
-    Raises:
-        TypeError: the class is not supported (the message lists what is).
     """
-    name = type(scheduler).__name__
-    if name not in SCHEDULERS:
-        raise TypeError(f"scheduler {name} is not supported; supported: {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name]
+    cls = type(scheduler)
+    found = registered(cls, SCHEDULERS, _STATEFUL)
+    if found is None:
+        changed = ""
+        for base in cls.__mro__[1:]:
+            if base.__name__ in SCHEDULERS and base.__module__.startswith("diffusers."):
+                changed = f" (it changes the {base.__name__} picard reproduces)"
+                break
+        raise TypeError(
+            f"scheduler {cls.__name__} is not supported{changed}; supported: "
+            f"{', '.join(SCHEDULERS)}"
+        )
+    return found[1]
 
 
 def rule_for(scheduler: Any, num_inference_steps: int, **options: Any) -> UpdateRule:
@@ -220,8 +242,10 @@ def from_scheduler(
     generator: Generator = None,
     rows_per_evaluation: int = 1,
     scale_model_input: bool = True,
+    begin: int = 0,
+    on_unsupported: str = "raise",
     **options: Any,
-) -> DiffusionProblem:
+) -> DiffusionProblem | SchedulerLoop:
     """The sampler that ``scheduler`` configures, as a problem for :func:`picard.solve`.
 
     ``picard.solve(problem, x_T).final`` is the sample the sequential loop
@@ -246,11 +270,19 @@ def from_scheduler(
             guidance inside ``denoiser``; reported by ``stats.model_rows``.
         scale_model_input: scale the model input as the scheduler's
             ``scale_model_input`` does (the Euler family), as pipelines that call it do.
+        begin: start at this step of the grid (a scheduler with ``set_begin_index``, as
+            img2img's ``strength`` does): ``x_T`` is then the state at that step.
+        on_unsupported: ``"raise"`` (default): a scheduler picard does not reproduce
+            raises ``TypeError`` naming the supported ones. ``"sequential"``: it runs by
+            its own ``step``, one step at a time — exactly the sequential result — after
+            one :class:`picard.SequentialWarning`
+            (:class:`~picard.adapters.scheduler_loop.SchedulerLoop`).
         **options: the sampler's step options (``eta``, ``use_clipped_model_output``
             for DDIM; ``sigmas``, ``mu`` for flow matching; :meth:`Sampler.step_options`).
 
     Returns:
-        A :class:`~picard.adapters.rule.DiffusionProblem`.
+        A :class:`~picard.adapters.rule.DiffusionProblem` (or, for an unsupported
+        scheduler with ``on_unsupported="sequential"``, a ``SchedulerLoop``).
 
     Example:
         >>> import torch, picard
@@ -260,5 +292,16 @@ def from_scheduler(
         >>> sol.final.shape, sol.stats.iterations <= 20
         (torch.Size([2, 3, 4, 4]), True)
     """
-    rule = rule_for(scheduler, num_inference_steps, **options)
+    if on_unsupported not in ("raise", "sequential"):
+        raise ValueError(f"on_unsupported must be 'raise' or 'sequential', got {on_unsupported!r}")
+    try:
+        rule = rule_for(scheduler, num_inference_steps, **options).tail(begin)
+    except TypeError as err:
+        if on_unsupported == "raise" or not str(err).startswith("scheduler "):
+            raise
+        warnings.warn(f"{err}: it runs step by step", SequentialWarning, stacklevel=2)
+        return SchedulerLoop(
+            scheduler, denoiser, num_inference_steps, generator, rows_per_evaluation,
+            scale_model_input, begin, **options,
+        )  # fmt: skip
     return DiffusionProblem(rule, denoiser, generator, rows_per_evaluation, scale_model_input)

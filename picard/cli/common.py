@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from picard.progress import follow
+
 __all__ = ["CLIError", "Parser", "positive", "progress_bar", "tolerance", "writable_dir"]
 
 
@@ -128,11 +130,11 @@ def writable_dir(path: Path) -> Path:
 
 
 def progress_bar(label: str, total: int, **tqdm_options: Any) -> Any:
-    """A tqdm bar of a solve's steps, usable as ``picard.solve``'s ``progress=`` callback.
+    """A tqdm bar of a solve's steps that is also its ``progress=`` callback.
 
-    Calling it as ``bar(done, total)`` moves the bar to ``done`` steps and counts a sweep;
-    close it with ``bar.close()``. Hidden when stderr is not a terminal (tqdm's
-    ``disable=None``) unless ``disable=False`` is passed.
+    Calling it as ``bar(done, total)`` moves the bar to ``done`` steps and counts a sweep
+    (:func:`picard.progress.follow`); close it with ``bar.close()``. Hidden when stderr is
+    not a terminal (tqdm's ``disable=None``) unless ``disable=False`` is passed.
 
     Args:
         label: the bar's description.
@@ -140,7 +142,7 @@ def progress_bar(label: str, total: int, **tqdm_options: Any) -> Any:
         **tqdm_options: further options of :class:`tqdm.tqdm`.
 
     Returns:
-        The callback (a tqdm bar with a ``__call__``).
+        The bar, callable.
 
     Example:
         >>> import io
@@ -153,12 +155,9 @@ def progress_bar(label: str, total: int, **tqdm_options: Any) -> Any:
     from tqdm.auto import tqdm
 
     class _Bar(tqdm):
-        sweeps = 0
-
         def __call__(self, done: int, total: int) -> None:
-            self.sweeps += 1
-            self.set_postfix(sweeps=self.sweeps, refresh=False)
-            self.update(done - self.n)
+            self._follow(done, total)
 
-    options = {"disable": None, "unit": "step", **tqdm_options}
-    return _Bar(total=total, desc=label, **options)
+    bar = _Bar(total=total, desc=label, **{"disable": None, "unit": "step", **tqdm_options})
+    bar._follow = follow(bar)
+    return bar

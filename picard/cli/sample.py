@@ -232,7 +232,7 @@ def _write(samples: torch.Tensor, path: Path, data: torch.Tensor | None) -> None
 def _pipeline(args: argparse.Namespace) -> int:
     from diffusers import DiffusionPipeline
 
-    from picard.adapters.diffusers import parallelize
+    from picard.adapters.diffusers import PIPELINES, parallelize
 
     if not args.pipeline.is_dir():
         raise CLIError(f"--pipeline {args.pipeline} is not a folder")
@@ -248,8 +248,10 @@ def _pipeline(args: argparse.Namespace) -> int:
         else parallelize(pipe, window=args.window, tol=args.tol, verify=args.verify)
     )
     kind = type(pipe).__name__
+    if kind not in PIPELINES:
+        raise CLIError(f"pipeline {kind} is not supported; supported: {', '.join(PIPELINES)}")
     t0 = time.perf_counter()
-    if kind == "StableDiffusionPipeline":
+    if PIPELINES[kind].inputs == "text":
         out = runner(
             args.prompt,
             num_inference_steps=steps,
@@ -257,14 +259,9 @@ def _pipeline(args: argparse.Namespace) -> int:
             generator=gen,
             output_type="pt",
         )
-    elif kind in ("DDPMPipeline", "DDIMPipeline"):
+    else:
         out = runner(
             batch_size=args.count, num_inference_steps=steps, generator=gen, output_type="pt"
-        )
-    else:
-        raise CLIError(
-            f"pipeline {kind} is not supported; supported: DDPMPipeline, "
-            "DDIMPipeline, StableDiffusionPipeline"
         )
     images = torch.as_tensor(out.images)
     stats = (
