@@ -236,7 +236,7 @@ class _SecantRun:
 
     def _check(self, sweep: Sweep, stride: np.ndarray) -> None:
         """Safeguard: plain Picard next for lanes whose worst change on shared steps grew."""
-        scaled = sweep.change * np.square(sweep.tolerance.inv_scale[sweep.steps])
+        scaled = sweep.tolerance.in_units(sweep.change, sweep.steps)
         last = self.last
         self.last = (sweep.lanes.copy(), sweep.starts.copy(), sweep.lengths.copy(), scaled)
         if last is None:

@@ -56,8 +56,8 @@ class FirstUnconverged:
     def stride(self, ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """See :class:`Acceptance`."""
         if ok.shape[1] == 1:  # one shared window: the fast path of the sweep loop
-            first = int(ok[:, 0].argmin())
-            return np.array([lengths[0] if ok[first, 0] else first + 1])
+            first = int(ok.argmin())
+            return np.array((lengths.item(0) if ok.item(first) else first + 1,))
         bad = ~ok
         return np.where(bad.any(0), bad.argmax(0) + 1, lengths)
 

@@ -112,7 +112,7 @@ class Options:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The option names, in the order of the fields."""
-        return tuple(f.name for f in fields(cls))
+        return tuple(_DEFAULTS)
 
     @classmethod
     def of(cls, **options: Any) -> Options:
@@ -138,13 +138,13 @@ class Options:
                 ...
             ValueError: tol must be a finite number >= 0, got -1.0
         """
-        unknown = sorted(set(options) - set(cls.names()))
-        if unknown:
+        if not options.keys() <= _DEFAULTS.keys():
+            unknown = sorted(set(options) - set(_DEFAULTS))
             raise TypeError(
                 f"unexpected keyword argument {unknown[0]!r}; the options are "
-                + ", ".join(sorted(cls.names()))
+                + ", ".join(sorted(_DEFAULTS))
             )
-        v = {**{f.name: f.default for f in fields(cls)}, **options}
+        v = {**_DEFAULTS, **options}
         for name in ("window", "max_iters", "max_rows", "max_evaluations"):
             v[name] = check_optional_int(name, v[name], minimum=1, default=None)
         if v["tol"] is not None:
@@ -164,6 +164,9 @@ class Options:
             raise TypeError(f"init must be a Tensor of states, got {type(v['init']).__name__}")
         v["verify"] = _check_verify(v["verify"])
         return cls(**v)
+
+
+_DEFAULTS = {f.name: f.default for f in fields(Options)}
 
 
 def _check_bool(name: str, value: Any) -> None:

@@ -80,8 +80,7 @@ class SharedWindow:
         self.running = True  # steps remain
         self.active = self.columns  # samples evaluated per window step
         self.length = length
-        self._starts = np.zeros(1, dtype=np.int64)  # rewritten every sweep: no allocation
-        self._lengths = np.zeros(1, dtype=np.int64)
+        self._lengths = np.zeros(1, dtype=np.int64)  # rewritten when the window changes
         self._w = 0  # the window of the current sweep
         self._new: Any = None
         self._out: Any = None
@@ -93,8 +92,10 @@ class SharedWindow:
     def lengths(self, width: int, left: int | None) -> np.ndarray:
         """The window of the next sweep: ``width`` capped by the steps and ``left``."""
         w = min(width, self.n - self.start)
-        self._w = w if left is None else min(w, left)
-        self._lengths[0] = self._w
+        w = w if left is None else min(w, left)
+        if w != self._w:
+            self._w = w
+            self._lengths = np.array([w])  # a new array: a sweep's may still be referenced
         return self._lengths
 
     def sweep(
@@ -121,12 +122,11 @@ class SharedWindow:
         new3, old3 = new.reshape(shape), self.xs[lo + 1 : lo + w + 1].reshape(shape)
         change = tol.measure(ops, new3, old3)
         worst = change if self.columns == 1 else change.max(axis=1, keepdims=True)
-        steps = (slice(start, start + w), None)
-        self._starts[0] = start
+        steps = slice(start, start + w)
         return Sweep(
             ops,
             self.lanes,
-            self._starts,
+            None,  # [start], made when an acceleration asks
             lengths,
             self.xs[lo : lo + w],
             inc_a,
@@ -135,7 +135,7 @@ class SharedWindow:
             worst,
             steps,
             tol,
-            math.isfinite(worst[-1, 0]),  # a cumsum carries NaN/Inf to the last state
+            math.isfinite(worst.item(w - 1)),  # a cumsum carries NaN/Inf to the last state
             w * self.columns,
             start,
         )

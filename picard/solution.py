@@ -62,7 +62,7 @@ class Stats:
     sequential_steps: int = 0
     error_estimate: float | None = None
     verifications: int = 0
-    # Per sweep, the worst sample's squared measure of each state's change ((w,) for one
+    # Per sweep, the worst sample's squared measure of each state's change ((w, 1) for one
     # shared window, (w, lanes) for per-sample windows, whose starts are in lane_starts),
     # and the reciprocal per-step norm scale: residuals are computed when first asked.
     changes: Sequence[np.ndarray] = field(default=(), repr=False, compare=False)
@@ -108,7 +108,7 @@ class Stats:
         sizes = np.array([len(c) for c in self.changes])
         begins = np.cumsum(sizes) - sizes
         steps = np.arange(sizes.sum()) + np.repeat(np.array(self.window_starts) - begins, sizes)
-        ratio = np.sqrt(np.concatenate(self.changes)) * self.inv_scale[steps]
+        ratio = np.sqrt(np.concatenate(self.changes).reshape(-1)) * self.inv_scale[steps]
         return tuple(np.maximum.reduceat(ratio, begins).tolist())
 
 

@@ -40,10 +40,10 @@ class Sweep:
         old: ``(w, columns, size)`` the previous values of those next states.
         change: ``(w, lanes)`` the tolerance's squared measure of ``new - old`` (worst
             sample of a lane), on the host.
-        steps: an index of per-step arrays of length N matching ``change`` (see
-            :meth:`picard.Tolerance.converged`).
-        tolerance: the test, e.g. ``change * tolerance.inv_scale[steps]**2`` is the squared
-            change in units of ``tol``.
+        steps: the steps of ``change``'s rows: a slice (one shared window) or a
+            ``(w, lanes)`` array of step indices (per-sample windows).
+        tolerance: the test; ``tolerance.in_units(change, steps)`` is the squared change in
+            units of ``tol``.
         finite: whether the new states are finite.
         evaluations: the (step × sample) evaluations of the sweep.
         front: the first step not final before the sweep (the slowest lane's start).
@@ -69,12 +69,12 @@ class Sweep:
         "evaluations",
         "finite",
         "front",
+        "_starts",
         "lanes",
         "lengths",
         "new",
         "old",
         "ops",
-        "starts",
         "steps",
         "tolerance",
     )
@@ -83,7 +83,7 @@ class Sweep:
         self,
         ops: Arrays,
         lanes: np.ndarray,
-        starts: np.ndarray,
+        starts: np.ndarray | None,
         lengths: np.ndarray,
         x: Any,
         inc: Any,
@@ -96,10 +96,17 @@ class Sweep:
         evaluations: int = 0,
         front: int = 0,
     ):
-        self.ops, self.lanes, self.starts, self.lengths = ops, lanes, starts, lengths
+        self.ops, self.lanes, self._starts, self.lengths = ops, lanes, starts, lengths
         self._x, self._inc, self.new, self.old = x, inc, new, old
         self.change, self.steps, self.tolerance = change, steps, tolerance
         self.finite, self.evaluations, self.front = finite, evaluations, front
+
+    @property
+    def starts(self) -> np.ndarray:
+        """``(lanes,)`` each lane's first step (one shared window: ``[front]``)."""
+        if self._starts is None:
+            self._starts = np.array([self.front])
+        return self._starts
 
     @property
     def x(self) -> Any:

@@ -95,11 +95,11 @@ class Log:
             return len(self.starts)
         self.starts.append(sweep_.front)
         if plan.shared:
-            self.changes.append(sweep_.change[:, 0])
+            self.changes.append(sweep_.change)  # (w, 1)
         else:
             self.changes.append(sweep_.change)
             self.lane_starts = [] if self.lane_starts is None else self.lane_starts
-            self.lane_starts.append(sweep_.starts.copy())
+            self.lane_starts.append(sweep_.starts)
         return len(self.starts)
 
     def stats(self, problem: Problem, window: int, tolerance: Tolerance) -> Stats:

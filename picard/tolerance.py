@@ -56,12 +56,14 @@ class Tolerance:
     scale: np.ndarray
     inv_scale: np.ndarray = field(init=False, repr=False)
     threshold2: np.ndarray = field(init=False, repr=False)
+    _column: np.ndarray = field(init=False, repr=False)  # threshold2[:, None], for slices
 
     def __post_init__(self) -> None:
         scale = self.scale
         inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
         object.__setattr__(self, "inv_scale", inv)
         object.__setattr__(self, "threshold2", np.square(self.value * scale))
+        object.__setattr__(self, "_column", self.threshold2[:, None])
 
     @classmethod
     def of(
@@ -90,7 +92,7 @@ class Tolerance:
 
     def at(self, value: float) -> Tolerance:
         """The same test at another tolerance (verification solves)."""
-        return Tolerance(value, self.relative, self.scale)
+        return self if value == self.value else Tolerance(value, self.relative, self.scale)
 
     def measure(self, ops: Arrays, new: Any, old: Any) -> np.ndarray:
         """The squared change of each state of a window, per column, on the host.
@@ -111,10 +113,17 @@ class Tolerance:
     def converged(self, change: np.ndarray, steps: Any) -> np.ndarray:
         """Which entries of ``change`` (host, ``(w, lanes)``) meet the test at ``steps``.
 
-        ``steps`` indexes :attr:`threshold2` like ``change`` (a slice with a new axis for
-        one shared window, or a ``(w, lanes)`` array of step indices).
+        ``steps`` indexes :attr:`threshold2` like ``change``: a slice of steps for one
+        shared window (``change`` is ``(w, 1)``), or a ``(w, lanes)`` array of step indices.
         """
+        if type(steps) is slice:
+            return change <= self._column[steps]
         return change <= self.threshold2[steps]
+
+    def in_units(self, change: np.ndarray, steps: Any) -> np.ndarray:
+        """``change`` (as :meth:`converged` takes it) in units of ``tol``, squared."""
+        inv = self.inv_scale[steps]
+        return change * np.square(inv[:, None] if type(steps) is slice else inv)
 
 
 def _scales(scale: Any, n: int) -> np.ndarray:

@@ -195,3 +195,34 @@ def test_a_failed_run_leaves_no_file(tmp_path, capsys):
     code, _, err = run(["sample", "--model", "moons", "--steps", "5000", "--out", str(out)], capsys)
     assert code == 2 and "num_inference_steps" in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("build", "extra"),
+    [
+        ("picard.models.tiny_sd_variants:tiny_sd_img2img", ["--image", "IMAGE"]),
+        ("picard.models.tiny_sd_variants:tiny_sd_inpaint", ["--image", "IMAGE", "--mask", "MASK"]),
+        ("picard.models.tiny_pixart_dit:tiny_dit", ["--class-label", "3"]),
+    ],
+    ids=["img2img", "inpaint", "dit"],
+)
+def test_sample_pipeline_folders_of_every_input_kind(tmp_path, capsys, build, extra):
+    """--pipeline takes any registered pipeline: the inputs follow its registry entry."""
+    import importlib
+
+    from PIL import Image
+
+    module, name = build.split(":")
+    pipe = getattr(importlib.import_module(module), name)()
+    pipe.save_pretrained(tmp_path / "pipe")
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "image.png")
+    Image.new("L", (16, 16), 255).save(tmp_path / "mask.png")
+    files = {"IMAGE": str(tmp_path / "image.png"), "MASK": str(tmp_path / "mask.png")}
+    args = ["sample", "--pipeline", str(tmp_path / "pipe"), "--steps", "6", "--count", "2"]
+    args += [files.get(a, a) for a in extra] + ["--out", str(tmp_path / "img.pt")]
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    assert f"{type(pipe).__name__}: " in out and "sweeps for " in out  # img2img: strength 0.8
+    if "--image" in extra:  # the inputs are required, named
+        code, _, err = run([a for a in args if a not in extra and a not in files.values()], capsys)
+        assert code == 2 and "needs --image" in err

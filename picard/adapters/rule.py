@@ -87,6 +87,36 @@ class UpdateRule(ABC):
     signal_keys: tuple[str, str] | None = None
     prediction_type: str = "epsilon"
 
+    def head(self, end: int) -> UpdateRule:
+        """The rule of steps ``0 … end-1`` only (SDXL's ``denoising_end``).
+
+        Exact for every rule, multistep ones included: their warm-up is at the start, and
+        their later choices read the whole grid, computed already.
+
+        Args:
+            end: the number of steps kept.
+
+        Returns:
+            The rule of the first ``end`` steps.
+
+        Example:
+            >>> from diffusers import DDIMScheduler
+            >>> from picard.adapters.ddim import from_config
+            >>> from_config(DDIMScheduler().config, 10).head(3).timesteps.tolist()
+            [900, 800, 700]
+        """
+        if not 1 <= end <= self.num_steps:
+            raise ValueError(f"end must be in [1, {self.num_steps}], got {end}")
+        if end == self.num_steps:
+            return self
+        head = copy.copy(self)
+        head.num_steps = end
+        head.timesteps = self.timesteps[:end]
+        head.coefficients = {k: v[:end] for k, v in self.coefficients.items()}
+        head.noise_draws = self.noise_draws[:end]
+        head.tol_scale = self.tol_scale[:end]
+        return head
+
     def tail(self, begin: int) -> UpdateRule:
         """The rule of steps ``begin … N-1`` only, as a scheduler set to begin there runs them.
 
@@ -229,6 +259,26 @@ class DiffusionProblem(Problem):
         self.rows_per_evaluation = rows_per_evaluation
         self.scale_model_input = scale_model_input
         self._takes_samples = _takes_samples(denoiser)
+
+    def with_rule(self, rule: UpdateRule) -> DiffusionProblem:
+        """The same problem (denoiser, generator, rows, scaling) with another rule.
+
+        Args:
+            rule: the rule, e.g. a wrapper of this problem's.
+
+        Returns:
+            The new problem.
+
+        Example:
+            >>> from diffusers import DDIMScheduler
+            >>> from picard.adapters.diffusers import from_scheduler
+            >>> problem = from_scheduler(DDIMScheduler(), lambda x, t: 0.1 * x, 10)
+            >>> problem.with_rule(problem.rule.head(4)).num_steps
+            4
+        """
+        return DiffusionProblem(
+            rule, self.denoiser, self.generator, self.rows_per_evaluation, self.scale_model_input
+        )
 
     def scale(self) -> np.ndarray:
         """The rule's per-step noise std: with ``relative=False``, ``tol`` is relative to it."""

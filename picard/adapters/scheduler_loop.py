@@ -35,6 +35,7 @@ class SchedulerLoop(Problem):
         rows_per_evaluation: model rows per (step, sample), for the stats.
         scale_model_input: call the scheduler's ``scale_model_input`` before the model.
         begin: the first step run (``set_begin_index``, as img2img sets it).
+        end: the step after the last one run (``None``: the grid's end).
         **step_options: keyword arguments of ``step`` (e.g. ``eta``).
 
     Example:
@@ -60,14 +61,15 @@ class SchedulerLoop(Problem):
         rows_per_evaluation: int = 1,
         scale_model_input: bool = True,
         begin: int = 0,
+        end: int | None = None,
         **step_options: Any,
     ):
         self.scheduler = copy.deepcopy(scheduler)
         self.scheduler.set_timesteps(num_inference_steps)
         if begin and hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(begin)
-        self.begin = begin
-        self.num_steps = len(self.scheduler.timesteps) - begin
+        self.begin, self.end = begin, len(self.scheduler.timesteps) if end is None else end
+        self.num_steps = self.end - begin
         self.denoiser, self.generator = denoiser, generator
         self.rows_per_evaluation, self.scale_model_input = rows_per_evaluation, scale_model_input
         self.step_options = step_options
@@ -85,7 +87,7 @@ class SchedulerLoop(Problem):
         s = copy.deepcopy(self.scheduler)
         x = x0
         scale = getattr(s, "scale_model_input", None) if self.scale_model_input else None
-        for t in s.timesteps[self.begin :]:
+        for t in s.timesteps[self.begin : self.end]:
             rows = x if scale is None else scale(x, t)
             ts = t.reshape(1).expand(x.shape[0]).to(x.device)
             if self._samples:

@@ -243,6 +243,7 @@ def from_scheduler(
     rows_per_evaluation: int = 1,
     scale_model_input: bool = True,
     begin: int = 0,
+    end: int | None = None,
     on_unsupported: str = "raise",
     **options: Any,
 ) -> DiffusionProblem | SchedulerLoop:
@@ -272,6 +273,7 @@ def from_scheduler(
             ``scale_model_input`` does (the Euler family), as pipelines that call it do.
         begin: start at this step of the grid (a scheduler with ``set_begin_index``, as
             img2img's ``strength`` does): ``x_T`` is then the state at that step.
+        end: stop before this step (SDXL's ``denoising_end``); ``None``: the grid's end.
         on_unsupported: ``"raise"`` (default): a scheduler picard does not reproduce
             raises ``TypeError`` naming the supported ones. ``"sequential"``: it runs by
             its own ``step``, one step at a time — exactly the sequential result — after
@@ -295,13 +297,14 @@ def from_scheduler(
     if on_unsupported not in ("raise", "sequential"):
         raise ValueError(f"on_unsupported must be 'raise' or 'sequential', got {on_unsupported!r}")
     try:
-        rule = rule_for(scheduler, num_inference_steps, **options).tail(begin)
+        rule = rule_for(scheduler, num_inference_steps, **options)
+        rule = rule.head(rule.num_steps if end is None else end).tail(begin)
     except TypeError as err:
         if on_unsupported == "raise" or not str(err).startswith("scheduler "):
             raise
         warnings.warn(f"{err}: it runs step by step", SequentialWarning, stacklevel=2)
         return SchedulerLoop(
             scheduler, denoiser, num_inference_steps, generator, rows_per_evaluation,
-            scale_model_input, begin, **options,
+            scale_model_input, begin, end, **options,
         )  # fmt: skip
     return DiffusionProblem(rule, denoiser, generator, rows_per_evaluation, scale_model_input)

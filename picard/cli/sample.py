@@ -90,6 +90,14 @@ def add_arguments(
         "--prompt", default="a photo of a cat", help="prompt, for text-to-image pipelines"
     )
     p.add_argument(
+        "--image", type=Path, default=None,
+        help="input image (PNG), for img2img, inpainting and ControlNet pipelines",
+    )  # fmt: skip
+    p.add_argument("--mask", type=Path, default=None, help="mask image, for inpainting")
+    p.add_argument(
+        "--class-label", type=int, default=0, help="class id, for class-conditional pipelines"
+    )
+    p.add_argument(
         "--verify",
         action="store_true",
         help="estimate the sample's error (a warm-started re-solve at tol/100) and refine "
@@ -233,6 +241,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     from diffusers import DiffusionPipeline
 
     from picard.adapters.diffusers import PIPELINES, parallelize
+    from picard.adapters.pipelines import runner_for
 
     if not args.pipeline.is_dir():
         raise CLIError(f"--pipeline {args.pipeline} is not a folder")
@@ -240,6 +249,11 @@ def _pipeline(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     if args.scheduler:
         pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler)
+    kind = type(pipe).__name__
+    found = runner_for(pipe)
+    if found is None:
+        raise CLIError(f"pipeline {kind} is not supported; supported: {', '.join(PIPELINES)}")
+    inputs = _inputs(args, kind, found[1].inputs)
     steps = args.steps or 50
     gen = torch.Generator().manual_seed(args.seed)
     runner = (
@@ -247,22 +261,8 @@ def _pipeline(args: argparse.Namespace) -> int:
         if args.sequential
         else parallelize(pipe, window=args.window, tol=args.tol, verify=args.verify)
     )
-    kind = type(pipe).__name__
-    if kind not in PIPELINES:
-        raise CLIError(f"pipeline {kind} is not supported; supported: {', '.join(PIPELINES)}")
     t0 = time.perf_counter()
-    if PIPELINES[kind].inputs == "text":
-        out = runner(
-            args.prompt,
-            num_inference_steps=steps,
-            num_images_per_prompt=args.count,
-            generator=gen,
-            output_type="pt",
-        )
-    else:
-        out = runner(
-            batch_size=args.count, num_inference_steps=steps, generator=gen, output_type="pt"
-        )
+    out = runner(**inputs, num_inference_steps=steps, generator=gen, output_type="pt")
     images = torch.as_tensor(out.images)
     stats = (
         ""
@@ -279,3 +279,27 @@ def _pipeline(args: argparse.Namespace) -> int:
         _write(images, args.out, None)
     print(f"wrote {args.out}")
     return 0
+
+
+def _inputs(args: argparse.Namespace, kind: str, inputs: str) -> dict[str, Any]:
+    """The pipeline call's inputs from the command line, by what the pipeline takes."""
+    if inputs == "none":
+        return {"batch_size": args.count}
+    if inputs == "class":
+        return {"class_labels": [args.class_label] * args.count}
+    call: dict[str, Any] = {"prompt": args.prompt, "num_images_per_prompt": args.count}
+    for part, name, path in (("image", "image", args.image), ("mask", "mask_image", args.mask)):
+        if part in inputs:
+            if path is None:
+                raise CLIError(f"{kind} needs --{part} (a PNG file)")
+            call[name] = _load_image(path, part)
+    return call
+
+
+def _load_image(path: Path, what: str) -> Any:
+    from PIL import Image
+
+    try:
+        return Image.open(path).convert("L" if what == "mask" else "RGB")
+    except OSError as err:
+        raise CLIError(f"--{what} {path}: {err}") from None

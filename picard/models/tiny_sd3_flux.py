@@ -18,7 +18,7 @@ from torch import Tensor
 
 from picard.models.tiny import byte_level_clip_tokenizer
 
-__all__ = ["t5_embeddings", "tiny_flux", "tiny_sd3"]
+__all__ = ["sd3_embeddings", "t5_embeddings", "tiny_flux", "tiny_sd3"]
 
 _HIDDEN = 32
 
@@ -42,13 +42,11 @@ def _clip(tokenizer: Any, with_projection: bool) -> Any:
     return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
 
-def _t5() -> Any:
-    """A 2-layer T5 encoder of width 32 over 300 token ids (bytes and a few more)."""
+def _t5(width: int) -> Any:
+    """A 2-layer T5 encoder of ``width`` over 300 token ids (bytes and a few more)."""
     from transformers import T5Config, T5EncoderModel
 
-    config = T5Config(
-        vocab_size=300, d_model=_HIDDEN, d_ff=64, d_kv=8, num_layers=2, num_heads=4
-    )
+    config = T5Config(vocab_size=300, d_model=width, d_ff=64, d_kv=8, num_layers=2, num_heads=4)
     return T5EncoderModel(config)
 
 
@@ -95,9 +93,9 @@ def tiny_sd3(seed: int = 0, t5: bool = False, dynamic: bool = False) -> Any:
 
     Args:
         seed: the weights' seed.
-        t5: include a T5 encoder (then prompts must come as ``prompt_embeds``: no T5
-            tokenizer is built); without it the pipeline zero-pads T5's part, as it does
-            with ``text_encoder_3=None``.
+        t5: include a T5 encoder (then prompts must come as ``prompt_embeds``, e.g. from
+            :func:`sd3_embeddings`: no T5 tokenizer is built); without it the pipeline
+            zero-pads T5's part, as it does with ``text_encoder_3=None``.
         dynamic: the scheduler's ``use_dynamic_shifting`` (the pipeline then computes
             ``mu`` from the image size).
 
@@ -119,7 +117,7 @@ def tiny_sd3(seed: int = 0, t5: bool = False, dynamic: bool = False) -> Any:
         num_layers=2,
         attention_head_dim=8,
         num_attention_heads=2,
-        joint_attention_dim=_HIDDEN,
+        joint_attention_dim=2 * _HIDDEN,  # both CLIPs side by side, T5's width
         caption_projection_dim=16,
         pooled_projection_dim=2 * _HIDDEN,
         out_channels=4,
@@ -127,7 +125,7 @@ def tiny_sd3(seed: int = 0, t5: bool = False, dynamic: bool = False) -> Any:
     )
     tokenizer, tokenizer_2 = byte_level_clip_tokenizer(), byte_level_clip_tokenizer()
     encoder, encoder_2 = _clip(tokenizer, True), _clip(tokenizer_2, True)
-    encoder_3 = _t5() if t5 else None
+    encoder_3 = _t5(2 * _HIDDEN) if t5 else None
     vae = _vae(4)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
@@ -144,7 +142,7 @@ def tiny_sd3(seed: int = 0, t5: bool = False, dynamic: bool = False) -> Any:
 
 
 def tiny_flux(seed: int = 0, guidance_embeds: bool = True) -> Any:
-    """A ``FluxPipeline`` of tiny random parts (16x4x4 packed into 16 tokens at 16 px).
+    """A ``FluxPipeline`` of tiny random parts (4x8x8 latents, 16 tokens of 16, at 16 px).
 
     No T5 tokenizer is built: call it with ``prompt_embeds`` and ``pooled_prompt_embeds``
     (:func:`t5_embeddings` and the pipeline's own ``_get_clip_prompt_embeds``).
@@ -178,7 +176,7 @@ def tiny_flux(seed: int = 0, guidance_embeds: bool = True) -> Any:
         axes_dims_rope=(4, 4, 8),
     )
     tokenizer = byte_level_clip_tokenizer()
-    encoder, encoder_2, vae = _clip(tokenizer, False), _t5(), _vae(4)
+    encoder, encoder_2, vae = _clip(tokenizer, False), _t5(_HIDDEN), _vae(4)
     pipe = FluxPipeline(
         scheduler=_scheduler(True),
         vae=vae,
@@ -216,3 +214,32 @@ def t5_embeddings(pipe: Any, prompts: list[str], length: int = 8) -> Tensor:
         ids[row, : len(data)] = torch.tensor(data, dtype=torch.long) + 1
     with torch.no_grad():
         return encoder(ids.to(encoder.device))[0]
+
+
+def sd3_embeddings(pipe: Any, prompts: list[str], length: int = 8) -> tuple[Tensor, Tensor]:
+    """``prompt_embeds`` and ``pooled_prompt_embeds`` of an SD3 pipeline with a T5 encoder.
+
+    As ``encode_prompt`` builds them — both CLIPs' penultimate states side by side, padded
+    to T5's width, then T5's (:func:`t5_embeddings`) along the sequence — without the T5
+    tokenizer.
+
+    Args:
+        pipe: a :func:`tiny_sd3` pipeline built with ``t5=True``.
+        prompts: the prompts.
+        length: T5 tokens per prompt.
+
+    Returns:
+        ``(prompt_embeds, pooled_prompt_embeds)``.
+
+    Example:
+        >>> embeds, pooled = sd3_embeddings(tiny_sd3(t5=True), ["a cat"])
+        >>> embeds.shape, pooled.shape  # 16 CLIP tokens and 8 T5 tokens
+        (torch.Size([1, 24, 64]), torch.Size([1, 64]))
+    """
+    with torch.no_grad():
+        first, pooled = pipe._get_clip_prompt_embeds(prompts, clip_model_index=0)
+        second, pooled_2 = pipe._get_clip_prompt_embeds(prompts, clip_model_index=1)
+    t5 = t5_embeddings(pipe, prompts, length)
+    clip = torch.cat([first, second], dim=-1)
+    clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+    return torch.cat([clip, t5], dim=-2), torch.cat([pooled, pooled_2], dim=-1)

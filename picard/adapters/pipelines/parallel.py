@@ -116,9 +116,12 @@ class ParallelPipeline:
                 rows_per_evaluation=prepared.rows_per_evaluation,
                 scale_model_input=prepared.scale_model_input,
                 begin=prepared.begin,
+                end=prepared.end,
                 **_step_options(self.pipe.scheduler, prepared.step_options),
                 **prepared.grid_options,
             )
+            if prepared.wrap_rule is not None:
+                problem = problem.with_rule(prepared.wrap_rule(problem.rule))
             _same_grid(problem.rule.timesteps, prepared.timesteps, type(self.pipe).__name__)
             on_step = _callback(self.pipe, arguments, prepared.timesteps)
             latents = self._solve(problem, prepared.latents, on_step)
@@ -181,7 +184,12 @@ def _bind(pipe: Any, name: str, runner: Runner, args: tuple, kwargs: dict) -> di
     for key in runner.refused:
         if arguments.get(key) is not None:
             raise TypeError(f"argument {key!r} of {name} is not supported by picard")
-    inputs = arguments.get("callback_on_step_end_tensor_inputs") or ["latents"]
+    callback = arguments.get("callback_on_step_end")
+    inputs = (
+        getattr(callback, "tensor_inputs", None)  # diffusers' PipelineCallback objects
+        or arguments.get("callback_on_step_end_tensor_inputs")
+        or ["latents"]
+    )
     if arguments.get("callback_on_step_end") is not None and list(inputs) != ["latents"]:
         raise TypeError(
             f"callback_on_step_end_tensor_inputs of {name} must be ['latents'] with picard, "

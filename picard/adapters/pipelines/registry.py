@@ -66,10 +66,89 @@ PIPELINES: dict[str, Runner] = {
         "scale, LCM guidance embedding, callback_on_step_end (latents)",
         _COMMON_REFUSED,
     ),
-    # img2img-inpaint-controlnet family entries
-    # sdxl family entries
-    # sd3-flux family entries
-    # pixart-dit family entries
+    "StableDiffusionImg2ImgPipeline": Runner(
+        "picard.adapters.pipelines.img2img:prepare_img2img",
+        "text+image",
+        "prompts and embeddings, negative prompts, guidance, image tensors/PIL/latents, "
+        "strength (one-step schedulers below 1), clip_skip, LoRA scale, LCM guidance "
+        "embedding, callback_on_step_end (latents)",
+        _COMMON_REFUSED,
+    ),
+    "StableDiffusionInpaintPipeline": Runner(
+        "picard.adapters.pipelines.inpaint:prepare_inpaint",
+        "text+image+mask",
+        "9-channel inpainting UNets and 4-channel UNets (the known region blended back "
+        "after each step); prompts and embeddings, negative prompts, guidance, images, "
+        "masks, masked_image_latents, strength (one-step schedulers below 1), "
+        "padding_mask_crop, clip_skip, LoRA scale, LCM guidance embedding, "
+        "callback_on_step_end (latents)",
+        _COMMON_REFUSED,
+    ),
+    "StableDiffusionControlNetPipeline": Runner(
+        "picard.adapters.pipelines.controlnet:prepare_controlnet",
+        "text+image",
+        "one ControlNet or several (MultiControlNetModel), a control image per sample, "
+        "controlnet_conditioning_scale, guess_mode, control_guidance_start/end; prompts "
+        "and embeddings, negative prompts, guidance, clip_skip, LoRA scale, LCM guidance "
+        "embedding, callback_on_step_end (latents)",
+        _COMMON_REFUSED,
+    ),
+    "StableDiffusionXLPipeline": Runner(
+        "picard.adapters.pipelines.sdxl:prepare_sdxl",
+        "text",
+        "prompts (and prompt_2), negative prompts, embeddings (and pooled), guidance (and "
+        "rescale), size/crop time ids (and negative ones), clip_skip, LoRA scale, LCM guidance "
+        "embedding, callback_on_step_end (latents); denoising_end only where it keeps every step",
+        _COMMON_REFUSED,
+    ),
+    "StableDiffusionXLImg2ImgPipeline": Runner(
+        "picard.adapters.pipelines.sdxl:prepare_sdxl_img2img",
+        "text+image",
+        "as StableDiffusionXLPipeline, with image, strength and denoising_start (memoryless "
+        "schedulers past the first step), aesthetic scores; denoising_end only where it keeps "
+        "every step",
+        _COMMON_REFUSED,
+    ),
+    "StableDiffusion3Pipeline": Runner(
+        "picard.adapters.pipelines.sd3:prepare_sd3",
+        "text",
+        "prompts (three encoders, or embeddings; text_encoder_3=None), negative prompts, "
+        "guidance, skip-layer guidance, custom sigmas, mu (dynamic shifting), clip_skip, "
+        "joint_attention_kwargs (LoRA scale), callback_on_step_end (latents)",
+        ("ip_adapter_image", "ip_adapter_image_embeds"),
+    ),
+    "FluxPipeline": Runner(
+        "picard.adapters.pipelines.flux:prepare_flux",
+        "text",
+        "prompts or embeddings, guidance embedding, true_cfg_scale with negative prompts, "
+        "custom sigmas, dynamic shift, joint_attention_kwargs (LoRA scale), "
+        "callback_on_step_end (latents)",
+        (
+            "ip_adapter_image",
+            "ip_adapter_image_embeds",
+            "negative_ip_adapter_image",
+            "negative_ip_adapter_image_embeds",
+        ),
+    ),
+    "PixArtAlphaPipeline": Runner(
+        "picard.adapters.pipelines.pixart:prepare_pixart",
+        "text",
+        "prompts or prompt_embeds with their attention masks, negative ones, guidance, eta, "
+        "latents, resolution binning, size conditions (sample_size 128), learned sigma",
+        (*_COMMON_REFUSED, "callback"),
+    ),
+    "PixArtSigmaPipeline": Runner(
+        "picard.adapters.pipelines.pixart:prepare_pixart",
+        "text",
+        "as PixArtAlphaPipeline (no size conditions), max_sequence_length",
+        (*_COMMON_REFUSED, "callback"),
+    ),
+    "DiTPipeline": Runner(
+        "picard.adapters.pipelines.dit:prepare_dit",
+        "class",
+        "class ids, guidance (on eps), learned sigma; schedulers that do not scale the model "
+        "input; stochastic ones without guidance (their noise from torch's global generator)",
+    ),
 }
 """Pipeline class names :func:`~picard.adapters.diffusers.parallelize` runs, and how."""
 

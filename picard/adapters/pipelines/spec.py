@@ -45,6 +45,10 @@ class Prepared:
         scale_model_input: whether the pipeline calls the scheduler's
             ``scale_model_input`` before the model.
         begin: the first step of the grid the loop runs (img2img's ``strength``).
+        end: the step after the last one the loop runs (SDXL's ``denoising_end``), or
+            ``None`` for the grid's end.
+        wrap_rule: ``wrap_rule(rule)``: the rule the loop runs instead of the scheduler's
+            (e.g. inpainting's blend after each step), or ``None``.
 
     Example:
         >>> p = Prepared(torch.zeros(1, 4), 10, torch.arange(10), lambda dev: None,
@@ -65,6 +69,8 @@ class Prepared:
     grid_options: dict[str, Any] = field(default_factory=dict)
     scale_model_input: bool = True
     begin: int = 0
+    end: int | None = None
+    wrap_rule: Callable[[Any], Any] | None = None
 
 
 def on(device: torch.device | None, value: Any) -> Any:

@@ -37,7 +37,7 @@ def prepare_stable_diffusion(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         >>> call.apply_defaults()
         >>> p = prepare_stable_diffusion(pipe, call.arguments)
         >>> p.latents.shape, p.rows_per_evaluation  # guidance: two rows per evaluation
-        (torch.Size([1, 4, 2, 2]), 2)
+        (torch.Size([1, 4, 8, 8]), 2)
     """
     sample = pipe.unet.config.sample_size
     sample = (sample, sample) if isinstance(sample, int) else sample

@@ -1,0 +1,82 @@
+"""``StableDiffusionImg2ImgPipeline``: a noised image, denoised from ``strength``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from picard.adapters.pipelines.sd_parts import (
+    check_tail,
+    encode,
+    finisher,
+    guidance_embedding,
+    unet_denoiser,
+)
+from picard.adapters.pipelines.spec import Prepared
+
+__all__ = ["prepare_img2img"]
+
+
+def prepare_img2img(pipe: Any, a: Mapping[str, Any]) -> Prepared:
+    """Prepare a ``StableDiffusionImg2ImgPipeline`` call: prompts, ``strength``, the noised image.
+
+    The pipeline's own ``check_inputs``, ``encode_prompt``, image preprocessing,
+    ``get_timesteps`` (which sets the scheduler's begin index) and ``prepare_latents`` (the
+    image encoded and noised to the first timestep, drawn from the call's generator as the
+    pipeline draws it) run as in its ``__call__``; the loop's first step is
+    :attr:`Prepared.begin`.
+
+    Args:
+        pipe: the pipeline.
+        a: the call's arguments, defaults filled in.
+
+    Returns:
+        The prepared call.
+
+    Raises:
+        NotImplementedError: ``strength < 1`` with a multistep scheduler.
+        ValueError: a ``strength`` that leaves no step.
+
+    Example:
+        >>> import inspect, torch
+        >>> from picard.models.tiny_sd_variants import tiny_sd_img2img
+        >>> pipe = tiny_sd_img2img()
+        >>> call = inspect.signature(type(pipe).__call__).bind(
+        ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16), strength=0.6,
+        ...     num_inference_steps=10)
+        >>> call.apply_defaults()
+        >>> p = prepare_img2img(pipe, call.arguments)
+        >>> p.latents.shape, p.begin, len(p.timesteps)
+        (torch.Size([1, 4, 8, 8]), 4, 6)
+    """
+    strength, steps = a["strength"], a["num_inference_steps"]
+    pipe.check_inputs(
+        a["prompt"], strength, None, a["negative_prompt"], a["prompt_embeds"],
+        a["negative_prompt_embeds"], None, None, ["latents"],
+    )  # fmt: skip
+    prompts = encode(pipe, a)
+    image = pipe.image_processor.preprocess(a["image"])
+    pipe.scheduler.set_timesteps(steps, device=prompts.device)
+    timesteps, left = pipe.get_timesteps(steps, strength, prompts.device)
+    if left < 1:
+        raise ValueError(f"strength={strength} leaves no step of {steps}: nothing to denoise")
+    begin = len(pipe.scheduler.timesteps) - len(timesteps)
+    check_tail(pipe, steps, begin, strength)
+    per_prompt = prompts.images // (a["num_images_per_prompt"] or 1)
+    latents = pipe.prepare_latents(
+        image, timesteps[:1].repeat(prompts.images), per_prompt, a["num_images_per_prompt"],
+        prompts.cond.dtype, prompts.device, a["generator"],
+    )  # fmt: skip
+    tcond = guidance_embedding(pipe, a, prompts, latents.dtype)
+    return Prepared(
+        latents=latents,
+        num_inference_steps=steps,
+        timesteps=timesteps,
+        denoiser=unet_denoiser(pipe, a, prompts, tcond),
+        device=pipe.unet.device,
+        finish=finisher(pipe, a, prompts),
+        generator=a["generator"],
+        rows_per_evaluation=2 if prompts.cfg else 1,
+        step_options={"eta": a["eta"]},
+        begin=begin,
+    )
