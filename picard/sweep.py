@@ -64,12 +64,12 @@ class Sweep:
 
     __slots__ = (
         "_inc",
+        "_starts",
         "_x",
         "change",
         "evaluations",
         "finite",
         "front",
-        "_starts",
         "lanes",
         "lengths",
         "new",
