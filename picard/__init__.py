@@ -3,10 +3,11 @@
 Solving: :func:`solve`, :func:`sequential`, :class:`Options`, :class:`Solution`,
 :class:`Stats`. Problems: :class:`Problem`, :class:`Recursion`, :func:`map_rows` (how a
 problem calls its model so that solves can chunk and shard the rows). ODEs and SDEs:
-:func:`odeint`, :func:`sdeint`. Strategies: :class:`Tolerance`, :class:`Acceleration`,
-:class:`Picard`, :class:`Secant` (``accelerate=``). Errors: :class:`NonFiniteError`,
-:class:`ConvergenceError`, :class:`RankError`, :class:`MemoryWarning`,
-:class:`AccuracyWarning`, :class:`SequentialWarning`.
+:func:`odeint`, :func:`odeint_adjoint`, :func:`sdeint`. Strategies: :class:`Tolerance`,
+:class:`Acceleration`, :class:`Picard`, :class:`Secant` (``accelerate=``). Errors and
+warnings: :class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`,
+:class:`MemoryWarning`, :class:`AccuracyWarning`, :class:`SequentialWarning`,
+:class:`PerformanceWarning`.
 """
 
 from picard.acceleration import ACCELERATIONS, Acceleration, Picard, Secant
@@ -15,10 +16,11 @@ from picard.errors import (
     ConvergenceError,
     MemoryWarning,
     NonFiniteError,
+    PerformanceWarning,
     RankError,
     SequentialWarning,
 )
-from picard.ode import odeint
+from picard.ode import odeint, odeint_adjoint
 from picard.options import Options
 from picard.problem import Problem, Recursion
 from picard.rows import map_rows
@@ -36,6 +38,7 @@ __all__ = [
     "MemoryWarning",
     "NonFiniteError",
     "Options",
+    "PerformanceWarning",
     "Picard",
     "Problem",
     "RankError",
@@ -47,6 +50,7 @@ __all__ = [
     "Tolerance",
     "map_rows",
     "odeint",
+    "odeint_adjoint",
     "sdeint",
     "sequential",
     "solve",

@@ -12,6 +12,7 @@ __all__ = [
     "ConvergenceError",
     "MemoryWarning",
     "NonFiniteError",
+    "PerformanceWarning",
     "RankError",
     "SequentialWarning",
 ]
@@ -125,4 +126,13 @@ class SequentialWarning(UserWarning):
         ...     warnings.warn("scheduler X runs step by step", SequentialWarning)
         >>> seen[0].category.__name__
         'SequentialWarning'
+    """
+
+
+class PerformanceWarning(UserWarning):
+    """A solve runs correctly but slowly (e.g. a ``func`` evaluated one row at a time).
+
+    Example:
+        >>> issubclass(PerformanceWarning, UserWarning)
+        True
     """

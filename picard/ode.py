@@ -1,84 +1,36 @@
-"""``odeint``: a parallel drop-in for ``torchdiffeq.odeint`` on a fixed grid.
+"""``odeint``: torchdiffeq's call, solved in parallel sweeps on a fixed grid.
 
-Each explicit Runge–Kutta method is its Butcher tableau; every stage is one batched call
-of ``func`` over the whole window, so a sweep of an s-stage method makes s calls.
+Each explicit Runge–Kutta method is its Butcher tableau (:mod:`picard.tableaus`); every
+stage is one batched call of ``func`` over the window, so a sweep of an s-stage method
+makes s calls. The grid is ``t`` itself, ``t`` refined (``step_size=``), or torchdiffeq's
+own grids (``options={"step_size": h}`` or ``{"grid_constructor": ...}``, read back onto
+``t`` by its linear interpolation). ``func`` may be written for one time and one state, as
+for torchdiffeq (:mod:`picard.batching`), and gradients flow to ``y0`` and its parameters
+through a parallel backward pass (:mod:`picard.gradients`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from picard._checks import (
-    check_batch_dims,
-    check_callable,
-    check_grid,
-    check_nonneg,
-    check_state,
-)
+from picard._checks import check_batch_dims, check_callable, check_grid, check_nonneg, check_state
+from picard.batching import batched_form
+from picard.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.options import Options
-from picard.problem import Problem, call_batched, working_dtype
-from picard.rows import Replicable, module_device, replicate
-from picard.solution import Stats
+from picard.problem import Problem, call_batched, model_parameters, working_dtype
 from picard.solver import solve_with
+from picard.tableaus import METHODS, Tableau, tableau_for
 
-__all__ = ["METHODS", "ODEProblem", "Tableau", "batch_function", "odeint", "refine_grid"]
+__all__ = ["METHODS", "ODEProblem", "odeint", "odeint_adjoint"]
 
-
-@dataclass(frozen=True)
-class Tableau:
-    """An explicit Runge–Kutta method: ``c`` nodes, ``a`` strictly lower rows, ``b`` weights.
-
-    Attributes:
-        c: the nodes c_s, one per stage (stage s is evaluated at ``t_i + c_s h_i``).
-        a: the rows of the strictly lower triangular Runge–Kutta matrix; row s holds the
-            s weights of the earlier stages' slopes (row 0 is empty).
-        b: the weights of the stages' slopes in the step, one per stage.
-        order: the method's order of accuracy.
-
-    Example:
-        >>> Tableau(c=(0.0,), a=((),), b=(1.0,), order=1).stages
-        1
-        >>> rk4 = METHODS["rk4"]
-        >>> rk4.stages, rk4.order, sum(rk4.b)  # consistent: the weights sum to 1
-        (4, 4, 1.0)
-    """
-
-    c: tuple[float, ...]
-    a: tuple[tuple[float, ...], ...]
-    b: tuple[float, ...]
-    order: int
-
-    @property
-    def stages(self) -> int:
-        """Number of stages (drift calls per step)."""
-        return len(self.b)
-
-
-METHODS: dict[str, Tableau] = {
-    "euler": Tableau(c=(0.0,), a=((),), b=(1.0,), order=1),
-    "midpoint": Tableau(c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0), order=2),
-    "heun2": Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2),
-    "heun3": Tableau(
-        c=(0.0, 1 / 3, 2 / 3), a=((), (1 / 3,), (0.0, 2 / 3)), b=(0.25, 0.0, 0.75), order=3
-    ),
-    # torchdiffeq's "rk4" is Kutta's 3/8 rule; so is ours, so the two agree to rounding.
-    "rk4": Tableau(
-        c=(0.0, 1 / 3, 2 / 3, 1.0),
-        a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
-        b=(0.125, 0.375, 0.375, 0.125),
-        order=4,
-    ),
-}
-"""The fixed-grid methods, by name (torchdiffeq's names; ``"heun"`` means ``"heun2"``)."""
-
-_ALIASES = {"heun": "heun2"}
+TORCHDIFFEQ_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp")
+"""The keys of torchdiffeq's fixed-grid ``options`` that ``odeint`` reads."""
 
 
 def _combine(ks: list[Tensor], coeffs: tuple[float, ...]) -> Tensor | None:
@@ -111,7 +63,8 @@ class ODEProblem(Problem):
     Args:
         func: batched drift, ``func(t: (M,), y: (M, *y0.shape)) -> (M, *y0.shape)``.
         t: the grid (1-D, strictly monotone); N = ``len(t) - 1`` steps.
-        method: a name in :data:`METHODS`.
+        method: a name of :data:`~picard.tableaus.METHODS` or
+            :data:`~picard.tableaus.ADAPTIVE` (run at this grid's steps), or a tableau.
         in_dtype: the dtype ``func`` receives ``y`` in (the user's ``y0.dtype``).
         batch_ndim: leading dimensions of ``y0`` that index independent samples.
 
@@ -126,12 +79,13 @@ class ODEProblem(Problem):
         self,
         func: Callable[[Tensor, Tensor], Tensor],
         t: Tensor,
-        method: str,
+        method: str | Tableau,
         in_dtype: torch.dtype,
         batch_ndim: int = 0,
     ):
         self.func = func
-        self.tableau = _tableau(method)
+        self.model = getattr(func, "picard_model", func)  # the user's callable, for parameters
+        self.tableau = method if isinstance(method, Tableau) else tableau_for(method, True)
         self.num_steps = t.shape[0] - 1
         self.batch_ndim = batch_ndim
         self.stages = self.tableau.stages
@@ -184,128 +138,9 @@ class ODEProblem(Problem):
         """Name a step by its index and time."""
         return f"step {step} (t = {self.t[step].item():g})"
 
-
-def _tableau(method: Any) -> Tableau:
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a str, got {type(method).__name__}")
-    name = _ALIASES.get(method, method)
-    if name not in METHODS:
-        raise ValueError(f"method must be one of {sorted([*METHODS, *_ALIASES])}, got {method!r}")
-    return METHODS[name]
-
-
-def refine_grid(t: Tensor, step_size: float) -> tuple[Tensor, list[int]]:
-    """Split each interval of ``t`` into equal substeps no longer than ``step_size``.
-
-    Returns the fine grid and the indices of the points of ``t`` in it (so output lands
-    exactly on ``t``, with no interpolation).
-
-    Args:
-        t: the grid (1-D, strictly monotone).
-        step_size: the longest substep allowed (positive).
-
-    Returns:
-        ``(fine, index)``: the fine grid (``t``'s dtype and device, its points included
-        exactly) and, for each point of ``t``, its index in ``fine``.
-
-    Example:
-        >>> refine_grid(torch.tensor([0.0, 1.0, 1.5]), 0.5)[1]
-        [0, 2, 3]
-        >>> refine_grid(torch.tensor([0.0, 1.0, 1.5]), 0.5)[0]
-        tensor([0.0000, 0.5000, 1.0000, 1.5000])
-    """
-    spans = (t[1:] - t[:-1]).abs().tolist()
-    counts = [max(1, math.ceil(s / step_size - 1e-9)) for s in spans]
-    pieces = [t[:1]]
-    for i, m in enumerate(counts):
-        frac = torch.arange(1, m + 1, dtype=t.dtype, device=t.device) / m
-        pieces.append(t[i] + frac * (t[i + 1] - t[i]))
-        pieces[-1][-1] = t[i + 1]
-    index = [0]
-    for m in counts:
-        index.append(index[-1] + m)
-    return torch.cat(pieces), index
-
-
-def batch_function(
-    func: Callable[[Tensor, Tensor], Tensor], name: str
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """Wrap a scalar-time function ``func(t, y)`` so that it takes a batch of rows.
-
-    Uses :func:`torch.func.vmap`; a function that cannot be vectorised (``.item()``,
-    data-dependent control flow) gets a clear error naming ``batched=True`` as the way out.
-
-    Args:
-        func: the unbatched function, ``func(t: (), y: y0.shape) -> y0.shape``; a
-            ``torch.nn.Module`` is wrapped so that ``devices=[...]`` can replicate it.
-        name: how error messages name ``func`` (e.g. ``"func"`` or ``"f"``).
-
-    Returns:
-        The batched function ``(t: (M,), y: (M, *y0.shape)) -> (M, *y0.shape)``.
-
-    Example:
-        >>> f = batch_function(lambda t, y: t * y, "func")
-        >>> f(torch.tensor([1.0, 2.0]), torch.ones(2, 3))  # row m scaled by t[m]
-        tensor([[1., 1., 1.],
-                [2., 2., 2.]])
-    """
-    if isinstance(func, torch.nn.Module) or hasattr(func, "picard_replicate"):
-        # devices=[...] rebuilds the vectorised call around a replica of the module
-        return Replicable(
-            lambda dev: _vmapped(func if dev is None else replicate(func, dev), name),
-            module_device(func),
-        )
-    return _vmapped(func, name)
-
-
-def _vmapped(
-    func: Callable[[Tensor, Tensor], Tensor], name: str
-) -> Callable[[Tensor, Tensor], Tensor]:
-    mapped = torch.func.vmap(func, in_dims=(0, 0))
-
-    def batched(t: Tensor, y: Tensor) -> Tensor:
-        try:
-            return mapped(t, y)
-        except RuntimeError as err:
-            if "vmap" not in str(err):
-                raise
-            raise TypeError(
-                f"{name} could not be vectorised with torch.func.vmap (batched=False): {err}. "
-                f"Write {name} to take a batch of times (M,) and states (M, ...) and pass "
-                "batched=True."
-            ) from err
-
-    return batched
-
-
-@overload
-def odeint(
-    func: Callable[[Tensor, Tensor], Tensor],
-    y0: Tensor,
-    t: Tensor,
-    *,
-    method: str = "euler",
-    batched: bool = True,
-    return_stats: Literal[False] = False,
-    step_size: float | None = None,
-    batch_dims: int = 0,
-    **options: Any,
-) -> Tensor: ...
-
-
-@overload
-def odeint(
-    func: Callable[[Tensor, Tensor], Tensor],
-    y0: Tensor,
-    t: Tensor,
-    *,
-    method: str = "euler",
-    batched: bool = True,
-    return_stats: Literal[True],
-    step_size: float | None = None,
-    batch_dims: int = 0,
-    **options: Any,
-) -> tuple[Tensor, Stats]: ...
+    def parameters(self) -> Iterable[Tensor]:
+        """The drift's parameters (an ``nn.Module`` or a bound method of one)."""
+        return model_parameters(self.model)
 
 
 def odeint(
@@ -313,49 +148,70 @@ def odeint(
     y0: Tensor,
     t: Tensor,
     *,
+    rtol: float | None = None,
+    atol: float | None = None,
     method: str = "euler",
-    batched: bool = True,
+    options: Mapping[str, Any] | None = None,
+    event_fn: Any = None,
+    batched: bool | str = "auto",
     return_stats: bool = False,
     step_size: float | None = None,
     batch_dims: int = 0,
-    **options: Any,
-) -> Tensor | tuple[Tensor, Stats]:
-    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` on the fixed grid ``t``, in parallel.
+    **solve_options: Any,
+) -> Any:
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` on a fixed grid, in parallel sweeps.
 
-    The answer is the one the sequential fixed-grid solver gives (torchdiffeq's
-    ``odeint(func, y0, t, method=method)``) to within ``tol``, computed in a few batched
-    sweeps instead of ``len(t) - 1`` sequential steps.
+    torchdiffeq's call (``odeint(func, y0, t, rtol=, atol=, method=, options=)``) gives
+    torchdiffeq's answer — the fixed-grid solver's, to within the tolerance — in a few
+    batched sweeps instead of one step after another; gradients flow to ``y0`` and to
+    ``func``'s parameters.
 
     Args:
-        func: the drift. With ``batched=True`` (default) it is called as
-            ``func(t, y)`` with ``t`` of shape ``(M,)`` and ``y`` of shape
-            ``(M, *y0.shape)`` — M rows of one window — and returns ``y``'s shape.
-            Index ``t`` as ``t[:, None]`` to broadcast it against ``y``: code written for
-            a scalar ``t`` may broadcast ``(M,)`` wrongly. With ``batched=False`` any
-            torchdiffeq-style ``func`` of a scalar ``t`` works unchanged (it is
-            vectorised with :func:`torch.func.vmap`).
+        func: the drift ``func(t, y)``. Written for one time and a state of ``y0``'s shape,
+            as for torchdiffeq, or for a batch of rows (``t: (M,)``, ``y: (M,
+            *y0.shape)``): with ``batched="auto"`` picard checks which (see ``batched``).
         y0: initial state, any shape, real floating dtype.
-        t: 1-D strictly increasing or decreasing times on ``y0``'s device.
+        t: 1-D strictly increasing or decreasing output times on ``y0``'s device.
 
     Other Arguments:
-        method: ``"euler"``, ``"midpoint"``, ``"heun2"`` (``"heun"``), ``"heun3"`` or
-            ``"rk4"`` (Kutta's 3/8 rule, as torchdiffeq's ``"rk4"``).
-        batched: whether ``func`` already takes batches of rows (see ``func``).
+        rtol: the mixed convergence test (torchdiffeq's names; its fixed-grid solvers
+            ignore them): a state has converged when the RMS of its change between sweeps,
+            weighted elementwise by ``1 / (atol + rtol |y|)``, is at most 1 (``rtol``
+            floored at 16 units of the dtype's precision). Given alone, the other takes
+            torchdiffeq's default (1e-7, 1e-9). Neither: ``tol`` (picard's absolute test,
+            default 1e-5).
+        atol: see ``rtol``.
+        method: ``"euler"``, ``"midpoint"``, ``"heun2"`` (``"heun"``), ``"heun3"``,
+            ``"rk4"`` (Kutta's 3/8 rule, as torchdiffeq's), or one of torchdiffeq's
+            adaptive methods (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"fehlberg2"``,
+            ``"adaptive_heun"``) run at fixed steps: they need a step size.
+        options: torchdiffeq's fixed-grid options: ``step_size`` (its grid ``t[0] + k h``
+            and linear interpolation onto ``t``), ``grid_constructor`` (``f(func, y0, t)``
+            → grid), ``interp="linear"``; ``perturb`` is not supported. Unknown keys raise.
+        event_fn: not supported (a ``TypeError`` says so).
+        batched: ``"auto"`` (default): check once, on a few distinct rows, that calling
+            ``func`` on a batch of rows equals calling it row by row; if not (a norm over
+            the state, a batch statistic, a ``t`` concatenated as a feature), vectorise it
+            with :func:`torch.func.vmap`, or, where vmap cannot, evaluate rows one at a time
+            (one :class:`picard.PerformanceWarning`). ``True``: ``func`` takes batches of
+            rows (the fast path, no check). ``False``: vectorise it.
         return_stats: also return the :class:`picard.Stats`.
-        step_size: internal step no longer than this; each interval of ``t`` is split
-            into equal substeps, so the output lands exactly on ``t``.
+        step_size: picard's own refinement: each interval of ``t`` split into equal
+            substeps no longer than this, so the output lands exactly on ``t``.
         batch_dims: leading dimensions of ``y0`` that index independent samples; the
             convergence test takes the worst sample.
-        **options: the solve's options (:class:`picard.Options`): ``window`` (steps per
-            sweep; each stage call gets ``window`` rows), ``tol`` (default 1e-5: the RMS
-            change of each state between sweeps, in the units of ``y``; ``0`` reproduces
-            the sequential solver to float rounding), ``max_iters``, ``accelerate``,
-            ``init`` (a warm start ``(len(t), *y0.shape)``, not with ``step_size``),
-            ``verify`` and the others.
+        **solve_options: the solve's options (:class:`picard.Options`): ``window``,
+            ``tol`` (default 1e-5: the RMS change of each state between sweeps, in the
+            units of ``y``; ``0`` reproduces the sequential solver to float rounding),
+            ``max_iters``, ``accelerate``, ``init`` (a warm start on the grid),
+            ``verify``, ``adjoint_params`` and the others.
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)`` with ``ys[0] = y0``, in ``y0.dtype``; or
         ``(ys, stats)`` with ``return_stats=True``.
+
+    Raises:
+        TypeError, ValueError: a bad argument (the message names it).
 
     Example:
         >>> import torch, picard
@@ -364,23 +220,129 @@ def odeint(
         >>> ys.shape, round(float(ys[-1, 0]), 4)  # Euler: (1 - 0.01)^100
         (torch.Size([101, 2]), 0.366)
     """
-    opts = Options.of(**options)
     func = check_callable("func", func)
     y0 = check_state("y0", y0)
     t = check_grid(t, y0)
-    batch_ndim = check_batch_dims(batch_dims, y0)
-    _tableau(method)
-    if not isinstance(batched, bool):
-        raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
+    if event_fn is not None:
+        raise TypeError("event_fn (torchdiffeq's event handling) is not supported by picard")
     if not isinstance(return_stats, bool):
         raise TypeError(f"return_stats must be a bool, got {type(return_stats).__name__}")
-    grid, out_index = t, None
-    if step_size is not None:
-        grid, out_index = refine_grid(t, check_nonneg("step_size", step_size, positive=True))
-    if opts.init is not None and step_size is not None:
-        raise ValueError("init (a warm start on t) cannot be combined with step_size")
-    drift = func if batched else batch_function(func, "func")
-    problem = ODEProblem(drift, grid, method, y0.dtype, batch_ndim)
-    sol = solve_with(problem, y0, opts, save=True if out_index is None else out_index)
+    grid, placement = _grid(func, y0, t, options, step_size)
+    tableau = tableau_for(method, fixed_steps=placement is not None)
+    opts = Options.of(rtol=rtol, atol=atol, **solve_options)
+    batch_ndim = check_batch_dims(batch_dims, y0)
+    if opts.init is not None and placement is not None:
+        raise ValueError("init (a warm start on t) cannot be combined with step_size or a grid")
+    drift = batched_form(func, "func", batched, grid, y0)
+    problem = ODEProblem(drift, grid, tableau, y0.dtype, batch_ndim)
+    keep = True if placement is None or placement == "interpolate" else placement
+    sol = solve_with(problem, y0, opts, save=keep)
     assert sol.ys is not None
-    return (sol.ys, sol.stats) if return_stats else sol.ys
+    ys = interpolate(grid, sol.ys, t) if placement == "interpolate" else sol.ys
+    return (ys, sol.stats) if return_stats else ys
+
+
+def _grid(
+    func: Any, y0: Tensor, t: Tensor, options: Mapping[str, Any] | None, step_size: Any
+) -> tuple[Tensor, Any]:
+    """The solve's grid, and where the output lies on it.
+
+    ``None``: the grid is ``t``; a list: the indices of ``t`` in it; ``"interpolate"``:
+    torchdiffeq's grids, read back onto ``t``.
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(TORCHDIFFEQ_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"options has unknown key {unknown[0]!r}; picard reads {TORCHDIFFEQ_OPTIONS}"
+        )
+    if options.get("perturb"):
+        raise ValueError("options['perturb'] (torchdiffeq's perturbed times) is not supported")
+    if options.get("interp", "linear") != "linear":
+        raise ValueError(f"options['interp'] must be 'linear', got {options['interp']!r}")
+    given = [k for k in ("step_size", "grid_constructor") if options.get(k) is not None]
+    if step_size is not None:
+        given.append("step_size=")
+    if len(given) > 1:
+        raise ValueError(f"give one of options['step_size'], options['grid_constructor'] and "
+                         f"step_size=, got {given}")  # fmt: skip
+    if step_size is not None:
+        grid, index = refine_grid(t, check_nonneg("step_size", step_size, positive=True))
+        return grid, index
+    if options.get("step_size") is not None:
+        h = check_nonneg("options['step_size']", options["step_size"], positive=True)
+        return step_size_grid(t, h), "interpolate"
+    if options.get("grid_constructor") is not None:
+        grid = constructed_grid(options["grid_constructor"], func, y0, t)
+        return check_grid(grid, y0), "interpolate"
+    return t, None
+
+
+def odeint_adjoint(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    method: str = "euler",
+    options: Mapping[str, Any] | None = None,
+    event_fn: Any = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: Mapping[str, Any] | None = None,
+    adjoint_params: Iterable[Tensor] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Torchdiffeq's ``odeint_adjoint`` call: :func:`odeint`, gradients by picard's adjoint.
+
+    picard's backward pass is always the adjoint recursion, solved in parallel and at the
+    forward's grid (so the gradients are those of the discrete solution, as autograd
+    through the loop gives them); this function takes torchdiffeq's signature so that
+    code written for it runs unchanged. ``adjoint_params`` are the tensors gradients flow
+    to (default: ``func``'s parameters, when it is an ``nn.Module``).
+
+    Args:
+        func: as for :func:`odeint`.
+        y0: as for :func:`odeint`.
+        t: as for :func:`odeint`.
+        rtol: as for :func:`odeint`.
+        atol: as for :func:`odeint`.
+        method: as for :func:`odeint`.
+        options: as for :func:`odeint`.
+        event_fn: not supported.
+        adjoint_rtol: ignored unless different from ``rtol`` (then refused: the backward
+            runs at the forward's tolerance).
+        adjoint_atol: as ``adjoint_rtol``, for ``atol``.
+        adjoint_method: ``None`` or ``method`` (the backward follows the forward's grid).
+        adjoint_options: ``None`` or ``options``.
+        adjoint_params: the tensors gradients flow to besides ``y0``.
+        **kwargs: further arguments of :func:`odeint`.
+
+    Returns:
+        As :func:`odeint`.
+
+    Example:
+        >>> import torch, picard
+        >>> net = torch.nn.Linear(2, 2)
+        >>> ys = picard.odeint_adjoint(lambda t, y: net(y), torch.ones(2), torch.linspace(0, 1, 5),
+        ...                            adjoint_params=net.parameters(), tol=0)
+        >>> ys[-1].sum().backward()
+        >>> net.weight.grad.shape
+        torch.Size([2, 2])
+    """
+    for name, value, same in (
+        ("adjoint_rtol", adjoint_rtol, rtol), ("adjoint_atol", adjoint_atol, atol),
+        ("adjoint_method", adjoint_method, method), ("adjoint_options", adjoint_options, options),
+    ):  # fmt: skip
+        if value is not None and value != same:
+            raise ValueError(
+                f"{name} must match the forward's: picard's backward pass solves the adjoint "
+                "recursion of the forward's own steps"
+            )
+    params = None if adjoint_params is None else tuple(adjoint_params)
+    return odeint(
+        func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn,
+        adjoint_params=params, **kwargs,
+    )  # fmt: skip

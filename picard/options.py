@@ -77,11 +77,20 @@ class Options:
         relative: measure each state's change relative to its own RMS (``True``) or to
             ``problem.scale()`` (``False``, ParaDiGMS's noise-std test for diffusion
             samplers); ``None``: the problem's choice, :attr:`picard.Problem.relative_tol`.
+        rtol: with ``atol``, the mixed test instead (torchdiffeq's names): the RMS of each
+            state's change weighted by ``1 / (atol + rtol |x|)`` at most 1 (``rtol`` floored
+            at 16 units of the dtype's precision). Not with ``tol``/``relative``.
+        atol: see ``rtol`` (either alone takes torchdiffeq's default for the other).
         verify: ``True``: estimate the final state's error a posteriori and refine until
             the estimate is at most ``tol`` (a number: at most that); the estimate is
             ``stats.error_estimate``. Each verification re-solves at a hundredth of the
             tolerance, warm-started from the last trajectory (1.7–2.4x the sweeps in all, up
             to 4.8x with a second), at most 2 times, then :class:`picard.AccuracyWarning`.
+        adjoint_params: the tensors gradients flow to (besides ``x0``) when the solve runs
+            with autograd on. ``None``: the problem's :meth:`picard.Problem.parameters`
+            (an ``nn.Module`` model's, or a bound method's) and every tensor requiring
+            grad that one traced call of the first step uses (a closure's module, an
+            embedding). The backward pass is parallel too (:mod:`picard.gradients`).
 
     Example:
         >>> opts = Options.of(per_sample=True, window=8)
@@ -107,7 +116,10 @@ class Options:
     on_budget: str = "raise"
     on_nonfinite: str = "raise"
     relative: bool | None = None
+    rtol: float | None = None
+    atol: float | None = None
     verify: bool | float = False
+    adjoint_params: tuple[Tensor, ...] | None = None
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -147,8 +159,13 @@ class Options:
         v = {**_DEFAULTS, **options}
         for name in ("window", "max_iters", "max_rows", "max_evaluations"):
             v[name] = check_optional_int(name, v[name], minimum=1, default=None)
-        if v["tol"] is not None:
-            v["tol"] = check_nonneg("tol", v["tol"])
+        for name in ("tol", "rtol", "atol"):
+            if v[name] is not None:
+                v[name] = check_nonneg(name, v[name])
+        if (v["rtol"] is not None or v["atol"] is not None) and (
+            v["tol"] is not None or v["relative"] is not None
+        ):
+            raise ValueError("give tol (and relative) or rtol/atol, not both")
         v["accelerate"] = acceleration_of(v["accelerate"])
         for name in ("predict", "per_sample", "distributed"):
             _check_bool(name, v[name])
@@ -163,10 +180,19 @@ class Options:
         if v["init"] is not None and not isinstance(v["init"], Tensor):
             raise TypeError(f"init must be a Tensor of states, got {type(v['init']).__name__}")
         v["verify"] = _check_verify(v["verify"])
+        if v["adjoint_params"] is not None:
+            v["adjoint_params"] = _check_tensors(v["adjoint_params"])
         return cls(**v)
 
 
 _DEFAULTS = {f.name: f.default for f in fields(Options)}
+
+
+def _check_tensors(value: Any) -> tuple[Tensor, ...]:
+    items = [value] if isinstance(value, Tensor) else list(value)
+    if not all(isinstance(t, Tensor) for t in items):
+        raise TypeError("adjoint_params must be tensors (e.g. model.parameters())")
+    return tuple(items)
 
 
 def _check_bool(name: str, value: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from torch import Tensor
 from picard._checks import check_callable, check_int
 from picard.rows import map_rows
 
-__all__ = ["Problem", "Recursion", "call_batched", "working_dtype"]
+__all__ = ["Problem", "Recursion", "call_batched", "model_parameters", "working_dtype"]
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -36,6 +36,28 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
         (torch.float32, torch.float64)
     """
     return torch.promote_types(dtype, torch.float32)
+
+
+def model_parameters(fn: Any) -> list[Tensor]:
+    """The parameters of a model callable: an ``nn.Module``, or a bound method of one.
+
+    Args:
+        fn: the callable.
+
+    Returns:
+        Its parameters (empty for other callables).
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> len(model_parameters(net)), len(model_parameters(net.forward))
+        (2, 2)
+        >>> model_parameters(lambda x: x)
+        []
+    """
+    owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+    if isinstance(owner, torch.nn.Module):
+        return list(owner.parameters())
+    return []
 
 
 class Problem(ABC):
@@ -81,6 +103,15 @@ class Problem(ABC):
     relative_tol: bool = False
     rows_per_evaluation: int = 1
     sequential_only: bool = False
+
+    def parameters(self) -> Iterable[Tensor]:
+        """The tensors the increments depend on, for gradients (default: none).
+
+        :func:`picard.solve` run with autograd on sends gradients to these (and ``x0``);
+        the shipped problems return their model's parameters when it is an
+        ``nn.Module`` or a bound method of one.
+        """
+        return ()
 
     def loop(self, x0: Tensor) -> Tensor:
         """The final state by the problem's own step-by-step loop (``sequential_only``).
@@ -239,6 +270,10 @@ class Recursion(Problem):
     def scale(self) -> Sequence[float] | np.ndarray | Tensor | None:
         """The scale given at construction."""
         return self._scale
+
+    def parameters(self) -> Iterable[Tensor]:
+        """``fn``'s parameters when it is an ``nn.Module`` or a bound method of one."""
+        return model_parameters(self.fn)
 
 
 def call_batched(

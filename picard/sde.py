@@ -7,18 +7,25 @@ parallel path is the sequential Euler–Maruyama path with the same ``ΔW``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from picard._checks import check_batch_dims, check_callable, check_grid, check_state
-from picard.ode import GUESS_STEPS, batch_function
+from picard._checks import (
+    check_batch_dims,
+    check_callable,
+    check_grid,
+    check_nonneg,
+    check_state,
+)
+from picard.batching import batched_form
+from picard.grids import interpolate
+from picard.ode import GUESS_STEPS
 from picard.options import Options
-from picard.problem import Problem, call_batched, working_dtype
-from picard.solution import Stats
+from picard.problem import Problem, call_batched, model_parameters, working_dtype
 from picard.solver import solve_with
 
 __all__ = ["SDEProblem", "brownian_increments", "sdeint"]
@@ -56,6 +63,7 @@ class SDEProblem(Problem):
         batch_ndim: int = 0,
     ):
         self.f, self.g = f, g
+        self.models = [getattr(fn, "picard_model", fn) for fn in (f, g)]  # for parameters
         self.t = t
         self.num_steps = t.shape[0] - 1
         self.batch_ndim = batch_ndim
@@ -67,6 +75,14 @@ class SDEProblem(Problem):
         """Step sizes (shaped to broadcast) and ``dW`` in the working dtype."""
         work = working_dtype(x0.dtype)
         return _SDEState(self._dt.to(work).reshape(-1, *([1] * x0.ndim)), self._dW.to(work))
+
+    def parameters(self) -> Iterable[Tensor]:
+        """The parameters of ``f`` and ``g`` (``nn.Module``s or bound methods of them)."""
+        seen: dict[int, Tensor] = {}
+        for model in self.models:
+            for p in model_parameters(model):
+                seen.setdefault(id(p), p)
+        return list(seen.values())
 
     def increments(
         self, x: Tensor, start: int, state: _SDEState, history: Tensor | None
@@ -142,76 +158,62 @@ def brownian_increments(
     return z * std
 
 
-@overload
 def sdeint(
-    f: Callable[[Tensor, Tensor], Tensor],
-    g: Callable[[Tensor, Tensor], Tensor],
-    y0: Tensor,
-    t: Tensor,
+    f: Any,
+    g: Any = None,
+    y0: Tensor | None = None,
+    t: Tensor | None = None,
     *,
     dW: Tensor | None = None,
     generator: torch.Generator | None = None,
-    batched: bool = True,
-    return_stats: Literal[False] = False,
-    batch_dims: int = 0,
-    **options: Any,
-) -> Tensor: ...
-
-
-@overload
-def sdeint(
-    f: Callable[[Tensor, Tensor], Tensor],
-    g: Callable[[Tensor, Tensor], Tensor],
-    y0: Tensor,
-    t: Tensor,
-    *,
-    dW: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    batched: bool = True,
-    return_stats: Literal[True],
-    batch_dims: int = 0,
-    **options: Any,
-) -> tuple[Tensor, Stats]: ...
-
-
-def sdeint(
-    f: Callable[[Tensor, Tensor], Tensor],
-    g: Callable[[Tensor, Tensor], Tensor],
-    y0: Tensor,
-    t: Tensor,
-    *,
-    dW: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    batched: bool = True,
+    bm: Callable[[Tensor, Tensor], Tensor] | None = None,
+    method: str = "euler",
+    dt: float | None = None,
+    batched: bool | str = "auto",
     return_stats: bool = False,
     batch_dims: int = 0,
-    **options: Any,
-) -> Tensor | tuple[Tensor, Stats]:
-    """Solve ``dy = f(t, y) dt + g(t, y) ⊙ dW`` by Euler–Maruyama on the grid ``t``, in parallel.
+    **solve_options: Any,
+) -> Any:
+    """Solve ``dy = f(t, y) dt + g(t, y) ⊙ dW`` by Euler–Maruyama, in parallel sweeps.
 
-    The path equals the sequential Euler–Maruyama path driven by the same Brownian
-    increments ``dW`` (to within ``tol``; exactly, to rounding, with ``tol=0``).
+    Two calls: picard's ``sdeint(f, g, y0, t)`` on the grid ``t``, and torchsde's
+    ``sdeint(sde, y0, ts, bm=None, method="euler", dt=1e-3)`` with an object carrying
+    ``f(t, y)`` and ``g(t, y)``, ``noise_type="diagonal"`` and ``sde_type="ito"`` (its grid
+    and linear interpolation onto ``ts``, as torchsde steps; ``bm`` any ``bm(ta, tb)`` giving
+    increments, such as a torchsde ``BrownianInterval``). The path equals the sequential
+    Euler–Maruyama path driven by the same increments (to within ``tol``; exactly, to
+    rounding, with ``tol=0``); gradients flow to ``y0`` and the parameters of ``f``/``g``.
 
     Args:
-        f: drift; ``f(t, y)`` with ``t: (M,)``, ``y: (M, *y0.shape)`` when ``batched``.
-        g: diagonal diffusion, same signature; multiplies ``dW`` elementwise.
+        f: the drift ``f(t, y)`` — or torchsde's ``sde`` object (then ``g`` is ``y0``, ``y0``
+            is ``ts``). Written for one time (torchsde's) or for a batch of rows:
+            ``batched="auto"`` checks which, as for :func:`picard.odeint`.
+        g: diagonal diffusion, same signature and shape; multiplies ``dW`` elementwise.
         y0: initial state, any shape, real floating dtype.
         t: 1-D strictly increasing or decreasing times on ``y0``'s device.
 
     Other Arguments:
-        dW: Brownian increments of shape ``(len(t) - 1, *y0.shape)``; by default drawn
-            once as ``randn((len(t) - 1, *y0.shape), generator=generator) * sqrt(|Δt|)``.
+        dW: Brownian increments ``(len(t) - 1, *y0.shape)``; by default drawn once as
+            ``randn((len(t) - 1, *y0.shape), generator=generator) * sqrt(|Δt|)``.
         generator: the random generator for ``dW`` (on ``y0``'s device); not with ``dW``.
-        batched: whether ``f`` and ``g`` take batches of rows (else :func:`torch.func.vmap`).
+        bm: torchsde's Brownian motion ``bm(ta, tb)`` (torchsde's call), queried once per
+            step in order before the sweeps.
+        method: ``"euler"`` (Euler–Maruyama); others raise.
+        dt: torchsde's step (torchsde's call; default 1e-3).
+        batched: ``"auto"``, ``True`` or ``False``, as for :func:`picard.odeint`.
         return_stats: also return the :class:`picard.Stats`.
-        batch_dims: leading dimensions of ``y0`` that index independent samples.
-        **options: the solve's options (:class:`picard.Options`): ``window``, ``tol``
+        batch_dims: leading dimensions of ``y0`` that index independent samples (torchsde's
+            call: 1, its batch dimension).
+        **solve_options: the solve's options (:class:`picard.Options`): ``window``, ``tol``
             (default 1e-5, in the units of ``y``; ``0`` reproduces the sequential path to
-            float rounding), ``max_iters``, ``accelerate``, ``init`` (a warm start
-            ``(len(t), *y0.shape)``), ``verify`` and the others.
+            float rounding), ``max_iters``, ``accelerate``, ``init``, ``verify``,
+            ``adjoint_params`` and the others.
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)``, or ``(ys, stats)``.
+
+    Raises:
+        TypeError, ValueError: a bad argument (the message names it).
 
     Example:
         >>> import torch, picard
@@ -222,16 +224,28 @@ def sdeint(
         >>> ys.shape
         torch.Size([51, 3])
     """
-    opts = Options.of(**options)
-    f = check_callable("f", f)
-    g = check_callable("g", g)
+    if method != "euler":
+        raise ValueError(f"method must be 'euler' (Euler–Maruyama), got {method!r}")
+    if not isinstance(return_stats, bool):
+        raise TypeError(f"return_stats must be a bool, got {type(return_stats).__name__}")
+    placement = None
+    if _is_sde(f, g):  # torchsde's call: sdeint(sde, y0, ts, ...)
+        sde, y0, ts = f, g, y0
+        f, g = _torchsde_functions(sde)
+        y0 = check_state("y0", y0)
+        ts = check_grid(ts, y0)
+        if dW is not None:
+            raise ValueError("torchsde's call takes bm, not dW")
+        t = _torchsde_grid(ts, 1e-3 if dt is None else dt)
+        dW = _increments(bm, t, y0) if bm is not None else None
+        placement, batch_dims = ts, 1
+    elif bm is not None or dt is not None:
+        raise TypeError("bm and dt belong to torchsde's call, sdeint(sde, y0, ts, ...)")
+    f, g = check_callable("f", f), check_callable("g", g)
     y0 = check_state("y0", y0)
     t = check_grid(t, y0)
     batch_ndim = check_batch_dims(batch_dims, y0)
-    if not isinstance(batched, bool):
-        raise TypeError(f"batched must be a bool, got {type(batched).__name__}")
-    if not isinstance(return_stats, bool):
-        raise TypeError(f"return_stats must be a bool, got {type(return_stats).__name__}")
+    opts = Options.of(**solve_options)
     if dW is not None and generator is not None:
         raise ValueError("give dW or generator, not both (generator only draws dW)")
     if generator is not None:
@@ -243,12 +257,55 @@ def sdeint(
         dW = brownian_increments(t, y0.shape, y0.dtype, generator)
     else:
         _check_dW(dW, y0, t)
-    if not batched:
-        f, g = batch_function(f, "f"), batch_function(g, "g")
-    problem = SDEProblem(f, g, t, dW, y0.dtype, batch_ndim)
+    drift = batched_form(f, "f", batched, t, y0)
+    diffusion = batched_form(g, "g", batched, t, y0)
+    problem = SDEProblem(drift, diffusion, t, dW, y0.dtype, batch_ndim)
     sol = solve_with(problem, y0, opts, save=True)
     assert sol.ys is not None
-    return (sol.ys, sol.stats) if return_stats else sol.ys
+    ys = sol.ys if placement is None else interpolate(t, sol.ys, placement)
+    return (ys, sol.stats) if return_stats else ys
+
+
+def _is_sde(f: Any, g: Any) -> bool:
+    """Whether ``sdeint`` got torchsde's call: an object with ``f`` and ``g``, then ``y0``."""
+    return hasattr(f, "f") and hasattr(f, "g") and isinstance(g, Tensor)
+
+
+def _torchsde_functions(sde: Any) -> tuple[Any, Any]:
+    """``sde.f`` and ``sde.g``, checked to be what picard solves (diagonal Itô noise)."""
+    noise = getattr(sde, "noise_type", "diagonal")
+    kind = getattr(sde, "sde_type", "ito")
+    if noise != "diagonal":
+        raise ValueError(f"sde.noise_type must be 'diagonal' (Euler–Maruyama here), got {noise!r}")
+    if kind != "ito":
+        raise ValueError(f"sde.sde_type must be 'ito' (Euler–Maruyama), got {kind!r}")
+    return sde.f, sde.g
+
+
+def _torchsde_grid(ts: Tensor, dt: Any) -> Tensor:
+    """Torchsde's steps: from ``ts[0]`` by ``dt``, accumulated as it accumulates them.
+
+    The last step is cut at ``ts[-1]``.
+    """
+    dt = check_nonneg("dt", dt, positive=True)
+    if not bool(ts[-1] > ts[0]):
+        raise ValueError("torchsde's call needs increasing ts")
+    grid, now, end = [ts[0]], ts[0], ts[-1]
+    while bool(now < end):
+        now = torch.minimum(now + dt, end)
+        grid.append(now)
+    return torch.stack(grid)
+
+
+def _increments(bm: Callable[[Tensor, Tensor], Tensor], t: Tensor, y0: Tensor) -> Tensor:
+    """``bm(t_i, t_{i+1})`` for every step, queried in order (as the sequential loop does)."""
+    if not callable(bm):
+        raise TypeError(f"bm must be callable as bm(ta, tb), got {type(bm).__name__}")
+    steps = [bm(t[i], t[i + 1]) for i in range(t.shape[0] - 1)]
+    dW = torch.stack([torch.as_tensor(s, dtype=y0.dtype, device=y0.device) for s in steps])
+    if dW.shape[1:] != y0.shape:
+        raise ValueError(f"bm returned increments of shape {tuple(dW.shape[1:])}, not y0's")
+    return dW
 
 
 def _check_dW(dW: Any, y0: Tensor, t: Tensor) -> None:

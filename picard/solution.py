@@ -37,6 +37,9 @@ class Stats:
             and ``tol / 100^(k+1)``) relative to its RMS. It estimates the error of the
             looser one; the returned state is the tighter one, usually a few times
             closer to the sequential result. ``None`` without ``verify``.
+        backward: with gradients, the :class:`Stats` of each backward pass run through the
+            solve (``loss.backward()``), appended as they run: the adjoint recursion's
+            sweeps and evaluations (:mod:`picard.gradients`).
         verifications: the verification solves run (``verify=``), each warm-started
             from the previous trajectory at a hundredth of its tolerance; their sweeps and
             evaluations are counted in ``iterations`` and ``evaluations``.
@@ -68,6 +71,8 @@ class Stats:
     changes: Sequence[np.ndarray] = field(default=(), repr=False, compare=False)
     lane_starts: Sequence[np.ndarray] | None = field(default=None, repr=False, compare=False)
     inv_scale: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # The stats of each backward pass run through this solve (gradients), appended by it.
+    backward: list[Stats] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def accelerated(self) -> int:

@@ -22,6 +22,7 @@ from picard.acceptance import FirstUnconverged
 from picard.arrays import TORCH
 from picard.budget import Budget
 from picard.errors import NonFiniteError
+from picard.gradients import differentiable, gradient_inputs
 from picard.guess import guess_for
 from picard.options import Options
 from picard.plans import PerSampleWindows, Saver, SharedWindow, bad_increments, remember, solution
@@ -141,7 +142,10 @@ def solve_with(
         _check_init(options.init, n, x0)
     if on_step is not None and (options.per_sample or options.verify is not False):
         raise ValueError("a per-step callback does not combine with per_sample or verify")
-    tolerance = Tolerance.of(problem, options.tol, options.relative, size)
+    mixed = None if options.rtol is None and options.atol is None else (options.atol, options.rtol)
+    tolerance = Tolerance.of(
+        problem, options.tol, options.relative, size, mixed, working_dtype(x0.dtype)
+    )
     tol = tolerance.value
     evaluator = evaluator_for(options.distributed, options.devices, x0, (n, window, tol))
     drawn: list[Any] = []
@@ -167,26 +171,58 @@ def solve_with(
             plan = SharedWindow(problem, x0, keep, control.cap, on_step=on_step)
         return sweep(problem, x0, plan, control, strategies, drawn[0], progress)
 
-    # NaN/Inf are detected and reported by the loop itself, not by numpy warnings.
-    with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"), evaluating(evaluator):
-        if options.verify is False:
-            return run(tol, options.init, max_iters, options.max_evaluations)
-        target = tol if options.verify is True else options.verify
-        every = list(range(n + 1))
-        return verified(
-            lambda t, i, m, e: run(t, i, n if m is None else m, e, every),
-            tol,
-            target,
-            options.init,
-            None if options.max_iters is None else max_iters,
-            options.max_evaluations,
-            batch_ndim,
-            saved,
+    def forward(keep: Any) -> Solution:
+        # NaN/Inf are detected and reported by the loop itself, not by numpy warnings.
+        with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"), evaluating(evaluator):
+            if options.verify is False:
+                return run(tol, options.init, max_iters, options.max_evaluations, keep)
+            target = tol if options.verify is True else options.verify
+            every = list(range(n + 1))
+            return verified(
+                lambda t, i, m, e: run(t, i, n if m is None else m, e, every),
+                tol,
+                target,
+                options.init,
+                None if options.max_iters is None else max_iters,
+                options.max_evaluations,
+                batch_ndim,
+                keep,
+            )
+
+    params = None
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            drawn.append(problem.init(x0))
+        params = gradient_inputs(problem, x0, drawn[0], options.adjoint_params)
+    if params is None:
+        return forward(saved)
+    if options.distributed or options.devices:
+        raise ValueError(
+            "gradients through a solve (x0 or the model's parameters require grad) do not "
+            "combine with distributed or devices; run the solve under torch.no_grad()"
         )
+    if on_step is not None:
+        raise ValueError("a per-step callback does not combine with gradients")
+
+    # the backward's test: relative to each adjoint's RMS, at tol (or rtol, for rtol/atol)
+    back_tol = tol if tolerance.weights is None else tolerance.weights[1]
+
+    def solve_adjoint(adjoint: Problem, start: Tensor, adjoint_window: int) -> Solution:
+        back = Options.of(
+            window=adjoint_window or window, tol=back_tol, relative=True, predict=False
+        )
+        with torch.no_grad():
+            return solve_with(adjoint, start, back, save=True)
+
+    every = forward(list(range(n + 1)))
+    return differentiable(problem, x0, every, drawn[0], saved, params, solve_adjoint)
 
 
 def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = False) -> Solution:
     """Solve ``problem`` step by step, one call per step: the reference for :func:`solve`.
+
+    Runs in the caller's grad mode: gradients are autograd's through the loop (every
+    step's activations are kept), the reference for :func:`solve`'s backward pass.
 
     Args:
         problem: the recursion (:class:`picard.Problem`).
@@ -207,23 +243,23 @@ def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = Fal
     x0 = check_state("x0", x0)
     saved = saved_steps(save, n)
     samples, _ = per_sample_size(x0.shape, problem.batch_ndim)
-    with torch.no_grad():
-        x = x0.detach().to(working_dtype(x0.dtype), copy=True)
-        state = problem.init(x0)
-        saver = None if saved is None else Saver(saved, x, TORCH)
-        history: Tensor | None = None
-        for i in range(n):
-            inc, out = problem.increments(x[None], i, state, history)
-            if not isinstance(inc, Tensor) or inc.shape != (1, *x.shape) or inc.dtype != x.dtype:
-                bad_increments(inc, x[None])
-            x = x + inc[0]
-            if not bool(torch.isfinite(x).all()):
-                label = problem.step_label(i)
-                raise NonFiniteError(f"{label}: NaN or Inf in the sequential solve", step=i)
-            if saver is not None:
-                saver.add(x[None], i, 1)
-            if problem.memory:
-                history = remember(history, out, 1, problem.memory)
+    # in the caller's grad mode: autograd records what requires grad
+    x = x0.to(working_dtype(x0.dtype), copy=True)
+    state = problem.init(x0)
+    saver = None if saved is None else Saver(saved, x, TORCH)
+    history: Tensor | None = None
+    for i in range(n):
+        inc, out = problem.increments(x[None], i, state, history)
+        if not isinstance(inc, Tensor) or inc.shape != (1, *x.shape) or inc.dtype != x.dtype:
+            bad_increments(inc, x[None])
+        x = x + inc[0]
+        if not bool(torch.isfinite(x).all()):
+            label = problem.step_label(i)
+            raise NonFiniteError(f"{label}: NaN or Inf in the sequential solve", step=i)
+        if saver is not None:
+            saver.add(x[None], i, 1)
+        if problem.memory:
+            history = remember(history, out, 1, problem.memory)
     stats = Stats(
         n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)), problem.rows_per_evaluation
     )
@@ -240,8 +276,7 @@ def _own_loop(
         )
     n = problem.num_steps
     samples, _ = per_sample_size(x0.shape, problem.batch_ndim)
-    with torch.no_grad():
-        final = problem.loop(x0)
+    final = problem.loop(x0)  # in the caller's grad mode: autograd through the loop
     stats = Stats(
         n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)), problem.rows_per_evaluation
     )

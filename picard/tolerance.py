@@ -8,6 +8,10 @@ Step i has converged when the RMS change of state ``i + 1`` between two sweeps i
   relative perturbation of the sample ("How it works" derives it).
 - absolute: at most ``tol * scale_i`` (``problem.scale()``; 1 when it gives none), for the
   worst sample — ParaDiGMS's test, relative to each step's noise std, for diffusion samplers.
+- mixed (``rtol``/``atol``, torchdiffeq's names): the RMS of the change weighted
+  elementwise by ``1 / (atol + rtol |x|)`` at most 1, for the worst sample. ``rtol`` is
+  floored at 16 units of the working dtype's precision (rounding alone moves a state by
+  a few units: a float32 solve still converges at torchdiffeq's default 1e-7).
 
 The test is computed on squared norms, ``|Δx|² <= tol² · scale_i² · size`` (or
 ``|Δx|² <= tol² · |x|²``), so a sweep needs one reduction and one synchronisation.
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from picard.arrays import Arrays
@@ -40,6 +45,7 @@ class Tolerance:
         inv_scale: (N,) its reciprocal (0 where the scale is 0): a state's change norm
             times ``inv_scale[i]`` is in units of ``tol``.
         threshold2: (N,) the squared thresholds the squared measure is compared with.
+        weights: ``(atol, rtol)`` of the mixed test (floors applied), or ``None``.
 
     Example:
         >>> import torch, picard
@@ -54,6 +60,7 @@ class Tolerance:
     value: float
     relative: bool
     scale: np.ndarray
+    weights: tuple[float, float] | None = None
     inv_scale: np.ndarray = field(init=False, repr=False)
     threshold2: np.ndarray = field(init=False, repr=False)
     _column: np.ndarray = field(init=False, repr=False)  # threshold2[:, None], for slices
@@ -67,7 +74,13 @@ class Tolerance:
 
     @classmethod
     def of(
-        cls, problem: Problem, value: float | None, relative: bool | None, size: int
+        cls,
+        problem: Problem,
+        value: float | None,
+        relative: bool | None,
+        size: int,
+        mixed: tuple[float | None, float | None] | None = None,
+        dtype: Any = None,
     ) -> Tolerance:
         """The test of ``problem`` at ``value`` for states of ``size`` elements per sample.
 
@@ -79,20 +92,35 @@ class Tolerance:
             relative: measure changes relative to each state's RMS; ``None``: the
                 problem's choice.
             size: elements per sample.
+            mixed: ``(atol, rtol)`` for the mixed test (``None`` entries: torchdiffeq's
+                defaults 1e-9 and 1e-7), or ``None``; then ``value`` and ``relative``
+                must be ``None``.
+            dtype: the working dtype (the floor of ``rtol``), with ``mixed``.
 
         Returns:
             The test.
         """
+        n = problem.num_steps
+        if mixed is not None:
+            if value is not None or relative is not None:
+                raise ValueError("give tol (and relative) or rtol/atol, not both")
+            atol = 1e-9 if mixed[0] is None else mixed[0]
+            rtol = 1e-7 if mixed[1] is None else mixed[1]
+            eps = float(torch.finfo(dtype).eps) if dtype is not None else 0.0
+            tiny = float(torch.finfo(dtype).tiny) if dtype is not None else 1e-300
+            weights = (max(atol, tiny), max(rtol, 16 * eps))
+            return cls(1.0, False, np.full(n, math.sqrt(size)), weights)
         relative = bool(problem.relative_tol if relative is None else relative)
         value = problem.default_tolerance(relative) if value is None else value
-        n = problem.num_steps
         # On the norm, not the RMS; relative: the change's norm over the state's.
         scale = np.ones(n) if relative else _scales(problem.scale(), n) * math.sqrt(size)
         return cls(value, relative, scale)
 
     def at(self, value: float) -> Tolerance:
         """The same test at another tolerance (verification solves)."""
-        return self if value == self.value else Tolerance(value, self.relative, self.scale)
+        if value == self.value:
+            return self
+        return Tolerance(value, self.relative, self.scale, self.weights)
 
     def measure(self, ops: Arrays, new: Any, old: Any) -> np.ndarray:
         """The squared change of each state of a window, per column, on the host.
@@ -103,8 +131,12 @@ class Tolerance:
             old: their previous values, shaped alike.
 
         Returns:
-            ``(w, columns)``: ``|new - old|²``, or relative: ``|new - old|² / |new|²``.
+            ``(w, columns)``: ``|new - old|²``; relative: ``|new - old|² / |new|²``; mixed:
+            ``|(new - old) / (atol + rtol |new|)|²``.
         """
+        if self.weights is not None:
+            atol, rtol = self.weights
+            return ops.host(ops.sq_norms((new - old) / (atol + rtol * abs(new))))
         change = ops.sq_norms(new - old)
         if self.relative:  # on the device: still one synchronisation per sweep
             change = change / ops.nonzero(ops.sq_norms(new))

@@ -248,6 +248,7 @@ def test_nonfinite_increment_names_step_and_sweep():
     assert (info.value.step, info.value.sweep) == (7, 1)
 
 
+@torch.no_grad()  # counts calls: no gradient trace (picard.gradients.gradient_inputs)
 def test_nonfinite_in_a_later_sweep():
     calls = []
 

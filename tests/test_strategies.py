@@ -193,8 +193,8 @@ def test_front_ends_take_the_options_and_refuse_unknown_keywords():
     torch.testing.assert_close(ys, picard.odeint(lambda t, y: -y, y0, t, tol=0))
     warm = picard.odeint(lambda t, y: -y, y0, t, tol=1e-12, init=ys, return_stats=True)[1]
     assert warm.iterations == 1
-    with pytest.raises(TypeError, match="unexpected keyword argument 'rtol'"):
-        picard.odeint(lambda t, y: -y, y0, t, rtol=1e-3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rtl'"):
+        picard.odeint(lambda t, y: -y, y0, t, rtl=1e-3)
     with pytest.raises(ValueError, match="step_size"):
         picard.odeint(lambda t, y: -y, y0, t, init=ys, step_size=0.01)
     g = torch.Generator().manual_seed(0)
@@ -202,8 +202,8 @@ def test_front_ends_take_the_options_and_refuse_unknown_keywords():
         lambda t, y: -y, lambda t, y: 0.1 + 0 * y, y0, t, generator=g, accelerate="secant", tol=0
     )
     assert sde.shape == (21, 2)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'atol'"):
-        picard.sdeint(lambda t, y: -y, lambda t, y: 0 * y, y0, t, atol=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'atl'"):
+        picard.sdeint(lambda t, y: -y, lambda t, y: 0 * y, y0, t, atl=1)
 
 
 @given(problems, st.integers(1, 70), st.sampled_from([1e-8, 1e-6, 1e-4]), st.integers(1, 3))

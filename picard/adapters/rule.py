@@ -22,7 +22,7 @@ from torch import Tensor
 
 from picard.adapters import schedules
 from picard.adapters.noise import Noise
-from picard.problem import Problem, working_dtype
+from picard.problem import Problem, model_parameters, working_dtype
 from picard.rows import map_rows
 
 __all__ = ["DiffusionProblem", "Generator", "UpdateRule"]
@@ -259,6 +259,10 @@ class DiffusionProblem(Problem):
         self.rows_per_evaluation = rows_per_evaluation
         self.scale_model_input = scale_model_input
         self._takes_samples = _takes_samples(denoiser)
+
+    def parameters(self) -> list[Tensor]:
+        """The denoiser's parameters (an ``nn.Module`` or a bound method of one)."""
+        return model_parameters(self.denoiser)
 
     def with_rule(self, rule: UpdateRule) -> DiffusionProblem:
         """The same problem (denoiser, generator, rows, scaling) with another rule.
