@@ -8,51 +8,32 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DEISMultistepScheduler
-from diffusion_helpers import gaussian_denoiser, start_latent, tiny_unet, unet_denoiser
+from diffusion_helpers import (
+    PREDICTIONS,
+    SIGMA_SCHEDULES,
+    SPACINGS,
+    assert_default_tolerance,
+    assert_posterior_tol_scale,
+    assert_rule_parity,
+    assert_split_window_equals_one_window,
+    gaussian_denoiser,
+    recorded_orders,
+    scheduler_factory,
+    start_latent,
+    tiny_unet,
+    unet_denoiser,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rule_parity import assert_rule_parity, sequential, solve_rule
 
-from picard.adapters import schedules
 from picard.adapters.deis import DEISRule, deis_grid, from_config
 
-SPACINGS = [("linspace", 0), ("leading", 0), ("leading", 1), ("trailing", 0)]
-SIGMA_SCHEDULES = [None, "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]
-PREDICTIONS = ["epsilon", "sample", "v_prediction"]
-
-
-def scheduler(**kw) -> DEISMultistepScheduler:
-    schedule = kw.pop("schedule", None)
-    if schedule:
-        kw[schedule] = True
-    spacing = kw.pop("spacing", None)
-    if spacing:
-        kw["timestep_spacing"], kw["steps_offset"] = spacing
-    return DEISMultistepScheduler(**kw)
-
-
-def diffusers_orders(sched, n: int) -> list[int]:
-    """The order of the update each of diffusers' steps calls."""
-    s = copy.deepcopy(sched)
-    s.set_timesteps(n)
-    seen: list[int] = []
-    names = [
-        "deis_first_order_update",
-        "multistep_deis_second_order_update",
-        "multistep_deis_third_order_update",
-    ]
-    for order, name in enumerate(names, start=1):
-        method = getattr(s, name)
-
-        def record(*a, _method=method, _order=order, **k):
-            seen.append(_order)
-            return _method(*a, **k)
-
-        setattr(s, name, record)
-    x = torch.ones(1, 1, 2, 2)
-    for t in s.timesteps:
-        x = s.step(0.1 * x, t, x).prev_sample
-    return seen
+scheduler = scheduler_factory(DEISMultistepScheduler)
+UPDATES = [
+    "deis_first_order_update",
+    "multistep_deis_second_order_update",
+    "multistep_deis_third_order_update",
+]
 
 
 @settings(max_examples=10)
@@ -82,7 +63,7 @@ def test_grid_matches_set_timesteps(beta, spacing, schedule, n):
 @given(order=st.sampled_from([1, 2, 3]), lower_order_final=st.booleans(), n=st.integers(1, 20))
 def test_orders_match_the_updates_diffusers_calls(order, lower_order_final, n):
     sched = scheduler(solver_order=order, lower_order_final=lower_order_final)
-    assert DEISRule(sched.config, n).orders.tolist() == diffusers_orders(sched, n)
+    assert DEISRule(sched.config, n).orders.tolist() == recorded_orders(sched, n, UPDATES)
 
 
 @settings(max_examples=12)
@@ -160,38 +141,19 @@ def test_random_unet_parity_float64(kw):
 
 
 def test_history_from_a_split_window_equals_one_window():
-    rule = DEISRule({"solver_order": 3}, 10)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(10, 2, 3, 4, generator=g, dtype=torch.float64)
-    out = torch.randn(10, 2, 3, 4, generator=g, dtype=torch.float64)
-    c = {k: torch.as_tensor(v).reshape(-1, 1, 1, 1) for k, v in rule.coefficients.items()}
-    whole, _ = rule.update(x, out, c, None, None)
-    for cut in range(1, 10):
-        head = {k: v[:cut] for k, v in c.items()}
-        tail = {k: v[cut:] for k, v in c.items()}
-        first, m_head = rule.update(x[:cut], out[:cut], head, None, None)
-        second, _ = rule.update(x[cut:], out[cut:], tail, None, m_head[-rule.memory :])
-        assert torch.allclose(torch.cat([first, second]), whole, rtol=0, atol=1e-14)
+    assert_split_window_equals_one_window(DEISRule({"solver_order": 3}, 10), 10)
 
 
 def test_tol_scale_is_the_posterior_std_of_the_next_step():
     rule = DEISRule({}, 10)
-    ab = 1 / (rule.sigmas.double() ** 2 + 1)
-    for i in range(9):
-        expected = float(schedules.posterior_std(ab[i + 1], ab[i + 2]))
-        assert rule.tol_scale[i] == pytest.approx(expected, rel=1e-12)
-    assert rule.tol_scale[-1] == 0 and (rule.tol_scale[:-1] > 0).all()
+    assert_posterior_tol_scale(rule)
     assert not rule.noise_draws.any() and rule.memory == 1
 
 
 def test_default_tolerance_is_close_and_faster():
     sched = DEISMultistepScheduler()
-    den = gaussian_denoiser(sched)
-    x_T = start_latent(sched, 50)
-    ref = sequential(sched, den, 50, x_T)
-    sol = solve_rule(from_config(sched.config, 50), den, x_T, seed=None)
-    assert sol.stats.iterations < 15  # 6 here
-    assert float((sol.final - ref).abs().max()) < 2e-2  # 2.4e-4 here
+    rule = from_config(sched.config, 50)  # 6 sweeps, 2.4e-4 from diffusers' sample here
+    assert_default_tolerance(sched, rule, gaussian_denoiser(sched), 50, iterations=15, error=2e-2)
 
 
 @pytest.mark.parametrize(

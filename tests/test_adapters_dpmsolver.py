@@ -10,10 +10,19 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 from diffusion_helpers import (
+    DPM_UPDATES,
+    PREDICTIONS,
+    SIGMA_SCHEDULES,
+    SPACINGS,
     assert_parity,
+    assert_posterior_tol_scale,
+    assert_split_window_equals_one_window,
     gaussian_denoiser,
     max_abs,
     parallel,
+    per_sample_error,
+    recorded_orders,
+    scheduler_factory,
     sequential,
     start_latent,
     tiny_unet,
@@ -23,62 +32,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import picard
-from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler, rule_for
 from picard.adapters.dpmsolver import DPMSolverRule, from_config, solver_grid, step_orders
 
-SPACINGS = [("linspace", 0), ("leading", 0), ("leading", 1), ("trailing", 0)]
-PREDICTIONS = ["epsilon", "sample", "v_prediction"]
-SIGMA_SCHEDULES = [
-    None,
-    "use_karras_sigmas",
-    "use_lu_lambdas",
-    "use_exponential_sigmas",
-    "use_beta_sigmas",
-]
-
-
-def scheduler(**kw) -> DPMSolverMultistepScheduler:
-    schedule = kw.pop("schedule", None)
-    if schedule:
-        kw[schedule] = True
-    spacing = kw.pop("spacing", None)
-    if spacing:
-        kw["timestep_spacing"], kw["steps_offset"] = spacing
-    return DPMSolverMultistepScheduler(**kw)
+LU_SCHEDULES = [*SIGMA_SCHEDULES[:2], "use_lu_lambdas", *SIGMA_SCHEDULES[2:]]
+scheduler = scheduler_factory(DPMSolverMultistepScheduler)
 
 
 def used_orders(sched, n: int) -> list[int]:
     """The order of the update diffusers' step calls at each step."""
-    s = copy.deepcopy(sched)
-    s.set_timesteps(n)
-    seen: list[int] = []
-    for order, name in enumerate(
-        [
-            "dpm_solver_first_order_update",
-            "multistep_dpm_solver_second_order_update",
-            "multistep_dpm_solver_third_order_update",
-        ],
-        start=1,
-    ):
-        method = getattr(s, name)
-
-        def record(*a, _method=method, _order=order, **k):
-            seen.append(_order)
-            return _method(*a, **k)
-
-        setattr(s, name, record)
-    x = torch.zeros(1, 1, 2, 2)
     gen = torch.Generator().manual_seed(0)
-    for t in s.timesteps:
-        x = s.step(0.1 * x, t, x, generator=gen).prev_sample
-    return seen
+    return recorded_orders(sched, n, DPM_UPDATES, x=torch.zeros(1, 1, 2, 2), generator=gen)
 
 
 @given(
     beta=st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2"]),
     spacing=st.sampled_from(SPACINGS),
-    schedule=st.sampled_from(SIGMA_SCHEDULES),
+    schedule=st.sampled_from(LU_SCHEDULES),
     final=st.sampled_from(["zero", "sigma_min"]),
     n=st.one_of(st.integers(1, 60), st.integers(900, 1000)),
     clip=st.sampled_from([-math.inf, -5.1]),
@@ -309,29 +279,14 @@ def test_history_from_a_split_window_equals_one_window():
     """``update`` on a window split in two, the second half reading the first's outputs as
     history, gives what one window gives."""
     rule = DPMSolverRule({"solver_order": 3, "final_sigmas_type": "sigma_min"}, 10)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(10, 2, 3, 4, generator=g, dtype=torch.float64)
-    out = torch.randn(10, 2, 3, 4, generator=g, dtype=torch.float64)
-    c = {k: torch.as_tensor(v).reshape(-1, 1, 1, 1) for k, v in rule.coefficients.items()}
-    whole, _ = rule.update(x, out, c, None, None)
-    for cut in range(1, 10):
-        head = {k: v[:cut] for k, v in c.items()}
-        tail = {k: v[cut:] for k, v in c.items()}
-        first, m_head = rule.update(x[:cut], out[:cut], head, None, None)
-        second, _ = rule.update(x[cut:], out[cut:], tail, None, m_head[-rule.memory :])
-        assert torch.allclose(torch.cat([first, second]), whole, rtol=0, atol=1e-14)
+    assert_split_window_equals_one_window(rule, 10)
 
 
 def test_tol_scale_is_the_posterior_std_of_the_next_step():
     sched = DPMSolverMultistepScheduler(final_sigmas_type="sigma_min")
     rule = DPMSolverRule(sched.config, 10)
     _, sigmas = solver_grid(sched.config, 10)
-    ab = 1 / (torch.from_numpy(sigmas).double() ** 2 + 1)
-    for i in range(9):
-        assert rule.tol_scale[i] == pytest.approx(
-            float(schedules.posterior_std(ab[i + 1], ab[i + 2])), rel=1e-12
-        )
-    assert rule.tol_scale[-1] == 0 and (rule.tol_scale[:-1] > 0).all()
+    assert_posterior_tol_scale(rule, torch.from_numpy(sigmas))
     zero = DPMSolverRule(DPMSolverMultistepScheduler().config, 10)
     assert zero.tol_scale[-2] == 0  # the step into σ = 0 has no posterior noise
     assert not zero.noise_draws.any() and zero.memory == 1
@@ -366,13 +321,7 @@ def test_sde_per_sample_generators_end_where_the_sequential_loop_leaves_them():
     sched = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
     den = gaussian_denoiser(sched)
     x_T = start_latent(sched, 10, shape=(3, 3, 8, 8))
-    gens_a = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
-    gens_b = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
-    ref = sequential(sched, den, 10, x_T, gens_a)
-    sol = picard.solve(from_scheduler(sched, den, 10, generator=gens_b), x_T, tol=0, window=4)
-    assert max_abs(sol.final, ref) < 1e-5
-    for a, b in zip(gens_a, gens_b, strict=True):
-        assert torch.equal(a.get_state(), b.get_state())
+    assert per_sample_error(sched, den, 10, x_T, window=4) < 1e-5
 
 
 @pytest.mark.parametrize(

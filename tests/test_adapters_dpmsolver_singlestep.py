@@ -9,12 +9,23 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DPMSolverSinglestepScheduler
-from diffusion_helpers import gaussian_denoiser, sequential, start_latent, tiny_unet, unet_denoiser
+from diffusion_helpers import (
+    PREDICTIONS,
+    SIGMA_SCHEDULES,
+    assert_default_tolerance,
+    assert_posterior_tol_scale,
+    assert_rule_parity,
+    assert_split_window_equals_one_window,
+    gaussian_denoiser,
+    per_sample_error,
+    scheduler_factory,
+    start_latent,
+    tiny_unet,
+    unet_denoiser,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rule_parity import assert_rule_parity, solve_rule
 
-from picard.adapters import schedules
 from picard.adapters.dpmsolver_singlestep import (
     DPMSolverSinglestepRule,
     from_config,
@@ -22,15 +33,7 @@ from picard.adapters.dpmsolver_singlestep import (
     singlestep_grid,
 )
 
-SIGMA_SCHEDULES = [None, "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]
-PREDICTIONS = ["epsilon", "sample", "v_prediction"]
-
-
-def scheduler(**kw) -> DPMSolverSinglestepScheduler:
-    schedule = kw.pop("schedule", None)
-    if schedule:
-        kw[schedule] = True
-    return DPMSolverSinglestepScheduler(**kw)
+scheduler = scheduler_factory(DPMSolverSinglestepScheduler)
 
 
 def diffusers_orders(sched, n: int) -> list[int]:
@@ -190,17 +193,7 @@ def test_history_from_a_split_window_equals_one_window():
     """``update`` on a window split anywhere, the tail reading the head's stored
     ``[m, x]`` rows as history, gives what one window gives (groups cut at every offset)."""
     rule = DPMSolverSinglestepRule({"solver_order": 3, "solver_type": "heun"}, 11)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(11, 2, 3, 4, generator=g, dtype=torch.float64)
-    out = torch.randn(11, 2, 3, 4, generator=g, dtype=torch.float64)
-    c = {k: torch.as_tensor(v).reshape(-1, 1, 1, 1) for k, v in rule.coefficients.items()}
-    whole, _ = rule.update(x, out, c, None, None)
-    for cut in range(1, 11):
-        head = {k: v[:cut] for k, v in c.items()}
-        tail = {k: v[cut:] for k, v in c.items()}
-        first, kept = rule.update(x[:cut], out[:cut], head, None, None)
-        second, _ = rule.update(x[cut:], out[cut:], tail, None, kept[-rule.memory :])
-        assert torch.allclose(torch.cat([first, second]), whole, rtol=0, atol=1e-14)
+    assert_split_window_equals_one_window(rule, 11)
 
 
 def test_an_entry_depends_on_its_group_start_not_its_own_state():
@@ -221,39 +214,20 @@ def test_an_entry_depends_on_its_group_start_not_its_own_state():
 
 
 def test_tol_scale_is_the_posterior_std_of_the_next_step():
-    rule = DPMSolverSinglestepRule({"final_sigmas_type": "sigma_min"}, 10)
-    ab = 1 / (rule.sigmas.double() ** 2 + 1)
-    for i in range(9):
-        expected = float(schedules.posterior_std(ab[i + 1], ab[i + 2]))
-        assert rule.tol_scale[i] == pytest.approx(expected, rel=1e-12)
-    assert rule.tol_scale[-1] == 0 and (rule.tol_scale[:-1] > 0).all()
+    assert_posterior_tol_scale(DPMSolverSinglestepRule({"final_sigmas_type": "sigma_min"}, 10))
 
 
 def test_default_tolerance_is_close_and_faster():
     sched = DPMSolverSinglestepScheduler()
-    den = gaussian_denoiser(sched)
-    x_T = start_latent(sched, 50)
-    ref = sequential(sched, den, 50, x_T)
-    sol = solve_rule(from_config(sched.config, 50), den, x_T, seed=None)
-    assert sol.stats.iterations < 15  # 9 here
-    assert float((sol.final - ref).abs().max()) < 2e-2  # 6.6e-3 here
+    rule = from_config(sched.config, 50)  # 9 sweeps, 6.6e-3 from diffusers' sample here
+    assert_default_tolerance(sched, rule, gaussian_denoiser(sched), 50, iterations=15, error=2e-2)
 
 
 def test_sde_per_sample_generators_end_where_the_sequential_loop_leaves_them():
     sched = DPMSolverSinglestepScheduler(algorithm_type="sde-dpmsolver++", solver_order=3)
     den = gaussian_denoiser(sched)
     x_T = start_latent(sched, 10, shape=(3, 3, 8, 8))
-    gens_a = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
-    gens_b = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
-    ref = sequential(sched, den, 10, x_T, gens_a)
-    from picard import solve
-    from picard.adapters.rule import DiffusionProblem
-
-    problem = DiffusionProblem(from_config(sched.config, 10), den, generator=gens_b)
-    sol = solve(problem, x_T, tol=0, window=4)
-    assert float((sol.final - ref).abs().max()) < 1e-5
-    for a, b in zip(gens_a, gens_b, strict=True):
-        assert torch.equal(a.get_state(), b.get_state())
+    assert per_sample_error(sched, den, 10, x_T, from_config(sched.config, 10), window=4) < 1e-5
 
 
 def test_config_keys_of_other_schedulers_are_ignored_as_diffusers_ignores_them():

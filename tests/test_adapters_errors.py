@@ -90,7 +90,7 @@ CASES = [
         "output-shape",
         lambda: picard.solve(from_scheduler(DDPMScheduler(), lambda x, t: x[:, :1], 10), X),
         ValueError,
-        "denoiser returned shape \\(20, 1, 4, 4\\) for input \\(20, 3, 4, 4\\)",
+        "denoiser returned shape \\(\\d+, 1, 4, 4\\) for input \\(\\d+, 3, 4, 4\\)",
     ),
     (
         "output-tuple",
@@ -102,7 +102,7 @@ CASES = [
         "learned-channels",
         lambda: picard.solve(from_scheduler(DDPMScheduler(variance_type="learned"), den, 10), X),
         ValueError,
-        "expected \\(20, 6, 4, 4\\)",
+        "expected \\(\\d+, 6, 4, 4\\)",
     ),
 ]
 

@@ -9,9 +9,14 @@ import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from diffusion_helpers import (
+    BETAS,
+    SIGMA_SCHEDULES,
+    SPACINGS,
+    assert_scheduler_parity,
     gaussian_denoiser,
     max_abs,
     parallel,
+    per_sample_error,
     sequential,
     start_latent,
     tiny_unet,
@@ -20,29 +25,8 @@ from diffusion_helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-import picard
 from picard.adapters import euler, schedules
 from picard.adapters.diffusers import from_scheduler, rule_for
-
-SPACINGS = [("linspace", 0), ("leading", 0), ("leading", 1), ("trailing", 0)]
-SIGMA_SCHEDULES = [None, "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]
-BETAS = ["linear", "scaled_linear", "squaredcos_cap_v2"]
-
-
-def check_parity(scheduler, den, n, x_T, *, atol=1e-5, windows=(None, 7), seed=2, **kw):
-    """tol = 0 matches diffusers' loop, and leaves the generator where the loop leaves it."""
-    gen_ref = torch.Generator().manual_seed(seed)
-    ref = sequential(scheduler, den, n, x_T, gen_ref, **kw)
-    assert torch.isfinite(ref).all()
-    errs = []
-    for window in windows:
-        gen = torch.Generator().manual_seed(seed)
-        problem = from_scheduler(scheduler, den, n, generator=gen, **kw)
-        sol = picard.solve(problem, x_T, tol=0, window=window)
-        errs.append(max_abs(sol.final, ref))
-        assert errs[-1] <= atol, f"window {window}: max |picard - diffusers| = {errs[-1]:.3g}"
-        assert torch.equal(gen.get_state(), gen_ref.get_state()), "generator state differs"
-    return max(errs)
 
 
 def noisy_atol(x_T):
@@ -88,10 +72,10 @@ def test_euler_parity_float32(
     sched = euler_scheduler(spacing, prediction, kind, interpolation, final, zsnr, beta)
     x_T = start_latent(sched, n)
     if churn is None:
-        check_parity(sched, gaussian_denoiser(sched), n, x_T)
+        assert_scheduler_parity(sched, gaussian_denoiser(sched), n, x_T)
         return
     kw = dict(zip(("s_churn", "s_tmin", "s_tmax", "s_noise"), churn, strict=True))
-    check_parity(sched, gaussian_denoiser(sched), n, x_T, atol=noisy_atol(x_T), **kw)
+    assert_scheduler_parity(sched, gaussian_denoiser(sched), n, x_T, atol=noisy_atol(x_T), **kw)
 
 
 @given(
@@ -116,7 +100,7 @@ def test_euler_ancestral_parity_float32(spacing, prediction, zsnr, beta, n):
         assert "NaN" in str(e)
         assert not torch.isfinite(sequential(sched, den, n, x_T, torch.Generator())).all()
         return
-    check_parity(sched, den, n, x_T, atol=noisy_atol(x_T))
+    assert_scheduler_parity(sched, den, n, x_T, atol=noisy_atol(x_T))
 
 
 def test_ancestral_grid_where_diffusers_gives_nan_is_refused():
@@ -146,7 +130,7 @@ def test_continuous_v_prediction_timesteps():
             a = (1 / (1 + sigmas[idx] ** 2)).reshape(-1, 1, 1, 1)
             return ((1 - a).sqrt() * 0.3 * x.double() - 0.1 * a.sqrt() * x.double()).to(x.dtype)
 
-        check_parity(sched, den, 12, start_latent(sched, 12))
+        assert_scheduler_parity(sched, den, 12, start_latent(sched, 12))
 
 
 def test_trailing_grid_with_one_step_more_than_asked():
@@ -156,7 +140,9 @@ def test_trailing_grid_with_one_step_more_than_asked():
         sched = cls(timestep_spacing="trailing")
         rule = rule_for(sched, 61)
         assert rule.num_steps == 62 and rule.timesteps[-1].item() == -1.0
-        check_parity(sched, gaussian_denoiser(sched), 61, start_latent(sched, 61), windows=(16,))
+        assert_scheduler_parity(
+            sched, gaussian_denoiser(sched), 61, start_latent(sched, 61), windows=(16,)
+        )
 
 
 GRID_CONFIGS = [
@@ -262,13 +248,7 @@ def test_per_sample_generators():
     sched = EulerAncestralDiscreteScheduler()
     den = gaussian_denoiser(sched)
     x_T = start_latent(sched, 10, shape=(3, 3, 8, 8))
-    gens_a = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
-    gens_b = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
-    ref = sequential(sched, den, 10, x_T, gens_a)
-    sol = picard.solve(from_scheduler(sched, den, 10, generator=gens_b), x_T, tol=0)
-    assert max_abs(sol.final, ref) < 1e-5
-    for a, b in zip(gens_a, gens_b, strict=True):
-        assert torch.equal(a.get_state(), b.get_state())
+    assert per_sample_error(sched, den, 10, x_T) < 1e-5
 
 
 @pytest.mark.parametrize(

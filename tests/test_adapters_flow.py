@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusion_helpers import gaussian_denoiser, max_abs, sequential, tiny_unet, unet_denoiser
+from diffusion_helpers import (
+    SIGMA_SCHEDULES,
+    assert_scheduler_parity,
+    gaussian_denoiser,
+    latent,
+    max_abs,
+    per_sample_error,
+    sequential,
+    tiny_unet,
+    unet_denoiser,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,7 +26,6 @@ import picard
 from picard.adapters import flow, schedules
 from picard.adapters.diffusers import from_scheduler
 
-SIGMA_SCHEDULES = [None, "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]
 DYNAMIC = [None, ("exponential", 0.8), ("exponential", 1.15), ("linear", 2.5)]
 
 
@@ -48,25 +57,12 @@ def flow_sequential(scheduler, den, n, x_T, generator=None, no_upcast=False, **o
     )
 
 
-def latent(shape=(2, 3, 8, 8), seed=1, dtype=torch.float32):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
 def check_parity(scheduler, den, n, x_T, *, atol=1e-5, windows=(None, 7), seed=2, **options):
     """tol = 0 matches diffusers' loop, and leaves the generator where the loop leaves it."""
-    gen_ref = torch.Generator().manual_seed(seed)
-    ref = flow_sequential(scheduler, den, n, x_T, gen_ref, **options)
-    assert torch.isfinite(ref).all()
-    errs = []
-    for window in windows:
-        gen = torch.Generator().manual_seed(seed)
-        problem = from_scheduler(scheduler, den, n, generator=gen, **options)
-        sol = picard.solve(problem, x_T, tol=0, window=window)
-        errs.append(max_abs(sol.final, ref))
-        assert errs[-1] <= atol, f"window {window}: max |picard - diffusers| = {errs[-1]:.3g}"
-        assert sol.stats.iterations <= n
-        assert torch.equal(gen.get_state(), gen_ref.get_state()), "generator state differs"
-    return max(errs)
+    return assert_scheduler_parity(
+        scheduler, den, n, x_T, atol=atol, windows=windows, seed=seed, steps=n,
+        timestep_options=options,
+    )  # fmt: skip
 
 
 @given(
@@ -173,13 +169,7 @@ def test_per_sample_generators_stochastic():
     sched = flow_scheduler(shift=3.0, stochastic=True)
     den = gaussian_denoiser(sched)
     x_T = latent((3, 3, 8, 8))
-    gens_a = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
-    gens_b = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
-    ref = flow_sequential(sched, den, 10, x_T, gens_a)
-    sol = picard.solve(from_scheduler(sched, den, 10, generator=gens_b), x_T, tol=0)
-    assert max_abs(sol.final, ref) < 1e-5
-    for a, b in zip(gens_a, gens_b, strict=True):
-        assert torch.equal(a.get_state(), b.get_state())
+    assert per_sample_error(sched, den, 10, x_T) < 1e-5
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import FlowMatchHeunDiscreteScheduler
-from diffusion_helpers import gaussian_denoiser, tiny_unet, unet_denoiser
+from diffusion_helpers import (
+    check_parity,
+    gaussian_denoiser,
+    latent,
+    max_abs,
+    sequential,
+    tiny_unet,
+    unet_denoiser,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from two_stage_helpers import check_parity, max_abs, reference
 
 import picard
 from picard.adapters import flow_heun
@@ -20,10 +27,6 @@ CHURNS = [
     {"s_churn": 2.0},
     {"s_churn": 40.0, "s_tmin": 0.3, "s_tmax": 0.8, "s_noise": 1.003},
 ]
-
-
-def latent(shape=(2, 3, 8, 8), seed=1, dtype=torch.float32):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def test_grids_match_set_timesteps():
@@ -82,7 +85,7 @@ def test_default_tolerance_sweeps():
     den, x_T = gaussian_denoiser(sched), latent()
     rule = flow_heun.from_config(sched.config, 50)
     sol = picard.solve(DiffusionProblem(rule, den), x_T)
-    ref = reference(sched, den, 50, x_T)
+    ref = sequential(sched, den, 50, x_T)
     assert sol.stats.iterations <= 10  # 5 of 99 here
     assert max_abs(sol.final, ref) <= 2e-3 * float(ref.abs().max())
 

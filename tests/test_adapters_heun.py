@@ -9,18 +9,25 @@ import numpy as np
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler
-from diffusion_helpers import gaussian_denoiser, start_latent, tiny_unet, unet_denoiser
+from diffusion_helpers import (
+    BETAS,
+    SIGMA_SCHEDULES,
+    SPACINGS,
+    check_parity,
+    gaussian_denoiser,
+    max_abs,
+    sequential,
+    solve_rule,
+    start_latent,
+    tiny_unet,
+    unet_denoiser,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from two_stage_helpers import check_parity, max_abs, reference, solve
 
 import picard
 from picard.adapters import heun
 from picard.adapters.rule import DiffusionProblem
-
-SPACINGS = [("linspace", 0), ("leading", 0), ("leading", 1), ("trailing", 0)]
-SIGMA_SCHEDULES = [None, "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]
-BETAS = ["linear", "scaled_linear", "squaredcos_cap_v2"]
 
 
 def heun_scheduler(spacing=("linspace", 0), kind=None, beta="linear", **kw):
@@ -105,7 +112,7 @@ def test_default_tolerance_sweeps():
     den, x_T = gaussian_denoiser(sched), start_latent(sched, 50)
     rule = heun.from_config(sched.config, 50)
     sol = picard.solve(DiffusionProblem(rule, den), x_T)
-    ref = reference(sched, den, 50, x_T)
+    ref = sequential(sched, den, 50, x_T)
     assert sol.stats.iterations <= 20  # 16 of 99 entries here
     assert max_abs(sol.final, ref) <= 2e-3 * float(ref.abs().max())
 
@@ -116,8 +123,8 @@ def test_guesses_for_entering_steps():
     den, x_T = gaussian_denoiser(sched), start_latent(sched, 20)
     rule = heun.from_config(sched.config, 20)
     assert rule.signal_keys == ("unit", "sigma_in")
-    sol, _ = solve(rule, den, x_T, window=8, predict=True)
-    assert max_abs(sol.final, reference(sched, den, 20, x_T)) <= 1e-5 * float(x_T.abs().max())
+    sol, _ = solve_rule(rule, den, x_T, seed=None, tol=0, window=8, predict=True)
+    assert max_abs(sol.final, sequential(sched, den, 20, x_T)) <= 1e-5 * float(x_T.abs().max())
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,20 @@ import itertools
 import pytest
 import torch
 from diffusers import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
-from diffusion_helpers import gaussian_denoiser, start_latent, tiny_unet, unet_denoiser
+from diffusion_helpers import (
+    BETAS,
+    SIGMA_SCHEDULES,
+    SPACINGS,
+    check_parity,
+    gaussian_denoiser,
+    max_abs,
+    sequential,
+    start_latent,
+    tiny_unet,
+    unet_denoiser,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from two_stage_helpers import check_parity, max_abs, reference
 
 import picard
 from picard.adapters import kdpm2
@@ -23,9 +33,6 @@ from picard.adapters.rule import DiffusionProblem
 # diffusers' own _sigma_to_t feeds torch tensors to numpy ufuncs (numpy 2 deprecation)
 pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")
 
-SPACINGS = [("linspace", 0), ("leading", 0), ("leading", 1), ("trailing", 0)]
-SIGMA_SCHEDULES = [None, "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]
-BETAS = ["linear", "scaled_linear", "squaredcos_cap_v2"]
 KINDS = {
     False: (KDPM2DiscreteScheduler, kdpm2.from_config),
     True: (KDPM2AncestralDiscreteScheduler, kdpm2.ancestral_from_config),
@@ -103,7 +110,7 @@ def test_parity_float32(ancestral, spacing, prediction, kind, beta, n):
     try:
         rule = rule_of(ancestral, sched, n)
     except ValueError:  # refused only where diffusers' own sample is not finite
-        ref = reference(sched, den, n, x_T, torch.Generator().manual_seed(0))
+        ref = sequential(sched, den, n, x_T, torch.Generator().manual_seed(0))
         assert not torch.isfinite(ref).all()
         return
     check_parity(sched, rule, den, n, x_T)
@@ -136,7 +143,7 @@ def test_default_tolerance_sweeps(ancestral):
     rule = rule_of(ancestral, sched, 50)
     gen = torch.Generator().manual_seed(2)
     sol = picard.solve(DiffusionProblem(rule, den, generator=gen), x_T)
-    ref = reference(sched, den, 50, x_T, torch.Generator().manual_seed(2))
+    ref = sequential(sched, den, 50, x_T, torch.Generator().manual_seed(2))
     assert sol.stats.iterations <= (30 if ancestral else 20)  # 26 and 16 of 99 here
     assert max_abs(sol.final, ref) <= 2e-3 * float(ref.abs().max())
 
@@ -156,7 +163,7 @@ def test_repeated_first_timestep_is_refused():
     sched = scheduler(False, kind="use_karras_sigmas", beta="squaredcos_cap_v2")
     with pytest.raises(ValueError, match="first timestep"):
         kdpm2.from_config(sched.config, 9)
-    ref = reference(sched, gaussian_denoiser(sched), 9, start_latent(sched, 9))
+    ref = sequential(sched, gaussian_denoiser(sched), 9, start_latent(sched, 9))
     assert not torch.isfinite(ref).all()
 
 
@@ -164,5 +171,5 @@ def test_ancestral_nan_grid_is_refused():
     sched = scheduler(True, beta="squaredcos_cap_v2")
     with pytest.raises(ValueError, match="σ_down"):
         kdpm2.ancestral_from_config(sched.config, 3)
-    ref = reference(sched, gaussian_denoiser(sched), 3, start_latent(sched, 3), torch.Generator())
+    ref = sequential(sched, gaussian_denoiser(sched), 3, start_latent(sched, 3), torch.Generator())
     assert not torch.isfinite(ref).all()

@@ -8,17 +8,24 @@ import numpy as np
 import pytest
 import torch
 from diffusers import PNDMScheduler
-from diffusion_helpers import gaussian_denoiser, max_abs, start_latent, tiny_unet, unet_denoiser
+from diffusion_helpers import (
+    BETAS,
+    SD15,
+    SPACINGS,
+    assert_sample_parity,
+    gaussian_denoiser,
+    max_abs,
+    sequential,
+    start_latent,
+    tiny_unet,
+    unet_denoiser,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import picard
 from picard.adapters import pndm
 from picard.adapters.rule import DiffusionProblem
-
-SPACINGS = [("linspace", 0), ("leading", 0), ("leading", 1), ("trailing", 0)]
-BETAS = ["linear", "scaled_linear", "squaredcos_cap_v2"]
-SD15 = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
 
 
 def scheduler(skip=True, spacing=("leading", 1), **kw) -> PNDMScheduler:
@@ -27,32 +34,14 @@ def scheduler(skip=True, spacing=("leading", 1), **kw) -> PNDMScheduler:
     )
 
 
-def sequential(sched, den, n, x):
-    """diffusers' loop (PNDM's ``step`` takes no generator)."""
-    s = copy.deepcopy(sched)
-    s.set_timesteps(n)
-    with torch.no_grad():
-        for t in s.timesteps:
-            out = den(s.scale_model_input(x, t), t.reshape(1).expand(x.shape[0]))
-            x = s.step(out, t, x).prev_sample
-    return x
-
-
 def solve(sched, den, n, x, **kw):
     return picard.solve(DiffusionProblem(pndm.from_config(sched.config, n), den), x, **kw)
 
 
 def check_parity(sched, den, n, x, windows=(None, 1, 3, 7), per_sample=False):
     """tol = 0 matches diffusers within 1e-5 relative to the sample (float32)."""
-    ref = sequential(sched, den, n, x)
-    assert torch.isfinite(ref).all()
-    bound = 1e-5 * max(1.0, float(ref.abs().max())) if x.dtype == torch.float32 else 1e-10
-    errs = []
-    for window in windows:
-        sol = solve(sched, den, n, x, tol=0, window=window, per_sample=per_sample)
-        errs.append(max_abs(sol.final, ref))
-        assert errs[-1] <= bound, f"window {window}: max |picard - diffusers| = {errs[-1]:.3g}"
-    return max(errs)
+    rule = pndm.from_config(sched.config, n)
+    return assert_sample_parity(sched, rule, den, n, x, windows=windows, per_sample=per_sample)
 
 
 @settings(max_examples=12)

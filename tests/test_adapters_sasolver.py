@@ -10,9 +10,16 @@ import pytest
 import torch
 from diffusers import SASolverScheduler
 from diffusion_helpers import (
-    DATA_STD,
+    PREDICTIONS,
+    SIGMA_SCHEDULES,
+    SPACINGS,
+    assert_rule_parity,
+    flow_denoiser,
     gaussian_denoiser,
     max_abs,
+    per_sample_error,
+    recorded_predictor_corrector,
+    scheduler_factory,
     sequential,
     start_latent,
     tiny_unet,
@@ -26,78 +33,30 @@ from picard.adapters import schedules
 from picard.adapters.rule import DiffusionProblem
 from picard.adapters.sasolver import SASolverRule, from_config, sasolver_grid, step_orders
 
-SPACINGS = [("linspace", 0), ("leading", 0), ("leading", 1), ("trailing", 0)]
-PREDICTIONS = ["epsilon", "sample", "v_prediction"]
-SIGMA_SCHEDULES = [None, "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]
 TAUS = {"default": None, "ode": lambda t: 0, "sde": lambda t: 1, "half": lambda t: 0.5}
-
-
-def scheduler(**kw) -> SASolverScheduler:
-    schedule = kw.pop("schedule", None)
-    if schedule:
-        kw[schedule] = True
-    spacing = kw.pop("spacing", None)
-    if spacing:
-        kw["timestep_spacing"], kw["steps_offset"] = spacing
-    return SASolverScheduler(**kw)
-
-
-def flow_denoiser(sched, wiggle: float = 0.05):
-    """The exact velocity ε − x_0 for N(0, DATA_STD²) data at σ = t/T, plus a wiggle."""
-    total, s2 = sched.config.num_train_timesteps, DATA_STD**2
-
-    def denoiser(x, t):
-        sigma = (t.double() / total).reshape((-1,) + (1,) * (x.ndim - 1))
-        denom = (1 - sigma) ** 2 * s2 + sigma**2
-        v = (sigma - (1 - sigma) * s2) * x.double() / denom
-        return (v + wiggle * torch.tanh(x.double())).to(x.dtype)
-
-    return denoiser
+scheduler = scheduler_factory(SASolverScheduler)
 
 
 def check_parity(sched, denoiser, n, x_T, *, seed=2, atol=None, windows=(None, 7)):
     """tol = 0 gives diffusers' sample (same generator seed) for each window and with
     per-sample windows. float32: within 1e-5 of the sample's magnitude (at least 1);
     float64: 1e-10."""
-    ref = sequential(sched, denoiser, n, x_T, torch.Generator().manual_seed(seed))
-    assert torch.isfinite(ref).all()
-    if atol is None:
-        atol = 1e-5 if x_T.dtype == torch.float32 else 1e-10
-    bound = atol * max(1.0, float(ref.abs().max()))
-    runs = [{"window": w} for w in windows] + [{"window": 3, "per_sample": True}]
-    for kw in runs:
-        gen = torch.Generator().manual_seed(seed)
-        problem = DiffusionProblem(from_config(sched.config, n), denoiser, generator=gen)
-        with torch.no_grad():
-            sol = picard.solve(problem, x_T, tol=0, **kw)
-        err = max_abs(sol.final, ref)
-        assert err <= bound, f"{kw}: max |picard - diffusers| = {err:.3g} > {bound:.3g}"
-        assert sol.stats.iterations <= n
-    return ref
+    return assert_rule_parity(
+        sched, from_config, denoiser, n, x_T, seed=seed, atol=atol, windows=windows,
+        ulp_floor=False,
+    )[0]  # fmt: skip
 
 
 def recorded(sched, n):
     """The orders of diffusers' predictor calls and, per entry, its corrector's order or 0."""
-    s = copy.deepcopy(sched)
-    s.set_timesteps(n)
-    pred, corr = [], []
-    bashforth, moulton = s.stochastic_adams_bashforth_update, s.stochastic_adams_moulton_update
-
-    def p(*a, order=None, **k):
-        pred.append(order)
-        return bashforth(*a, order=order, **k)
-
-    def c(*a, order=None, **k):
-        corr[-1] = order
-        return moulton(*a, order=order, **k)
-
-    s.stochastic_adams_bashforth_update, s.stochastic_adams_moulton_update = p, c
-    x = torch.ones(1, 1, 2, 2)
     gen = torch.Generator().manual_seed(0)
-    for t in s.timesteps:
-        corr.append(0)
-        x = s.step(0.1 * x, t, x, generator=gen).prev_sample
-    return pred, corr
+    return recorded_predictor_corrector(
+        sched,
+        n,
+        "stochastic_adams_bashforth_update",
+        "stochastic_adams_moulton_update",
+        generator=gen,
+    )
 
 
 @settings(max_examples=25)
@@ -224,14 +183,7 @@ def test_per_sample_generators_end_where_the_sequential_loop_leaves_them():
     sched = SASolverScheduler(tau_func=TAUS["sde"])
     den = gaussian_denoiser(sched)
     x_T = start_latent(sched, 10, shape=(3, 3, 8, 8))
-    gens_a = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
-    gens_b = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
-    ref = sequential(sched, den, 10, x_T, gens_a)
-    problem = DiffusionProblem(from_config(sched.config, 10), den, generator=gens_b)
-    sol = picard.solve(problem, x_T, tol=0, window=4)
-    assert max_abs(sol.final, ref) < 1e-5
-    for a, b in zip(gens_a, gens_b, strict=True):
-        assert torch.equal(a.get_state(), b.get_state())
+    assert per_sample_error(sched, den, 10, x_T, from_config(sched.config, 10), window=4) < 1e-5
 
 
 def test_history_from_a_split_window_equals_one_window():

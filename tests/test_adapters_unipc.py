@@ -10,9 +10,16 @@ import pytest
 import torch
 from diffusers import UniPCMultistepScheduler
 from diffusion_helpers import (
-    DATA_STD,
+    PREDICTIONS,
+    SIGMA_SCHEDULES,
+    SPACINGS,
+    assert_rule_parity,
+    flow_denoiser,
     gaussian_denoiser,
     max_abs,
+    recorded_predictor_corrector,
+    scheduler_factory,
+    sequential,
     start_latent,
     tiny_unet,
     unet_denoiser,
@@ -25,42 +32,7 @@ from picard.adapters import schedules
 from picard.adapters.rule import DiffusionProblem
 from picard.adapters.unipc import UniPCRule, from_config, step_orders, unipc_grid
 
-SPACINGS = [("linspace", 0), ("leading", 0), ("leading", 1), ("trailing", 0)]
-PREDICTIONS = ["epsilon", "sample", "v_prediction"]
-SIGMA_SCHEDULES = [None, "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]
-
-
-def scheduler(**kw) -> UniPCMultistepScheduler:
-    schedule = kw.pop("schedule", None)
-    if schedule:
-        kw[schedule] = True
-    spacing = kw.pop("spacing", None)
-    if spacing:
-        kw["timestep_spacing"], kw["steps_offset"] = spacing
-    return UniPCMultistepScheduler(**kw)
-
-
-def sequential(sched, denoiser, n, x, **timestep_options):
-    """diffusers' loop (UniPC's step takes no generator)."""
-    s = copy.deepcopy(sched)
-    s.set_timesteps(n, **timestep_options)
-    with torch.no_grad():
-        for t in s.timesteps:
-            x = s.step(denoiser(x, t.reshape(1).expand(x.shape[0])), t, x).prev_sample
-    return x
-
-
-def flow_denoiser(sched, wiggle: float = 0.05):
-    """The exact velocity ε − x_0 for N(0, DATA_STD²) data at σ = t/T, plus a wiggle."""
-    total, s2 = sched.config.num_train_timesteps, DATA_STD**2
-
-    def denoiser(x, t):
-        sigma = (t.double() / total).reshape((-1,) + (1,) * (x.ndim - 1))
-        denom = (1 - sigma) ** 2 * s2 + sigma**2
-        v = (sigma - (1 - sigma) * s2) * x.double() / denom
-        return (v + wiggle * torch.tanh(x.double())).to(x.dtype)
-
-    return denoiser
+scheduler = scheduler_factory(UniPCMultistepScheduler)
 
 
 def check_parity(sched, denoiser, n, x_T, *, atol=None, windows=(None, 7), **options):
@@ -68,43 +40,17 @@ def check_parity(sched, denoiser, n, x_T, *, atol=None, windows=(None, 7), **opt
 
     float32: within 1e-5 of the sample's magnitude (at least 1); float64: 1e-10.
     """
-    ref = sequential(sched, denoiser, n, x_T, **options)
-    assert torch.isfinite(ref).all()
-    if atol is None:
-        atol = 1e-5 if x_T.dtype == torch.float32 else 1e-10
-    bound = atol * max(1.0, float(ref.abs().max()))
-    runs = [{"window": w} for w in windows] + [{"window": 3, "per_sample": True}]
-    for kw in runs:
-        problem = DiffusionProblem(from_config(sched.config, n, **options), denoiser)
-        with torch.no_grad():
-            sol = picard.solve(problem, x_T, tol=0, **kw)
-        err = max_abs(sol.final, ref)
-        assert err <= bound, f"{kw}: max |picard - diffusers| = {err:.3g} > {bound:.3g}"
-        assert sol.stats.iterations <= n
-    return ref
+    return assert_rule_parity(
+        sched, from_config, denoiser, n, x_T, seed=None, atol=atol, windows=windows,
+        ulp_floor=False, timestep_options=options,
+    )[0]  # fmt: skip
 
 
 def recorded(sched, n):
     """The orders of diffusers' UniP calls and, per entry, the order of its UniC or 0."""
-    s = copy.deepcopy(sched)
-    s.set_timesteps(n)
-    pred, corr = [], []
-    uni_p, uni_c = s.multistep_uni_p_bh_update, s.multistep_uni_c_bh_update
-
-    def p(*a, order=None, **k):
-        pred.append(order)
-        return uni_p(*a, order=order, **k)
-
-    def c(*a, order=None, **k):
-        corr[-1] = order
-        return uni_c(*a, order=order, **k)
-
-    s.multistep_uni_p_bh_update, s.multistep_uni_c_bh_update = p, c
-    x = torch.ones(1, 1, 2, 2)
-    for t in s.timesteps:
-        corr.append(0)
-        x = s.step(0.1 * x, t, x).prev_sample
-    return pred, corr
+    return recorded_predictor_corrector(
+        sched, n, "multistep_uni_p_bh_update", "multistep_uni_c_bh_update"
+    )
 
 
 @settings(max_examples=25)

@@ -14,6 +14,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
 )
+from diffusion_helpers import step_recorder
 
 import picard
 from picard.adapters.diffusers import parallelize
@@ -299,17 +300,10 @@ def test_callback_on_step_end_sees_every_step_in_order(sd64):
     """Each step's callback gets the state the sequential loop would have given it."""
     seen, ref_seen = [], []
 
-    def record(into):
-        def callback(pipe, i, t, kwargs):
-            into.append((i, int(t), kwargs["latents"].clone()))
-            return kwargs
-
-        return callback
-
     args = {"num_inference_steps": 12, **SD_ARGS}
-    sd64("a cat", generator=gen(), callback_on_step_end=record(ref_seen), **args)
+    sd64("a cat", generator=gen(), callback_on_step_end=step_recorder(ref_seen), **args)
     parallelize(sd64, tol=0, window=5)(
-        "a cat", generator=gen(), callback_on_step_end=record(seen), **args
+        "a cat", generator=gen(), callback_on_step_end=step_recorder(seen), **args
     )
     assert [(i, t) for i, t, _ in seen] == [(i, t) for i, t, _ in ref_seen]
     pairs = zip(seen, ref_seen, strict=True)
@@ -323,7 +317,7 @@ def test_callback_on_step_end_sees_every_step_in_order(sd64):
     with pytest.raises(TypeError, match="callback_on_step_end_tensor_inputs"):
         parallelize(sd64)(
             "a cat",
-            callback_on_step_end=record([]),
+            callback_on_step_end=step_recorder([]),
             callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
             **args,
         )

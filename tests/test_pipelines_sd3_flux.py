@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from diffusion_helpers import step_recorder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -218,16 +219,11 @@ def test_sd3_refusals_and_registry(sd3):
 def test_sd3_callback_sees_the_sequential_states(sd3):
     seen, ref_seen = [], []
 
-    def record(into):
-        def callback(pipe, i, t, kwargs):
-            into.append((i, float(t), kwargs["latents"].clone()))
-            return kwargs
-
-        return callback
-
     kw = {"prompt": "a cat", "num_inference_steps": 6, **SHORT}
-    reference(sd3, callback_on_step_end=record(ref_seen), **kw)
-    parallelize(sd3, tol=0, window=3)(generator=gen(), callback_on_step_end=record(seen), **kw)
+    reference(sd3, callback_on_step_end=step_recorder(ref_seen, float), **kw)
+    parallelize(sd3, tol=0, window=3)(
+        generator=gen(), callback_on_step_end=step_recorder(seen, float), **kw
+    )
     assert [s[:2] for s in seen] == [s[:2] for s in ref_seen]
     assert max(max_abs(a[2], b[2]) for a, b in zip(seen, ref_seen, strict=True)) < 1e-10
 

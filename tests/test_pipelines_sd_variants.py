@@ -13,6 +13,7 @@ from diffusers import (
     MultiControlNetModel,
     StableDiffusionControlNetPipeline,
 )
+from diffusion_helpers import step_recorder
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -121,17 +122,12 @@ def test_img2img_callback_sees_the_loops_steps(i2i64):
     """callback_on_step_end gets the loop's step indices and timesteps from strength on."""
     seen, ref_seen = [], []
 
-    def record(into):
-        def callback(pipe, i, t, kwargs):
-            into.append((i, int(t), kwargs["latents"].clone()))
-            return kwargs
-
-        return callback
-
     kw = {"prompt": "a cat", "image": images(torch.float64, 1), "strength": 0.5,
           "num_inference_steps": 10, "output_type": "latent"}  # fmt: skip
-    i2i64(generator=gen(), callback_on_step_end=record(ref_seen), **kw)
-    parallelize(i2i64, tol=0, window=3)(generator=gen(), callback_on_step_end=record(seen), **kw)
+    i2i64(generator=gen(), callback_on_step_end=step_recorder(ref_seen), **kw)
+    parallelize(i2i64, tol=0, window=3)(
+        generator=gen(), callback_on_step_end=step_recorder(seen), **kw
+    )
     assert [(i, t) for i, t, _ in seen] == [(i, t) for i, t, _ in ref_seen]
     pairs = zip(seen, ref_seen, strict=True)
     assert len(seen) == 5 and max(max_abs(a[2], b[2]) for a, b in pairs) < 1e-10

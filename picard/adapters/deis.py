@@ -38,22 +38,29 @@ import torch
 from torch import Tensor
 
 from picard.adapters import schedules
-from picard.adapters.dpmsolver import _alpha_sigma, _lambda, step_orders
+from picard.adapters.dpmsolver import step_orders
+from picard.adapters.multistep import (
+    _alpha_sigma,
+    _check_first_timestep,
+    _check_order,
+    _check_vp,
+    _extend,
+    _lambda,
+    _options,
+    _sigma_schedule,
+    _signal,
+    _threshold,
+    _tol_scale,
+)
 from picard.adapters.rule import UpdateRule
 
 __all__ = ["DEFAULTS", "DEISRule", "deis_grid", "from_config"]
 
 DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
+    **schedules.BETA_DEFAULTS,
     "solver_order": 2,
     "prediction_type": "epsilon",
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
-    "sample_max_value": 1.0,
+    **schedules.THRESHOLD_DEFAULTS,
     "algorithm_type": "deis",
     "solver_type": "logrho",
     "lower_order_final": True,
@@ -69,20 +76,14 @@ DEFAULTS: dict[str, Any] = {
 }
 """``DEISMultistepScheduler``'s options and defaults (other keys are ignored, as by diffusers)."""
 
-_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 # What diffusers' constructor silently maps to DEIS.
-_ALGORITHM_ALIASES = ("dpmsolver", "dpmsolver++")
-_SOLVER_ALIASES = ("midpoint", "heun", "bh1", "bh2")
+_ALGORITHM_ALIASES = dict.fromkeys(("dpmsolver", "dpmsolver++"), "deis")
+_SOLVER_ALIASES = dict.fromkeys(("midpoint", "heun", "bh1", "bh2"), "logrho")
 
 
 def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The scheduler's own options (others dropped), defaults filled, aliases resolved."""
-    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
-    full = {key: get(key, default) for key, default in DEFAULTS.items()}
-    if full["algorithm_type"] in _ALGORITHM_ALIASES:
-        full["algorithm_type"] = "deis"
-    if full["solver_type"] in _SOLVER_ALIASES:
-        full["solver_type"] = "logrho"
+    full = _options(config, DEFAULTS, _ALGORITHM_ALIASES, _SOLVER_ALIASES)
     _check_config(full)
     return full
 
@@ -93,17 +94,9 @@ def _check_config(config: Mapping[str, Any]) -> None:
         raise ValueError(f"algorithm_type must be 'deis', got {config['algorithm_type']!r}")
     if config["solver_type"] != "logrho":
         raise ValueError(f"solver_type must be 'logrho', got {config['solver_type']!r}")
-    if config["solver_order"] not in (1, 2, 3):
-        raise ValueError(f"solver_order must be 1, 2 or 3, got {config['solver_order']!r}")
-    for key in ("use_flow_sigmas", "use_dynamic_shifting"):
-        if config[key]:
-            raise ValueError(
-                f"{key}=True is not supported for DEIS; picard reproduces the VP schedules "
-                "(beta schedules, optionally with Karras, exponential or beta sigmas)"
-            )
-    chosen = [key for key in _SIGMA_SCHEDULES if config[key]]
-    if len(chosen) > 1:
-        raise ValueError(f"only one of {', '.join(_SIGMA_SCHEDULES)} may be set, got {chosen}")
+    _check_order(config["solver_order"])
+    _check_vp(config, "DEIS")
+    _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     schedules.prediction_type(config)
 
 
@@ -131,31 +124,18 @@ def deis_grid(config: Mapping[str, Any], num_inference_steps: int) -> tuple[np.n
         ([999, 775, 301, 0], True)
     """
     config = _full_config(config)
-    n = num_inference_steps
-    total = int(config["num_train_timesteps"])
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= total:
-        raise ValueError(f"num_inference_steps must be an int in [1, {total}], got {n!r}")
-    n = int(n)
+    n = schedules.check_steps(num_inference_steps, upper=int(config["num_train_timesteps"]))
     timesteps = schedules.solver_timesteps(config, n)
-    ab = schedules.alphas_cumprod(config)
-    train = schedules.train_sigmas(ab)
-    log_sigmas = np.log(train)
+    train = schedules.train_sigmas(schedules.alphas_cumprod(config))
     lo, hi = train[0].item(), train[-1].item()
-    if config["use_karras_sigmas"]:
-        sigmas = schedules.karras_sigmas(lo, hi, n)
-    elif config["use_exponential_sigmas"]:
-        sigmas = np.exp(np.linspace(np.log(hi), np.log(lo), n))
-    elif config["use_beta_sigmas"]:
-        import scipy.stats
-
-        ppf = [scipy.stats.beta.ppf(u, 0.6, 0.6) for u in 1 - np.linspace(0, 1, n)]
-        sigmas = np.array([lo + p * (hi - lo) for p in ppf])
-    else:
+    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    if kind is None:
         sigmas = schedules.interp_sigmas(timesteps, train)
         sigmas = np.concatenate([sigmas, [lo]]).astype(np.float32)
         return timesteps.astype(np.int64), sigmas
-    timesteps = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sigmas])
-    if config["use_karras_sigmas"]:
+    sigmas = schedules.convert_sigmas(kind, lo, hi, n, log=np.log)
+    timesteps = schedules.sigmas_to_timesteps(sigmas, np.log(train))
+    if kind == "use_karras_sigmas":
         timesteps = timesteps.round()
     sigmas = np.concatenate([sigmas, sigmas[-1:]]).astype(np.float32)
     return timesteps.astype(np.int64), sigmas
@@ -235,19 +215,11 @@ class DEISRule(UpdateRule):
     def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
         self.config = config = _full_config(config)
         timesteps, sigmas = deis_grid(config, num_inference_steps)
-        if np.count_nonzero(timesteps == timesteps[0]) > 1:
-            raise ValueError(
-                f"the timestep grid repeats its first timestep {timesteps[0]} "
-                f"(num_inference_steps={num_inference_steps}): diffusers' step would start "
-                "at the repeat and run past the grid; use fewer steps or another spacing"
-            )
+        _check_first_timestep(timesteps, num_inference_steps)
         n = len(timesteps)
         self.prediction_type = schedules.prediction_type(config)
         self.solver_order = int(config["solver_order"])
-        self._threshold = {
-            key: config[key]
-            for key in ("thresholding", "dynamic_thresholding_ratio", "sample_max_value")
-        }
+        self._threshold = _threshold(config)
         self.orders = step_orders(
             {
                 "solver_order": self.solver_order,
@@ -262,19 +234,16 @@ class DEISRule(UpdateRule):
             [_step_coefficients(int(k), sig, i) for i, k in enumerate(self.orders)],
             dtype=np.float64,
         ).reshape(n, len(names))
-        alpha, sigma = zip(*(_alpha_sigma(sig[i]) for i in range(n)), strict=True)
         self.num_steps = n
         self.timesteps = torch.from_numpy(timesteps)
         self.sigmas = sig
         self.coefficients = {
-            "alpha": np.array([float(a) for a in alpha]),
-            "sigma": np.array([float(s) for s in sigma]),
+            **_signal(sig, n),
             **{name: weights[:, j].copy() for j, name in enumerate(names)},
         }
         self.noise_draws = np.zeros(n, dtype=bool)
         self.memory = self.solver_order - 1
-        ab = 1 / (sig.double() ** 2 + 1)
-        self.tol_scale = np.append(schedules.posterior_std(ab[1:-1], ab[2:]).numpy(), 0.0)
+        self.tol_scale = _tol_scale(sig)
 
     def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """ε_θ as diffusers forms it: x̂_0 (thresholded if asked), then ``(x − α x̂_0)/σ``.
@@ -316,9 +285,7 @@ class DEISRule(UpdateRule):
         inner = x * c["inv_a"] + c["b0"] * m
         if self.memory:
             w, k = x.shape[0], self.memory
-            before = m[:0] if history is None else history.to(m.dtype)
-            pad = m.new_zeros((k - before.shape[0], *m.shape[1:]))
-            ext = torch.cat([pad, before, m])  # ext[k + j]: window step j
+            ext = _extend(m, history, k)  # ext[k + j]: window step j
             inner = inner + c["b1"] * ext[k - 1 : k - 1 + w]
             if k == 2:
                 inner = inner + c["b2"] * ext[:w]

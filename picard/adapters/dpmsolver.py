@@ -41,7 +41,25 @@ import torch
 from torch import Tensor
 
 from picard.adapters import schedules
+from picard.adapters.multistep import (
+    _alpha_sigma,
+    _base_coefficients,
+    _check_final,
+    _check_first_timestep,
+    _check_order,
+    _check_variance,
+    _check_vp,
+    _extend,
+    _lambda,
+    _lambda_at,
+    _multistep_weights,
+    _sigma_schedule,
+    _signal,
+    _threshold,
+    _tol_scale,
+)
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedules import _get
 
 __all__ = [
     "ALGORITHM_TYPES",
@@ -70,10 +88,6 @@ DEFAULTS: dict[str, Any] = {"timestep_spacing": "linspace", "steps_offset": 0}
 """``DPMSolverMultistepScheduler``'s defaults that differ from the schedule helpers' (DDPM's)."""
 
 
-def _get(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
-
-
 def _with_defaults(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**DEFAULTS, **config} if isinstance(config, Mapping) else config
 
@@ -89,42 +103,22 @@ def _check_config(config: Mapping[str, Any]) -> None:
     if solver_type not in SOLVER_TYPES:
         raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
     order = _get(config, "solver_order", 2)
-    if order not in (1, 2, 3):
-        raise ValueError(f"solver_order must be 1, 2 or 3, got {order!r}")
+    _check_order(order)
     if algorithm == "sde-dpmsolver" and order == 3:
         raise ValueError(
             "solver_order=3 is not supported with algorithm_type='sde-dpmsolver' (diffusers "
             "has no third-order update for it); use solver_order 1 or 2, or 'sde-dpmsolver++'"
         )
     final = _get(config, "final_sigmas_type", "zero")
-    if final not in ("zero", "sigma_min"):
-        raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {final!r}")
+    _check_final(final)
     if final == "zero" and not algorithm.endswith("++"):
         raise ValueError(
             f"final_sigmas_type='zero' is not supported with algorithm_type={algorithm!r} "
             "(as in diffusers); use final_sigmas_type='sigma_min'"
         )
-    for key in ("use_flow_sigmas", "use_dynamic_shifting"):
-        if _get(config, key, False):
-            raise ValueError(
-                f"{key}=True is not supported for DPM-Solver; picard reproduces the VP "
-                "schedules (beta schedules, optionally with Karras, Lu, exponential or beta "
-                "sigmas)"
-            )
-    chosen = [key for key in _SIGMA_SCHEDULES if _get(config, key, False)]
-    if len(chosen) > 1:
-        raise ValueError(f"only one of {', '.join(_SIGMA_SCHEDULES)} may be set, got {chosen}")
-    variance = _get(config, "variance_type")
-    if variance not in (None, "learned", "learned_range"):
-        raise ValueError(
-            f"variance_type must be None, 'learned' or 'learned_range', got {variance!r}"
-        )
-    kind = schedules.prediction_type(config)
-    if variance is not None and kind != "epsilon":
-        raise ValueError(
-            f"variance_type={variance!r} is supported with prediction_type='epsilon' only "
-            f"(diffusers drops the variance channels for epsilon only), got {kind!r}"
-        )
+    _check_vp(config, "DPM-Solver", "Karras, Lu, exponential or beta")
+    _sigma_schedule(config, _SIGMA_SCHEDULES)
+    _check_variance(config)
 
 
 def solver_grid(
@@ -155,31 +149,22 @@ def solver_grid(
     if not 1 <= n <= total:
         raise ValueError(f"num_inference_steps must be in [1, {total}], got {n}")
     ab = schedules.alphas_cumprod(config, terminal_floor=True)
-    lam = torch.log(torch.sqrt(ab)) - torch.log(torch.sqrt(1 - ab))
-    clip = float(_get(config, "lambda_min_clipped", -math.inf))
-    last = total - int(torch.searchsorted(torch.flip(lam, [0]), clip))
+    last = total - schedules.lambda_clipped(ab, _get(config, "lambda_min_clipped", -math.inf))
     timesteps = schedules.solver_timesteps(config, n, last)
     train = schedules.train_sigmas(ab)  # float32, ascending in t
     log_sigmas = np.log(train)
     lo, hi = train[0].item(), train[-1].item()
-    if _get(config, "use_karras_sigmas", False):
-        sigmas = schedules.karras_sigmas(lo, hi, n)
-    elif _get(config, "use_lu_lambdas", False):
+    kind = _sigma_schedule(config, _SIGMA_SCHEDULES)
+    if kind == "use_lu_lambdas":
         lam_min, lam_max = log_sigmas[0].item(), log_sigmas[-1].item()
         sigmas = np.exp(lam_max + np.linspace(0, 1, n) * (lam_min - lam_max))
-    elif _get(config, "use_exponential_sigmas", False):
-        sigmas = np.exp(np.linspace(math.log(hi), math.log(lo), n))
-    elif _get(config, "use_beta_sigmas", False):
-        import scipy.stats
-
-        ppf = [scipy.stats.beta.ppf(u, 0.6, 0.6) for u in 1 - np.linspace(0, 1, n)]
-        sigmas = np.array([lo + p * (hi - lo) for p in ppf])
+    elif kind is not None:
+        sigmas = schedules.convert_sigmas(kind, lo, hi, n)
     else:
         sigmas = schedules.interp_sigmas(timesteps, train)
-    if any(_get(config, key, False) for key in _SIGMA_SCHEDULES):
-        # one sigma at a time, as diffusers converts them
-        t = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sigmas])
-        rounded = _get(config, "use_karras_sigmas", False) or _get(config, "use_lu_lambdas", False)
+    if kind is not None:
+        t = schedules.sigmas_to_timesteps(sigmas, log_sigmas)
+        rounded = kind in ("use_karras_sigmas", "use_lu_lambdas")
         if rounded and _get(config, "beta_schedule", "linear") != "squaredcos_cap_v2":
             t = t.round()
         timesteps = t.astype(np.int64)  # truncates fractional timesteps, as diffusers
@@ -229,15 +214,6 @@ def step_orders(config: Mapping[str, Any], num_steps: int) -> np.ndarray:
     return out
 
 
-def _alpha_sigma(sigma: Tensor) -> tuple[Tensor, Tensor]:
-    alpha = 1 / ((sigma**2 + 1) ** 0.5)
-    return alpha, sigma * alpha
-
-
-def _lambda(alpha: Tensor, sigma: Tensor) -> Tensor:
-    return torch.log(alpha) - torch.log(sigma)
-
-
 def _step_coefficients(
     algorithm: str, heun: bool, order: int, sigmas: Tensor, i: int
 ) -> tuple[float, float, float, float, float]:
@@ -246,80 +222,12 @@ def _step_coefficients(
     alpha_s, sigma_s = _alpha_sigma(sigmas[i])
     lam_t, lam_s = _lambda(alpha_t, sigma_t), _lambda(alpha_s, sigma_s)
     h = lam_t - lam_s
-    plus = algorithm.endswith("++")
-    sde = algorithm.startswith("sde")
-    if plus and sde:
-        cx = sigma_t / sigma_s * torch.exp(-h)
-        c0 = alpha_t * (1 - torch.exp(-2.0 * h))
-        cz = float(sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)))
-    elif plus:
-        cx = sigma_t / sigma_s
-        c0 = -(alpha_t * (torch.exp(-h) - 1.0))
-        cz = 0.0
-    else:
-        cx = alpha_t / alpha_s
-        c0 = -(sigma_t * (torch.exp(h) - 1.0))
-        cz = 0.0
-        if sde:
-            c0 = 2.0 * c0
-            cz = float(sigma_t * torch.sqrt(torch.exp(2 * h) - 1.0))
+    cx, c0, cz = _base_coefficients(algorithm, alpha_t, sigma_t, alpha_s, sigma_s, h)
     if order == 1:
-        return float(cx), float(c0), 0.0, 0.0, cz
-    alpha_1, sigma_1 = _alpha_sigma(sigmas[i - 1])
-    lam_1 = _lambda(alpha_1, sigma_1)
-    inv_r0 = 1.0 / ((lam_s - lam_1) / h)
-    if order == 2:
-        k1 = _second_order_d1(algorithm, heun, h, alpha_t, sigma_t)
-        return float(cx), float(c0), float(k1) * float(inv_r0), 0.0, cz
-    alpha_2, sigma_2 = _alpha_sigma(sigmas[i - 2])
-    r0, r1 = (lam_s - lam_1) / h, (lam_1 - _lambda(alpha_2, sigma_2)) / h
-    inv_r1 = float(1.0 / r1)
-    q, p = float(r0 / (r0 + r1)), float(1.0 / (r0 + r1))
-    d1, d2 = (float(k) for k in _third_order_d1_d2(algorithm, h, alpha_t, sigma_t))
-    c01 = (d1 * (1 + q) + d2 * p) * float(inv_r0)
-    c12 = -(d1 * q + d2 * p) * inv_r1
-    return float(cx), float(c0), c01, c12, cz
-
-
-def _second_order_d1(
-    algorithm: str, heun: bool, h: Tensor, alpha_t: Tensor, sigma_t: Tensor
-) -> Tensor:
-    """The weight of D1 in the second-order multistep update."""
-    if algorithm == "dpmsolver++":
-        if heun:
-            return alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)
-        return -(0.5 * (alpha_t * (torch.exp(-h) - 1.0)))
-    if algorithm == "sde-dpmsolver++":
-        if heun:
-            return alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0)
-        return 0.5 * (alpha_t * (1 - torch.exp(-2.0 * h)))
-    if algorithm == "dpmsolver":
-        if heun:
-            return -(sigma_t * ((torch.exp(h) - 1.0) / h - 1.0))
-        return -(0.5 * (sigma_t * (torch.exp(h) - 1.0)))
-    if heun:  # sde-dpmsolver
-        return -(2.0 * (sigma_t * ((torch.exp(h) - 1.0) / h - 1.0)))
-    return -(sigma_t * (torch.exp(h) - 1.0))
-
-
-def _third_order_d1_d2(
-    algorithm: str, h: Tensor, alpha_t: Tensor, sigma_t: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The weights of D1 and D2 in the third-order multistep update."""
-    if algorithm == "dpmsolver++":
-        return (
-            alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0),
-            -(alpha_t * ((torch.exp(-h) - 1.0 + h) / h**2 - 0.5)),
-        )
-    if algorithm == "sde-dpmsolver++":
-        return (
-            alpha_t * ((1.0 - torch.exp(-2.0 * h)) / (-2.0 * h) + 1.0),
-            alpha_t * ((1.0 - torch.exp(-2.0 * h) - 2.0 * h) / (2.0 * h) ** 2 - 0.5),
-        )
-    return (  # dpmsolver
-        -(sigma_t * ((torch.exp(h) - 1.0) / h - 1.0)),
-        -(sigma_t * ((torch.exp(h) - 1.0 - h) / h**2 - 0.5)),
-    )
+        return cx, c0, 0.0, 0.0, cz
+    lambdas = [lam_s, *(_lambda_at(sigmas[i - j]) for j in range(1, order))]
+    c01, c12 = _multistep_weights(algorithm, heun, order, h, alpha_t, sigma_t, lambdas)
+    return cx, c0, c01, c12, cz
 
 
 class DPMSolverRule(UpdateRule):
@@ -361,20 +269,11 @@ class DPMSolverRule(UpdateRule):
     def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
         self.config = config = _with_defaults(config)
         timesteps, sigmas = solver_grid(config, num_inference_steps)
-        if np.count_nonzero(timesteps == timesteps[0]) > 1:
-            raise ValueError(
-                f"the timestep grid repeats its first timestep {timesteps[0]} "
-                f"(num_inference_steps={num_inference_steps}): diffusers' step would start "
-                "at the repeat and run past the grid; use fewer steps or another spacing"
-            )
+        _check_first_timestep(timesteps, num_inference_steps)
         self.algorithm_type: str = _get(config, "algorithm_type", "dpmsolver++")
         self.prediction_type = schedules.prediction_type(config)
         self.solver_order = int(_get(config, "solver_order", 2))
-        self._threshold = {
-            "thresholding": bool(_get(config, "thresholding", False)),
-            "dynamic_thresholding_ratio": _get(config, "dynamic_thresholding_ratio", 0.995),
-            "sample_max_value": _get(config, "sample_max_value", 1.0),
-        }
+        self._threshold = _threshold(config)
         n = len(timesteps)
         heun = _get(config, "solver_type", "midpoint") == "heun"
         self.orders = step_orders(config, n)
@@ -386,13 +285,11 @@ class DPMSolverRule(UpdateRule):
             ],
             dtype=np.float64,
         ).reshape(n, 5)
-        alpha, sigma = zip(*(_alpha_sigma(sig[i]) for i in range(n)), strict=True)
         self.num_steps = n
         self.timesteps = torch.from_numpy(timesteps)
         self.sigmas = sig
         self.coefficients = {
-            "alpha": np.array([float(a) for a in alpha]),
-            "sigma": np.array([float(s) for s in sigma]),
+            **_signal(sig, n),
             **{name: steps[:, j].copy() for j, name in enumerate(("cx", "c0", "c01", "c12", "cz"))},
         }
         self.noise_draws = np.full(n, self.algorithm_type.startswith("sde"))
@@ -400,8 +297,7 @@ class DPMSolverRule(UpdateRule):
         self.noise_dtype = torch.float32 if self.noise_draws.any() else None
         self.memory = self.solver_order - 1
         self.output_channels = 1 if _get(config, "variance_type") is None else 2
-        ab = 1 / (sig.double() ** 2 + 1)
-        self.tol_scale = np.append(schedules.posterior_std(ab[1:-1], ab[2:]).numpy(), 0.0)
+        self.tol_scale = _tol_scale(sig)
 
     def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """The model outputs as the solver integrates them: x_θ (``++`` types) or ε_θ.
@@ -453,9 +349,7 @@ class DPMSolverRule(UpdateRule):
         nxt = (c["cx"].float() * x.float()).to(x.dtype) + c["c0"] * m
         if self.memory:
             w, k = x.shape[0], self.memory
-            before = m[:0] if history is None else history.to(m.dtype)
-            pad = m.new_zeros((k - before.shape[0], *m.shape[1:]))
-            ext = torch.cat([pad, before, m])  # ext[k + j] = output of window step j
+            ext = _extend(m, history, k)  # ext[k + j] = output of window step j
             m1 = ext[k - 1 : k - 1 + w]
             nxt = nxt + c["c01"] * (m - m1)
             if k == 2:

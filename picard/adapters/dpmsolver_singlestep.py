@@ -51,11 +51,26 @@ import torch
 from torch import Tensor
 
 from picard.adapters import schedules
-from picard.adapters.dpmsolver import (
+from picard.adapters.multistep import (
+    _DPM_ALGORITHM_ALIASES,
+    _DPM_SOLVER_ALIASES,
     _alpha_sigma,
+    _base_coefficients,
+    _check_final,
+    _check_first_timestep,
+    _check_order,
+    _check_solver_type,
+    _check_variance,
+    _check_vp,
+    _extend,
     _lambda,
+    _options,
     _second_order_d1,
+    _sigma_schedule,
+    _signal,
     _third_order_d1_d2,
+    _threshold,
+    _tol_scale,
 )
 from picard.adapters.rule import UpdateRule
 
@@ -72,16 +87,10 @@ ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")
 """The algorithm types of ``DPMSolverSinglestepScheduler`` (all reproduced)."""
 
 DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
+    **schedules.BETA_DEFAULTS,
     "solver_order": 2,
     "prediction_type": "epsilon",
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
-    "sample_max_value": 1.0,
+    **schedules.THRESHOLD_DEFAULTS,
     "algorithm_type": "dpmsolver++",
     "solver_type": "midpoint",
     "lower_order_final": False,
@@ -100,18 +109,10 @@ DEFAULTS: dict[str, Any] = {
 ``timestep_spacing`` carried over from another scheduler's config, say) are ignored, as
 diffusers ignores them: its single-step grid is always ``linspace``."""
 
-_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-# What diffusers' constructor silently maps to a supported value.
-_ALGORITHM_ALIASES = {"deis": "dpmsolver++"}
-_SOLVER_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
-
 
 def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The scheduler's own options (others dropped), defaults filled, aliases resolved."""
-    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
-    full = {key: get(key, default) for key, default in DEFAULTS.items()}
-    full["algorithm_type"] = _ALGORITHM_ALIASES.get(full["algorithm_type"], full["algorithm_type"])
-    full["solver_type"] = _SOLVER_ALIASES.get(full["solver_type"], full["solver_type"])
+    full = _options(config, DEFAULTS, _DPM_ALGORITHM_ALIASES, _DPM_SOLVER_ALIASES)
     _check_config(full)
     return full
 
@@ -124,39 +125,19 @@ def _check_config(config: Mapping[str, Any]) -> None:
             f"algorithm_type must be one of {ALGORITHM_TYPES} for single-step DPM-Solver, "
             f"got {algorithm!r}"
         )
-    if config["solver_type"] not in ("midpoint", "heun"):
-        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {config['solver_type']!r}")
-    if config["solver_order"] not in (1, 2, 3):
-        raise ValueError(f"solver_order must be 1, 2 or 3, got {config['solver_order']!r}")
+    _check_solver_type(config["solver_type"])
+    _check_order(config["solver_order"])
     final = config["final_sigmas_type"]
-    if final not in ("zero", "sigma_min"):
-        raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {final!r}")
+    _check_final(final)
     if final == "zero" and algorithm == "dpmsolver":
         raise ValueError(
             "final_sigmas_type='zero' is not supported with algorithm_type='dpmsolver' (as in "
             "diffusers); use final_sigmas_type='sigma_min'"
         )
-    for key in ("use_flow_sigmas", "use_dynamic_shifting"):
-        if config[key]:
-            raise ValueError(
-                f"{key}=True is not supported for single-step DPM-Solver; picard reproduces "
-                "the VP schedules (beta schedules, optionally with Karras, exponential or beta "
-                "sigmas)"
-            )
-    chosen = [key for key in _SIGMA_SCHEDULES if config[key]]
-    if len(chosen) > 1:
-        raise ValueError(f"only one of {', '.join(_SIGMA_SCHEDULES)} may be set, got {chosen}")
-    kind = schedules.prediction_type(config)
-    variance = config["variance_type"]
-    if variance not in (None, "learned", "learned_range"):
-        raise ValueError(
-            f"variance_type must be None, 'learned' or 'learned_range', got {variance!r}"
-        )
-    if variance is not None and kind != "epsilon":
-        raise ValueError(
-            f"variance_type={variance!r} is supported with prediction_type='epsilon' only "
-            f"(diffusers drops the variance channels for epsilon only), got {kind!r}"
-        )
+    _check_vp(config, "single-step DPM-Solver")
+    _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    schedules.prediction_type(config)
+    _check_variance(config)
     if config["thresholding"] and algorithm == "dpmsolver":
         raise ValueError(
             "thresholding=True is not supported with algorithm_type='dpmsolver': diffusers' "
@@ -189,32 +170,20 @@ def singlestep_grid(
         ([999, 749, 500, 250], 0.0)
     """
     config = _full_config(config)
-    n = num_inference_steps
     total = int(config["num_train_timesteps"])
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= total:
-        raise ValueError(f"num_inference_steps must be an int in [1, {total}], got {n!r}")
-    n = int(n)
+    n = schedules.check_steps(num_inference_steps, upper=total)
     ab = schedules.alphas_cumprod(config)
-    lam = torch.log(torch.sqrt(ab)) - torch.log(torch.sqrt(1 - ab))
-    clipped = int(torch.searchsorted(torch.flip(lam, [0]), float(config["lambda_min_clipped"])))
+    clipped = schedules.lambda_clipped(ab, config["lambda_min_clipped"])
     timesteps = np.linspace(0, total - 1 - clipped, n + 1).round()[::-1][:-1].copy()
     train = schedules.train_sigmas(ab)
-    log_sigmas = np.log(train)
     lo, hi = train[0].item(), train[-1].item()
-    if config["use_karras_sigmas"]:
-        sigmas = schedules.karras_sigmas(lo, hi, n)
-    elif config["use_exponential_sigmas"]:
-        sigmas = np.exp(np.linspace(math.log(hi), math.log(lo), n))
-    elif config["use_beta_sigmas"]:
-        import scipy.stats
-
-        ppf = [scipy.stats.beta.ppf(u, 0.6, 0.6) for u in 1 - np.linspace(0, 1, n)]
-        sigmas = np.array([lo + p * (hi - lo) for p in ppf])
-    else:
+    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    if kind is None:
         sigmas = schedules.interp_sigmas(timesteps, train)
-    if any(config[key] for key in _SIGMA_SCHEDULES):
-        timesteps = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sigmas])
-        if config["use_karras_sigmas"]:
+    else:
+        sigmas = schedules.convert_sigmas(kind, lo, hi, n)
+        timesteps = schedules.sigmas_to_timesteps(sigmas, np.log(train))
+        if kind == "use_karras_sigmas":
             timesteps = timesteps.round()
     final = 0.0 if config["final_sigmas_type"] == "zero" else lo
     sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
@@ -255,21 +224,6 @@ def order_list(config: Mapping[str, Any], num_inference_steps: int) -> np.ndarra
     if zero:
         orders[-1] = 1
     return np.array(orders, dtype=np.int64)
-
-
-def _base_coefficients(
-    algorithm: str, alpha_t: Tensor, sigma_t: Tensor, alpha_s: Tensor, sigma_s: Tensor, h: Tensor
-) -> tuple[float, float, float]:
-    """``(cx, c0, cz)``: the weights of x_s, D0 and z, shared by every order."""
-    if algorithm == "dpmsolver++":
-        return float(sigma_t / sigma_s), float(-(alpha_t * (torch.exp(-h) - 1.0))), 0.0
-    if algorithm == "dpmsolver":
-        return float(alpha_t / alpha_s), float(-(sigma_t * (torch.exp(h) - 1.0))), 0.0
-    return (  # sde-dpmsolver++
-        float(sigma_t / sigma_s * torch.exp(-h)),
-        float(alpha_t * (1 - torch.exp(-2.0 * h))),
-        float(sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h))),
-    )
 
 
 def _entry_coefficients(
@@ -340,20 +294,12 @@ class DPMSolverSinglestepRule(UpdateRule):
     def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
         self.config = config = _full_config(config)
         timesteps, sigmas = singlestep_grid(config, num_inference_steps)
-        if np.count_nonzero(timesteps == timesteps[0]) > 1:
-            raise ValueError(
-                f"the timestep grid repeats its first timestep {timesteps[0]} "
-                f"(num_inference_steps={num_inference_steps}): diffusers' step would start "
-                "at the repeat and run past the grid; use fewer steps or another schedule"
-            )
+        _check_first_timestep(timesteps, num_inference_steps, "schedule")
         n = len(timesteps)
         self.algorithm_type: str = config["algorithm_type"]
         self.prediction_type = schedules.prediction_type(config)
         self.solver_order = int(config["solver_order"])
-        self._threshold = {
-            key: config[key]
-            for key in ("thresholding", "dynamic_thresholding_ratio", "sample_max_value")
-        }
+        self._threshold = _threshold(config)
         heun = config["solver_type"] == "heun"
         self.orders = order_list(config, n)
         sig = torch.from_numpy(sigmas)
@@ -364,22 +310,19 @@ class DPMSolverSinglestepRule(UpdateRule):
             ],
             dtype=np.float64,
         ).reshape(n, 5)
-        alpha, sigma = zip(*(_alpha_sigma(sig[i]) for i in range(n)), strict=True)
         self.num_steps = n
         self.timesteps = torch.from_numpy(timesteps)
         self.sigmas = sig
         names = ("cx", "c0", "cmid", "cend", "cz")
         self.coefficients = {
-            "alpha": np.array([float(a) for a in alpha]),
-            "sigma": np.array([float(s) for s in sigma]),
+            **_signal(sig, n),
             "lag": (self.orders - 1).astype(np.float64),
             **{name: weights[:, j].copy() for j, name in enumerate(names)},
         }
         self.noise_draws = np.full(n, self.algorithm_type == "sde-dpmsolver++")
         self.memory = self.solver_order - 1
         self.output_channels = 1 if config["variance_type"] is None else 2
-        ab = 1 / (sig.double() ** 2 + 1)
-        self.tol_scale = np.append(schedules.posterior_std(ab[1:-1], ab[2:]).numpy(), 0.0)
+        self.tol_scale = _tol_scale(sig)
 
     def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """The model outputs as the solver integrates them: x_θ (``++`` types) or ε_θ.
@@ -425,9 +368,7 @@ class DPMSolverSinglestepRule(UpdateRule):
         x_s, m_s, d_mid = x, m, None
         if self.memory:
             w, k, ch = x.shape[0], self.memory, x.shape[2]
-            before = _history(history, kept)
-            pad = kept.new_zeros((k - before.shape[0], *kept.shape[1:]))
-            ext = torch.cat([pad, before, kept])  # ext[k + j]: window entry j
+            ext = _extend(kept, _history(history, kept), k)  # ext[k + j]: window entry j
             lag = c["lag"]
             back1 = ext[k - 1 : k - 1 + w]
             x_s = torch.where(lag == 1, back1[:, :, ch:], x_s)

@@ -39,45 +39,43 @@ import torch
 from torch import Tensor
 
 from picard.adapters import schedules
-from picard.adapters.dpmsolver import _second_order_d1, _third_order_d1_d2, step_orders
+from picard.adapters.dpmsolver import step_orders
+from picard.adapters.edm_euler import EDM_EULER_DEFAULTS
+from picard.adapters.euler import _tol_scale
+from picard.adapters.multistep import (
+    _DPM_ALGORITHM_ALIASES,
+    _DPM_SOLVER_ALIASES,
+    _base_coefficients,
+    _check_final,
+    _check_order,
+    _check_solver_type,
+    _extend,
+    _multistep_weights,
+    _options,
+    _threshold,
+)
 from picard.adapters.rule import UpdateRule
 
 __all__ = ["DEFAULTS", "EDMDPMSolverRule", "edm_grid", "from_config"]
 
 DEFAULTS: dict[str, Any] = {
-    "sigma_min": 0.002,
-    "sigma_max": 80.0,
-    "sigma_data": 0.5,
-    "sigma_schedule": "karras",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "rho": 7.0,
+    **EDM_EULER_DEFAULTS,
     "solver_order": 2,
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
-    "sample_max_value": 1.0,
+    **schedules.THRESHOLD_DEFAULTS,
     "algorithm_type": "dpmsolver++",
     "solver_type": "midpoint",
     "lower_order_final": True,
     "euler_at_final": False,
-    "final_sigmas_type": "zero",
 }
 """``EDMDPMSolverMultistepScheduler``'s options and defaults (other keys are ignored)."""
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
 """The algorithm types of the EDM scheduler (``sde-dpmsolver++`` up to order 2)."""
 
-# What diffusers' constructor silently maps to a supported value.
-_ALGORITHM_ALIASES = {"deis": "dpmsolver++"}
-_SOLVER_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
-
 
 def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The scheduler's own options (others dropped), defaults filled, aliases resolved."""
-    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
-    full = {key: get(key, default) for key, default in DEFAULTS.items()}
-    full["algorithm_type"] = _ALGORITHM_ALIASES.get(full["algorithm_type"], full["algorithm_type"])
-    full["solver_type"] = _SOLVER_ALIASES.get(full["solver_type"], full["solver_type"])
+    full = _options(config, DEFAULTS, _DPM_ALGORITHM_ALIASES, _DPM_SOLVER_ALIASES)
     _check_config(full)
     return full
 
@@ -89,11 +87,9 @@ def _check_config(config: Mapping[str, Any]) -> None:
         raise ValueError(
             f"algorithm_type must be one of {ALGORITHM_TYPES} for EDM DPM-Solver, got {algorithm!r}"
         )
-    if config["solver_type"] not in ("midpoint", "heun"):
-        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {config['solver_type']!r}")
+    _check_solver_type(config["solver_type"])
     order = config["solver_order"]
-    if order not in (1, 2, 3):
-        raise ValueError(f"solver_order must be 1, 2 or 3, got {order!r}")
+    _check_order(order)
     if algorithm == "sde-dpmsolver++" and order == 3:
         raise ValueError(
             "solver_order=3 is not supported with algorithm_type='sde-dpmsolver++': diffusers' "
@@ -104,9 +100,7 @@ def _check_config(config: Mapping[str, Any]) -> None:
         raise ValueError(
             f"sigma_schedule must be 'karras' or 'exponential', got {config['sigma_schedule']!r}"
         )
-    final = config["final_sigmas_type"]
-    if final not in ("zero", "sigma_min"):
-        raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {final!r}")
+    _check_final(config["final_sigmas_type"])
     kind = config["prediction_type"]
     if kind not in ("epsilon", "v_prediction"):
         raise ValueError(
@@ -138,10 +132,7 @@ def edm_grid(config: Mapping[str, Any], num_inference_steps: int) -> tuple[Tenso
         ([80.0, 2.5152, 0.002, 0.0], [1.0955, 0.2306, -1.5537])
     """
     config = _full_config(config)
-    n = num_inference_steps
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"num_inference_steps must be an int >= 1, got {n!r}")
-    ramp = torch.linspace(0, 1, int(n))
+    ramp = torch.linspace(0, 1, schedules.check_steps(num_inference_steps))
     lo, hi = config["sigma_min"], config["sigma_max"]
     if config["sigma_schedule"] == "karras":
         rho = config["rho"]
@@ -168,29 +159,13 @@ def _step_coefficients(
     sigma_t, sigma_s = sigmas[i + 1], sigmas[i]
     lam_s = _lambda(sigma_s)
     h = _lambda(sigma_t) - lam_s
-    if algorithm == "sde-dpmsolver++":
-        cx = sigma_t / sigma_s * torch.exp(-h)
-        c0 = one * (1 - torch.exp(-2.0 * h))
-        cz = float(sigma_t * torch.sqrt(1.0 - torch.exp(-2 * h)))
-    else:
-        cx = sigma_t / sigma_s
-        c0 = -(one * (torch.exp(-h) - 1.0))
-        cz = 0.0
+    cx, c0, cz = _base_coefficients(algorithm, one, sigma_t, one, sigma_s, h)
     if order == 1:
-        return float(cx), float(c0), 0.0, 0.0, cz
-    lam_1 = _lambda(sigmas[i - 1])
-    r0 = (lam_s - lam_1) / h
-    inv_r0 = float(1.0 / r0)
-    if order == 2:
-        k1 = float(_second_order_d1(algorithm, heun, h, one, sigma_t))
-        return float(cx), float(c0), k1 * inv_r0, 0.0, cz
-    r1 = (lam_1 - _lambda(sigmas[i - 2])) / h  # order 3: dpmsolver++ only, no noise term
-    inv_r1 = float(1.0 / r1)
-    q, p = float(r0 / (r0 + r1)), float(1.0 / (r0 + r1))
-    d1, d2 = (float(k) for k in _third_order_d1_d2("dpmsolver++", h, one, sigma_t))
-    c01 = (d1 * (1 + q) + d2 * p) * inv_r0
-    c12 = -(d1 * q + d2 * p) * inv_r1
-    return float(cx), float(c0), c01, c12, 0.0
+        return cx, c0, 0.0, 0.0, cz
+    # order 3: dpmsolver++ only, no noise term
+    lambdas = [lam_s, *(_lambda(sigmas[i - j]) for j in range(1, order))]
+    c01, c12 = _multistep_weights(algorithm, heun, order, h, one, sigma_t, lambdas)
+    return cx, c0, c01, c12, cz
 
 
 def _preconditioning(config: Mapping[str, Any], sigma: Tensor) -> tuple[float, float, float]:
@@ -251,10 +226,7 @@ class EDMDPMSolverRule(UpdateRule):
         self.algorithm_type: str = config["algorithm_type"]
         self.prediction_type = config["prediction_type"]
         self.solver_order = int(config["solver_order"])
-        self._threshold = {
-            key: config[key]
-            for key in ("thresholding", "dynamic_thresholding_ratio", "sample_max_value")
-        }
+        self._threshold = _threshold(config)
         heun = config["solver_type"] == "heun"
         self.orders = step_orders(config, n)
         names = ("cx", "c0", "c01", "c12", "cz")
@@ -281,8 +253,7 @@ class EDMDPMSolverRule(UpdateRule):
             self.signal_keys = ("signal_alpha", "signal_sigma")
         self.noise_draws = np.full(n, self.algorithm_type == "sde-dpmsolver++")
         self.memory = self.solver_order - 1
-        s = sigmas.double()
-        self.tol_scale = np.append(schedules.ancestral_std(s[1:n], s[2 : n + 1]).numpy(), 0.0)
+        self.tol_scale = _tol_scale(sigmas, n)
 
     def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """``precondition_inputs``: ``c_in(σ_i) x``, as ``scale_model_input``.
@@ -334,9 +305,7 @@ class EDMDPMSolverRule(UpdateRule):
         nxt = c["cx"] * x + c["c0"] * m
         if self.memory:
             w, k = x.shape[0], self.memory
-            before = m[:0] if history is None else history.to(m.dtype)
-            pad = m.new_zeros((k - before.shape[0], *m.shape[1:]))
-            ext = torch.cat([pad, before, m])  # ext[k + j]: window step j
+            ext = _extend(m, history, k)  # ext[k + j]: window step j
             m1 = ext[k - 1 : k - 1 + w]
             nxt = nxt + c["c01"] * (m - m1)
             if k == 2:

@@ -34,11 +34,11 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from picard.adapters import schedules
+from picard.adapters.euler import _churn, _tol_scale
 from picard.adapters.rule import UpdateRule
 
 __all__ = ["EDM_EULER_DEFAULTS", "EDMEulerRule", "edm_grid", "from_config"]
@@ -62,7 +62,7 @@ _FINAL_SIGMAS = ("zero", "sigma_min")
 
 
 def _with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
-    full = {**EDM_EULER_DEFAULTS, **{k: v for k, v in dict(config).items() if v is not None}}
+    full = schedules.with_defaults(config, EDM_EULER_DEFAULTS)
     for key, allowed in (
         ("sigma_schedule", _SCHEDULES),
         ("prediction_type", _PREDICTIONS),
@@ -99,15 +99,13 @@ def edm_grid(config: Mapping[str, Any], num_inference_steps: int) -> tuple[Tenso
         ([80.0, 2.5152, 0.002, 0.0], 1.0955)
     """
     config = _with_defaults(config)
-    n = num_inference_steps
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"num_inference_steps must be an int >= 1, got {n!r}")
+    n = schedules.check_steps(num_inference_steps)
     lo, hi = float(config["sigma_min"]), float(config["sigma_max"])
     if config["sigma_schedule"] == "karras":
-        grid = schedules.karras_sigmas(lo, hi, int(n), rho=float(config["rho"]))
+        grid = schedules.karras_sigmas(lo, hi, n, rho=float(config["rho"]))
         sigmas = torch.from_numpy(grid).to(torch.float32)
     else:  # float32 linspace of the logs, as diffusers (k-diffusion's get_sigmas_exponential)
-        sigmas = torch.linspace(math.log(lo), math.log(hi), int(n)).exp().flip(0)
+        sigmas = torch.linspace(math.log(lo), math.log(hi), n).exp().flip(0)
     timesteps = 0.25 * torch.log(sigmas)
     last = sigmas[-1:] if config["final_sigmas_type"] == "sigma_min" else torch.zeros(1)
     sigmas = torch.cat([sigmas, last])
@@ -169,11 +167,7 @@ class EDMEulerRule(UpdateRule):
         timesteps, sigmas = edm_grid(self.config, num_inference_steps)
         n = len(timesteps)
         sigma = sigmas[:n]
-        gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1)
-        inside = (s_tmin <= sigma) & (sigma <= s_tmax)  # compared in float32, as diffusers
-        sigma_hat = torch.where(inside, sigma * (gamma + 1), sigma)
-        draws = inside & (gamma > 0)
-        churn = torch.where(draws, (sigma_hat**2 - sigma**2) ** 0.5, torch.zeros(()))
+        sigma_hat, draws, churn = _churn(sigma, len(sigmas) - 1, s_churn, s_tmin, s_tmax)
         sd = float(self.config["sigma_data"])
         c_skip = sd**2 / (sigma_hat**2 + sd**2)
         sign = -1 if self.prediction_type == "v_prediction" else 1
@@ -191,8 +185,7 @@ class EDMEulerRule(UpdateRule):
             "churn": churn.numpy(),
         }
         self.noise_draws = draws.numpy().copy()
-        s = sigmas.double()
-        self.tol_scale = np.append(schedules.ancestral_std(s[1:n], s[2 : n + 1]).numpy(), 0.0)
+        self.tol_scale = _tol_scale(sigmas, n)
         if self.prediction_type == "epsilon":
             self.coefficients["signal_alpha"] = (1 / c_skip.double()).numpy()
             self.coefficients["signal_sigma"] = (-c_out.double() / c_skip.double()).numpy()

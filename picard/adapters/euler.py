@@ -30,7 +30,6 @@ rounding, e.g. N = 61 of 1000), and then diffusers runs N + 1 steps, the last at
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,11 +51,7 @@ __all__ = [
 ]
 
 EULER_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
+    **schedules.BETA_DEFAULTS,
     "prediction_type": "epsilon",
     "interpolation_type": "linear",
     "use_karras_sigmas": False,
@@ -76,11 +71,6 @@ EULER_DEFAULTS: dict[str, Any] = {
 _INTERPOLATIONS = ("linear", "log_linear")
 _FINAL_SIGMAS = ("zero", "sigma_min")
 _TIMESTEP_TYPES = ("discrete", "continuous")
-_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-
-
-def _with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {**EULER_DEFAULTS, **{k: v for k, v in dict(config).items() if v is not None}}
 
 
 def _choice(config: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
@@ -92,33 +82,25 @@ def _choice(config: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> st
 
 def _sigma_schedule(config: Mapping[str, Any]) -> str | None:
     """Which of karras/exponential/beta sigmas the config asks for (at most one)."""
-    chosen = [k for k in _SIGMA_SCHEDULES if config.get(k)]
+    keys = schedules.SIGMA_SCHEDULES
+    chosen = [k for k in keys if config.get(k)]
     if len(chosen) > 1:
-        raise ValueError(
-            f"only one of {', '.join(_SIGMA_SCHEDULES)} can be set, got {', '.join(chosen)}"
-        )
+        raise ValueError(f"only one of {', '.join(keys)} can be set, got {', '.join(chosen)}")
     return chosen[0] if chosen else None
 
 
 def _convert_sigmas(
     kind: str, in_sigmas: np.ndarray, n: int, config: Mapping[str, Any]
 ) -> np.ndarray:
-    """Karras (eq. 5, ρ = 7), exponential or beta (α = β = 0.6) sigmas, as diffusers builds them.
+    """:func:`schedules.convert_sigmas` between the config's bounds, else the input's ends.
 
-    They run between ``sigma_min``/``sigma_max`` of the config, else the input's ends.
+    ``sigma_min``/``sigma_max`` of the config, as diffusers' Euler-type schedulers read them.
     """
     lo = config.get("sigma_min")
     hi = config.get("sigma_max")
     lo = float(in_sigmas[-1].item()) if lo is None else float(lo)
     hi = float(in_sigmas[0].item()) if hi is None else float(hi)
-    if kind == "use_karras_sigmas":
-        return schedules.karras_sigmas(lo, hi, n, rho=7.0)
-    if kind == "use_exponential_sigmas":
-        return np.exp(np.linspace(math.log(hi), math.log(lo), n))
-    import scipy.stats
-
-    ppfs = [scipy.stats.beta.ppf(u, 0.6, 0.6) for u in 1 - np.linspace(0, 1, n)]
-    return np.array([lo + p * (hi - lo) for p in ppfs])
+    return schedules.convert_sigmas(kind, lo, hi, n)
 
 
 def _check_grid(timesteps: Tensor, sigmas: Tensor) -> None:
@@ -164,8 +146,8 @@ def euler_grid(config: Mapping[str, Any], num_inference_steps: int) -> tuple[Ten
         >>> t.tolist(), round(s[0].item(), 3), s[-1].item()
         ([999.0, 749.0, 499.0, 249.0], 157.407, 0.0)
     """
-    config = _with_defaults(config)
-    n = _check_steps(num_inference_steps)
+    config = schedules.with_defaults(config, EULER_DEFAULTS)
+    n = schedules.check_steps(num_inference_steps)
     interpolation = _choice(config, "interpolation_type", _INTERPOLATIONS)
     final = _choice(config, "final_sigmas_type", _FINAL_SIGMAS)
     timestep_type = _choice(config, "timestep_type", _TIMESTEP_TYPES)
@@ -208,8 +190,8 @@ def euler_ancestral_grid(
         >>> t.tolist(), len(s)
         ([999.0, 499.5, 0.0], 4)
     """
-    config = _with_defaults(config)
-    n = _check_steps(num_inference_steps)
+    config = schedules.with_defaults(config, EULER_DEFAULTS)
+    n = schedules.check_steps(num_inference_steps)
     ab = schedules.alphas_cumprod(config, terminal_floor=True)
     t = schedules.euler_timesteps(config, n)
     sigmas = schedules.interp_sigmas(t, schedules.train_sigmas(ab))
@@ -217,12 +199,6 @@ def euler_ancestral_grid(
     out = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
     _check_grid(timesteps, out)
     return timesteps, out
-
-
-def _check_steps(n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"num_inference_steps must be an int >= 1, got {n!r}")
-    return int(n)
 
 
 def _init_noise_sigma(config: Mapping[str, Any], sigmas: Tensor) -> float:
@@ -240,29 +216,40 @@ def _tol_scale(sigmas: Tensor, m: int) -> np.ndarray:
     return np.append(np.nan_to_num(std, nan=0.0), 0.0)
 
 
-class _EulerBase(UpdateRule):
-    """What both Euler rules share: the grid, ``c_in`` and the v-prediction constants."""
+def _churn(
+    sigma: Tensor, count: int, s_churn: float, s_tmin: float, s_tmax: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Algorithm 2's churn at each step's σ_i: ``(σ̂_i, draws, √(σ̂_i² - σ_i²))``.
+
+    γ = min(S_churn/count, √2 - 1) where S_tmin ≤ σ_i ≤ S_tmax (``count`` is diffusers'
+    ``len(sigmas) - 1``); a step draws noise where γ > 0 there.
+    """
+    gamma = min(s_churn / count, 2**0.5 - 1)
+    inside = (s_tmin <= sigma) & (sigma <= s_tmax)  # compared in float32, as diffusers
+    sigma_hat = torch.where(inside, sigma * (gamma + 1), sigma)
+    draws = inside & (gamma > 0)
+    churn = torch.where(draws, (sigma_hat**2 - sigma**2) ** 0.5, torch.zeros(()))
+    return sigma_hat, draws, churn
+
+
+def _vp_scalings(sigma: Tensor) -> dict[str, np.ndarray]:
+    """``c_in``'s inverse √(σ² + 1) and the v-prediction constants at each σ (float32)."""
+    return {
+        "input_scale": ((sigma**2 + 1) ** 0.5).numpy(),
+        "c_out": (-sigma / (sigma**2 + 1) ** 0.5).numpy(),
+        "c_skip_inv": (sigma**2 + 1).numpy(),
+    }
+
+
+class _VPDenoiser(UpdateRule):
+    """The VE latent of a VP-trained model: ``c_in``, the denoiser D and the ε signal.
+
+    Subclasses hold ``coefficients`` with :func:`_vp_scalings`' keys.
+    """
 
     prediction_type: str
-    sigmas: Tensor
 
-    def _setup(self, config: dict[str, Any], timesteps: Tensor, sigmas: Tensor) -> Tensor:
-        m = len(timesteps)
-        self.config = config
-        self.num_steps = m
-        self.timesteps = timesteps
-        self.sigmas = sigmas
-        self.init_noise_sigma = _init_noise_sigma(config, sigmas)
-        self.tol_scale = _tol_scale(sigmas, m)
-        sigma = sigmas[:m]
-        self.coefficients = {
-            "input_scale": ((sigma**2 + 1) ** 0.5).numpy(),
-            "c_out": (-sigma / (sigma**2 + 1) ** 0.5).numpy(),
-            "c_skip_inv": (sigma**2 + 1).numpy(),
-        }
-        return sigma
-
-    def _signal(self, sigma_key: str) -> None:
+    def _unit_signal(self, sigma_key: str) -> None:
         """Declare ``x = 1 · x_0 + σ ε`` for the predicted guesses (ε-prediction only).
 
         The state is the unscaled latent, so α = 1 and σ is the step's σ; for an
@@ -274,15 +261,34 @@ class _EulerBase(UpdateRule):
             self.signal_keys = ("unit", sigma_key)
 
     def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
-        """``scale_model_input``: ``x / √(σ_i² + 1)``, the VP latent the model was trained on."""
+        """``scale_model_input``: ``x / √(σ² + 1)``, the VP latent the model was trained on."""
         return x / c["input_scale"]
 
     def _denoised(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor], sigma: Tensor) -> Tensor:
+        """``pred_original_sample`` at σ, as diffusers writes it."""
         if self.prediction_type == "epsilon":
             return x - sigma * out
         if self.prediction_type == "v_prediction":
             return out * c["c_out"] + x / c["c_skip_inv"]
         return out  # sample (or its old name, original_sample)
+
+
+class _EulerBase(_VPDenoiser):
+    """What both Euler rules share: the grid, ``c_in`` and the v-prediction constants."""
+
+    sigmas: Tensor
+
+    def _setup(self, config: dict[str, Any], timesteps: Tensor, sigmas: Tensor) -> Tensor:
+        m = len(timesteps)
+        self.config = config
+        self.num_steps = m
+        self.timesteps = timesteps
+        self.sigmas = sigmas
+        self.init_noise_sigma = _init_noise_sigma(config, sigmas)
+        self.tol_scale = _tol_scale(sigmas, m)
+        sigma = sigmas[:m]
+        self.coefficients = _vp_scalings(sigma)
+        return sigma
 
 
 def _prediction(config: Mapping[str, Any], allowed: tuple[str, ...]) -> str:
@@ -325,7 +331,7 @@ class EulerRule(_EulerBase):
         s_tmax: float = float("inf"),
         s_noise: float = 1.0,
     ):
-        full = _with_defaults(config)
+        full = schedules.with_defaults(config, EULER_DEFAULTS)
         self.prediction_type = _prediction(
             full, ("epsilon", "sample", "original_sample", "v_prediction")
         )
@@ -334,11 +340,7 @@ class EulerRule(_EulerBase):
         timesteps, sigmas = euler_grid(full, num_inference_steps)
         sigma = self._setup(full, timesteps, sigmas)
         m = self.num_steps
-        gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1)
-        inside = (s_tmin <= sigma) & (sigma <= s_tmax)  # compared in float32, as diffusers
-        sigma_hat = torch.where(inside, sigma * (gamma + 1), sigma)
-        draws = inside & (gamma > 0)
-        churn = torch.where(draws, (sigma_hat**2 - sigma**2) ** 0.5, torch.zeros(()))
+        sigma_hat, draws, churn = _churn(sigma, len(sigmas) - 1, s_churn, s_tmin, s_tmax)
         self.coefficients.update(
             {
                 "sigma_hat": sigma_hat.numpy(),
@@ -347,7 +349,7 @@ class EulerRule(_EulerBase):
             }
         )
         self.noise_draws = draws.numpy().copy()
-        self._signal("sigma_hat")
+        self._unit_signal("sigma_hat")
 
     def update(
         self,
@@ -384,7 +386,7 @@ class EulerAncestralRule(_EulerBase):
     """
 
     def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
-        full = _with_defaults(config)
+        full = schedules.with_defaults(config, EULER_DEFAULTS)
         self.prediction_type = _prediction(full, ("epsilon", "v_prediction"))
         timesteps, sigmas = euler_ancestral_grid(full, num_inference_steps)
         sigma = self._setup(full, timesteps, sigmas)
@@ -399,7 +401,7 @@ class EulerAncestralRule(_EulerBase):
             }
         )
         self.noise_draws = np.ones(self.num_steps, dtype=bool)
-        self._signal("sigma")
+        self._unit_signal("sigma")
         bad = np.flatnonzero(~np.isfinite(self.coefficients["dt"]))
         if len(bad):  # σ_↑ rounds above σ_{i+1} in float32 when σ_i ≫ σ_{i+1}
             raise ValueError(

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from picard.adapters import schedules
-from picard.adapters.euler import _check_grid, _check_steps, _convert_sigmas
+from picard.adapters.euler import _check_grid, _convert_sigmas, _sigma_schedule
 from picard.adapters.rule import UpdateRule
 
 __all__ = ["FLOW_DEFAULTS", "FlowMatchEulerRule", "flow_grid", "flow_tol_scale", "from_config"]
@@ -47,11 +47,9 @@ FLOW_DEFAULTS: dict[str, Any] = {
 }
 """The defaults of diffusers' ``FlowMatchEulerDiscreteScheduler`` that the grid reads."""
 
-_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-
 
 def _checked(config: Mapping[str, Any], mu: float | None) -> dict[str, Any]:
-    full = {**FLOW_DEFAULTS, **{k: v for k, v in dict(config).items() if v is not None}}
+    full = schedules.with_defaults(config, FLOW_DEFAULTS)
     if full["invert_sigmas"]:
         raise ValueError(
             "invert_sigmas=True (Mochi's inverted schedule) is not supported; supported: "
@@ -62,11 +60,7 @@ def _checked(config: Mapping[str, Any], mu: float | None) -> dict[str, Any]:
             "time_shift_type must be one of ('exponential', 'linear'), got "
             f"{full['time_shift_type']!r}"
         )
-    chosen = [k for k in _SIGMA_SCHEDULES if full[k]]
-    if len(chosen) > 1:
-        raise ValueError(
-            f"only one of {', '.join(_SIGMA_SCHEDULES)} can be set, got {', '.join(chosen)}"
-        )
+    _sigma_schedule(full)
     if full["use_dynamic_shifting"] and mu is None:
         raise ValueError(
             "use_dynamic_shifting=True needs mu (the resolution-dependent shift the "
@@ -103,7 +97,7 @@ def flow_grid(
         ([1000.0, 857.7, 602.2, 8.9], 0.0)
     """
     full = _checked(config, mu)
-    n = _check_steps(num_inference_steps)
+    n = schedules.check_steps(num_inference_steps)
     total = int(full["num_train_timesteps"])
     for name, given in (("sigmas", sigmas), ("timesteps", timesteps)):
         if given is not None and len(given) != n:
@@ -120,7 +114,7 @@ def flow_grid(
         one_minus = 1 - sig
         with np.errstate(divide="ignore", invalid="ignore"):  # checked just below
             sig = 1 - one_minus / (one_minus[-1] / (1 - terminal))
-    kind = next((k for k in _SIGMA_SCHEDULES if full[k]), None)
+    kind = _sigma_schedule(full)
     if kind is not None:
         sig = _convert_sigmas(kind, sig, n, full)  # the grid's ends unless sigma_min/max
     out = torch.from_numpy(np.ascontiguousarray(sig)).to(torch.float32)

@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard.adapters.euler import _real
+from picard.adapters import schedules
+from picard.adapters.euler import _churn, _real
 from picard.adapters.flow import flow_grid, flow_tol_scale
 from picard.adapters.heun import TwoStageRule, check_first_timestep
 
@@ -50,8 +51,7 @@ FLOW_HEUN_DEFAULTS: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 1.0}
 
 
 def _config(config: Mapping[str, Any]) -> dict[str, Any]:
-    given = {k: v for k, v in dict(config).items() if v is not None}
-    return {k: given.get(k, v) for k, v in FLOW_HEUN_DEFAULTS.items()}
+    return schedules.with_defaults(config, FLOW_HEUN_DEFAULTS, known_only=True)
 
 
 def flow_heun_grid(config: Mapping[str, Any], num_inference_steps: int) -> tuple[Tensor, Tensor]:
@@ -116,11 +116,7 @@ class FlowMatchHeunRule(TwoStageRule):
         base = self.base_sigmas = torch.cat([self.sigmas[::2], self.sigmas[-1:]])
         n = m // 2 + 1
         sigma, following = base[:n], base[1 : n + 1]
-        gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1)
-        inside = (s_tmin <= sigma) & (sigma <= s_tmax)  # compared in float32, as diffusers
-        sigma_hat = torch.where(inside, sigma * (gamma + 1), sigma)
-        draws = inside & (gamma > 0)
-        churn = torch.where(draws, (sigma_hat**2 - sigma**2) ** 0.5, torch.zeros(()))
+        sigma_hat, draws, churn = _churn(sigma, len(self.sigmas) - 1, s_churn, s_tmin, s_tmax)
         first = torch.arange(m) % 2 == 0
         j = torch.arange(m) // 2
         self.coefficients = {

@@ -42,8 +42,13 @@ import torch
 from torch import Tensor
 
 from picard.adapters import schedules
-from picard.adapters.euler import _check_steps, _convert_sigmas, _init_noise_sigma, _sigma_schedule
-from picard.adapters.rule import UpdateRule
+from picard.adapters.euler import (
+    _convert_sigmas,
+    _init_noise_sigma,
+    _sigma_schedule,
+    _vp_scalings,
+    _VPDenoiser,
+)
 
 __all__ = [
     "HEUN_DEFAULTS",
@@ -98,9 +103,8 @@ def karras_config(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dic
         >>> "rescale_betas_zero_snr" in cfg, cfg["sigma_min"], cfg["beta_end"]
         (False, 0.1, 0.012)
     """
-    given = {k: v for k, v in dict(config).items() if v is not None}
-    out = {k: given.get(k, v) for k, v in defaults.items()}
-    out.update({k: given[k] for k in _BOUNDS if k in given})
+    out = schedules.with_defaults(config, defaults, known_only=True)
+    out.update({k: config[k] for k in _BOUNDS if config.get(k) is not None})
     return out
 
 
@@ -124,7 +128,7 @@ def karras_family_grid(
         >>> t.tolist(), [round(float(v), 3) for v in s]
         ([999.0, 499.5, 0.0], [25.146, 2.28, 0.029])
     """
-    n = _check_steps(num_inference_steps)
+    n = schedules.check_steps(num_inference_steps)
     kind = _sigma_schedule(config)
     train = schedules.train_sigmas(schedules.alphas_cumprod(config))
     log_train = np.log(train)
@@ -132,7 +136,7 @@ def karras_family_grid(
     sigmas = schedules.interp_sigmas(t, train)
     if kind is not None:
         sigmas = _convert_sigmas(kind, sigmas, n, config)
-        t = np.array([schedules.sigma_to_t(s, log_train) for s in sigmas])
+        t = schedules.sigmas_to_timesteps(sigmas, log_train)
     return t, sigmas, log_train
 
 
@@ -239,7 +243,7 @@ def entry_tol_scale(base: Tensor, entries: int) -> np.ndarray:
     return std
 
 
-class TwoStageRule(UpdateRule):
+class TwoStageRule(_VPDenoiser):
     """What the two-model-call samplers share: per-entry σ, ``c_in`` and the denoiser.
 
     Subclasses fill ``coefficients`` with their step sizes, then call :meth:`_finish`
@@ -254,7 +258,6 @@ class TwoStageRule(UpdateRule):
         (True, [1.0, 0.0, 1.0])
     """
 
-    prediction_type: str
     memory = 1
 
     def _finish(self, sigma_in: Tensor, first: Tensor, epsilon_signal: bool = True) -> None:
@@ -262,28 +265,12 @@ class TwoStageRule(UpdateRule):
         self.coefficients.update(
             {
                 "sigma_in": sigma_in.numpy(),
-                "input_scale": ((sigma_in**2 + 1) ** 0.5).numpy(),
-                "c_out": (-sigma_in / (sigma_in**2 + 1) ** 0.5).numpy(),
-                "c_skip_inv": (sigma_in**2 + 1).numpy(),
+                **_vp_scalings(sigma_in),
                 "first": first.to(torch.float32).numpy(),
             }
         )
-        if epsilon_signal and self.prediction_type == "epsilon":
-            # x = 1 · x_0 + σ ε at every entry's state (the unscaled VE latent)
-            self.coefficients["unit"] = np.ones(self.num_steps)
-            self.signal_keys = ("unit", "sigma_in")
-
-    def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
-        """``scale_model_input``: ``x / √(σ² + 1)`` with the σ of the entry's state."""
-        return x / c["input_scale"]
-
-    def _denoised(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
-        """``pred_original_sample`` at each entry's σ, as diffusers writes it."""
-        if self.prediction_type == "epsilon":
-            return x - c["sigma_in"] * out
-        if self.prediction_type == "v_prediction":
-            return out * c["c_out"] + x / c["c_skip_inv"]
-        return out
+        if epsilon_signal:  # x = 1 · x_0 + σ ε at every entry's state (the unscaled VE latent)
+            self._unit_signal("sigma_in")
 
     @staticmethod
     def _previous(stored: Tensor, history: Tensor | None) -> Tensor:
@@ -355,7 +342,7 @@ class HeunRule(TwoStageRule):
             >>> nxt.shape, kept.shape
             (torch.Size([3, 1, 2]), torch.Size([3, 1, 2]))
         """
-        denoised = self._denoised(x, out, c)
+        denoised = self._denoised(x, out, c, c["sigma_in"])
         if self._clip is not None:
             denoised = denoised.clamp(-self._clip, self._clip)
         derivative = (x - denoised) / c["sigma_in"]

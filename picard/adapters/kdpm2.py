@@ -228,7 +228,7 @@ class _KDPM2Base(TwoStageRule):
             >>> nxt.shape, kept.shape
             (torch.Size([3, 1, 2]), torch.Size([3, 1, 2]))
         """
-        derivative = (x - self._denoised(x, out, c)) / c["sigma_in"]
+        derivative = (x - self._denoised(x, out, c, c["sigma_in"])) / c["sigma_in"]
         step = derivative * c["dt"]
         p_prev = self._previous(step, history)
         nxt = x + torch.where(c["first"] > 0.5, step, step - p_prev)

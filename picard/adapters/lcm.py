@@ -57,9 +57,7 @@ LCM_DEFAULTS: dict[str, Any] = {
     "set_alpha_to_one": True,
     "steps_offset": 0,
     "prediction_type": "epsilon",
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
-    "sample_max_value": 1.0,
+    **schedules.THRESHOLD_DEFAULTS,
     "timestep_spacing": "leading",
     "timestep_scaling": 10.0,
     "rescale_betas_zero_snr": False,
@@ -71,39 +69,11 @@ SIGMA_DATA = 0.5
 """σ_d of the boundary scalings (fixed in diffusers' LCM)."""
 
 
-def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config over :data:`LCM_DEFAULTS` (``None`` values take the default).
-
-    Args:
-        config: an ``LCMScheduler``/``TCDScheduler`` configuration (mapping).
-
-    Returns:
-        A new dict with every key of :data:`LCM_DEFAULTS`.
-
-    Example:
-        >>> with_defaults({"beta_schedule": "linear"})["beta_start"]
-        0.00085
-    """
-    return {**LCM_DEFAULTS, **{k: v for k, v in dict(config).items() if v is not None}}
-
-
-def check_steps(name: str, value: Any) -> int:
-    """``value`` as an int >= 1, else a ``ValueError`` naming ``name``.
-
-    Args:
-        name: the option's name, for the message.
-        value: the value to check.
-
-    Returns:
-        ``int(value)``.
-
-    Example:
-        >>> check_steps("num_inference_steps", 4)
-        4
-    """
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
+def _counts(config: Mapping[str, Any], n: Any, original: Any) -> tuple[int, int, int]:
+    """``(num_train_timesteps, original_inference_steps, N)``, the two step counts checked."""
+    total = int(config["num_train_timesteps"])
+    original = schedules.check_steps(original, "original_inference_steps")
+    return total, original, schedules.check_steps(n)
 
 
 def pick_timesteps(origin: np.ndarray, n: int) -> np.ndarray:
@@ -149,13 +119,10 @@ def lcm_timesteps(
         >>> lcm_timesteps({}, 4, original_inference_steps=100).tolist()
         [999, 749, 499, 249]
     """
-    config = with_defaults(config)
-    total = int(config["num_train_timesteps"])
-    original = config["original_inference_steps"]
-    if original_inference_steps is not None:
-        original = original_inference_steps
-    original = check_steps("original_inference_steps", original)
-    n = check_steps("num_inference_steps", num_inference_steps)
+    config = schedules.with_defaults(config, LCM_DEFAULTS)
+    if original_inference_steps is None:
+        original_inference_steps = config["original_inference_steps"]
+    total, original, n = _counts(config, num_inference_steps, original_inference_steps)
     if original > total:
         raise ValueError(
             f"original_inference_steps ({original}) must be at most num_train_timesteps ({total})"
@@ -242,7 +209,7 @@ class LCMRule(UpdateRule):
         num_inference_steps: int,
         original_inference_steps: int | None = None,
     ):
-        self.config = with_defaults(config)
+        self.config = schedules.with_defaults(config, LCM_DEFAULTS)
         self.prediction_type = schedules.prediction_type(self.config)
         t = lcm_timesteps(self.config, num_inference_steps, original_inference_steps)
         check_zero_snr(self.config, self.prediction_type, t)

@@ -39,17 +39,13 @@ import torch
 from torch import Tensor
 
 from picard.adapters import schedules
-from picard.adapters.euler import _check_grid, _check_steps, _convert_sigmas
+from picard.adapters.euler import _check_grid, _convert_sigmas
 from picard.adapters.rule import UpdateRule
 
 __all__ = ["LMS_DEFAULTS", "LMSRule", "from_config", "lms_coefficients", "lms_grid"]
 
 LMS_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
+    **schedules.BETA_DEFAULTS,
     "use_karras_sigmas": False,
     "use_exponential_sigmas": False,
     "use_beta_sigmas": False,
@@ -59,18 +55,18 @@ LMS_DEFAULTS: dict[str, Any] = {
 }
 """The defaults of diffusers' ``LMSDiscreteScheduler``: a plain mapping falls back to them."""
 
-_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
 
 def _checked(config: Mapping[str, Any]) -> dict[str, Any]:
-    full = {**LMS_DEFAULTS, **{k: v for k, v in dict(config).items() if v is not None}}
+    full = schedules.with_defaults(config, LMS_DEFAULTS)
     kind = full["prediction_type"]
     if kind not in _PREDICTIONS:
         raise ValueError(f"prediction_type must be one of {_PREDICTIONS} for LMS, got {kind!r}")
-    chosen = [k for k in _SIGMA_SCHEDULES if full[k]]
+    keys = schedules.SIGMA_SCHEDULES
+    chosen = [k for k in keys if full[k]]
     if len(chosen) > 1:
-        raise ValueError(f"only one of {', '.join(_SIGMA_SCHEDULES)} can be set, got {chosen}")
+        raise ValueError(f"only one of {', '.join(keys)} can be set, got {chosen}")
     if full.get("rescale_betas_zero_snr"):
         raise ValueError(
             "rescale_betas_zero_snr=True is not an option of LMSDiscreteScheduler; supported: False"
@@ -100,15 +96,15 @@ def lms_grid(config: Mapping[str, Any], num_inference_steps: int) -> tuple[Tenso
         ([999.0, 666.0, 333.0, 0.0], 157.407, 0.0)
     """
     full = _checked(config)
-    n = _check_steps(num_inference_steps)
+    n = schedules.check_steps(num_inference_steps)
     ab = schedules.alphas_cumprod(full)
     train = schedules.train_sigmas(ab)
     t = schedules.euler_timesteps(full, n)
     sigmas = schedules.interp_sigmas(t, train)
-    kind = next((k for k in _SIGMA_SCHEDULES if full[k]), None)
+    kind = next((k for k in schedules.SIGMA_SCHEDULES if full[k]), None)
     if kind is not None:  # between the interpolated grid's ends: LMS has no sigma_min/max
         sigmas = _convert_sigmas(kind, sigmas, n, {})
-        t = np.array([schedules.sigma_to_t(s, np.log(train)) for s in sigmas])
+        t = schedules.sigmas_to_timesteps(sigmas, np.log(train))
     out = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
     timesteps = torch.from_numpy(np.asarray(t).astype(np.float32))
     _check_grid(timesteps, out)

@@ -48,8 +48,14 @@ from torch import Tensor
 
 from picard.adapters import schedules
 from picard.adapters.euler import _convert_sigmas
-from picard.adapters.flow import flow_tol_scale
-from picard.adapters.rule import UpdateRule
+from picard.adapters.multistep import (
+    _alpha_sigma,
+    _check_first_timestep,
+    _lambda_at,
+    _PredictorCorrector,
+    _sigma_schedule,
+    _tol_scale,
+)
 
 __all__ = [
     "ALGORITHM_TYPES",
@@ -67,9 +73,7 @@ SASOLVER_DEFAULTS: dict[str, Any] = {
     "corrector_order": 2,
     "prediction_type": "epsilon",
     "tau_func": None,
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
-    "sample_max_value": 1.0,
+    **schedules.THRESHOLD_DEFAULTS,
     "algorithm_type": "data_prediction",
     "lower_order_final": True,
     "use_karras_sigmas": False,
@@ -88,7 +92,6 @@ ALGORITHM_TYPES = ("data_prediction", "noise_prediction")
 """What SA-Solver integrates: x_θ (``data_prediction``) or ε_θ."""
 
 _PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
-_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
 
 def default_tau(t: Any) -> int:
@@ -145,12 +148,10 @@ def _check_config(config: Mapping[str, Any]) -> None:
         )
     if not callable(config["tau_func"]) and config["tau_func"] is not None:
         raise ValueError(f"tau_func must be callable or None, got {config['tau_func']!r}")
-    chosen = [k for k in _SIGMA_SCHEDULES if config[k]]
-    if len(chosen) > 1:
-        raise ValueError(f"only one of {', '.join(_SIGMA_SCHEDULES)} may be set, got {chosen}")
-    if chosen and config["use_flow_sigmas"]:
+    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    if kind and config["use_flow_sigmas"]:
         raise ValueError(
-            f"{chosen[0]}=True with use_flow_sigmas=True: diffusers builds VE sigmas above 1, "
+            f"{kind}=True with use_flow_sigmas=True: diffusers builds VE sigmas above 1, "
             "so α = 1 − σ < 0 and λ = log α is NaN"
         )
 
@@ -177,22 +178,16 @@ def sasolver_grid(
     """
     config = _full(config)
     _check_config(config)
-    n = num_inference_steps
     total = int(config["num_train_timesteps"])
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= total:
-        raise ValueError(f"num_inference_steps must be an int in [1, {total}], got {n!r}")
-    n = int(n)
+    n = schedules.check_steps(num_inference_steps, upper=total)
     ab = schedules.alphas_cumprod(config)
-    lam = torch.log(torch.sqrt(ab)) - torch.log(torch.sqrt(1 - ab))
-    clip = float(config["lambda_min_clipped"])
-    last = total - int(torch.searchsorted(torch.flip(lam, [0]), clip))
+    last = total - schedules.lambda_clipped(ab, config["lambda_min_clipped"])
     timesteps: np.ndarray = schedules.solver_timesteps(config, n, last)
     train = schedules.train_sigmas(ab)
-    kind = next((k for k in _SIGMA_SCHEDULES if config[k]), None)
+    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     if kind is not None:
         sig = _convert_sigmas(kind, np.flip(train).copy(), n, config)
-        log_sigmas = np.log(train)
-        timesteps = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
+        timesteps = schedules.sigmas_to_timesteps(sig, np.log(train))
         if kind == "use_karras_sigmas":
             timesteps = timesteps.round()
         out = np.concatenate([sig, sig[-1:]])
@@ -237,18 +232,6 @@ def step_orders(config: Mapping[str, Any], num_steps: int) -> tuple[np.ndarray, 
     else:
         cap_p, cap_c = np.full(num_steps, pred), np.full(num_steps, corr)
     return np.minimum(cap_p, done + 1), np.minimum(cap_c, done + 2)
-
-
-def _alpha_sigma(sigma: Tensor, flow: bool) -> tuple[Tensor, Tensor]:
-    if flow:
-        return 1 - sigma, sigma
-    alpha = 1 / ((sigma**2 + 1) ** 0.5)
-    return alpha, sigma * alpha
-
-
-def _lambda(sigma: Tensor, flow: bool) -> Tensor:
-    alpha, sigma_t = _alpha_sigma(sigma, flow)
-    return torch.log(alpha) - torch.log(sigma_t)
 
 
 def _exp_negative(k: int, start: Tensor, end: Tensor) -> Tensor:
@@ -342,7 +325,7 @@ def _step(
     lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
     lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
     h = lambda_t - lambda_s0
-    lams = [_lambda(sig[lams_from - i], flow) for i in range(order)]
+    lams = [_lambda_at(sig[lams_from - i], flow) for i in range(order)]
     b = _gradient(x0, lambda_s0, lambda_t, lams, tau)
     if x0 and order == 2:  # diffusers' O(h³) modification
         q = 1 + tau**2
@@ -354,7 +337,7 @@ def _step(
                 1.0
                 * torch.exp(q * lambda_t)
                 * (h**2 / 2 - inner / (q**2))
-                / (lambda_s0 - _lambda(sig[s0 - 1], flow))
+                / (lambda_s0 - _lambda_at(sig[s0 - 1], flow))
             )
         b[0] = b[0] + extra
         b[1] = b[1] - extra
@@ -370,7 +353,7 @@ def _step(
     return float(cx), float(cz), weights
 
 
-class SASolverRule(UpdateRule):
+class SASolverRule(_PredictorCorrector):
     """SA-Solver (SA-Predictor + SA-Corrector) on the grid of ``num_inference_steps`` entries.
 
     The state is the uncorrected sample the model sees at each entry; the corrector of
@@ -407,23 +390,8 @@ class SASolverRule(UpdateRule):
         self.config = config = _full(config)
         timesteps, grid = sasolver_grid(config, num_inference_steps)
         n = len(timesteps)
-        if np.count_nonzero(timesteps == timesteps[0]) > 1:
-            raise ValueError(
-                f"the timestep grid repeats its first timestep {timesteps[0]} "
-                f"(num_inference_steps={num_inference_steps}): diffusers' step would start "
-                "at the repeat and run past the grid; use fewer steps or another spacing"
-            )
-        self.num_steps = n
-        self.timesteps = torch.from_numpy(timesteps)
-        self.sigmas = torch.from_numpy(grid)
-        self.flow = bool(config["use_flow_sigmas"])
-        self.predict_x0 = config["algorithm_type"] == "data_prediction"
-        self.prediction_type = config["prediction_type"]
-        self.signal_keys = None if self.prediction_type == "flow_prediction" else ("alpha", "sigma")
-        self._threshold = {
-            key: config[key]
-            for key in ("thresholding", "dynamic_thresholding_ratio", "sample_max_value")
-        }
+        _check_first_timestep(timesteps, num_inference_steps)
+        self._setup(config, timesteps, grid, config["algorithm_type"] == "data_prediction")
         tau_func: Callable[[Any], Any] = config["tau_func"] or default_tau
         self.taus = [tau_func(t) for t in self.timesteps]  # 0-d int64 tensors, as the loop's
         self.orders, corr = step_orders(config, n)
@@ -433,13 +401,7 @@ class SASolverRule(UpdateRule):
         self.memory = max(lags)
         self.coefficients = self._coefficients()
         self.noise_draws = np.ones(n, dtype=bool)
-        if self.flow:
-            s = self.sigmas.double().numpy()
-            std = flow_tol_scale(s[1:n], s[2 : n + 1])
-        else:
-            ab = 1 / (self.sigmas.double() ** 2 + 1)
-            std = schedules.posterior_std(ab[1:-1], ab[2:]).numpy()
-        self.tol_scale = np.append(std, 0.0)
+        self.tol_scale = _tol_scale(self.sigmas, self.flow)
 
     def _coefficients(self) -> dict[str, np.ndarray]:
         """Every entry's conversion, predictor and correction scalars (float64 arrays)."""
@@ -449,9 +411,7 @@ class SASolverRule(UpdateRule):
         co.update({f"d{j}": np.zeros(n) for j in range(k + 1)})
         previous: list[float] = []
         for i in range(n):
-            alpha, sigma = _alpha_sigma(sig[i], flow)
-            co["alpha"][i], co["sigma"][i] = float(alpha), float(sigma)
-            co["sigma_raw"][i] = float(sig[i])
+            self._signal_at(co, i)
             if i > 0:  # the corrector of the step i − 1 -> i, with τ_{i−1}
                 order = int(self.corrector_orders[i])
                 _, _, weights = _step(sig, flow, x0, i - 1, i, order, self.taus[i - 1], True)
@@ -463,38 +423,16 @@ class SASolverRule(UpdateRule):
             co["cx"][i], co["cz"][i] = cx, cz
             for j, w in enumerate(previous):
                 co[f"p{j}"][i] = w
-        bad = np.zeros(n, dtype=bool)
-        for v in co.values():
-            bad |= ~np.isfinite(v)
-        if bad.any():
-            i = int(bad.argmax())
-            raise ValueError(
+        co = self._checked(
+            co,
+            np.zeros(n, dtype=bool),
+            lambda i: (
                 f"diffusers' SA-Solver step {i} (timestep {int(self.timesteps[i])}) has "
                 "non-finite coefficients for this configuration, so its sample is NaN/Inf; "
                 "use lower_order_final=True, lower orders or another sigma schedule"
-            )
-        if self.prediction_type != "flow_prediction":
-            del co["sigma_raw"]
+            ),
+        )
         return {name: v for name, v in co.items() if name[0] not in "pd" or v.any()}
-
-    def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
-        """The model outputs as SA-Solver integrates them: x_θ (data prediction) or ε_θ.
-
-        Example:
-            >>> import torch
-            >>> rule = SASolverRule({"prediction_type": "sample"}, 3)
-            >>> c = {"alpha": torch.ones(1, 1), "sigma": torch.ones(1, 1)}
-            >>> rule.convert(torch.ones(1, 2), torch.zeros(1, 2), c).tolist()
-            [[0.0, 0.0]]
-        """
-        alpha, sigma = c["alpha"], c["sigma"]
-        if not self.predict_x0:
-            return schedules.predict_eps(self.prediction_type, x, out, alpha, sigma)
-        if self.prediction_type == "flow_prediction":
-            x0 = x - c["sigma_raw"] * out
-        else:
-            x0 = schedules.predict_x0(self.prediction_type, x, out, alpha, sigma)
-        return schedules.clip_or_threshold(x0, self._threshold, x.ndim - 2)
 
     def update(
         self,
@@ -519,14 +457,7 @@ class SASolverRule(UpdateRule):
             (torch.Size([2, 1, 3]), torch.Size([2, 1, 3]))
         """
         m = self.convert(x, out, c)
-        w, k = x.shape[0], self.memory
-        before = m[:0] if history is None else history.to(m.dtype)
-        pad = m.new_zeros((k - before.shape[0], *m.shape[1:]))
-        ext = torch.cat([pad, before, m])  # ext[k + j]: the output of window row j
-
-        def lag(d: int) -> Tensor:  # m_{i−d} for every row i of the window
-            return ext[k - d : k - d + w]
-
+        lag, k = self._lags(m, history), self.memory
         for d in range(k + 1):
             if f"d{d}" in c:
                 x = x + c[f"d{d}"] * lag(d)

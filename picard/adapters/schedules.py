@@ -13,7 +13,7 @@ samplers is ``x = x_0 + σ ε`` with ``σ_t = √((1-ᾱ_t)/ᾱ_t)``; flow match
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,32 +21,116 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "BETA_DEFAULTS",
     "PREDICTION_TYPES",
+    "SIGMA_SCHEDULES",
     "SPACINGS",
+    "THRESHOLD_DEFAULTS",
     "alphas_cumprod",
     "ancestral_std",
     "betas",
+    "check_steps",
     "check_timesteps",
     "clip_or_threshold",
+    "convert_sigmas",
     "euler_timesteps",
     "flow_sigmas",
     "interp_sigmas",
     "karras_sigmas",
+    "lambda_clipped",
     "leading_timesteps",
     "posterior_std",
     "predict_eps",
     "predict_x0",
     "prediction_type",
     "sigma_to_t",
+    "sigmas_to_timesteps",
     "solver_timesteps",
+    "with_defaults",
 ]
 
 SPACINGS = ("linspace", "leading", "trailing")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+"""The config flags of the sigma schedules that :func:`convert_sigmas` builds."""
+BETA_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+}
+"""diffusers' defaults of the training schedule's keys (DDPM's linear betas)."""
+THRESHOLD_DEFAULTS: dict[str, Any] = {
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
+}
+"""diffusers' defaults of the dynamic-thresholding keys (see :func:`clip_or_threshold`)."""
 
 
 def _get(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
+
+
+def with_defaults(
+    config: Mapping[str, Any], defaults: Mapping[str, Any], *, known_only: bool = False
+) -> dict[str, Any]:
+    """The config over a scheduler's defaults, ``None`` values taking the default.
+
+    Args:
+        config: the scheduler configuration (mapping).
+        defaults: the scheduler's keys and default values.
+        known_only: drop the keys ``defaults`` does not have (as a scheduler whose
+            constructor ignores them); else keep them after the defaults.
+
+    Returns:
+        A new dict with every key of ``defaults``.
+
+    Example:
+        >>> with_defaults({"shift": None, "extra": 1}, {"shift": 1.0})
+        {'shift': 1.0, 'extra': 1}
+        >>> with_defaults({"extra": 1}, {"shift": 1.0}, known_only=True)
+        {'shift': 1.0}
+    """
+    given = {k: v for k, v in dict(config).items() if v is not None}
+    if known_only:
+        return {k: given.get(k, v) for k, v in defaults.items()}
+    return {**defaults, **given}
+
+
+def check_steps(value: Any, name: str = "num_inference_steps", upper: int | None = None) -> int:
+    """``value`` as an int >= 1 (and at most ``upper``), else a ``ValueError`` naming ``name``.
+
+    Args:
+        value: the step count to check.
+        name: the option's name, for the message.
+        upper: the largest count allowed (``num_train_timesteps``, say), or ``None``.
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        ValueError: if ``value`` is not an int (``bool`` is not) in range.
+
+    Example:
+        >>> check_steps(4), check_steps(4, upper=1000)
+        (4, 4)
+        >>> check_steps(0, "original_inference_steps")
+        Traceback (most recent call last):
+            ...
+        ValueError: original_inference_steps must be an int >= 1, got 0
+    """
+    if upper is None:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    elif (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not 1 <= value <= upper
+    ):
+        raise ValueError(f"{name} must be an int in [1, {upper}], got {value!r}")
+    return int(value)
 
 
 def betas(config: Mapping[str, Any]) -> Tensor:
@@ -307,6 +391,41 @@ def interp_sigmas(timesteps: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
 
 
+def convert_sigmas(
+    kind: str, sigma_min: float, sigma_max: float, n: int, log: Callable[[float], Any] = math.log
+) -> np.ndarray:
+    """Karras (eq. 5, ρ = 7), exponential or beta (α = β = 0.6) sigmas, as diffusers builds them.
+
+    The ``use_karras_sigmas``, ``use_exponential_sigmas`` and ``use_beta_sigmas`` options
+    of diffusers' schedulers (``_convert_to_karras`` and its siblings).
+
+    Args:
+        kind: ``"use_karras_sigmas"``, ``"use_exponential_sigmas"`` or ``"use_beta_sigmas"``.
+        sigma_min: the smallest σ, the last of the grid.
+        sigma_max: the largest σ, the first of the grid.
+        n: the number of sigmas.
+        log: the logarithm of the exponential grid's ends (``math.log``, or ``np.log``
+            where the scheduler takes numpy's: the two can differ in the last bit).
+
+    Returns:
+        A float64 array of shape ``(n,)``, descending from ``sigma_max`` to ``sigma_min``.
+
+    Example:
+        >>> convert_sigmas("use_exponential_sigmas", 0.1, 10.0, 3).round(3).tolist()
+        [10.0, 1.0, 0.1]
+        >>> convert_sigmas("use_beta_sigmas", 0.1, 10.0, 3).round(3).tolist()
+        [10.0, 5.05, 0.1]
+    """
+    if kind == "use_karras_sigmas":
+        return karras_sigmas(sigma_min, sigma_max, n, rho=7.0)
+    if kind == "use_exponential_sigmas":
+        return np.exp(np.linspace(log(sigma_max), log(sigma_min), n))
+    import scipy.stats
+
+    ppfs = [scipy.stats.beta.ppf(u, 0.6, 0.6) for u in 1 - np.linspace(0, 1, n)]
+    return np.array([sigma_min + p * (sigma_max - sigma_min) for p in ppfs])
+
+
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
     """Karras et al. 2022, eq. 5: n sigmas from ``sigma_max`` down to ``sigma_min``.
 
@@ -352,6 +471,46 @@ def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     lo, hi = log_sigmas[low], log_sigmas[low + 1]
     w = np.clip((lo - log_sigma) / (lo - hi), 0, 1)
     return ((1 - w) * low + w * (low + 1)).reshape(sigma.shape)
+
+
+def sigmas_to_timesteps(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The fractional timestep of each σ of a grid, one σ at a time as diffusers converts them.
+
+    Args:
+        sigmas: the grid's sigmas, shape ``(n,)``.
+        log_sigmas: ``log σ_t`` of the training timesteps (see :func:`sigma_to_t`).
+
+    Returns:
+        A float64 array of shape ``(n,)``.
+
+    Example:
+        >>> log_sigmas = np.log(np.array([0.1, 1.0, 10.0]))
+        >>> sigmas_to_timesteps(np.array([10.0, 1.0]), log_sigmas).tolist()
+        [2.0, 1.0]
+    """
+    return np.array([sigma_to_t(s, log_sigmas) for s in sigmas])
+
+
+def lambda_clipped(ab: Tensor, lambda_min_clipped: float) -> int:
+    """How many training timesteps ``lambda_min_clipped`` cuts from the end of the schedule.
+
+    The last timesteps whose half log-SNR ``λ_t = log √ᾱ_t − log √(1-ᾱ_t)`` is below the
+    clip, as the DPM-Solver family's ``set_timesteps`` counts them.
+
+    Args:
+        ab: ``ᾱ_t`` of the training timesteps (see :func:`alphas_cumprod`).
+        lambda_min_clipped: the least λ kept (``-inf``: none cut).
+
+    Returns:
+        The number of timesteps cut.
+
+    Example:
+        >>> ab = alphas_cumprod({"beta_schedule": "squaredcos_cap_v2"})
+        >>> lambda_clipped(ab, -math.inf), lambda_clipped(ab, -5.1)
+        (0, 4)
+    """
+    lam = torch.log(torch.sqrt(ab)) - torch.log(torch.sqrt(1 - ab))
+    return int(torch.searchsorted(torch.flip(lam, [0]), float(lambda_min_clipped)))
 
 
 def flow_sigmas(

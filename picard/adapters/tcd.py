@@ -67,10 +67,8 @@ def tcd_timesteps(
     """
     if original_inference_steps is None:
         return lcm.lcm_timesteps(config, num_inference_steps)
-    config = lcm.with_defaults(config)
-    total = int(config["num_train_timesteps"])
-    original = lcm.check_steps("original_inference_steps", original_inference_steps)
-    n = lcm.check_steps("num_inference_steps", num_inference_steps)
+    config = schedules.with_defaults(config, lcm.LCM_DEFAULTS)
+    total, original, n = lcm._counts(config, num_inference_steps, original_inference_steps)
     if n > original or n > total:
         raise ValueError(
             f"num_inference_steps ({n}) must be at most original_inference_steps "
@@ -118,7 +116,7 @@ class TCDRule(UpdateRule):
         eta: float = 0.3,
         original_inference_steps: int | None = None,
     ):
-        self.config = lcm.with_defaults(config)
+        self.config = schedules.with_defaults(config, lcm.LCM_DEFAULTS)
         self.prediction_type = schedules.prediction_type(self.config)
         self.eta = _check_eta(eta)
         t = tcd_timesteps(self.config, num_inference_steps, original_inference_steps)

@@ -48,8 +48,14 @@ from torch import Tensor
 
 from picard.adapters import schedules
 from picard.adapters.euler import _convert_sigmas
-from picard.adapters.flow import flow_tol_scale
-from picard.adapters.rule import UpdateRule
+from picard.adapters.multistep import (
+    _alpha_sigma,
+    _check_first_timestep,
+    _lambda_at,
+    _PredictorCorrector,
+    _sigma_schedule,
+    _tol_scale,
+)
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -65,9 +71,7 @@ UNIPC_DEFAULTS: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "solver_order": 2,
     "prediction_type": "epsilon",
-    "thresholding": False,
-    "dynamic_thresholding_ratio": 0.995,
-    "sample_max_value": 1.0,
+    **schedules.THRESHOLD_DEFAULTS,
     "predict_x0": True,
     "solver_type": "bh2",
     "lower_order_final": True,
@@ -94,8 +98,6 @@ SOLVER_TYPES = ("bh1", "bh2")
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 """The model parametrizations UniPC converts (``flow_prediction`` with ``predict_x0`` only)."""
-
-_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
 
 def _full(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,12 +141,10 @@ def _check_config(config: Mapping[str, Any], mu: float | None) -> None:
             "B(h) = h = −∞ by 0 and returns NaN; use solver_type='bh2' or "
             "final_sigmas_type='sigma_min'"
         )
-    chosen = [k for k in _SIGMA_SCHEDULES if config[k]]
-    if len(chosen) > 1:
-        raise ValueError(f"only one of {', '.join(_SIGMA_SCHEDULES)} may be set, got {chosen}")
-    if config["use_flow_sigmas"] and chosen and chosen[0] != "use_karras_sigmas":
+    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    if config["use_flow_sigmas"] and kind and kind != "use_karras_sigmas":
         raise ValueError(
-            f"{chosen[0]}=True with use_flow_sigmas=True: the VE sigmas exceed 1, so "
+            f"{kind}=True with use_flow_sigmas=True: the VE sigmas exceed 1, so "
             "α = 1 − σ < 0 and diffusers' λ = log α is NaN; use Karras or plain flow sigmas"
         )
     if config["shift_terminal"] is not None and not config["use_flow_sigmas"]:
@@ -239,17 +239,16 @@ def unipc_grid(
     total = int(config["num_train_timesteps"])
     timesteps: np.ndarray = schedules.solver_timesteps(config, n)
     train = schedules.train_sigmas(schedules.alphas_cumprod(config, terminal_floor=True))
-    kind = next((k for k in _SIGMA_SCHEDULES if config[k]), None)
+    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     flow = bool(config["use_flow_sigmas"])
     if kind is not None:
         base = train if sigmas is None else np.array(sigmas)
-        log_sigmas = np.log(base)
         sig = _convert_sigmas(kind, np.flip(base).copy(), n, config)
         if flow:  # only Karras gets here (see _check_config)
             sig = sig / (sig + 1)
             timesteps = sig * total
         else:
-            timesteps = np.array([schedules.sigma_to_t(s, log_sigmas) for s in sig])
+            timesteps = schedules.sigmas_to_timesteps(sig, np.log(base))
             if kind == "use_karras_sigmas":
                 timesteps = timesteps.round()
         last = sig[-1]
@@ -295,19 +294,6 @@ def step_orders(config: Mapping[str, Any], num_steps: int) -> np.ndarray:
     return np.minimum(cap, steps + 1).astype(np.int64)
 
 
-def _alpha_sigma(sigma: Tensor, flow: bool) -> tuple[Tensor, Tensor]:
-    """The ``_sigma_to_alpha_sigma_t`` of diffusers, on one 0-d float32 sigma."""
-    if flow:
-        return 1 - sigma, sigma
-    alpha = 1 / ((sigma**2 + 1) ** 0.5)
-    return alpha, sigma * alpha
-
-
-def _lambda(sigma: Tensor, flow: bool) -> Tensor:
-    alpha, sigma_t = _alpha_sigma(sigma, flow)
-    return torch.log(alpha) - torch.log(sigma_t)
-
-
 class _BH:
     """The preamble UniP and UniC share: diffusers' scalars from σ_s0 to σ_t.
 
@@ -321,7 +307,7 @@ class _BH:
         lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
         lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
         h = lambda_t - lambda_s0
-        rks = [(_lambda(sig[s0 - k], flow) - lambda_s0) / h for k in range(1, order)]
+        rks = [(_lambda_at(sig[s0 - k], flow) - lambda_s0) / h for k in range(1, order)]
         rks.append(torch.ones((), dtype=torch.float32))
         self.rks = torch.stack(rks)
         hh = -h if x0 else h
@@ -373,7 +359,7 @@ def _corrector(bh: _BH) -> tuple[float, list[float]]:
     return -k * rho_c[-1], lags
 
 
-class UniPCRule(UpdateRule):
+class UniPCRule(_PredictorCorrector):
     """UniPC (UniP-p + UniC-p) on the grid of ``num_inference_steps`` entries.
 
     The state is the uncorrected sample the model sees at each entry; the corrector of
@@ -422,12 +408,7 @@ class UniPCRule(UpdateRule):
         self.config = config = _full(config)
         timesteps, grid = unipc_grid(config, num_inference_steps, sigmas=sigmas, mu=mu)
         n = len(timesteps)
-        if np.count_nonzero(timesteps == timesteps[0]) > 1:
-            raise ValueError(
-                f"the timestep grid repeats its first timestep {timesteps[0]} "
-                f"(num_inference_steps={num_inference_steps}): diffusers' step would start "
-                "at the repeat and run past the grid; use fewer steps or another spacing"
-            )
+        _check_first_timestep(timesteps, num_inference_steps)
         order = int(config["solver_order"])
         zero = config["final_sigmas_type"] == "zero"
         if zero and not config["lower_order_final"] and order > 1 and n > 1:
@@ -436,32 +417,16 @@ class UniPCRule(UpdateRule):
                 f"{order}: diffusers' last step divides by r_k = 0 (λ = ∞ at σ = 0) and "
                 "returns Inf/NaN; use lower_order_final=True or final_sigmas_type='sigma_min'"
             )
-        self.flow = bool(config["use_flow_sigmas"])
-        self.predict_x0 = bool(config["predict_x0"])
-        self.prediction_type = config["prediction_type"]
-        self.signal_keys = None if self.prediction_type == "flow_prediction" else ("alpha", "sigma")
-        self._threshold = {
-            key: config[key]
-            for key in ("thresholding", "dynamic_thresholding_ratio", "sample_max_value")
-        }
+        self._setup(config, timesteps, grid, bool(config["predict_x0"]))
         disabled = {int(v) for v in config["disable_corrector"]}
         self.orders = step_orders(config, n)
         self.corrects = np.array([i > 0 and i - 1 not in disabled for i in range(n)])
-        self.num_steps = n
-        self.timesteps = torch.from_numpy(timesteps)
-        self.sigmas = torch.from_numpy(grid)
         self._pred_lags = int(self.orders.max()) - 1
         corr_orders = self.orders[:-1][self.corrects[1:]]
         self._corr_lags = int(corr_orders.max()) - 1 if len(corr_orders) else -1
         self.memory = max(self._pred_lags, self._corr_lags + 1)
         self.coefficients = self._coefficients(timesteps)
-        if self.flow:
-            s = self.sigmas.double().numpy()
-            std = flow_tol_scale(s[1:n], s[2 : n + 1])
-        else:
-            ab = 1 / (self.sigmas.double() ** 2 + 1)
-            std = schedules.posterior_std(ab[1:-1], ab[2:]).numpy()
-        self.tol_scale = np.append(std, 0.0)
+        self.tol_scale = _tol_scale(self.sigmas, self.flow)
         self.noise_draws = np.zeros(n, dtype=bool)
 
     def _coefficients(self, timesteps: np.ndarray) -> dict[str, np.ndarray]:
@@ -477,9 +442,7 @@ class UniPCRule(UpdateRule):
             co[f"c{k}"] = np.zeros(n)
         scale = np.zeros(n)  # α B(h) / σ B(h): diffusers multiplies it by 0 at order 1
         for i in range(n):
-            alpha, sigma = _alpha_sigma(sig[i], flow)
-            co["alpha"][i], co["sigma"][i] = float(alpha), float(sigma)
-            co["sigma_raw"][i] = float(sig[i])
+            self._signal_at(co, i)
             pred = _BH(sig, flow, x0, bh2, i + 1, i, int(self.orders[i]))
             co["cx"][i], co["c0"][i], lags, scale[i] = _predictor(pred)
             for k, value in enumerate(lags, start=1):
@@ -489,39 +452,16 @@ class UniPCRule(UpdateRule):
                 co["cc"][i], lags = _corrector(corr)
                 for k, value in enumerate(lags, start=1):
                     co[f"c{k}"][i] = value
-        bad = ~np.isfinite(scale)
-        for v in co.values():
-            bad |= ~np.isfinite(v)
-        if bad.any():
-            i = int(bad.argmax())
-            raise ValueError(
-                f"diffusers' UniPC step {i} (timestep {timesteps[i]}, σ {float(sig[i]):g} -> "
-                f"{float(sig[i + 1]):g}, order {self.orders[i]}) has non-finite coefficients "
+        return self._checked(
+            co,
+            ~np.isfinite(scale),
+            lambda i: (
+                f"diffusers' UniPC step {i} (timestep {timesteps[i]}, σ {float(sig[i]):g} "
+                f"-> {float(sig[i + 1]):g}, order {self.orders[i]}) has non-finite coefficients "
                 "for this configuration, so its sample is NaN/Inf; use lower_order_final=True, "
                 "another final_sigmas_type or another sigma schedule"
-            )
-        if self.prediction_type != "flow_prediction":
-            del co["sigma_raw"]
-        return co
-
-    def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
-        """The model outputs as UniPC integrates them: x_θ (``predict_x0``) or ε_θ.
-
-        Example:
-            >>> import torch
-            >>> rule = UniPCRule({"prediction_type": "sample"}, 3)
-            >>> c = {"alpha": torch.ones(1, 1), "sigma": torch.ones(1, 1)}
-            >>> rule.convert(torch.ones(1, 2), torch.zeros(1, 2), c).tolist()
-            [[0.0, 0.0]]
-        """
-        alpha, sigma = c["alpha"], c["sigma"]
-        if not self.predict_x0:  # diffusers does not threshold the ε form
-            return schedules.predict_eps(self.prediction_type, x, out, alpha, sigma)
-        if self.prediction_type == "flow_prediction":
-            x0 = x - c["sigma_raw"] * out
-        else:
-            x0 = schedules.predict_x0(self.prediction_type, x, out, alpha, sigma)
-        return schedules.clip_or_threshold(x0, self._threshold, x.ndim - 2)
+            ),
+        )
 
     def update(
         self,
@@ -545,14 +485,7 @@ class UniPCRule(UpdateRule):
             (torch.Size([2, 1, 3]), torch.Size([2, 1, 3]))
         """
         m = self.convert(x, out, c)
-        w, k = x.shape[0], self.memory
-        before = m[:0] if history is None else history.to(m.dtype)
-        pad = m.new_zeros((k - before.shape[0], *m.shape[1:]))
-        ext = torch.cat([pad, before, m])  # ext[k + j]: the output of window row j
-
-        def lag(d: int) -> Tensor:  # m_{i−d} for every row i of the window
-            return ext[k - d : k - d + w]
-
+        lag = self._lags(m, history)
         if self._corr_lags >= 0:
             prev = lag(1)
             x = x + c["cc"] * (m - prev)

@@ -68,6 +68,41 @@ def byte_level_clip_tokenizer(max_length: int = 16) -> Any:
         )
 
 
+def _vae(**overrides: Any) -> Any:
+    """The tiny pipelines' two-block ``AutoencoderKL``: 16 px images, 8x8 latents (random)."""
+    from diffusers import AutoencoderKL
+
+    config: dict[str, Any] = {
+        "block_out_channels": [8, 16],
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "latent_channels": 4,
+        "norm_num_groups": 4,
+        "sample_size": 16,
+    }
+    return AutoencoderKL(**{**config, **overrides})
+
+
+def _clip_config(tokenizer: Any, **overrides: Any) -> Any:
+    """A ``CLIPTextConfig`` of width 32 (2 layers, 4 heads) for ``tokenizer``."""
+    from transformers import CLIPTextConfig
+
+    config: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": tokenizer.model_max_length,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return CLIPTextConfig(**{**config, **overrides})
+
+
 def tiny_unet_pipeline(kind: str = "ddpm", seed: int = 0, sample_size: int = 8) -> Any:
     """An unconditional ``DDPMPipeline`` or ``DDIMPipeline`` with a small random UNet.
 
@@ -125,13 +160,8 @@ def tiny_stable_diffusion(seed: int = 0, scheduler: Any = None) -> Any:
         >>> pipe.unet.config.cross_attention_dim, pipe.vae_scale_factor
         (32, 2)
     """
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     unet: Any = UNet2DConditionModel(
@@ -146,30 +176,9 @@ def tiny_stable_diffusion(seed: int = 0, scheduler: Any = None) -> Any:
         norm_num_groups=4,
         attention_head_dim=4,
     )
-    vae: Any = AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = _vae()
     tokenizer = byte_level_clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(_clip_config(tokenizer))
     scheduler = scheduler or DDPMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from picard.models.tiny import _vae
+
 __all__ = ["t5_prompt_embeds", "tiny_dit", "tiny_pixart", "tiny_vae"]
 
 _CAPTION = 32  # the T5 encoder's d_model: the transformer's caption_channels
@@ -33,21 +35,9 @@ def tiny_vae(seed: int = 0) -> Any:
         >>> tiny_vae().config.latent_channels
         4
     """
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
-    vae: Any = AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        mid_block_add_attention=False,  # binned sizes decode 100x150 latents: no attention
-    )
-    return vae.eval()
+    # binned sizes decode 100x150 latents: no attention
+    return _vae(mid_block_add_attention=False).eval()
 
 
 def _t5_encoder() -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard.models.tiny import byte_level_clip_tokenizer
+from picard.models.tiny import _clip_config, _vae, byte_level_clip_tokenizer
 
 __all__ = ["sd3_embeddings", "t5_embeddings", "tiny_flux", "tiny_sd3"]
 
@@ -25,20 +25,9 @@ _HIDDEN = 32
 
 def _clip(tokenizer: Any, with_projection: bool) -> Any:
     """A 2-layer CLIP text encoder of width 32 for ``tokenizer``."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=_HIDDEN,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        projection_dim=_HIDDEN,
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = _clip_config(tokenizer, hidden_size=_HIDDEN, projection_dim=_HIDDEN)
     return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
 
@@ -50,23 +39,10 @@ def _t5(width: int) -> Any:
     return T5EncoderModel(config)
 
 
-def _vae(latent_channels: int) -> Any:
-    """A two-level ``AutoencoderKL`` (latents at half the image size), SD3's factors."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=latent_channels,
-        norm_num_groups=4,
-        sample_size=16,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
+def _sd3_vae() -> Any:
+    """The tiny ``AutoencoderKL`` (latents at half the image size) with SD3's factors."""
+    return _vae(
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035
     )
 
 
@@ -126,7 +102,7 @@ def tiny_sd3(seed: int = 0, t5: bool = False, dynamic: bool = False) -> Any:
     tokenizer, tokenizer_2 = byte_level_clip_tokenizer(), byte_level_clip_tokenizer()
     encoder, encoder_2 = _clip(tokenizer, True), _clip(tokenizer_2, True)
     encoder_3 = _t5(2 * _HIDDEN) if t5 else None
-    vae = _vae(4)
+    vae = _sd3_vae()
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=_scheduler(dynamic),
@@ -176,7 +152,7 @@ def tiny_flux(seed: int = 0, guidance_embeds: bool = True) -> Any:
         axes_dims_rope=(4, 4, 8),
     )
     tokenizer = byte_level_clip_tokenizer()
-    encoder, encoder_2, vae = _clip(tokenizer, False), _t5(_HIDDEN), _vae(4)
+    encoder, encoder_2, vae = _clip(tokenizer, False), _t5(_HIDDEN), _sd3_vae()
     pipe = FluxPipeline(
         scheduler=_scheduler(True),
         vae=vae,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from picard.models.tiny import byte_level_clip_tokenizer
+from picard.models.tiny import _clip_config, _vae, byte_level_clip_tokenizer
 
 __all__ = ["tiny_sdxl", "tiny_sdxl_components", "tiny_sdxl_img2img"]
 
@@ -23,20 +23,14 @@ _PROJECTION = 32  # text_encoder_2's projection_dim: the pooled embedding's size
 
 def _text_encoders(tokenizer: Any) -> tuple[Any, Any]:
     """SDXL's two CLIP text encoders (hidden size 32 each; the second projects to 32)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
+    config = _clip_config(
+        tokenizer,
         intermediate_size=37,
-        num_attention_heads=4,
         num_hidden_layers=3,
         projection_dim=_PROJECTION,
         hidden_act="gelu",
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     return CLIPTextModel(config), CLIPTextModelWithProjection(config)
 
@@ -69,7 +63,7 @@ def tiny_sdxl_components(
         >>> c["unet"].config.addition_embed_type, c["unet"].config.cross_attention_dim
         ('text_time', 64)
     """
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet: Any = UNet2DConditionModel(
@@ -90,16 +84,7 @@ def tiny_sdxl_components(
         time_cond_proj_dim=time_cond_proj_dim,
         norm_num_groups=4,
     )
-    vae: Any = AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = _vae()
     tokenizer, tokenizer_2 = byte_level_clip_tokenizer(), byte_level_clip_tokenizer()
     text_encoder, text_encoder_2 = _text_encoders(tokenizer)
     scheduler = scheduler or EulerDiscreteScheduler(

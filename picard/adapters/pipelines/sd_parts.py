@@ -1,4 +1,4 @@
-"""Pieces of Stable Diffusion calls shared by the img2img, inpainting and ControlNet families.
+"""Pieces of the Stable Diffusion families' calls: text-to-image, img2img, inpainting, ControlNet.
 
 The prompts (``encode_prompt`` with the pipeline's guidance state), the LCM guidance
 embedding, the batched UNet call with classifier-free guidance (rows from any steps and
@@ -126,6 +126,7 @@ def unet_denoiser(
     tcond: Tensor | None,
     extra: Tensor | None = None,
     residuals: Callable[[torch.device | None], Residuals] | None = None,
+    rescale: float = 0.0,
 ) -> Callable[[torch.device | None], Callable[..., Tensor]]:
     """The batched UNet call with guidance: ``denoiser(device)`` as :class:`Prepared` wants.
 
@@ -141,6 +142,7 @@ def unet_denoiser(
         extra: per-image channels concatenated to the (scaled) model input, e.g. the
             inpainting UNet's mask and masked-image latents ``(images, 5, h, w)``.
         residuals: ``residuals(device)`` builds the extra UNet arguments of a row batch.
+        rescale: the guidance rescale (``guidance_rescale``; 0: none), as :func:`guided`.
 
     Returns:
         ``denoiser(device) -> call(x, t, samples=None)``.
@@ -176,7 +178,7 @@ def unet_denoiser(
                 x, t, encoder_hidden_states=emb, timestep_cond=None if tc is None else tc[rows],
                 cross_attention_kwargs=attention, return_dict=False, **kwargs,
             )[0]  # fmt: skip
-            return guided(out, scale) if uncond is not None else out
+            return guided(out, scale, rescale) if uncond is not None else out
 
         return call
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-from torch import Tensor
-
-from picard.adapters.pipelines.spec import Prepared, guided, on, sample_rows
+from picard.adapters.pipelines.sd_parts import encode, finisher, guidance_embedding, unet_denoiser
+from picard.adapters.pipelines.spec import Prepared
 
 __all__ = ["prepare_stable_diffusion"]
 
@@ -43,91 +41,28 @@ def prepare_stable_diffusion(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     sample = (sample, sample) if isinstance(sample, int) else sample
     height = a["height"] or sample[0] * pipe.vae_scale_factor
     width = a["width"] or sample[1] * pipe.vae_scale_factor
-    prompt, prompt_embeds = a["prompt"], a["prompt_embeds"]
     pipe.check_inputs(
-        prompt, height, width, None, a["negative_prompt"], prompt_embeds,
+        a["prompt"], height, width, None, a["negative_prompt"], a["prompt_embeds"],
         a["negative_prompt_embeds"], callback_on_step_end_tensor_inputs=["latents"],
     )  # fmt: skip
-    pipe._guidance_scale, pipe._guidance_rescale = a["guidance_scale"], a["guidance_rescale"]
-    pipe._clip_skip, pipe._cross_attention_kwargs = a["clip_skip"], a["cross_attention_kwargs"]
-    pipe._interrupt = False
-    if prompt is not None:
-        batch = 1 if isinstance(prompt, str) else len(prompt)
-    else:
-        batch = prompt_embeds.shape[0]
-    images = batch * (a["num_images_per_prompt"] or 1)
-    device = pipe._execution_device
-    cfg = pipe.do_classifier_free_guidance
-    cond, uncond = pipe.encode_prompt(
-        prompt, device, a["num_images_per_prompt"], cfg, a["negative_prompt"],
-        prompt_embeds=prompt_embeds, negative_prompt_embeds=a["negative_prompt_embeds"],
-        lora_scale=(a["cross_attention_kwargs"] or {}).get("scale"), clip_skip=a["clip_skip"],
-    )  # fmt: skip
+    pipe._guidance_rescale = a["guidance_rescale"]
+    prompts = encode(pipe, a)
     # As the pipeline: the scheduler's grid first (init_noise_sigma of the Euler family
     # depends on it), then the starting latent, drawn and scaled.
-    pipe.scheduler.set_timesteps(a["num_inference_steps"], device=device)
+    pipe.scheduler.set_timesteps(a["num_inference_steps"], device=prompts.device)
     latents = pipe.prepare_latents(
-        images, pipe.unet.config.in_channels, height, width, cond.dtype, device,
-        a["generator"], a["latents"],
+        prompts.images, pipe.unet.config.in_channels, height, width, prompts.cond.dtype,
+        prompts.device, a["generator"], a["latents"],
     )  # fmt: skip
-    tcond = None
-    if pipe.unet.config.time_cond_proj_dim is not None:
-        scale = torch.tensor(a["guidance_scale"] - 1).repeat(images)
-        tcond = pipe.get_guidance_scale_embedding(
-            scale, embedding_dim=pipe.unet.config.time_cond_proj_dim
-        ).to(device=device, dtype=latents.dtype)
-    scale, rescale, attention = (
-        a["guidance_scale"],
-        a["guidance_rescale"],
-        a["cross_attention_kwargs"],
-    )
-
-    def denoiser(dev: torch.device | None) -> Any:
-        unet, c, u, tc = on(dev, pipe.unet), on(dev, cond), on(dev, uncond), on(dev, tcond)
-
-        def call(x: Tensor, t: Tensor, samples: Tensor | None = None) -> Tensor:
-            samples = sample_rows(samples, x.shape[0], images, x.device)
-            emb, tcs = c[samples], None if tc is None else tc[samples]
-            if cfg:
-                x, t, emb = torch.cat([x, x]), torch.cat([t, t]), torch.cat([u[samples], emb])
-                tcs = None if tcs is None else torch.cat([tcs, tcs])
-            out = unet(
-                x, t, encoder_hidden_states=emb, timestep_cond=tcs,
-                cross_attention_kwargs=attention, return_dict=False,
-            )[0]  # fmt: skip
-            return guided(out, scale, rescale) if cfg else out
-
-        return call
-
-    def finish(latents: Tensor) -> Any:
-        from diffusers.pipelines.stable_diffusion.pipeline_output import (
-            StableDiffusionPipelineOutput,
-        )
-
-        if a["output_type"] == "latent":
-            image, nsfw = latents, None
-        else:
-            image = pipe.vae.decode(
-                latents / pipe.vae.config.scaling_factor, return_dict=False,
-                generator=a["generator"],
-            )[0]  # fmt: skip
-            image, nsfw = pipe.run_safety_checker(image, device, cond.dtype)
-        denormalize = [True] * image.shape[0] if nsfw is None else [not n for n in nsfw]
-        image = pipe.image_processor.postprocess(
-            image, output_type=a["output_type"], do_denormalize=denormalize
-        )
-        if not a["return_dict"]:
-            return image, nsfw
-        return StableDiffusionPipelineOutput(images=image, nsfw_content_detected=nsfw)
-
+    tcond = guidance_embedding(pipe, a, prompts, latents.dtype)
     return Prepared(
         latents=latents,
         num_inference_steps=a["num_inference_steps"],
         timesteps=pipe.scheduler.timesteps,
-        denoiser=denoiser,
+        denoiser=unet_denoiser(pipe, a, prompts, tcond, rescale=a["guidance_rescale"]),
         device=pipe.unet.device,
-        finish=finish,
+        finish=finisher(pipe, a, prompts),
         generator=a["generator"],
-        rows_per_evaluation=2 if cfg else 1,
+        rows_per_evaluation=2 if prompts.cfg else 1,
         step_options={"eta": a["eta"]},
     )
