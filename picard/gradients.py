@@ -45,21 +45,21 @@ class AdjointProblem(Problem):
         forward: the forward problem.
         states: the forward trajectory ``x_0 … x_N`` (working dtype).
         state: what ``forward.init`` returned in the forward solve (its noise).
-        direct: per state index, ``∂L/∂x_j`` of the states the loss reads directly
-            (besides ``x_N``, which starts the recursion).
+        direct: ``(N, *x.shape)``, row j the loss's ``∂L/∂x_j`` of the states it reads
+            directly (``x_N``'s starts the recursion), or ``None`` when it reads none.
 
     Example:
         >>> import picard
         >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 3)
         >>> xs = picard.sequential(rule, torch.ones(1), save=True).ys
-        >>> adjoint = AdjointProblem(rule, xs, None, {})
+        >>> adjoint = AdjointProblem(rule, xs, None, None)
         >>> float(picard.solve(adjoint, torch.ones(1), tol=0).final)  # d x_3 / d x_0 = 0.9³
         0.7289...
     """
 
     relative_tol = True
 
-    def __init__(self, forward: Problem, states: Tensor, state: Any, direct: dict[int, Tensor]):
+    def __init__(self, forward: Problem, states: Tensor, state: Any, direct: Tensor | None):
         self.forward, self.states, self.state, self.direct = forward, states, state, direct
         self.num_steps = forward.num_steps
         self.batch_ndim = forward.batch_ndim
@@ -88,10 +88,9 @@ class AdjointProblem(Problem):
             inc, _ = self.forward.increments(rows, lo, self.state, None)
             (vjp,) = torch.autograd.grad(inc, rows, grad_outputs=mu, allow_unused=True)
         vjp = torch.zeros_like(mu) if vjp is None else vjp
-        vjp = vjp[: j_hi - lo].clone()
-        for j, g in self.direct.items():
-            if j_lo <= j < j_hi:
-                vjp[j - j_lo] += g
+        vjp = vjp[: j_hi - lo]
+        if self.direct is not None:
+            vjp = vjp + self.direct[j_lo:j_hi]
         return vjp.flip(0).detach(), (x if self.coupled else None)
 
 
@@ -134,12 +133,14 @@ class _Job:
         """``(∂L/∂x_0, ∂L/∂params)`` from the gradients of the returned states."""
         states, n = self.states, self.problem.num_steps
         work = states.dtype
-        direct: dict[int, Tensor] = {}
-        if self.keep is not None and grad_kept is not None and grad_kept.numel():
-            for k, j in enumerate(self.keep):
-                direct[j] = direct.get(j, 0) + grad_kept[k].to(work)
         start = torch.zeros_like(states[0]) if grad_final is None else grad_final.to(work)
-        start = start + direct.pop(n, 0)
+        direct = None
+        if self.keep is not None and grad_kept is not None and bool(grad_kept.any()):
+            direct = states.new_zeros(states.shape)  # ∂L/∂x_j by state, j = 0 … N
+            at = torch.as_tensor(list(self.keep), device=states.device)
+            direct.index_add_(0, at, grad_kept.to(work))
+            start = start + direct[n]
+            direct = direct[:n]
         adjoint = AdjointProblem(self.problem, states, self.state, direct)
         window = n if self.problem.memory else None
         back = self.solve_adjoint(adjoint, start, window or 0)
@@ -219,6 +220,12 @@ def used_leaves(output: Tensor) -> list[Tensor]:
 
     They are the ``AccumulateGrad`` nodes of its graph, in the order first met.
 
+    Args:
+        output: a tensor computed with autograd on.
+
+    Returns:
+        The leaves (each once).
+
     Example:
         >>> w, b = torch.ones(2, requires_grad=True), torch.zeros(2, requires_grad=True)
         >>> [p is w for p in used_leaves((2 * w + b.exp()).sum())]
@@ -259,6 +266,15 @@ def gradient_inputs(
 
     Returns:
         The tensors requiring grad, or ``None`` when neither ``x0`` nor any of them does.
+
+    Example:
+        >>> import picard
+        >>> w = torch.tensor(0.5, requires_grad=True)
+        >>> rule = picard.Recursion(lambda i, x: -w * x, 3)  # a closure over w
+        >>> [p is w for p in gradient_inputs(rule, torch.ones(1), None, None)]
+        [True]
+        >>> print(gradient_inputs(rule, torch.ones(1), None, ()))  # adjoint_params=()
+        None
     """
     if given is not None:
         candidates = list(given)

@@ -9,6 +9,7 @@ and wraps it in verification (``verify=``) and the device/rank evaluator.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -190,17 +191,14 @@ def solve_with(
             )
 
     params = None
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() and (options.distributed or options.devices):
+        _no_gradients_across_devices(problem, x0)
+    elif torch.is_grad_enabled():
         with torch.no_grad():
             drawn.append(problem.init(x0))
         params = gradient_inputs(problem, x0, drawn[0], options.adjoint_params)
     if params is None:
         return forward(saved)
-    if options.distributed or options.devices:
-        raise ValueError(
-            "gradients through a solve (x0 or the model's parameters require grad) do not "
-            "combine with distributed or devices; run the solve under torch.no_grad()"
-        )
     if on_step is not None:
         raise ValueError("a per-step callback does not combine with gradients")
 
@@ -264,6 +262,25 @@ def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = Fal
         n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)), problem.rows_per_evaluation
     )
     return solution(x, None if saver is None else saver.ys_t, saved, stats, x0.dtype)
+
+
+def _no_gradients_across_devices(problem: Problem, x0: Tensor) -> None:
+    """Refuse gradients across devices: ``distributed``/``devices`` solves are detached.
+
+    Raise if ``x0`` asks for gradients; warn if the model's parameters require grad.
+    """
+    if x0.requires_grad:
+        raise ValueError(
+            "x0 requires grad, but gradients through a solve do not combine with "
+            "distributed or devices; detach x0 or solve on one device"
+        )
+    if any(p.requires_grad for p in problem.parameters()):
+        warnings.warn(
+            "a distributed or devices solve is not differentiable: the result is detached "
+            "from the model's parameters (run it under torch.no_grad() to silence this)",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _own_loop(

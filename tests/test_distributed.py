@@ -167,6 +167,14 @@ def test_distributed_needs_a_process_group():
         picard.odeint(Field(), torch.ones(2, 3), torch.linspace(0, 1, 5), distributed=True)
 
 
+def test_devices_warn_that_the_result_is_detached():
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="not differentiable"):
+        out = picard.odeint(Field(), y0, torch.linspace(0, 1, 11), window=5, devices=["cpu"] * 2)
+    assert not out.requires_grad
+
+
+@torch.no_grad()
 def test_devices_in_one_process_give_identical_results():
     y0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     t = torch.linspace(0, 1, 41)
@@ -221,7 +229,7 @@ def test_out_of_memory_splits_the_call_and_says_so_once():
 
     y0 = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t = torch.linspace(0, 1, 41)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():  # no trace call
         warnings.simplefilter("always")
         out = picard.odeint(Small(), y0, t, window=20)
     memory = [w for w in caught if issubclass(w.category, picard.MemoryWarning)]

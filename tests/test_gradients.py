@@ -267,8 +267,12 @@ def test_no_gradient_work_without_autograd():
 def test_gradients_refuse_what_they_cannot_do():
     y0 = torch.ones(2, 3, dtype=F64, requires_grad=True)
     t = torch.linspace(0, 1, 5, dtype=F64)
-    with pytest.raises(ValueError, match="do not combine with distributed or devices"):
+    with pytest.raises(ValueError, match=r"x0 requires grad.*distributed or devices"):
         picard.odeint(lambda t, y: -y, y0, t, devices=["cpu", "cpu"])
+    field = Field()
+    with pytest.warns(UserWarning, match="not differentiable: the result is detached"):
+        ys = picard.odeint(field, y0.detach(), t, devices=["cpu", "cpu"], batched=True)
+    assert not ys.requires_grad
     with pytest.raises(ValueError, match="per-step callback does not combine with gradients"):
         rule = picard.Recursion(lambda i, x: -0.1 * x, 4)
         solve_with(rule, y0, picard.Options.of(), on_step=lambda i, x: None)
