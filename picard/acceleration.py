@@ -102,8 +102,8 @@ class Secant:
         >>> import torch, picard
         >>> rule = picard.Recursion(lambda i, x: -0.05 * (1 + i[:, None]) * x / 40, 40)
         >>> x0 = torch.ones(1, dtype=torch.float64)
-        >>> fast = picard.solve(rule, x0, tol=1e-9, accelerate=picard.Secant())
-        >>> plain = picard.solve(rule, x0, tol=1e-9)
+        >>> fast = picard.solve(rule, x0, tol=1e-9, window=40, accelerate=picard.Secant())
+        >>> plain = picard.solve(rule, x0, tol=1e-9, window=40)
         >>> fast.stats.iterations, plain.stats.iterations, fast.stats.accelerated
         (3, 12, 1)
     """

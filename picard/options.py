@@ -30,8 +30,15 @@ class Options:
     """The options of a solve (the keyword arguments of :func:`picard.solve` of the same names).
 
     Attributes:
-        window: steps per sweep (rows per model call = window × samples); ``None``: the
-            whole grid. Larger windows need fewer sweeps but more evaluations.
+        window: steps per sweep (rows per model call = window × samples). ``"auto"`` (the
+            default): the window that finalizes the most steps per second on this device,
+            learned while solving (:class:`picard.window.AutoWindow`; its choice and the
+            times it read are in :class:`picard.Stats`); ``None``: the whole grid. Larger
+            windows need fewer sweeps but more evaluations. A fixed window gives bitwise
+            the same result on every run; ``"auto"`` gives the same result for the same
+            inputs within one process (the times it decides by are stored per model,
+            shape, dtype and device), and results equal to rounding and ``tol`` across
+            processes and machines, whose windows may differ.
         tol: the tolerance of the convergence test (:class:`picard.Tolerance`): step i has
             converged when the RMS change of state ``i + 1`` between two sweeps is at most
             ``tol`` times that state's RMS (``relative``, per sample) or ``tol *
@@ -102,7 +109,7 @@ class Options:
         TypeError: unexpected keyword argument 'windw'; the options are accelerate, ...
     """
 
-    window: int | None = None
+    window: int | str | None = "auto"
     tol: float | None = None
     max_iters: int | None = None
     accelerate: Acceleration | None = None
@@ -157,7 +164,11 @@ class Options:
                 + ", ".join(sorted(_DEFAULTS))
             )
         v = {**_DEFAULTS, **options}
-        for name in ("window", "max_iters", "max_rows", "max_evaluations"):
+        if isinstance(v["window"], str) and v["window"] != "auto":
+            raise ValueError(f"window must be 'auto', an int >= 1 or None, got {v['window']!r}")
+        if v["window"] != "auto":
+            v["window"] = check_optional_int("window", v["window"], minimum=1, default=None)
+        for name in ("max_iters", "max_rows", "max_evaluations"):
             v[name] = check_optional_int(name, v[name], minimum=1, default=None)
         for name in ("tol", "rtol", "atol"):
             if v[name] is not None:

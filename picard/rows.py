@@ -150,6 +150,16 @@ class Evaluator:
             return self._on_devices(fn, args, kwargs, rows)
         return self._chunked(fn, args, kwargs, rows, None if first is None else (rows + 1) // 2)
 
+    def agree(self, seconds: float) -> float:
+        """A time every process agrees on: the slowest rank's when distributed."""
+        if not self.distributed:
+            return seconds
+        import torch.distributed as dist
+
+        t = torch.tensor([seconds], dtype=torch.float64, device=_comm_device(self.group))
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return float(t.item())
+
     def close(self) -> None:
         """Stop the device threads."""
         if self._pool is not None:

@@ -18,7 +18,8 @@ class Stats:
 
     Attributes:
         num_steps: N, the number of steps solved.
-        window: the window size used (steps per sweep, at most).
+        window: the window size used (steps per sweep, at most); with ``window="auto"``,
+            the one it settled on.
         tol: the tolerance used.
         iterations: sweeps, i.e. sequential rounds of batched model calls.
         evaluations: step × sample increments evaluated, summed over the sweeps.
@@ -40,6 +41,9 @@ class Stats:
         backward: with gradients, the :class:`Stats` of each backward pass run through the
             solve (``loss.backward()``), appended as they run: the adjoint recursion's
             sweeps and evaluations (:mod:`picard.gradients`).
+        cost: with ``window="auto"``, the sweep times its choice read, model rows per call →
+            seconds per sweep (measured on this device, or stored from an earlier solve of
+            the same model, shape, dtype and device); empty otherwise.
         verifications: the verification solves run (``verify=``), each warm-started
             from the previous trajectory at a hundredth of its tolerance; their sweeps and
             evaluations are counted in ``iterations`` and ``evaluations``.
@@ -73,6 +77,7 @@ class Stats:
     inv_scale: np.ndarray | None = field(default=None, repr=False, compare=False)
     # The stats of each backward pass run through this solve (gradients), appended by it.
     backward: list[Stats] = field(default_factory=list, repr=False, compare=False)
+    cost: Mapping[int, float] = field(default_factory=dict, compare=False)
 
     @property
     def accelerated(self) -> int:

@@ -33,7 +33,7 @@ from picard.solution import Solution, Stats
 from picard.sweeps import Strategies, sweep
 from picard.tolerance import Tolerance
 from picard.verify import verified
-from picard.window import controller_for
+from picard.window import calibration_key, controller_for, curve_for
 
 __all__ = ["DEFAULT_TOL", "sequential", "solve", "solve_with"]
 
@@ -132,7 +132,7 @@ def solve_with(
     n = check_int("problem.num_steps", problem.num_steps, minimum=1)
     if problem.sequential_only:
         return _own_loop(problem, x0, save, on_step)
-    window = min(n, options.window or n)
+    window = "auto" if options.window == "auto" else min(n, options.window or n)
     max_iters = options.max_iters or n
     saved = saved_steps(save, n)
     batch_ndim = check_int("problem.batch_ndim", problem.batch_ndim, minimum=0)
@@ -165,7 +165,11 @@ def solve_with(
         )
         columns = 1 if options.per_sample else samples
         rpe = problem.rows_per_evaluation
-        control = controller_for(window, options.max_rows, columns, rpe, options.per_sample)
+        control = controller_for(
+            window, options.max_rows, columns, rpe, options.per_sample,
+            curve_for(calibration_key(problem, x0, options)), evaluator.agree, n,
+            n if init is not None else None,  # a warm start has every step's guess
+        )  # fmt: skip
         if options.per_sample:
             plan = PerSampleWindows(problem, x0, keep, control.cap)
         else:

@@ -102,11 +102,12 @@ class Log:
             self.lane_starts.append(sweep_.starts)
         return len(self.starts)
 
-    def stats(self, problem: Problem, window: int, tolerance: Tolerance) -> Stats:
+    def stats(self, problem: Problem, controller: Controller, tolerance: Tolerance) -> Stats:
         """The statistics so far."""
+        report = getattr(controller, "report", None)
         return Stats(
             num_steps=problem.num_steps,
-            window=window,
+            window=getattr(controller, "choice", controller.cap),
             tol=tolerance.value,
             iterations=len(self.starts) + self.sequential,
             evaluations=self.evaluations,
@@ -118,6 +119,7 @@ class Log:
             changes=self.changes,
             lane_starts=self.lane_starts,
             inv_scale=tolerance.inv_scale,
+            cost={} if report is None else report(),
         )
 
 
@@ -168,9 +170,8 @@ def sweep(
     """
     log = Log()
     stopped = _loop(problem, plan, controller, strategies, state, log, progress)
-    window = controller.cap
     if stopped == "budget" and strategies.budget.on_budget == "raise":
-        stats = log.stats(problem, window, strategies.tolerance)
+        stats = log.stats(problem, controller, strategies.tolerance)
         partial = plan.partial(stats, x0.dtype)
         raise ConvergenceError(
             f"{strategies.budget.what(len(log.starts))} {plan.progress_note()}; raise the "
@@ -186,7 +187,7 @@ def sweep(
             budget=SEQUENTIAL_FINISH,
         )  # fmt: skip
         _loop(problem, plan, FixedWindow(1), finish, state, log, progress, finishing=True)
-    return plan.solution(log.stats(problem, window, strategies.tolerance), x0.dtype)
+    return plan.solution(log.stats(problem, controller, strategies.tolerance), x0.dtype)
 
 
 def _loop(

@@ -53,6 +53,19 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def window(text: str) -> int | str:
+    """The argument type of ``--window``: ``auto`` or an integer >= 1.
+
+    Example:
+        >>> window("auto"), window("16")
+        ('auto', 16)
+    """
+    return "auto" if text == "auto" else positive("window")(text)
+
+
+WINDOW_HELP = "steps per sweep, or auto: learned on this device (default auto)"
+
+
 def positive(name: str, minimum: int = 1) -> Callable[[str], int]:
     """The argument type of a count option ``name``: an integer >= ``minimum``.
 

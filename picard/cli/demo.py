@@ -74,7 +74,7 @@ def _spread(values: list[float]) -> str:
 
 
 def _moons(
-    steps: int, window: int, tol: float, repeats: int, seeds: int, samples: int
+    steps: int, window: int | str, tol: float, repeats: int, seeds: int, samples: int
 ) -> tuple[DemoRow, dict[str, Any]]:
     model = load("moons")
     sched, den = model.scheduler, model.denoiser
@@ -113,7 +113,7 @@ def _moons(
 
 
 def _digits(
-    steps: int, window: int, tol: float, images: int, seeds: int, verbose: bool
+    steps: int, window: int | str, tol: float, images: int, seeds: int, verbose: bool
 ) -> tuple[DemoRow, dict]:
     model = load("digits")
     sched, den = model.scheduler, model.denoiser
@@ -163,7 +163,7 @@ def run_demo(
     out: Path,
     *,
     steps: int = 1000,
-    window: int = 100,
+    window: int | str = "auto",
     tol: float = 0.01,
     repeats: int = 3,
     seeds: int = 2,

@@ -21,7 +21,15 @@ from pathlib import Path
 import torch
 
 import picard
-from picard.cli.common import CLIError, Parser, positive, tolerance, writable_dir
+from picard.cli.common import (
+    WINDOW_HELP,
+    CLIError,
+    Parser,
+    positive,
+    tolerance,
+    window,
+    writable_dir,
+)
 
 __all__ = ["main"]
 
@@ -97,9 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=positive("steps"), default=1000, help="DDPM steps (default 1000)"
     )
-    p.add_argument(
-        "--window", type=positive("window"), default=100, help="steps per sweep (default 100)"
-    )
+    p.add_argument("--window", type=window, default="auto", help=WINDOW_HELP)
     p.add_argument(
         "--tol",
         type=tolerance,
@@ -181,9 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=positive("steps"), default=1000, help="steps per problem (default 1000)"
     )
-    p.add_argument(
-        "--window", type=positive("window"), default=128, help="steps per sweep (default 128)"
-    )
+    p.add_argument("--window", type=window, default="auto", help=WINDOW_HELP)
     p.add_argument("--tol", type=tolerance, default=1e-4, help="tolerance (default 1e-4)")
     p.add_argument(
         "--repeats", type=positive("repeats"), default=5, help="timing repeats (default 5)"

@@ -83,7 +83,7 @@ def _compare(
     return Row(name, stats.num_steps, stats.iterations, stats.evaluations, seq_s, par_s, deviation)
 
 
-def _demo_rows(steps: int, window: int, tol: float, repeats: int, seed: int) -> list[Row]:
+def _demo_rows(steps: int, window: int | str, tol: float, repeats: int, seed: int) -> list[Row]:
     net = _mlp(seed)
 
     def neural(t: Tensor, y: Tensor) -> Tensor:

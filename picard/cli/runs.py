@@ -161,7 +161,7 @@ def sample_in_parallel(
     x_T: Tensor,
     generator: torch.Generator | None,
     *,
-    window: int | None = None,
+    window: int | str | None = "auto",
     tol: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     **options: Any,
@@ -178,7 +178,8 @@ def sample_in_parallel(
         x_T: the starting latent (see :func:`start_latent`).
         generator: the generator of the sampler's noise, drawn as :func:`sample_sequentially` draws
             it (``None`` for the global one).
-        window: steps per sweep (``None``: :func:`picard.solve`'s default).
+        window: steps per sweep (``"auto"``: learned, as :func:`picard.solve`'s default;
+            ``None``: the whole grid).
         tol: the tolerance (``None``: :func:`picard.solve`'s default).
         progress: ``progress(done, total)`` called after every sweep.
         **options: further options of :func:`picard.solve`.

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 import picard.cli.plots as plots
-from picard.cli.common import CLIError, progress_bar
+from picard.cli.common import WINDOW_HELP, CLIError, progress_bar, window
 from picard.cli.runs import (
     SCHEDULERS,
     make_scheduler,
@@ -45,7 +45,7 @@ def add_arguments(
         >>> add_arguments(p, lambda name: int, float)
         >>> args = p.parse_args(["--model", "moons", "--steps", "20", "--out", "x.npy"])
         >>> args.model, args.steps, args.window, args.tol, args.count, str(args.out)
-        ('moons', 20, 100, 0.01, 16, 'x.npy')
+        ('moons', 20, 'auto', 0.01, 16, 'x.npy')
         >>> p.parse_args(["--model", "moons", "--pipeline", "folder"])  # one source only
         Traceback (most recent call last):
         SystemExit: 2
@@ -73,9 +73,7 @@ def add_arguments(
         default=None,
         help="inference steps (default 1000 for models, 50 for pipelines)",
     )
-    p.add_argument(
-        "--window", type=positive("window"), default=100, help="steps per sweep (default 100)"
-    )
+    p.add_argument("--window", type=window, default="auto", help=WINDOW_HELP)
     p.add_argument(
         "--tol",
         type=tolerance,
