@@ -36,7 +36,16 @@ def main() -> None:
     runs = {
         "ParaDiGMS loop": lambda x, g: paradigms(sched, m.denoiser, n, x, generator=g, parallel=64),
         "picard plain": lambda x, g: sample_in_parallel(
-            sched, m.denoiser, n, x, g, window=64, predict=False, relative=False
+            sched,
+            m.denoiser,
+            n,
+            x,
+            g,
+            window=64,
+            predict=False,
+            relative=False,
+            accelerate=None,
+            acceptance="first-unconverged",
         ),
         "picard default": lambda x, g: sample_in_parallel(
             sched, m.denoiser, n, x, g, window=64, tol=0.1, relative=False

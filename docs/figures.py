@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    plain, _ = _run("ddpm", N, 64, 0.1, predict=False)
+    plain, _ = _run(
+        "ddpm", N, 64, 0.1, predict=False, accelerate=None, acceptance="first-unconverged"
+    )
     default, _ = _run("ddpm", N, 64, 0.1)
     paths = [
         plots.lines(

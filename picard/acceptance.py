@@ -9,11 +9,18 @@ least 1 is what guarantees at most N sweeps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["AcceptAll", "Acceptance", "FirstUnconverged"]
+__all__ = [
+    "ACCEPTANCES",
+    "AcceptAll",
+    "Acceptance",
+    "ConvergedPrefix",
+    "FirstUnconverged",
+    "acceptance_of",
+]
 
 
 @runtime_checkable
@@ -44,7 +51,8 @@ class FirstUnconverged:
     """ParaDiGMS's rule: the converged prefix and the first unconverged state are final.
 
     The first unconverged state was computed from converged inputs, so it is final up to
-    the tolerance of its inputs. The default.
+    the tolerance of its inputs times its step's sensitivity (see :class:`ConvergedPrefix`,
+    the default).
 
     Example:
         >>> import numpy as np
@@ -63,6 +71,34 @@ class FirstUnconverged:
 
 
 @dataclass(frozen=True)
+class ConvergedPrefix:
+    """The converged prefix is final, and only it (at least one state): the default.
+
+    ParaDiGMS's rule also declares the first unconverged state final: it was computed from
+    converged inputs, but from their previous iterate, so it is off by about its step's
+    Lipschitz constant times ``tol`` — unbounded where a sampler is sensitive. On the
+    fidelity benchmark's mixture that sent samples to another mode (DDPM-1000, DDIM-50)
+    at the default tolerance; sliding past the converged prefix only kept every sample
+    at the same sweeps (``benchmarks/results/acceptance.md``). State ``b + 1`` depends on
+    the final ``x_b`` alone, so it is final after any sweep: windows still slide.
+
+    Example:
+        >>> import numpy as np
+        >>> ok = np.array([[True, False], [False, True], [True, True]])
+        >>> ConvergedPrefix().stride(ok, np.array([3, 3])).tolist()
+        [1, 1]
+    """
+
+    def stride(self, ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """See :class:`Acceptance`."""
+        if ok.shape[1] == 1:  # one shared window: the fast path of the sweep loop
+            first = int(ok.argmin())
+            return np.array((lengths.item(0) if ok.item(first) else max(first, 1),))
+        bad = ~ok
+        return np.where(bad.any(0), np.maximum(bad.argmax(0), 1), lengths)
+
+
+@dataclass(frozen=True)
 class AcceptAll:
     """Every state of the window is final: for windows of one step (the sequential finish).
 
@@ -75,3 +111,42 @@ class AcceptAll:
     def stride(self, ok: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """See :class:`Acceptance`."""
         return lengths
+
+
+ACCEPTANCES: dict[str, type] = {
+    "converged-prefix": ConvergedPrefix,
+    "first-unconverged": FirstUnconverged,
+}
+"""``acceptance=`` names and the class each builds."""
+
+
+def acceptance_of(acceptance: Any) -> Acceptance:
+    """``acceptance=`` as an object: a name of :data:`ACCEPTANCES` or an object.
+
+    Args:
+        acceptance: a name, or an object with ``stride(ok, lengths)``.
+
+    Returns:
+        The rule.
+
+    Raises:
+        ValueError: an unknown name.
+        TypeError: an object without ``stride``.
+
+    Example:
+        >>> acceptance_of("first-unconverged")
+        FirstUnconverged()
+    """
+    if isinstance(acceptance, str):
+        if acceptance not in ACCEPTANCES:
+            raise ValueError(
+                f"acceptance must be one of {tuple(ACCEPTANCES)} (or an object with a "
+                f"stride(ok, lengths) method, picard.acceptance.Acceptance), got {acceptance!r}"
+            )
+        return ACCEPTANCES[acceptance]()
+    if not isinstance(acceptance, Acceptance):
+        raise TypeError(
+            "acceptance must be a name or an object with a stride(ok, lengths) method, "
+            f"got {type(acceptance).__name__}"
+        )
+    return acceptance

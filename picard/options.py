@@ -17,6 +17,7 @@ from torch import Tensor
 
 from picard._checks import check_nonneg, check_optional_int
 from picard.acceleration import Acceleration, acceleration_of
+from picard.acceptance import Acceptance, ConvergedPrefix, acceptance_of
 from picard.rows import check_devices
 
 __all__ = ["FALLBACKS", "Options"]
@@ -47,10 +48,18 @@ class Options:
             ODEs, SDEs and recursions; 0.01 for diffusion samplers, 0.1 with
             ``relative=False``).
         max_iters: the sweep budget (``None``: N, which always suffices).
-        accelerate: how a sweep turns its Picard values into the next iterate: ``None``
-            (plain Picard, as ParaDiGMS), a name of :data:`picard.ACCELERATIONS`
-            (``"secant"``) or an object following the :class:`picard.Acceleration`
-            protocol, such as ``picard.Secant()``.
+        accelerate: how a sweep turns its Picard values into the next iterate.
+            ``"auto"`` (the default): the problem's choice,
+            :meth:`picard.Problem.default_acceleration` — for diffusion samplers the
+            secant update on windows of 128 steps or more (``picard.Secant(min_window=128)``),
+            plain Picard otherwise. ``None``: plain Picard, as ParaDiGMS; a name of
+            :data:`picard.ACCELERATIONS` (``"secant"``) or an object following the
+            :class:`picard.Acceleration` protocol.
+        acceptance: which states a sweep makes final: ``"converged-prefix"`` (the default,
+            :class:`picard.acceptance.ConvergedPrefix`: the converged prefix only, at least
+            one state), ``"first-unconverged"`` (ParaDiGMS's rule, which also takes the
+            first unconverged state) or an object following
+            :class:`picard.acceptance.Acceptance`.
         predict: start the steps entering a window from the problem's cheap guess
             (:meth:`picard.Problem.guess`: diffusion samplers reuse the last denoised
             estimate, ODEs the last slope) instead of a copy of the window's last state.
@@ -112,7 +121,8 @@ class Options:
     window: int | str | None = "auto"
     tol: float | None = None
     max_iters: int | None = None
-    accelerate: Acceleration | None = None
+    accelerate: Acceleration | str | None = "auto"
+    acceptance: Acceptance = ConvergedPrefix()  # noqa: RUF009 (frozen, immutable)
     predict: bool = True
     max_rows: int | None = None
     init: Tensor | None = None
@@ -150,8 +160,8 @@ class Options:
         Example:
             >>> Options.of(max_rows=64, on_budget="sequential").max_rows
             64
-            >>> Options.of(accelerate="secant").accelerate
-            Secant(clip=0.5)
+            >>> Options.of().accelerate, Options.of(accelerate="secant").accelerate
+            ('auto', Secant(clip=0.5, min_window=1))
             >>> Options.of(tol=-1)
             Traceback (most recent call last):
                 ...
@@ -177,7 +187,9 @@ class Options:
             v["tol"] is not None or v["relative"] is not None
         ):
             raise ValueError("give tol (and relative) or rtol/atol, not both")
-        v["accelerate"] = acceleration_of(v["accelerate"])
+        if v["accelerate"] != "auto":
+            v["accelerate"] = acceleration_of(v["accelerate"])
+        v["acceptance"] = acceptance_of(v["acceptance"])
         for name in ("predict", "per_sample", "distributed"):
             _check_bool(name, v[name])
         if v["relative"] is not None:

@@ -122,6 +122,14 @@ class Problem(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no loop")
 
+    def default_acceleration(self) -> Any:
+        """What ``accelerate="auto"`` (the default) runs: ``None`` (plain Picard) here.
+
+        Returns:
+            ``None`` or an :class:`picard.Acceleration`.
+        """
+        return None
+
     def default_tolerance(self, relative: bool) -> float:
         """The tolerance a solve uses when given none, for the chosen test.
 

@@ -19,7 +19,6 @@ from torch import Tensor
 
 from picard._checks import check_int, check_state
 from picard.acceleration import Picard
-from picard.acceptance import FirstUnconverged
 from picard.arrays import TORCH
 from picard.budget import Budget
 from picard.errors import NonFiniteError
@@ -148,6 +147,9 @@ def solve_with(
         problem, options.tol, options.relative, size, mixed, working_dtype(x0.dtype)
     )
     tol = tolerance.value
+    acceleration = (
+        problem.default_acceleration() if options.accelerate == "auto" else options.accelerate
+    )
     evaluator = evaluator_for(options.distributed, options.devices, x0, (n, window, tol))
     drawn: list[Any] = []
 
@@ -158,8 +160,8 @@ def solve_with(
             drawn.append(problem.init(x0))
         strategies = Strategies(
             tolerance.at(tol),
-            FirstUnconverged(),
-            options.accelerate or Picard(),
+            options.acceptance,
+            acceleration or Picard(),
             guess_for(init, options.predict, working_dtype(x0.dtype)),
             Budget(iters, evaluations, options.on_budget, options.on_nonfinite),
         )

@@ -12,8 +12,8 @@ says which states converged; the acceptance rule (:mod:`picard.acceptance`) how 
 window slides; the acceleration (:mod:`picard.acceleration`) rewrites the states not yet
 final; the window controller (:mod:`picard.window`) sizes the next window; the guess
 (:mod:`picard.guess`) fills the steps entering it; the budget (:mod:`picard.budget`) stops
-it. The first unconverged state is final too, so windows slide by at least one step: at
-most N sweeps, and ``tol = 0`` gives the sequential recursion.
+it. The state after a window's start depends on that final state alone, so windows slide
+by at least one step: at most N sweeps, and ``tol = 0`` gives the sequential recursion.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ class Strategies:
 
     Example:
         >>> import picard
-        >>> from picard.acceptance import FirstUnconverged
+        >>> from picard.acceptance import ConvergedPrefix
         >>> from picard.budget import Budget
         >>> from picard.guess import Copy
         >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 10)
-        >>> s = Strategies(picard.Tolerance.of(rule, 1e-6, False, 1), FirstUnconverged(),
+        >>> s = Strategies(picard.Tolerance.of(rule, 1e-6, False, 1), ConvergedPrefix(),
         ...                picard.Picard(), Copy(), Budget(max_iters=10))
         >>> s.budget.max_iters
         10
@@ -151,14 +151,14 @@ def sweep(
 
     Example:
         >>> import torch, picard
-        >>> from picard.acceptance import FirstUnconverged
+        >>> from picard.acceptance import ConvergedPrefix
         >>> from picard.budget import Budget
         >>> from picard.guess import Predict
         >>> from picard.plans import SharedWindow
         >>> from picard.window import FixedWindow
         >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 10)
         >>> x0 = torch.ones(1)
-        >>> s = Strategies(picard.Tolerance.of(rule, 0.0, False, 1), FirstUnconverged(),
+        >>> s = Strategies(picard.Tolerance.of(rule, 0.0, False, 1), ConvergedPrefix(),
         ...                picard.Picard(), Predict(), Budget(max_iters=10))
         >>> sweep(rule, x0, SharedWindow(rule, x0, None, 4), FixedWindow(4), s, None).final
         tensor([0.3487])

@@ -51,6 +51,9 @@ class Controller(Protocol):
         ...
 
 
+default_clock: Callable[[], float] = time.perf_counter
+"""The timer of :class:`AutoWindow` (replace it to simulate a device, as the tests do)."""
+
 AUTO_START = 16
 """The first window of ``window="auto"``: 16 steps × samples rows, small enough for any
 device, large enough that a device with parallel capacity is seen to have it."""
@@ -168,7 +171,7 @@ class AutoWindow:
         dwell: sweeps per window while climbing.
         gain: how much faster a new window must finalize steps to be taken (hysteresis).
         review: sweeps between reviews once settled.
-        clock: the timer.
+        clock: the timer (``None``: :data:`default_clock`, looked up when built).
 
     Example:
         >>> auto = AutoWindow(cap=1000, columns=1, rows_per_evaluation=1, curve={})
@@ -189,11 +192,12 @@ class AutoWindow:
         dwell: int = 3,
         gain: float = 1.2,
         review: int = 8,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] | None = None,
     ):
         self.cap, self.rows = cap, columns * rows_per_evaluation
         self.curve, self.agree = curve, agree
-        self.dwell, self.gain, self.review, self.clock = dwell, gain, review, clock
+        self.dwell, self.gain, self.review = dwell, gain, review
+        self.clock = default_clock if clock is None else clock
         self.w = self.start = min(cap, start)
         self.rates: dict[int, float] = {}  # window -> finalized steps per second
         self.rows_at: dict[int, int] = {}  # window -> the rows its time is stored under

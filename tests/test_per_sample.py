@@ -140,7 +140,9 @@ def test_diffusion_samples_match_their_solo_solves(kind, n):
         one = picard.solve(make([s]), x[s : s + 1], window=16, save=[0, 5, n])
         torch.testing.assert_close(sol.ys[:, s], one.ys[:, 0], rtol=0, atol=1e-12)
     assert sol.stats.evaluations <= shared.stats.evaluations
-    assert sol.stats.iterations <= shared.stats.iterations
+    # each sample slides by its own converged prefix: as many sweeps as its slowest solo
+    # solve, which can be one more than the shared window's (25 vs 24 here)
+    assert sol.stats.iterations <= shared.stats.iterations + 1
     exact = picard.sequential(make(), x).final
     err = (sol.final - exact).square().mean(dim=(1, 2, 3)).sqrt()
     assert float(err.max()) < 0.2

@@ -248,7 +248,11 @@ def test_verified_sample_is_within_tol_for_any_sampler(name, steps, window, tol)
         t = tol / REFINEMENT**k
         estimated = solve(window=window, tol=t, init=estimated.ys, save=True)
     true = relative_error(estimated.final, ref, 1)
-    assert true / 3 - 1e-12 <= checked.stats.error_estimate <= 3 * true + 1e-12
+    bound = tol / REFINEMENT ** (checked.stats.verifications - 1)  # the estimated solve's tol
+    if true >= bound / 20:  # as for recursions: within 3x where the error is not negligible
+        assert true / 3 - 1e-12 <= checked.stats.error_estimate <= 3 * true + 1e-12
+    else:
+        assert checked.stats.error_estimate <= bound / 5
     if not any(issubclass(w.category, picard.AccuracyWarning) for w in caught):
         err = (checked.final - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()
         assert float(err) <= tol

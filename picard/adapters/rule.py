@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from picard.acceleration import Secant
 from picard.adapters import schedules
 from picard.adapters.noise import Noise
 from picard.problem import Problem, model_parameters, working_dtype
@@ -38,6 +39,9 @@ DEFAULT_DIFFUSION_TOL = 0.01
 
 PARADIGMS_TOL = 0.1
 """ParaDiGMS's default tolerance, relative to the step's noise std (``relative=False``)."""
+
+SECANT_MIN_WINDOW = 128
+"""Diffusion samplers' default acceleration corrects windows of at least this many steps."""
 
 
 class UpdateRule(ABC):
@@ -239,6 +243,19 @@ class DiffusionProblem(Problem):
             :data:`DEFAULT_DIFFUSION_TOL` or, with ``relative=False``, :data:`PARADIGMS_TOL`.
         """
         return DEFAULT_DIFFUSION_TOL if relative else PARADIGMS_TOL
+
+    def default_acceleration(self) -> Secant:
+        """The secant update on windows of :data:`SECANT_MIN_WINDOW` steps or more.
+
+        Measured at tol 0.01 on DDPM-1000 and DDIM-200 (mixture and 2-D model): plain
+        Picard's sweeps at window 16, 0–22% fewer at 64, 38–42% fewer at 256 and 54–57%
+        with the whole grid, with fewer evaluations; on small windows it also moved the
+        error past the test's bound on Heun and TCD, so it starts at 128 steps.
+
+        Returns:
+            ``picard.Secant(min_window=SECANT_MIN_WINDOW)``.
+        """
+        return Secant(min_window=SECANT_MIN_WINDOW)
 
     def __init__(
         self,

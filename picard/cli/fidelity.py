@@ -50,9 +50,15 @@ SAMPLERS = [
     ("euler", EulerDiscreteScheduler, 50, {}),
     ("flow-euler", FlowMatchEulerDiscreteScheduler, 50, {}),
 ]
+_PARADIGMS = {  # ParaDiGMS's algorithm, as picard options
+    "predict": False,
+    "relative": False,
+    "accelerate": None,
+    "acceptance": "first-unconverged",
+}
 METHODS: dict[str, dict[str, Any]] = {
-    "ParaDiGMS tol 0.1": {"tol": 0.1, "predict": False, "relative": False},
-    "ParaDiGMS tol 0.01": {"tol": 0.01, "predict": False, "relative": False},
+    "ParaDiGMS tol 0.1": {"tol": 0.1, **_PARADIGMS},
+    "ParaDiGMS tol 0.01": {"tol": 0.01, **_PARADIGMS},
     "picard noise-scaled tol 0.1": {"tol": 0.1, "relative": False},
     "picard default (tol 0.01)": {},
     "picard default + verify": {"verify": True},
