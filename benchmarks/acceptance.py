@@ -25,8 +25,7 @@ from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 import picard
 from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
-from picard.cli.fidelity import SAMPLERS
-from picard.models.gmm import GaussianMixture
+from picard.cli.fidelity import SAMPLERS, mixture
 
 SAMPLES = 64
 PARADIGMS = {
@@ -39,18 +38,11 @@ PARADIGMS = {
 RULES = {"first unconverged": "first-unconverged", "converged prefix": "converged-prefix"}
 
 
-def _mixture(seed: int) -> GaussianMixture:
-    g = torch.Generator().manual_seed(seed)
-    means = 2 * torch.randn(4, 16, generator=g, dtype=torch.float64)
-    stds = torch.full((4,), 0.1**0.5, dtype=torch.float64)
-    return GaussianMixture(means, stds, torch.full((4,), 0.25, dtype=torch.float64))
-
-
 def run(seeds: list[int]) -> list[dict[str, Any]]:
     """One row per mixture, sampler and method."""
     rows = []
     for seed in seeds:
-        gmm = _mixture(seed)
+        gmm = mixture(seed)
         base = DDPMScheduler(clip_sample=False)
         for name, cls, n, extra in SAMPLERS:
             if cls is FlowMatchEulerDiscreteScheduler:

@@ -261,7 +261,7 @@ def parallel(scheduler, denoiser, n: int, x_T: Tensor, seed: int | None = None, 
 
 
 def max_abs(a: Tensor, b: Tensor) -> float:
-    return float((a.double() - b.double()).abs().max())
+    return float((a.double() - b.double()).abs().max().detach())
 
 
 def runs(windows: Iterable[int | None], per_sample: bool = True) -> list[dict]:

@@ -73,3 +73,25 @@ def test_picard_bench_fidelity_writes_its_table(tmp_path, capsys):
     text = (tmp_path / "fidelity.md").read_text()
     assert "flow-euler-50" in text and "picard default + verify" in text
     assert "wrote" in capsys.readouterr().out
+
+
+def test_converged_prefix_keeps_the_sample_that_paradigms_rule_moves():
+    """Issue 17: on the mixture of seed 1, DDIM-50 at the default tolerance, ParaDiGMS's rule
+    (the first unconverged state final too) sends a sample to another mode; the default
+    rule (the converged prefix only) keeps every sample, at about the same sweeps."""
+    gmm = fidelity.mixture(1)
+    base = DDPMScheduler(clip_sample=False)
+    sched = DDIMScheduler.from_config(base.config)
+    eps = gmm.denoiser(schedules.alphas_cumprod(base.config))
+
+    def solve(**kw):
+        gens = [torch.Generator().manual_seed(100 + s) for s in range(64)]
+        x = torch.cat([torch.randn(1, 16, generator=g, dtype=torch.float64) for g in gens])
+        return picard.solve(from_scheduler(sched, eps, 50, generator=gens), x, **kw)
+
+    ref = gmm.component(solve(window=1, tol=0).final)
+    theirs = solve(window=50, acceptance="first-unconverged")
+    ours = solve(window=50)
+    assert int((gmm.component(theirs.final) != ref).sum()) >= 1
+    assert torch.equal(gmm.component(ours.final), ref)
+    assert ours.stats.iterations <= theirs.stats.iterations + 1
