@@ -11,6 +11,7 @@ from test_solver import linear_rule
 
 import picard
 import picard.window
+from picard.acceptance import ConvergedPrefix
 from picard.window import AutoWindow
 
 torch.set_num_threads(1)
@@ -142,3 +143,43 @@ def test_stored_times_are_kept_per_model():
 def test_bad_window_names_the_argument(window, error, match):
     with pytest.raises(error, match=match):
         picard.Options.of(window=window)
+
+
+def test_accelerate_auto_is_the_secant_on_large_diffusion_windows_only():
+    from diffusers import DDPMScheduler
+    from diffusion_helpers import gaussian_denoiser
+
+    from picard.adapters.diffusers import from_scheduler
+
+    sched = DDPMScheduler()
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def solve(window, **kw):
+        gen = torch.Generator().manual_seed(1)
+        problem = from_scheduler(sched, gaussian_denoiser(sched), 300, generator=gen)
+        return picard.solve(problem, x, window=window, **kw)
+
+    large, small = solve(300), solve(64)
+    assert large.stats.accelerated > 0 and small.stats.accelerated == 0
+    plain = solve(300, accelerate=None)
+    assert plain.stats.acceleration == {} and large.stats.iterations < plain.stats.iterations
+    assert torch.equal(small.final, solve(64, accelerate=None).final)  # below 128: plain
+    _, stats = picard.odeint(lambda t, y: -y, torch.ones(3), torch.linspace(0, 1, 300),
+                             window=300, return_stats=True)  # fmt: skip
+    assert stats.acceleration == {}
+
+
+def test_acceptance_option_names_the_rule():
+    fn, _ = linear_rule(60, 3, seed=2, gain=1.0)
+    rule, x0 = picard.Recursion(fn, 60), torch.ones(3, dtype=torch.float64)
+    ours = picard.solve(rule, x0, window=60, tol=1e-6)
+    theirs = picard.solve(rule, x0, window=60, tol=1e-6, acceptance="first-unconverged")
+    seq = picard.sequential(rule, x0).final
+    assert ours.stats.window_starts != theirs.stats.window_starts  # the option takes effect
+    for sol in (ours, theirs):
+        assert float((sol.final - seq).abs().max()) < 1e-6
+    assert picard.Options.of().acceptance == ConvergedPrefix()
+    with pytest.raises(ValueError, match="acceptance must be one of"):
+        picard.Options.of(acceptance="strict")
+    with pytest.raises(TypeError, match="acceptance must be"):
+        picard.Options.of(acceptance=3)
