@@ -134,7 +134,7 @@ def main() -> None:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(
-        f"# Every pipeline family, tiny random weights, {args.steps} steps, one thread\n\n"
+        f"**Every pipeline family, tiny random weights, {args.steps} steps, one thread**\n\n"
         + text
         + "\n"
     )
