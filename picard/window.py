@@ -145,15 +145,14 @@ class AutoWindow:
     model, the batch and the device; strides depend on the problem. So the controller
     climbs: it runs ``dwell`` sweeps at a window (the first of them, a transition, is not
     counted), times the second at the sweep loop's one synchronisation (leaving at once if
-    the window could not win even if all of it slid), and moves to twice (then
-    half) the window while that finalizes at least ``gain`` times as many steps per second,
-    then settles on the best window seen (the smallest within 5% of it). On hardware
-    without parallel capacity the rate falls as the window grows, so it settles on small
-    windows. Settled, it reviews every
-    ``review`` sweeps whether a smaller window it timed would now be faster: a sweep that
-    slid ``s`` steps would have slid ``min(s, w')`` with a window ``w'``, so the rate of
-    every smaller window follows from the strides seen (late steps of a sampler may
-    converge more slowly than the first ones it climbed on).
+    the window could not win even if all of it slid), and moves to twice (then half) the
+    window while that finalizes at least ``gain`` times as many steps per second, then
+    settles on the best window seen (the smallest within 5% of it). On hardware without
+    parallel capacity the rate falls as the window grows, so it settles on small windows.
+    Settled, it reviews every ``review`` sweeps whether a smaller window it timed would now
+    be faster: a sweep that slid ``s`` steps would have slid ``min(s, w')`` with a window
+    ``w'``, so the rate of every smaller window follows from the strides seen (late steps
+    of a sampler may converge more slowly than the first ones it climbed on).
 
     Reproducible in one process: a sweep's time is stored in ``curve`` (rows → seconds; the
     first measurement is kept) and every decision reads the stored time, never a new one,
