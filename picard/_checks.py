@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -101,3 +101,50 @@ def check_grid(t: Any, y0: Tensor) -> Tensor:
             f"t[{bad}] = {tn[bad]:g} and t[{bad + 1}] = {tn[bad + 1]:g} break that"
         )
     return t
+
+
+def named_or_object(
+    name: str,
+    value: Any,
+    registry: Mapping[str, type],
+    protocol: type,
+    method: str,
+    none: bool = False,
+) -> Any:
+    """``value`` as an object: a name of ``registry`` (built with its defaults) or an object.
+
+    Args:
+        name: the option's name, for the messages.
+        value: a name or an object.
+        registry: names → classes.
+        protocol: the runtime-checkable protocol objects must follow.
+        method: the protocol's method, for the messages (e.g. ``"begin(columns)"``).
+        none: whether ``None`` is allowed too (the messages say so).
+
+    Returns:
+        The object.
+
+    Raises:
+        ValueError: an unknown name.
+        TypeError: an object that does not follow ``protocol``.
+
+    Example:
+        >>> from picard.acceptance import ACCEPTANCES, Acceptance
+        >>> named_or_object("acceptance", "first-unconverged", ACCEPTANCES, Acceptance,
+        ...                 "stride(ok, lengths)")
+        FirstUnconverged()
+    """
+    where = f"{protocol.__module__}.{protocol.__name__}"
+    if isinstance(value, str):
+        if value not in registry:
+            raise ValueError(
+                f"{name} must be {'None or ' if none else ''}one of {tuple(registry)} (or an "
+                f"object with a {method} method, {where}), got {value!r}"
+            )
+        return registry[value]()
+    if not isinstance(value, protocol):
+        raise TypeError(
+            f"{name} must be {'None, ' if none else ''}a name or an object with a {method} "
+            f"method ({where}), got {type(value).__name__}"
+        )
+    return value

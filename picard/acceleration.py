@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from picard._checks import named_or_object
 from picard.arrays import Arrays
 from picard.sweep import Sweep
 
@@ -142,19 +143,9 @@ def acceleration_of(accelerate: Any) -> Acceleration | None:
     """
     if accelerate is None:
         return None
-    if isinstance(accelerate, str):
-        if accelerate not in ACCELERATIONS:
-            raise ValueError(
-                f"accelerate must be None or one of {tuple(ACCELERATIONS)} (or an object with "
-                f"a begin(columns) method, picard.Acceleration), got {accelerate!r}"
-            )
-        return ACCELERATIONS[accelerate]()
-    if not isinstance(accelerate, Acceleration):
-        raise TypeError(
-            "accelerate must be None, a name or an object with a begin(columns) method "
-            f"(picard.Acceleration), got {type(accelerate).__name__}"
-        )
-    return accelerate
+    return named_or_object(
+        "accelerate", accelerate, ACCELERATIONS, Acceleration, "begin(columns)", none=True
+    )
 
 
 class _SecantRun:

@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from picard._checks import named_or_object
+
 __all__ = [
     "ACCEPTANCES",
     "AcceptAll",
@@ -137,16 +139,4 @@ def acceptance_of(acceptance: Any) -> Acceptance:
         >>> acceptance_of("first-unconverged")
         FirstUnconverged()
     """
-    if isinstance(acceptance, str):
-        if acceptance not in ACCEPTANCES:
-            raise ValueError(
-                f"acceptance must be one of {tuple(ACCEPTANCES)} (or an object with a "
-                f"stride(ok, lengths) method, picard.acceptance.Acceptance), got {acceptance!r}"
-            )
-        return ACCEPTANCES[acceptance]()
-    if not isinstance(acceptance, Acceptance):
-        raise TypeError(
-            "acceptance must be a name or an object with a stride(ok, lengths) method, "
-            f"got {type(acceptance).__name__}"
-        )
-    return acceptance
+    return named_or_object("acceptance", acceptance, ACCEPTANCES, Acceptance, "stride(ok, lengths)")
