@@ -5,12 +5,14 @@ per-solve worker: ``update(sweep, stride)`` may rewrite the rows of ``sweep.new`
 not final (row ``j`` of a lane is final when ``j < stride``), and ``counters()`` returns
 what it wants reported in :attr:`picard.Stats.acceleration`. The convergence test is made
 on the Picard values before ``update`` runs, so ``tol`` means the same with and without.
-Write your own by following :class:`Acceleration`; ``accelerate=`` takes the object.
+An object may also have ``bind(problem)``, which :func:`picard.solve` calls first and
+whose result it runs (the secant takes the problem's prior slopes that way). Write your
+own by following :class:`Acceleration`; ``accelerate=`` takes the object.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -96,11 +98,19 @@ class Secant:
     (counted as a fallback). Per lane, so per-sample windows get what solving each sample
     alone gives.
 
+    Rows with no history yet (every row of the first sweep, the steps entering a
+    sliding window) start from the problem's :meth:`~picard.Problem.prior_slopes` — for
+    diffusion samplers the slope each step has when the data are unit Gaussian — bound by
+    :func:`picard.solve` through :meth:`bind`; problems without one leave those rows
+    uncorrected.
+
     Args:
         clip: the largest slope magnitude.
         min_window: correct only sweeps whose window has at least this many steps (small
             windows converge in about one sweep per step, where the secant has nothing
             to gain; the default acceleration of diffusion samplers uses 128).
+        prior: start rows without history from the problem's prior slopes.
+        slopes: those slopes, per step (set by :meth:`bind`).
 
     Example:
         >>> import torch, picard
@@ -114,10 +124,26 @@ class Secant:
 
     clip: float = 0.5
     min_window: int = 1
+    prior: bool = True
+    slopes: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def bind(self, problem: Any) -> Secant:
+        """This secant with ``problem``'s prior slopes (when ``prior`` and it has some).
+
+        Args:
+            problem: the :class:`picard.Problem` about to be solved.
+
+        Returns:
+            The secant to run.
+        """
+        if not self.prior or self.slopes is not None:
+            return self
+        slopes = problem.prior_slopes()
+        return self if slopes is None else replace(self, slopes=np.asarray(slopes, np.float64))
 
     def begin(self, columns: int) -> Run:
         """The worker of one solve."""
-        return _SecantRun(self.clip, self.min_window)
+        return _SecantRun(self.clip, self.min_window, self.slopes)
 
 
 ACCELERATIONS: dict[str, type] = {"secant": Secant}
@@ -139,7 +165,7 @@ def acceleration_of(accelerate: Any) -> Acceleration | None:
 
     Example:
         >>> acceleration_of("secant"), acceleration_of(None)
-        (Secant(clip=0.5, min_window=1), None)
+        (Secant(clip=0.5, min_window=1, prior=True), None)
     """
     if accelerate is None:
         return None
@@ -151,8 +177,9 @@ def acceleration_of(accelerate: Any) -> Acceleration | None:
 class _SecantRun:
     BLOCK = 32  # cumprod block: products of slopes in [1/2, 3/2] stay well inside float range
 
-    def __init__(self, clip: float, min_window: int = 1):
+    def __init__(self, clip: float, min_window: int = 1, prior: np.ndarray | None = None):
         self.clip, self.min_window = clip, min_window
+        self.prior = None if prior is None else np.clip(prior, -clip, clip)
         self.prev: tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any] | None = None
         self.last: tuple[np.ndarray, ...] | None = None  # the last sweep's scaled changes
         self.plain = np.zeros(0, dtype=np.int64)  # lanes whose next sweep is plain Picard
@@ -174,7 +201,7 @@ class _SecantRun:
         )
         plain, self.plain = self.plain, np.zeros(0, dtype=np.int64)
         small = int(sweep.lengths.max()) < self.min_window
-        slope = None if prev is None or small else self._slopes(prev, sweep, plain)
+        slope = None if small else self._slopes(prev, sweep, plain)
         if slope is not None:
             fix = slope.reshape(slope.shape[0], len(sweep.lanes), -1).any(axis=(0, 2))
             fix &= stride < sweep.lengths - 1
@@ -183,8 +210,24 @@ class _SecantRun:
                 self._correct(sweep, slope, stride, fix)
         self._check(sweep, stride)
 
-    def _slopes(self, prev: tuple, sweep: Sweep, plain: np.ndarray) -> np.ndarray | None:
-        """Per (row, column) secant slopes ``<δΔ, δx> / |δx|²`` against the last sweep."""
+    def _slopes(self, prev: tuple | None, sweep: Sweep, plain: np.ndarray) -> np.ndarray | None:
+        """Per (row, column) secant slopes ``<δΔ, δx> / |δx|²`` against the last sweep.
+
+        Rows without history take the prior slope; lanes in ``plain`` take none.
+        """
+        w, columns = sweep.inc.shape[0], sweep.x.shape[1]
+        slope = np.zeros((w, columns))
+        if self.prior is not None:
+            steps = np.minimum(sweep.starts[None, :] + np.arange(w)[:, None], len(self.prior) - 1)
+            slope[:] = self.prior[steps]  # (w, lanes) broadcasts to (w, columns)
+            if len(plain):
+                slope *= ~np.isin(sweep.lanes, plain)
+        if prev is not None:
+            self._secants(prev, sweep, plain, slope)
+        return slope if slope.any() else None
+
+    def _secants(self, prev: tuple, sweep: Sweep, plain: np.ndarray, slope: np.ndarray) -> None:
+        """Write the secant slopes of the rows with history into ``slope``."""
         ops = sweep.ops
         p_lanes, p_starts, p_lengths, p_x, p_inc = prev
         w = sweep.inc.shape[0]
@@ -195,14 +238,14 @@ class _SecantRun:
         if len(sweep.lanes) == len(p_lanes) == 1:  # the same one window: slices
             lo, n = int(shift[0]), int(rows[0])
             if n <= 0:
-                return None
+                return
             dx = sweep.x[:n] - p_x[lo : lo + n]
             dd = sweep.inc[:n] - p_inc[lo : lo + n]
         else:
             j = np.arange(w)[:, None]
             n = int(rows.max(initial=0))
             if n <= 0:
-                return None
+                return
             src = ops.index(np.minimum(j[:n] + shift, p_x.shape[0] - 1), None)
             col = ops.index(np.broadcast_to(pos, (n, len(pos))), None)
             valid = ops.asarray((j[:n] < rows)[:, :, None], sweep.x)
@@ -210,10 +253,9 @@ class _SecantRun:
             dd = (sweep.inc[:n] - p_inc[src, col]) * valid
         den = ops.host(ops.dots(dx, dx))
         num = ops.host(ops.dots(dx, dd))
-        slope = np.zeros((w, sweep.x.shape[1]))
-        np.divide(num, den, out=slope[:n], where=den > 0)
-        np.clip(slope, -self.clip, self.clip, out=slope)
-        return slope if slope.any() else None
+        secant = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+        known = np.arange(n)[:, None] < rows[None, :]  # (n, lanes): the rows with history
+        slope[:n] = np.where(known, np.clip(secant, -self.clip, self.clip), slope[:n])
 
     def _correct(
         self, sweep: Sweep, slope: np.ndarray, stride: np.ndarray, fix: np.ndarray

@@ -130,6 +130,18 @@ class Problem(ABC):
         """
         return None
 
+    def prior_slopes(self) -> np.ndarray | None:
+        """Per step, a slope ``∂Δ_i/∂x_i`` to start the secant update where it has no history.
+
+        :class:`picard.Secant` estimates each step's slope from the last two sweeps; rows
+        entering a window (and every row of the first sweep) have none, and take this.
+        ``None`` here: no correction until a row has history.
+
+        Returns:
+            ``(num_steps,)`` slopes, or ``None``.
+        """
+        return None
+
     def default_tolerance(self, relative: bool) -> float:
         """The tolerance a solve uses when given none, for the chosen test.
 

@@ -150,6 +150,8 @@ def solve_with(
     acceleration = (
         problem.default_acceleration() if options.accelerate == "auto" else options.accelerate
     )
+    if hasattr(acceleration, "bind"):  # what it needs of the problem (the secant: its prior)
+        acceleration = acceleration.bind(problem)
     evaluator = evaluator_for(options.distributed, options.devices, x0, (n, window, tol))
     drawn: list[Any] = []
 

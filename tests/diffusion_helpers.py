@@ -80,8 +80,10 @@ def unet_denoiser(unet):
     return denoiser
 
 
-def gaussian_denoiser(scheduler, wiggle: float = 0.05, learned_variance: bool = False):
-    """The exact prediction for N(0, DATA_STD²) data, in the scheduler's prediction type,
+def gaussian_denoiser(
+    scheduler, wiggle: float = 0.05, learned_variance: bool = False, data_std: float = DATA_STD
+):
+    """The exact prediction for N(0, data_std²) data, in the scheduler's prediction type,
     plus ``wiggle * tanh(x)``: smooth, nonlinear and well-conditioned.
 
     VP schedulers get ᾱ from the training table at the (rounded) timestep; the Euler family
@@ -93,7 +95,7 @@ def gaussian_denoiser(scheduler, wiggle: float = 0.05, learned_variance: bool = 
     kind = "flow" if flow else config.get("prediction_type", "epsilon")
     if not flow:
         ab = schedules.alphas_cumprod(config, terminal_floor=True).double()
-    s2 = DATA_STD**2
+    s2 = data_std**2
 
     def denoiser(x: Tensor, t: Tensor) -> Tensor:
         shape = (-1,) + (1,) * (x.ndim - 1)

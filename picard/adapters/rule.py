@@ -257,6 +257,29 @@ class DiffusionProblem(Problem):
         """
         return Secant(min_window=SECANT_MIN_WINDOW)
 
+    def prior_slopes(self) -> np.ndarray | None:
+        """Each step's slope when the data are unit Gaussian (``schedules.gaussian_slopes``).
+
+        The update with ``x̂_0`` held fixed (as the guess rolls it out) and the ideal
+        denoiser of unit Gaussian data: where the secant has no history yet it starts from
+        this slope rather than none. ``None`` for rules without ``signal_keys``.
+
+        Returns:
+            ``(num_steps,)`` slopes, or ``None``.
+        """
+        rule = self.rule
+        if rule.signal_keys is None:
+            return None
+        if self._prior is None:
+            co = {
+                k: torch.as_tensor(v, dtype=torch.float64).reshape(-1, 1, 1)
+                for k, v in rule.coefficients.items()
+            }
+            a, b = _affine(rule, co, torch.zeros(1, 1, dtype=torch.float64))
+            alpha, sigma = (co[k].reshape(-1)[: rule.num_steps] for k in rule.signal_keys)
+            self._prior = schedules.gaussian_slopes(a, b, alpha, sigma).numpy()
+        return self._prior
+
     def __init__(
         self,
         rule: UpdateRule,
@@ -276,6 +299,7 @@ class DiffusionProblem(Problem):
         self.rows_per_evaluation = rows_per_evaluation
         self.scale_model_input = scale_model_input
         self._takes_samples = _takes_samples(denoiser)
+        self._prior: np.ndarray | None = None
 
     def parameters(self) -> list[Tensor]:
         """The denoiser's parameters (an ``nn.Module`` or a bound method of one)."""

@@ -720,6 +720,31 @@ def output_for_x0(kind: str, x: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {kind!r}")
 
 
+def gaussian_slopes(a: Tensor, b: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """Per step, ``∂Δ_i/∂x_i`` of ``x_{i+1} = a_i x_i + b_i x̂_0`` when the data are N(0, I).
+
+    Under unit Gaussian data the ideal denoiser is linear, ``x̂_0 = α x / (α² + σ²)``
+    (``x = α x_0 + σ ε``), so the increment ``Δ_i = x_{i+1} - x_i`` has the slope
+    ``a_i + b_i α_i / (α_i² + σ_i²) - 1``: the secant update's start for rows with no
+    history (:meth:`picard.Problem.prior_slopes`).
+
+    Args:
+        a: the update's coefficient of ``x_i`` with ``x̂_0`` held fixed, per step.
+        b: its coefficient of ``x̂_0``, per step.
+        alpha: the signal scale α_i, per step.
+        sigma: the noise scale σ_i, per step.
+
+    Returns:
+        The slopes, per step.
+
+    Example:
+        >>> a, b = torch.tensor([0.9]), torch.tensor([0.2])
+        >>> round(gaussian_slopes(a, b, torch.tensor(0.6), torch.tensor(0.8)).item(), 4)
+        0.02
+    """
+    return a + b * alpha / (alpha * alpha + sigma * sigma) - 1
+
+
 def clip_or_threshold(x0: Tensor, config: Mapping[str, Any], sample_ndim: int) -> Tensor:
     """Apply the config's dynamic thresholding (Imagen, Saharia et al. 2022) or clipping.
 
