@@ -30,6 +30,8 @@ CASES = [  # model, sampler, steps, samples, windows
     ("gmm", "ddpm", 1000, 16, [16, 64, 256, 1000]),
     ("moons", "ddim", 200, 16, [16, 64, 200]),
     ("gmm", "ddim", 200, 16, [16, 64, 200]),
+    ("moons", "ddim", 50, 16, [16, 50]),
+    ("gmm", "ddim", 50, 16, [16, 50]),
     ("digits", "ddpm", 1000, 1, [16, 64, 256]),
 ]
 PICARD = {  # name -> options

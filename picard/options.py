@@ -161,7 +161,7 @@ class Options:
             >>> Options.of(max_rows=64, on_budget="sequential").max_rows
             64
             >>> Options.of().accelerate, Options.of(accelerate="secant").accelerate
-            ('auto', Secant(clip=0.5, min_window=1, prior=True))
+            ('auto', Secant(clip=0.5, min_window=1, tighten=0.1, prior=True))
             >>> Options.of(tol=-1)
             Traceback (most recent call last):
                 ...

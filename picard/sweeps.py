@@ -241,7 +241,9 @@ def _sweeps(
             raise plan.non_finite(this, number, budget.where)
         stride = stride_of(converged(this.change, this.steps), lengths)
         if update is not None:
-            update(this, stride)
+            held = update(this, stride)
+            if held is not None:  # the acceleration holds states back
+                stride = held
         commit(this, stride)
         if after is not None:
             after(stride, lengths)
