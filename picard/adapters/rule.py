@@ -41,7 +41,7 @@ PARADIGMS_TOL = 0.1
 """ParaDiGMS's default tolerance, relative to the step's noise std (``relative=False``)."""
 
 SECANT_MIN_WINDOW = 128
-"""Diffusion samplers' default acceleration corrects windows of at least this many steps."""
+"""Diffusion samplers' default acceleration starts with the first window this long."""
 
 
 class UpdateRule(ABC):
@@ -245,12 +245,13 @@ class DiffusionProblem(Problem):
         return DEFAULT_DIFFUSION_TOL if relative else PARADIGMS_TOL
 
     def default_acceleration(self) -> Secant:
-        """The secant update on windows of :data:`SECANT_MIN_WINDOW` steps or more.
+        """The secant update from the first window of :data:`SECANT_MIN_WINDOW` steps.
 
-        Measured at tol 0.01 on DDPM-1000 and DDIM-200 (mixture and 2-D model): plain
-        Picard's sweeps at window 16, 0–22% fewer at 64, 38–42% fewer at 256 and 54–57%
-        with the whole grid, with fewer evaluations; on small windows it also moved the
-        error past the test's bound on Heun and TCD, so it starts at 128 steps.
+        Measured at tol 0.01 against plain Picard (``benchmarks/pareto.py``: DDPM-1000 on
+        the mixture, the 2-D model and the digits UNet; DDIM-200/50): 33–38% fewer sweeps
+        at window 256 and 52–58% with the whole grid on DDPM-1000, 0–29% on whole-grid
+        DDIM, with a 2–60x smaller error (it tests at a tenth of tol); at window 64 it
+        took 3–6 sweeps more, so it starts at 128 steps.
 
         Returns:
             ``picard.Secant(min_window=SECANT_MIN_WINDOW)``.
