@@ -119,10 +119,10 @@ class Secant:
 
     Args:
         clip: the largest slope magnitude.
-        min_window: start with the first window of at least this many steps (small
-            windows converge in about one sweep per step, where the secant has nothing
-            to gain; the default acceleration of diffusion samplers uses 128); once on,
-            it stays on to the end of the solve.
+        min_window: run on windows of at least this many steps (small windows converge
+            in about one sweep per step, where the secant has nothing to gain; the
+            default acceleration of diffusion samplers uses 128), and on the shorter
+            windows that follow one to the grid's end.
         tighten: the fraction of ``tol`` the states must meet while the secant runs.
         prior: start rows without history from the problem's prior slopes.
         slopes: those slopes, per step (set by :meth:`bind`).
@@ -230,9 +230,10 @@ class _SecantRun:
             ops.copy(sweep.inc),
         )
         plain, self.plain = self.plain, np.zeros(0, dtype=np.int64)
-        # On from the first window of min_window steps to the end of the solve: the
-        # windows that follow (shorter at the grid's end) hold secant iterates.
-        self.on = self.on or int(sweep.lengths.max()) >= self.min_window
+        # On for windows of min_window steps, and for the windows that follow them to the
+        # grid's end (shorter there, they hold secant iterates).
+        at_end = bool((sweep.starts + sweep.lengths >= sweep.num_steps).all())
+        self.on = int(sweep.lengths.max()) >= self.min_window or (self.on and at_end)
         small = not self.on
         held = None
         if not small and self.scale2 != 1.0:  # the converged prefix at the tighter test
@@ -246,7 +247,8 @@ class _SecantRun:
             if fix.any():
                 self.accelerated += 1
                 self._correct(sweep, slope, stride, fix)
-        self._check(sweep, stride)
+        if not small:
+            self._check(sweep, stride)
         return held
 
     def _slopes(self, prev: tuple | None, sweep: Sweep, plain: np.ndarray) -> np.ndarray | None:

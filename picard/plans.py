@@ -138,6 +138,7 @@ class SharedWindow:
             math.isfinite(worst.item(w - 1)),  # a cumsum carries NaN/Inf to the last state
             w * self.columns,
             start,
+            self.n,
         )
 
     def non_finite(self, sweep: Sweep, number: int, where: str | None) -> NonFiniteError:
@@ -315,6 +316,7 @@ class PerSampleWindows:
             bool(np.isfinite(last).all()),
             int(lengths.sum()),
             int(self.start.min()),
+            self.n,
         )
 
     def non_finite(self, sweep: Sweep, number: int, where: str | None) -> NonFiniteError:

@@ -47,6 +47,7 @@ class Sweep:
         finite: whether the new states are finite.
         evaluations: the (step × sample) evaluations of the sweep.
         front: the first step not final before the sweep (the slowest lane's start).
+        num_steps: N, the steps of the grid (a lane's window ends at ``start + length``).
 
     Example:
         >>> import torch, picard
@@ -73,6 +74,7 @@ class Sweep:
         "lanes",
         "lengths",
         "new",
+        "num_steps",
         "old",
         "ops",
         "steps",
@@ -95,11 +97,13 @@ class Sweep:
         finite: bool = True,
         evaluations: int = 0,
         front: int = 0,
+        num_steps: int = 0,
     ):
         self.ops, self.lanes, self._starts, self.lengths = ops, lanes, starts, lengths
         self._x, self._inc, self.new, self.old = x, inc, new, old
         self.change, self.steps, self.tolerance = change, steps, tolerance
         self.finite, self.evaluations, self.front = finite, evaluations, front
+        self.num_steps = num_steps
 
     @property
     def starts(self) -> np.ndarray:

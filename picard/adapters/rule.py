@@ -41,7 +41,7 @@ PARADIGMS_TOL = 0.1
 """ParaDiGMS's default tolerance, relative to the step's noise std (``relative=False``)."""
 
 SECANT_MIN_WINDOW = 128
-"""Diffusion samplers' default acceleration starts with the first window this long."""
+"""Diffusion samplers' default acceleration runs on windows at least this long."""
 
 
 class UpdateRule(ABC):
@@ -245,7 +245,7 @@ class DiffusionProblem(Problem):
         return DEFAULT_DIFFUSION_TOL if relative else PARADIGMS_TOL
 
     def default_acceleration(self) -> Secant:
-        """The secant update from the first window of :data:`SECANT_MIN_WINDOW` steps.
+        """The secant update on windows of :data:`SECANT_MIN_WINDOW` steps or more.
 
         Measured at tol 0.01 against plain Picard (``benchmarks/pareto.py``: DDPM-1000 on
         the mixture, the 2-D model and the digits UNet; DDIM-200/50): 33–38% fewer sweeps
