@@ -446,3 +446,32 @@ def test_a_user_written_acceleration_runs_in_the_loop(per_sample):
 def test_bad_secant_arguments_are_named(kw, error, match):
     with pytest.raises(error, match=match):
         picard.Secant(**kw)
+
+
+@pytest.mark.parametrize("model", ["moons", "gmm"])
+def test_default_secant_error_is_no_larger_than_plain_picards_on_shipped_models(model):
+    """The shipped models, DDPM-1000, 16 samples, picard's default tol: where the default
+    runs the secant (windows of 128+ steps), its final error is no larger than plain
+    Picard's at the same tol, in fewer sweeps (benchmarks/pareto.py: 2–60x smaller)."""
+    from picard.cli.runs import make_scheduler, sample_in_parallel, start_latent
+    from picard.models import load
+
+    m = load(model)
+    sched = make_scheduler("ddpm", m.scheduler)
+
+    def run(**kw):
+        gen = torch.Generator().manual_seed(0)
+        x = start_latent(sched, 1000, (16, *m.sample_shape), gen)
+        with torch.no_grad():
+            return sample_in_parallel(sched, m.denoiser, 1000, x, gen, **kw)
+
+    exact = run(window=1, tol=0).final
+
+    def err(sol):
+        return float(((sol.final - exact).norm(dim=1) / exact.norm(dim=1)).max())
+
+    for window in (256, 1000):
+        plain, default = run(window=window, accelerate=None), run(window=window)
+        assert default.stats.accelerated > 0
+        assert err(default) <= err(plain)
+        assert default.stats.iterations < plain.stats.iterations
