@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-import picard.window
+import picard.core.window
 from picard.cli.baselines import paradigms
 from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially, start_latent
 from picard.models import load
@@ -35,7 +35,7 @@ def _rounds(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple
     for _ in range(repeats):
         for name, fn in runs.items():
             if name.startswith("auto, first"):
-                picard.window._CURVES.clear()
+                picard.core.window._CURVES.clear()
             t0 = time.perf_counter()
             with torch.no_grad():
                 last[name] = fn()

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 import picard
-from picard.batching import batched_form
+from picard.ode.batching import batched_form
 
 N, BATCH = 1000, 16
 SOLVERS = ("torchdiffeq", "torchdiffeq adjoint", "picard", "picard adjoint")

@@ -10,7 +10,11 @@ warnings: :class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`
 :class:`PerformanceWarning`.
 """
 
-from picard.acceleration import ACCELERATIONS, Acceleration, Picard, Secant
+import importlib as _importlib
+import sys as _sys
+
+from picard.core.acceleration import ACCELERATIONS, Acceleration, Picard, Secant
+from picard.core.tolerance import Tolerance
 from picard.errors import (
     AccuracyWarning,
     ConvergenceError,
@@ -20,14 +24,12 @@ from picard.errors import (
     RankError,
     SequentialWarning,
 )
-from picard.ode import odeint, odeint_adjoint
+from picard.evaluation import map_rows
+from picard.ode import odeint, odeint_adjoint, sdeint
 from picard.options import Options
 from picard.problem import Problem, Recursion
-from picard.rows import map_rows
-from picard.sde import sdeint
 from picard.solution import Solution, Stats
 from picard.solver import DEFAULT_TOL, sequential, solve
-from picard.tolerance import Tolerance
 
 __all__ = [
     "ACCELERATIONS",
@@ -57,3 +59,29 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# Module paths before the layout of picard/core and picard/ode (issue 21) keep working:
+# ``import picard.tolerance`` or ``from picard.sde import sdeint`` find the moved module.
+_MOVED = {
+    "acceleration": "picard.core.acceleration",
+    "acceptance": "picard.core.acceptance",
+    "arrays": "picard.core.arrays",
+    "budget": "picard.core.budget",
+    "gradients": "picard.core.adjoint",
+    "guess": "picard.core.guess",
+    "plans": "picard.core.plans",
+    "sweep": "picard.core.sweep",
+    "sweeps": "picard.core.loop",
+    "tolerance": "picard.core.tolerance",
+    "verify": "picard.core.verify",
+    "window": "picard.core.window",
+    "rows": "picard.evaluation",
+    "_checks": "picard.checks",
+    "batching": "picard.ode.batching",
+    "grids": "picard.ode.grids",
+    "sde": "picard.ode.stochastic",
+    "tableaus": "picard.ode.tableaus",
+}
+for _old, _new in _MOVED.items():
+    _sys.modules[f"{__name__}.{_old}"] = globals()[_old] = _importlib.import_module(_new)
+del _old, _new

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard._checks import check_nonneg, check_optional_int
-from picard.acceleration import Acceleration, acceleration_of
-from picard.acceptance import Acceptance, ConvergedPrefix, acceptance_of
-from picard.rows import check_devices
+from picard.checks import check_nonneg, check_optional_int
+from picard.core.acceleration import Acceleration, acceleration_of
+from picard.core.acceptance import Acceptance, ConvergedPrefix, acceptance_of
+from picard.evaluation import check_devices
 
 __all__ = ["FALLBACKS", "Options"]
 
@@ -33,7 +33,7 @@ class Options:
     Attributes:
         window: steps per sweep (rows per model call = window × samples). ``"auto"`` (the
             default): the window that finalizes the most steps per second on this device,
-            learned while solving (:class:`picard.window.AutoWindow`; its choice and the
+            learned while solving (:class:`picard.core.window.AutoWindow`; its choice and the
             times it read are in :class:`picard.Stats`); ``None``: the whole grid. Larger
             windows need fewer sweeps but more evaluations. A fixed window gives bitwise
             the same result on every run; ``"auto"`` gives the same result for the same
@@ -56,10 +56,10 @@ class Options:
             :data:`picard.ACCELERATIONS` (``"secant"``) or an object following the
             :class:`picard.Acceleration` protocol.
         acceptance: which states a sweep makes final: ``"converged-prefix"`` (the default,
-            :class:`picard.acceptance.ConvergedPrefix`: the converged prefix only, at least
+            :class:`picard.core.acceptance.ConvergedPrefix`: the converged prefix only, at least
             one state), ``"first-unconverged"`` (ParaDiGMS's rule, which also takes the
             first unconverged state) or an object following
-            :class:`picard.acceptance.Acceptance`.
+            :class:`picard.core.acceptance.Acceptance`.
         predict: start the steps entering a window from the problem's cheap guess
             (:meth:`picard.Problem.guess`: diffusion samplers reuse the last denoised
             estimate, ODEs the last slope) instead of a copy of the window's last state.
@@ -106,7 +106,7 @@ class Options:
             with autograd on. ``None``: the problem's :meth:`picard.Problem.parameters`
             (an ``nn.Module`` model's, or a bound method's) and every tensor requiring
             grad that one traced call of the first step uses (a closure's module, an
-            embedding). The backward pass is parallel too (:mod:`picard.gradients`).
+            embedding). The backward pass is parallel too (:mod:`picard.core.adjoint`).
 
     Example:
         >>> opts = Options.of(per_sample=True, window=8)

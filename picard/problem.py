@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard._checks import check_callable, check_int
-from picard.rows import map_rows
+from picard.checks import check_callable, check_int
+from picard.evaluation import map_rows
 
 __all__ = ["Problem", "Recursion", "call_batched", "model_parameters", "working_dtype"]
 

@@ -1,6 +1,6 @@
 """``solve``: check a solve's options once, build its strategies, run the sweep loop.
 
-The loop itself is :func:`picard.sweeps.sweep`; this module turns the user's options into
+The loop itself is :func:`picard.core.loop.sweep`; this module turns the user's options into
 the small objects it runs with — the plan (one window, or one per sample), the window
 controller, the tolerance, the acceptance rule, the acceleration, the guess, the budget —
 and wraps it in verification (``verify=``) and the device/rank evaluator.
@@ -17,22 +17,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard._checks import check_int, check_state
-from picard.acceleration import Picard
-from picard.arrays import TORCH
-from picard.budget import Budget
+from picard.checks import check_int, check_state
+from picard.core.acceleration import Picard
+from picard.core.adjoint import differentiable, gradient_inputs
+from picard.core.arrays import TORCH
+from picard.core.budget import Budget
+from picard.core.guess import guess_for
+from picard.core.loop import Strategies, sweep
+from picard.core.plans import (
+    PerSampleWindows,
+    Saver,
+    SharedWindow,
+    bad_increments,
+    remember,
+    solution,
+)
+from picard.core.tolerance import Tolerance
+from picard.core.verify import verified
+from picard.core.window import calibration_key, controller_for, curve_for
 from picard.errors import NonFiniteError
-from picard.gradients import differentiable, gradient_inputs
-from picard.guess import guess_for
+from picard.evaluation import evaluating, evaluator_for
 from picard.options import Options
-from picard.plans import PerSampleWindows, Saver, SharedWindow, bad_increments, remember, solution
 from picard.problem import Problem, per_sample_size, working_dtype
-from picard.rows import evaluating, evaluator_for
 from picard.solution import Solution, Stats
-from picard.sweeps import Strategies, sweep
-from picard.tolerance import Tolerance
-from picard.verify import verified
-from picard.window import calibration_key, controller_for, curve_for
 
 __all__ = ["DEFAULT_TOL", "sequential", "solve", "solve_with"]
 

@@ -15,7 +15,7 @@ import os
 import torch
 from hypothesis import HealthCheck, settings
 
-import picard.window
+import picard.core.window
 
 torch.set_num_threads(1)
 
@@ -31,7 +31,7 @@ class _Ticks:
         return self.now
 
 
-picard.window.default_clock = _Ticks()
+picard.core.window.default_clock = _Ticks()
 
 _examples = int(os.environ.get("PICARD_HYPOTHESIS_EXAMPLES", "30"))
 settings.register_profile(

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from test_solver import linear_rule
 
 import picard
-import picard.window
-from picard.acceptance import ConvergedPrefix
-from picard.window import AutoWindow
+import picard.core.window
+from picard.core.acceptance import ConvergedPrefix
+from picard.core.window import AutoWindow
 
 torch.set_num_threads(1)
 
@@ -120,16 +120,16 @@ def test_fixed_window_stores_nothing_and_warm_start_takes_the_whole_grid():
 
 
 def test_stored_times_are_kept_per_model():
-    picard.window._CURVES.clear()
+    picard.core.window._CURVES.clear()
     x0 = torch.randn(2, 3)
     with torch.no_grad():
         for net in (_model(), _model()):
             picard.odeint(lambda t, y, net=net: net(y), x0, torch.linspace(0, 1, 200), tol=1e-4)
-    assert len(picard.window._CURVES) == 1  # lambdas: their problem type only
+    assert len(picard.core.window._CURVES) == 1  # lambdas: their problem type only
     with torch.no_grad():
         for field in (Field(), Field()):
             picard.odeint(field, x0, torch.linspace(0, 1, 200), tol=1e-4)
-    assert len(picard.window._CURVES) == 3  # a module: one per module
+    assert len(picard.core.window._CURVES) == 3  # a module: one per module
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import picard
-from picard.batching import batched_form
+from picard.ode.batching import batched_form
 
 F64 = torch.float64
 

@@ -19,7 +19,7 @@ import picard
 from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
 from picard.cli import fidelity
-from picard.verify import relative_error
+from picard.core.verify import relative_error
 
 
 @pytest.mark.parametrize(

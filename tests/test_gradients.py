@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 import picard
 from picard.adapters.diffusers import from_scheduler
-from picard.gradients import used_leaves
-from picard.sde import brownian_increments
+from picard.core.adjoint import used_leaves
+from picard.ode.stochastic import brownian_increments
+from picard.ode.tableaus import ADAPTIVE, METHODS
 from picard.solver import solve_with
-from picard.tableaus import ADAPTIVE, METHODS
 
 F64 = torch.float64
 

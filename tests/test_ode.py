@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 import picard
-from picard.ode import METHODS
+from picard.ode.integrate import METHODS
 
 
 def scalar_t(f):

@@ -61,7 +61,7 @@ class Mixed(picard.Problem):
     st.integers(0, 10**6),
     st.booleans(),
 )
-@torch.no_grad()  # counts rows: no gradient trace (picard.gradients.gradient_inputs)
+@torch.no_grad()  # counts rows: no gradient trace (picard.core.adjoint.gradient_inputs)
 def test_each_sample_gets_what_solving_it_alone_gives(n, window, tol, batch, seed, save):
     gen = torch.Generator().manual_seed(seed)
     gains = torch.rand(batch, generator=gen, dtype=torch.float64) * 8 - 4

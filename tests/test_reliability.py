@@ -180,7 +180,7 @@ def _nan_once(step, call):
     return fn
 
 
-@torch.no_grad()  # counts calls: no gradient trace (picard.gradients.gradient_inputs)
+@torch.no_grad()  # counts calls: no gradient trace (picard.core.adjoint.gradient_inputs)
 def test_nan_names_step_and_sweep_and_the_fallback_recovers():
     x0 = torch.ones(2, dtype=torch.float64)
     with pytest.raises(picard.NonFiniteError, match=r"step 7.*sweep 2") as info:

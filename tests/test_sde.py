@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import picard
-from picard.sde import brownian_increments
+from picard.ode.stochastic import brownian_increments
 
 
 @given(

@@ -13,15 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import picard
-from picard.acceleration import Picard
-from picard.acceptance import FirstUnconverged
-from picard.arrays import NUMPY, TORCH
-from picard.budget import Budget
-from picard.guess import Predict
-from picard.plans import SharedWindow
-from picard.sweeps import Strategies, sweep
-from picard.tolerance import Tolerance
-from picard.window import FixedWindow
+from picard.core.acceleration import Picard
+from picard.core.acceptance import FirstUnconverged
+from picard.core.arrays import NUMPY, TORCH
+from picard.core.budget import Budget
+from picard.core.guess import Predict
+from picard.core.loop import Strategies, sweep
+from picard.core.plans import SharedWindow
+from picard.core.tolerance import Tolerance
+from picard.core.window import FixedWindow
 
 
 def linear_rule(n: int, dim: int, seed: int, gain: float):
@@ -249,7 +249,7 @@ def test_nonfinite_increment_names_step_and_sweep():
     assert (info.value.step, info.value.sweep) == (7, 1)
 
 
-@torch.no_grad()  # counts calls: no gradient trace (picard.gradients.gradient_inputs)
+@torch.no_grad()  # counts calls: no gradient trace (picard.core.adjoint.gradient_inputs)
 def test_nonfinite_in_a_later_sweep():
     calls = []
 

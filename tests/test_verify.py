@@ -25,7 +25,7 @@ import picard
 from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
 from picard.cli import fidelity
-from picard.verify import MAX_VERIFICATIONS, REFINEMENT, relative_error
+from picard.core.verify import MAX_VERIFICATIONS, REFINEMENT, relative_error
 
 
 def _chain(rule, x0, window, tol, relative, verifications):

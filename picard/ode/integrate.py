@@ -1,12 +1,12 @@
 """``odeint``: torchdiffeq's call, solved in parallel sweeps on a fixed grid.
 
-Each explicit Runge–Kutta method is its Butcher tableau (:mod:`picard.tableaus`); every
+Each explicit Runge–Kutta method is its Butcher tableau (:mod:`picard.ode.tableaus`); every
 stage is one batched call of ``func`` over the window, so a sweep of an s-stage method
 makes s calls. The grid is ``t`` itself, ``t`` refined (``step_size=``), or torchdiffeq's
 own grids (``options={"step_size": h}`` or ``{"grid_constructor": ...}``, read back onto
 ``t`` by its linear interpolation). ``func`` may be written for one time and one state, as
-for torchdiffeq (:mod:`picard.batching`), and gradients flow to ``y0`` and its parameters
-through a parallel backward pass (:mod:`picard.gradients`).
+for torchdiffeq (:mod:`picard.ode.batching`), and gradients flow to ``y0`` and its parameters
+through a parallel backward pass (:mod:`picard.core.adjoint`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard._checks import check_batch_dims, check_callable, check_grid, check_nonneg, check_state
-from picard.batching import batched_form
-from picard.grids import constructed_grid, interpolate, refine_grid, step_size_grid
+from picard.checks import check_batch_dims, check_callable, check_grid, check_nonneg, check_state
+from picard.ode.batching import batched_form
+from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
+from picard.ode.tableaus import METHODS, Tableau, tableau_for
 from picard.options import Options
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
 from picard.solver import solve_with
-from picard.tableaus import METHODS, Tableau, tableau_for
 
 __all__ = ["METHODS", "ODEProblem", "odeint", "odeint_adjoint"]
 
@@ -63,8 +63,8 @@ class ODEProblem(Problem):
     Args:
         func: batched drift, ``func(t: (M,), y: (M, *y0.shape)) -> (M, *y0.shape)``.
         t: the grid (1-D, strictly monotone); N = ``len(t) - 1`` steps.
-        method: a name of :data:`~picard.tableaus.METHODS` or
-            :data:`~picard.tableaus.ADAPTIVE` (run at this grid's steps), or a tableau.
+        method: a name of :data:`~picard.ode.tableaus.METHODS` or
+            :data:`~picard.ode.tableaus.ADAPTIVE` (run at this grid's steps), or a tableau.
         in_dtype: the dtype ``func`` receives ``y`` in (the user's ``y0.dtype``).
         batch_ndim: leading dimensions of ``y0`` that index independent samples.
 

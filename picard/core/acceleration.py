@@ -18,10 +18,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from picard._checks import check_int, check_nonneg, named_or_object
-from picard.acceptance import ConvergedPrefix
-from picard.arrays import Arrays
-from picard.sweep import Sweep
+from picard.checks import check_int, check_nonneg, named_or_object
+from picard.core.acceptance import ConvergedPrefix
+from picard.core.arrays import Arrays
+from picard.core.sweep import Sweep
 
 __all__ = ["ACCELERATIONS", "Acceleration", "Picard", "Run", "Secant", "acceleration_of"]
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.arrays import Arrays
+from picard.core.arrays import Arrays
 from picard.problem import Problem
 
 __all__ = ["Tolerance"]

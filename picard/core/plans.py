@@ -5,7 +5,7 @@ A plan owns a solve's workspace — the current guesses of the states of the run
 whole batch (the worst sample decides; rows are slices of the workspace, viewed as numpy
 arrays on the CPU), :class:`PerSampleWindows` slides one window per sample (rows gathered
 with index arrays; finished samples leave). Both present a sweep to the loop in the same
-form, :class:`picard.sweep.Sweep`. The workspace holds two windows and is compacted as the
+form, :class:`picard.core.sweep.Sweep`. The workspace holds two windows and is compacted as the
 windows slide, so memory stays O(window) — unless every state is saved, when the shared
 workspace is the whole trajectory (and the result).
 """
@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.arrays import Arrays, arrays_for
+from picard.core.arrays import Arrays, arrays_for
+from picard.core.guess import Guess
+from picard.core.sweep import Sweep
+from picard.core.tolerance import Tolerance
 from picard.errors import NonFiniteError
-from picard.guess import Guess
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.solution import Solution, Stats
-from picard.sweep import Sweep
-from picard.tolerance import Tolerance
 
 __all__ = ["PerSampleWindows", "Plan", "SharedWindow"]
 

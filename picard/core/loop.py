@@ -6,12 +6,12 @@ Notation (ParaDiGMS, Shih et al. 2023, Algorithm 1): states ``x_0 … x_N``, inc
     x_{i+1}  <-  x_b + Σ_{j=b..i} Δ_j(x_j)        for i = b … b + w - 1   (one cumsum)
 
 with every ``Δ_j`` of the window from one batched call. The loop only sequences small
-objects built once per solve: the plan (:mod:`picard.plans`: one window for the batch, or
-one per sample) evaluates and keeps the states; the :class:`~picard.tolerance.Tolerance`
-says which states converged; the acceptance rule (:mod:`picard.acceptance`) how far each
-window slides; the acceleration (:mod:`picard.acceleration`) rewrites the states not yet
-final; the window controller (:mod:`picard.window`) sizes the next window; the guess
-(:mod:`picard.guess`) fills the steps entering it; the budget (:mod:`picard.budget`) stops
+objects built once per solve: the plan (:mod:`picard.core.plans`: one window for the batch, or
+one per sample) evaluates and keeps the states; the :class:`~picard.core.tolerance.Tolerance`
+says which states converged; the acceptance rule (:mod:`picard.core.acceptance`) how far each
+window slides; the acceleration (:mod:`picard.core.acceleration`) rewrites the states not yet
+final; the window controller (:mod:`picard.core.window`) sizes the next window; the guess
+(:mod:`picard.core.guess`) fills the steps entering it; the budget (:mod:`picard.core.budget`) stops
 it. The state after a window's start depends on that final state alone, so windows slide
 by at least one step: at most N sweeps, and ``tol = 0`` gives the sequential recursion.
 """
@@ -25,16 +25,16 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from picard.acceleration import Acceleration, Picard
-from picard.acceptance import AcceptAll, Acceptance
-from picard.budget import SEQUENTIAL_FINISH, Budget
+from picard.core.acceleration import Acceleration, Picard
+from picard.core.acceptance import AcceptAll, Acceptance
+from picard.core.budget import SEQUENTIAL_FINISH, Budget
+from picard.core.guess import Copy, Guess
+from picard.core.plans import Plan
+from picard.core.tolerance import Tolerance
+from picard.core.window import Controller, FixedWindow
 from picard.errors import ConvergenceError
-from picard.guess import Copy, Guess
-from picard.plans import Plan
 from picard.problem import Problem
 from picard.solution import Solution, Stats
-from picard.tolerance import Tolerance
-from picard.window import Controller, FixedWindow
 
 __all__ = ["Log", "Strategies", "sweep"]
 
@@ -54,9 +54,9 @@ class Strategies:
 
     Example:
         >>> import picard
-        >>> from picard.acceptance import ConvergedPrefix
-        >>> from picard.budget import Budget
-        >>> from picard.guess import Copy
+        >>> from picard.core.acceptance import ConvergedPrefix
+        >>> from picard.core.budget import Budget
+        >>> from picard.core.guess import Copy
         >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 10)
         >>> s = Strategies(picard.Tolerance.of(rule, 1e-6, False, 1), ConvergedPrefix(),
         ...                picard.Picard(), Copy(), Budget(max_iters=10))
@@ -140,8 +140,8 @@ def sweep(
     Args:
         problem: the recursion.
         x0: the initial state.
-        plan: the window layout (:mod:`picard.plans`).
-        controller: the window controller (:mod:`picard.window`).
+        plan: the window layout (:mod:`picard.core.plans`).
+        controller: the window controller (:mod:`picard.core.window`).
         strategies: tolerance, acceptance, acceleration, guess and budget.
         state: what ``problem.init(x0)`` returned.
         progress: called after every sweep as ``progress(steps_done, num_steps)``.
@@ -151,11 +151,11 @@ def sweep(
 
     Example:
         >>> import torch, picard
-        >>> from picard.acceptance import ConvergedPrefix
-        >>> from picard.budget import Budget
-        >>> from picard.guess import Predict
-        >>> from picard.plans import SharedWindow
-        >>> from picard.window import FixedWindow
+        >>> from picard.core.acceptance import ConvergedPrefix
+        >>> from picard.core.budget import Budget
+        >>> from picard.core.guess import Predict
+        >>> from picard.core.plans import SharedWindow
+        >>> from picard.core.window import FixedWindow
         >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 10)
         >>> x0 = torch.ones(1)
         >>> s = Strategies(picard.Tolerance.of(rule, 0.0, False, 1), ConvergedPrefix(),

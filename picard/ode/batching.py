@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from picard.errors import PerformanceWarning
-from picard.rows import Replicable, module_device, replicate
+from picard.evaluation import Replicable, module_device, replicate
 
 __all__ = ["BATCHED", "batch_function", "batched_form"]
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from picard._checks import named_or_object
+from picard.checks import named_or_object
 
 __all__ = [
     "ACCEPTANCES",

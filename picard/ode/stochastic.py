@@ -14,16 +14,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard._checks import (
+from picard.checks import (
     check_batch_dims,
     check_callable,
     check_grid,
     check_nonneg,
     check_state,
 )
-from picard.batching import batched_form
-from picard.grids import interpolate
-from picard.ode import GUESS_STEPS
+from picard.ode.batching import batched_form
+from picard.ode.grids import interpolate
+from picard.ode.integrate import GUESS_STEPS
 from picard.options import Options
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
 from picard.solver import solve_with

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from picard.arrays import Arrays
-from picard.tolerance import Tolerance
+from picard.core.arrays import Arrays
+from picard.core.tolerance import Tolerance
 
 __all__ = ["Sweep"]
 

@@ -129,7 +129,7 @@ def named_or_object(
         TypeError: an object that does not follow ``protocol``.
 
     Example:
-        >>> from picard.acceptance import ACCEPTANCES, Acceptance
+        >>> from picard.core.acceptance import ACCEPTANCES, Acceptance
         >>> named_or_object("acceptance", "first-unconverged", ACCEPTANCES, Acceptance,
         ...                 "stride(ok, lengths)")
         FirstUnconverged()
