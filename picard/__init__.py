@@ -1,8 +1,9 @@
 """picard: sequential samplers made parallel in time by sliding-window Picard iteration.
 
 Solving: :func:`solve`, :func:`sequential`, :class:`Options`, :class:`Solution`,
-:class:`Stats`. Problems: :class:`Problem`, :class:`Recursion`, :func:`map_rows` (how a
-problem calls its model so that solves can chunk and shard the rows). ODEs and SDEs:
+:class:`Stats`. Problems: :class:`Problem`, :class:`Recursion`, :class:`Traits`,
+:func:`map_rows` (how a problem calls its model so that solves can chunk and shard the
+rows). ODEs and SDEs:
 :func:`odeint`, :func:`odeint_adjoint`, :func:`sdeint`. Strategies: :class:`Tolerance`,
 :class:`Acceleration`, :class:`Picard`, :class:`Secant` (``accelerate=``). Errors and
 warnings: :class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`,
@@ -27,7 +28,7 @@ from picard.errors import (
 from picard.evaluation import map_rows
 from picard.ode import odeint, odeint_adjoint, sdeint
 from picard.options import Options
-from picard.problem import Problem, Recursion
+from picard.problem import Problem, Recursion, Traits
 from picard.solution import Solution, Stats
 from picard.solver import DEFAULT_TOL, sequential, solve
 
@@ -50,6 +51,7 @@ __all__ = [
     "Solution",
     "Stats",
     "Tolerance",
+    "Traits",
     "map_rows",
     "odeint",
     "odeint_adjoint",

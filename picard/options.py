@@ -50,7 +50,8 @@ class Options:
         max_iters: the sweep budget (``None``: N, which always suffices).
         accelerate: how a sweep turns its Picard values into the next iterate.
             ``"auto"`` (the default): the problem's choice,
-            :meth:`picard.Problem.default_acceleration` — for diffusion samplers the
+            :data:`picard.core.acceleration.AUTO_ACCELERATIONS` by the problem's
+            :attr:`picard.Traits.kind` — for diffusion samplers the
             secant update on windows of 128 steps or more (``picard.Secant(min_window=128)``),
             plain Picard otherwise. ``None``: plain Picard, as ParaDiGMS; a name of
             :data:`picard.ACCELERATIONS` (``"secant"``) or an object following the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch import Tensor
 from picard.checks import check_callable, check_int
 from picard.evaluation import map_rows
 
-__all__ = ["Problem", "Recursion", "call_batched", "model_parameters", "working_dtype"]
+__all__ = ["Problem", "Recursion", "Traits", "call_batched", "model_parameters", "working_dtype"]
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -60,14 +61,41 @@ def model_parameters(fn: Any) -> list[Tensor]:
     return []
 
 
+@dataclass(frozen=True)
+class Traits:
+    """Facts a problem states about its recursion, for the strategies that can use them.
+
+    A strategy reads them when a solve binds it to the problem (``bind(problem)``):
+    ``accelerate="auto"`` picks its acceleration by :attr:`kind`
+    (:data:`picard.core.acceleration.AUTO_ACCELERATIONS`), and the secant starts rows that
+    have no history from :attr:`slopes`. They say what the recursion is, never how to
+    solve it.
+
+    Attributes:
+        kind: the family of the recursion: ``"recursion"`` (nothing more is known) or
+            ``"diffusion"`` (a denoising sampler's steps).
+        slopes: per step, an estimate of the scalar slope ``∂Δ_i/∂x_i`` (for diffusion
+            samplers: the slope each step has when the data are unit Gaussian), or
+            ``None``.
+
+    Example:
+        >>> Traits().kind, Traits(kind="diffusion").slopes is None
+        ('recursion', True)
+    """
+
+    kind: str = "recursion"
+    slopes: np.ndarray | None = field(default=None, compare=False)
+
+
 class Problem(ABC):
     """A sequential recursion of ``num_steps`` steps, ``x_{i+1} = x_i + Δ_i(x_i)``.
 
     Subclasses set ``num_steps`` and implement :meth:`increments`. Optional hooks:
     :meth:`init` (draw noise once, at the start of a solve), :meth:`scale` (per-step
     scale of the convergence test), :meth:`guess` (cheap starting guesses for the steps
-    entering a window), :meth:`increments_at` and :meth:`guess_at` (per-sample windows)
-    and :meth:`step_label` (how errors name a step).
+    entering a window), :meth:`increments_at` and :meth:`guess_at` (per-sample windows),
+    :meth:`traits` (what strategies may know of it) and :meth:`step_label` (how errors
+    name a step).
 
     Attributes:
         num_steps: N, the number of steps.
@@ -122,25 +150,13 @@ class Problem(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no loop")
 
-    def default_acceleration(self) -> Any:
-        """What ``accelerate="auto"`` (the default) runs: ``None`` (plain Picard) here.
+    def traits(self) -> Traits:
+        """What the problem says of itself, for strategies to read (see :class:`Traits`).
 
         Returns:
-            ``None`` or an :class:`picard.Acceleration`.
+            ``Traits()`` here: a generic recursion, no slope estimates.
         """
-        return None
-
-    def prior_slopes(self) -> np.ndarray | None:
-        """Per step, a slope ``∂Δ_i/∂x_i`` to start the secant update where it has no history.
-
-        :class:`picard.Secant` estimates each step's slope from the last two sweeps; rows
-        entering a window (and every row of the first sweep) have none, and take this.
-        ``None`` here: no correction until a row has history.
-
-        Returns:
-            ``(num_steps,)`` slopes, or ``None``.
-        """
-        return None
+        return Traits()
 
     def default_tolerance(self, relative: bool) -> float:
         """The tolerance a solve uses when given none, for the chosen test.

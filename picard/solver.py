@@ -1,10 +1,10 @@
-"""``solve``: check a solve's options once, build its strategies, run the sweep loop.
+"""``solve``: check a solve's options once, build its run, sweep; ``sequential``, the reference.
 
-The loop itself is :func:`picard.core.loop.sweep`; this module turns the user's options into
-the small objects it runs with — the plan (one window, or one per sample), the window
-controller, the tolerance, the acceptance rule, the acceleration, the guess, the budget —
-and wraps it in verification (``verify=``) and the device/rank evaluator.
-``sequential`` is the step-by-step reference.
+The loop itself is :func:`picard.core.loop.sweep`; :class:`picard.core.run.Solver` turns the
+checked options into the small objects it runs with — the plan (one window, or one per
+sample), the window controller, the tolerance, the acceptance rule, the acceleration, the
+guess, the budget — and runs it once, or again for verification (``verify=``) and for the
+backward pass of gradients.
 """
 
 from __future__ import annotations
@@ -18,25 +18,11 @@ import torch
 from torch import Tensor
 
 from picard.checks import check_int, check_state
-from picard.core.acceleration import Picard
 from picard.core.adjoint import differentiable, gradient_inputs
 from picard.core.arrays import TORCH
-from picard.core.budget import Budget
-from picard.core.guess import guess_for
-from picard.core.loop import Strategies, sweep
-from picard.core.plans import (
-    PerSampleWindows,
-    Saver,
-    SharedWindow,
-    bad_increments,
-    remember,
-    solution,
-)
-from picard.core.tolerance import Tolerance
-from picard.core.verify import verified
-from picard.core.window import calibration_key, controller_for, curve_for
+from picard.core.plans import Saver, bad_increments, remember, solution
+from picard.core.run import Solver
 from picard.errors import NonFiniteError
-from picard.evaluation import evaluating, evaluator_for
 from picard.options import Options
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.solution import Solution, Stats
@@ -138,97 +124,18 @@ def solve_with(
     n = check_int("problem.num_steps", problem.num_steps, minimum=1)
     if problem.sequential_only:
         return _own_loop(problem, x0, save, on_step)
-    window = "auto" if options.window == "auto" else min(n, options.window or n)
-    max_iters = options.max_iters or n
     saved = saved_steps(save, n)
-    batch_ndim = check_int("problem.batch_ndim", problem.batch_ndim, minimum=0)
-    if batch_ndim > x0.ndim:
-        raise ValueError(f"problem.batch_ndim={batch_ndim} exceeds x0.ndim={x0.ndim}")
-    samples, size = per_sample_size(x0.shape, batch_ndim)
-    if options.init is not None:
-        _check_init(options.init, n, x0)
-    if on_step is not None and (options.per_sample or options.verify is not False):
-        raise ValueError("a per-step callback does not combine with per_sample or verify")
-    mixed = None if options.rtol is None and options.atol is None else (options.atol, options.rtol)
-    tolerance = Tolerance.of(
-        problem, options.tol, options.relative, size, mixed, working_dtype(x0.dtype)
-    )
-    tol = tolerance.value
-    acceleration = (
-        problem.default_acceleration() if options.accelerate == "auto" else options.accelerate
-    )
-    if hasattr(acceleration, "bind"):  # what it needs of the problem (the secant: its prior)
-        acceleration = acceleration.bind(problem)
-    evaluator = evaluator_for(options.distributed, options.devices, x0, (n, window, tol))
-    drawn: list[Any] = []
-
-    def run(
-        tol: float, init: Tensor | None, iters: int, evaluations: int | None, keep: Any = saved
-    ) -> Solution:
-        if not drawn:  # verification solves reuse the first solve's noise
-            drawn.append(problem.init(x0))
-        strategies = Strategies(
-            tolerance.at(tol),
-            options.acceptance,
-            acceleration or Picard(),
-            guess_for(init, options.predict, working_dtype(x0.dtype)),
-            Budget(iters, evaluations, options.on_budget, options.on_nonfinite),
-        )
-        columns = 1 if options.per_sample else samples
-        rpe = problem.rows_per_evaluation
-        control = controller_for(
-            window, options.max_rows, columns, rpe, options.per_sample,
-            curve_for(calibration_key(problem, x0, options)), evaluator.agree, n,
-            n if init is not None else None,  # a warm start has every step's guess
-        )  # fmt: skip
-        if options.per_sample:
-            plan = PerSampleWindows(problem, x0, keep, control.cap)
-        else:
-            plan = SharedWindow(problem, x0, keep, control.cap, on_step=on_step)
-        return sweep(problem, x0, plan, control, strategies, drawn[0], progress)
-
-    def forward(keep: Any) -> Solution:
-        # NaN/Inf are detected and reported by the loop itself, not by numpy warnings.
-        with torch.no_grad(), np.errstate(over="ignore", invalid="ignore"), evaluating(evaluator):
-            if options.verify is False:
-                return run(tol, options.init, max_iters, options.max_evaluations, keep)
-            target = tol if options.verify is True else options.verify
-            every = list(range(n + 1))
-            return verified(
-                lambda t, i, m, e: run(t, i, n if m is None else m, e, every),
-                tol,
-                target,
-                options.init,
-                None if options.max_iters is None else max_iters,
-                options.max_evaluations,
-                batch_ndim,
-                keep,
-            )
-
+    solver = Solver(problem, x0, options, on_step=on_step, progress=progress)
     params = None
     if torch.is_grad_enabled() and (options.distributed or options.devices):
         _no_gradients_across_devices(problem, x0)
     elif torch.is_grad_enabled():
-        with torch.no_grad():
-            drawn.append(problem.init(x0))
-        params = gradient_inputs(problem, x0, drawn[0], options.adjoint_params)
+        params = gradient_inputs(problem, x0, solver.noise, options.adjoint_params)
     if params is None:
-        return forward(saved)
+        return solver.forward(saved)
     if on_step is not None:
         raise ValueError("a per-step callback does not combine with gradients")
-
-    # the backward's test: relative to each adjoint's RMS, at tol (or rtol, for rtol/atol)
-    back_tol = tol if tolerance.weights is None else tolerance.weights[1]
-
-    def solve_adjoint(adjoint: Problem, start: Tensor, adjoint_window: int) -> Solution:
-        back = Options.of(
-            window=adjoint_window or window, tol=back_tol, relative=True, predict=False
-        )
-        with torch.no_grad():
-            return solve_with(adjoint, start, back, save=True)
-
-    every = forward(list(range(n + 1)))
-    return differentiable(problem, x0, every, drawn[0], saved, params, solve_adjoint)
+    return differentiable(solver, solver.forward(list(range(n + 1))), saved, params)
 
 
 def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = False) -> Solution:
@@ -334,17 +241,3 @@ def saved_steps(save: Any, n: int) -> Sequence[int] | None:
     if not steps or any(s < 0 or s > n for s in steps) or steps != sorted(set(steps)):
         raise ValueError(f"save must hold increasing state indices in [0, {n}], got {steps}")
     return steps
-
-
-def _check_init(init: Tensor, n: int, x0: Tensor) -> None:
-    if init.shape != (n + 1, *x0.shape):
-        raise ValueError(
-            f"init must hold a guess of every state, shape {(n + 1, *x0.shape)}; "
-            f"got {tuple(init.shape)}"
-        )
-    if not init.is_floating_point():
-        raise TypeError(f"init must be a real floating tensor, got {init.dtype}")
-    if init.device != x0.device:
-        raise ValueError(f"init is on {init.device}; expected {x0.device}, like x0")
-    if not bool(torch.isfinite(init).all()):
-        raise ValueError("init holds NaN or Inf")

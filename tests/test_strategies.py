@@ -182,7 +182,7 @@ def test_prior_slopes_are_each_steps_slope_under_unit_gaussian_data(scheduler):
     rows = x * torch.linspace(0.5, 2, n, dtype=torch.float64)[:, None, None]
     before, _ = problem.increments(rows, 0, state, None)
     after, _ = problem.increments(rows * 1.01, 0, state, None)
-    prior = torch.as_tensor(problem.prior_slopes())
+    prior = torch.as_tensor(problem.traits().slopes)
     assert prior.shape == (n,) and float(prior.abs().max()) > 1e-3
     slopes = (after - before) / (0.01 * rows)
     torch.testing.assert_close(slopes, prior[:, None, None].expand_as(rows), rtol=0, atol=1e-3)
@@ -382,6 +382,38 @@ def test_secant_object_is_the_secant_name():
     by_object = picard.solve(rule, x0, window=30, tol=1e-8, accelerate=picard.Secant())
     assert torch.equal(by_name.final, by_object.final)
     assert by_name.stats == by_object.stats and by_name.stats.accelerated > 0
+
+
+class RecordingAcceptance:
+    """The first-unconverged rule, recording how many states pass each test it sees."""
+
+    def __init__(self):
+        self.passed = []
+
+    def stride(self, ok, lengths):
+        self.passed.append(int(ok.sum()))
+        return picard.core.acceptance.FirstUnconverged().stride(ok, lengths)
+
+
+def test_secant_tighter_test_uses_the_solves_acceptance():
+    """The secant's tighter test goes through the user's acceptance= (issue 21), so with
+    ParaDiGMS's rule the secant makes the first state unconverged at the tighter test
+    final too, where before it always took the converged prefix."""
+    fn, _ = linear_rule(80, 3, 2, 1.5)
+    rule = picard.Recursion(fn, 80, batch_dims=1)
+    x0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    seen = RecordingAcceptance()
+    sol = picard.solve(rule, x0, window=40, tol=1e-6, accelerate="secant", acceptance=seen)
+    assert len(seen.passed) == 2 * sol.stats.iterations  # the test at tol, then at tol / 10
+    prefix = picard.solve(rule, x0, window=40, tol=1e-6, accelerate="secant")
+    first = picard.solve(
+        rule, x0, window=40, tol=1e-6, accelerate="secant", acceptance="first-unconverged"
+    )
+    ahead = zip(first.stats.window_starts, prefix.stats.window_starts, strict=False)
+    assert first.stats.window_starts != prefix.stats.window_starts
+    assert all(a >= b for a, b in ahead)  # it slides at least as far, sweep by sweep
+    exact = picard.sequential(rule, x0).final
+    assert (first.final - exact).abs().max() < 1e-4
 
 
 class Overrelaxed:

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.acceleration import Secant
 from picard.adapters import schedules
 from picard.adapters.noise import Noise
-from picard.problem import Problem, model_parameters, working_dtype
+from picard.problem import Problem, Traits, model_parameters, working_dtype
 from picard.rows import map_rows
 
 __all__ = ["DiffusionProblem", "Generator", "UpdateRule"]
@@ -39,9 +38,6 @@ DEFAULT_DIFFUSION_TOL = 0.01
 
 PARADIGMS_TOL = 0.1
 """ParaDiGMS's default tolerance, relative to the step's noise std (``relative=False``)."""
-
-SECANT_MIN_WINDOW = 128
-"""Diffusion samplers' default acceleration runs on windows at least this long."""
 
 
 class UpdateRule(ABC):
@@ -244,30 +240,20 @@ class DiffusionProblem(Problem):
         """
         return DEFAULT_DIFFUSION_TOL if relative else PARADIGMS_TOL
 
-    def default_acceleration(self) -> Secant:
-        """The secant update on windows of :data:`SECANT_MIN_WINDOW` steps or more.
+    def traits(self) -> Traits:
+        """A diffusion sampler, with each step's slope when the data are unit Gaussian.
 
-        Measured at tol 0.01 against plain Picard (``benchmarks/pareto.py``: DDPM-1000 on
-        the mixture, the 2-D model and the digits UNet; DDIM-200/50): 33–38% fewer sweeps
-        at window 256 and 52–58% with the whole grid on DDPM-1000, 0–29% on whole-grid
-        DDIM, with a 2–60x smaller error (it tests at a tenth of tol); at window 64 it
-        took 3–6 sweeps more, so it starts at 128 steps.
+        The slopes (``schedules.gaussian_slopes``) are of the update with ``x̂_0`` held
+        fixed (as the guess rolls it out) under the ideal denoiser of unit Gaussian data;
+        ``None`` for rules without ``signal_keys``.
 
         Returns:
-            ``picard.Secant(min_window=SECANT_MIN_WINDOW)``.
+            ``Traits(kind="diffusion", slopes=...)``.
         """
-        return Secant(min_window=SECANT_MIN_WINDOW)
+        return Traits(kind="diffusion", slopes=self._slopes())
 
-    def prior_slopes(self) -> np.ndarray | None:
-        """Each step's slope when the data are unit Gaussian (``schedules.gaussian_slopes``).
-
-        The update with ``x̂_0`` held fixed (as the guess rolls it out) and the ideal
-        denoiser of unit Gaussian data: where the secant has no history yet it starts from
-        this slope rather than none. ``None`` for rules without ``signal_keys``.
-
-        Returns:
-            ``(num_steps,)`` slopes, or ``None``.
-        """
+    def _slopes(self) -> np.ndarray | None:
+        """Each step's slope under unit Gaussian data (computed once), or ``None``."""
         rule = self.rule
         if rule.signal_keys is None:
             return None

@@ -726,7 +726,7 @@ def gaussian_slopes(a: Tensor, b: Tensor, alpha: Tensor, sigma: Tensor) -> Tenso
     Under unit Gaussian data the ideal denoiser is linear, ``x̂_0 = α x / (α² + σ²)``
     (``x = α x_0 + σ ε``), so the increment ``Δ_i = x_{i+1} - x_i`` has the slope
     ``a_i + b_i α_i / (α_i² + σ_i²) - 1``: the secant update's start for rows with no
-    history (:meth:`picard.Problem.prior_slopes`).
+    history (:attr:`picard.Traits.slopes`).
 
     Args:
         a: the update's coefficient of ``x_i`` with ``x̂_0`` held fixed, per step.

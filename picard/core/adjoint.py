@@ -20,7 +20,7 @@ each adjoint's RMS change is below ``tol`` times its RMS.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -29,7 +29,7 @@ from torch.autograd.function import once_differentiable
 from picard.problem import Problem, working_dtype
 from picard.solution import Solution
 
-__all__ = ["AdjointProblem", "differentiable", "gradient_inputs", "used_leaves"]
+__all__ = ["AdjointProblem", "Adjoints", "differentiable", "gradient_inputs", "used_leaves"]
 
 
 class AdjointProblem(Problem):
@@ -176,26 +176,35 @@ class _Job:
         ]
 
 
+class Adjoints(Protocol):
+    """What :func:`differentiable` needs of a solve (:class:`picard.core.run.Solver`).
+
+    Example:
+        >>> from picard.core.run import Solver
+        >>> hasattr(Solver, "adjoint") and hasattr(Solver, "noise")
+        True
+    """
+
+    problem: Problem
+    x0: Tensor
+    noise: Any
+
+    def adjoint(self, adjoint: Problem, start: Tensor, window: int) -> Solution:
+        """Solve the backward recursion from ``start`` (window 0: the forward's)."""
+        ...
+
+
 def differentiable(
-    problem: Problem,
-    x0: Tensor,
-    sol: Solution,
-    state: Any,
-    keep: Sequence[int] | None,
-    params: Iterable[Tensor],
-    solve_adjoint: Callable[[Problem, Tensor, int], Solution],
+    solver: Adjoints, sol: Solution, keep: Sequence[int] | None, params: Iterable[Tensor]
 ) -> Solution:
     """``sol`` (a forward solve that kept every state) with gradients to ``x0`` and ``params``.
 
     Args:
-        problem: the forward problem.
-        x0: the initial state.
+        solver: the forward solve: its problem, ``x0``, noise, and how it solves the
+            backward recursion (:meth:`picard.core.run.Solver.adjoint`, keeping every state).
         sol: the forward solution, every state kept (working dtype).
-        state: what ``problem.init`` returned for it.
         keep: the state indices the caller asked for (``None``: only the final state).
         params: the parameters gradients flow to.
-        solve_adjoint: ``solve_adjoint(adjoint_problem, ∂L/∂x_N, window)`` solves the
-            backward recursion (window 0: the forward's), keeping every state.
 
     Returns:
         The solution the caller asked for; ``final`` and ``ys`` are differentiable and
@@ -210,8 +219,8 @@ def differentiable(
         (tensor([0.7290]), 1)
     """
     params = list(params)
-    job = _Job(problem, sol, state, keep, params, solve_adjoint)
-    final, kept = _Solve.apply(job, x0, *params)
+    job = _Job(solver.problem, sol, solver.noise, keep, params, solver.adjoint)
+    final, kept = _Solve.apply(job, solver.x0, *params)
     return Solution(final=final, ys=None if keep is None else kept, steps=keep, stats=sol.stats)
 
 

@@ -224,7 +224,8 @@ def _sweeps(
     # Bound once: the loop's own cost matters when the model is small.
     lengths_of, evaluate, commit, width = plan.lengths, plan.sweep, plan.commit, controller.width
     after = controller.after if controller.adapts else None
-    update, stride_of, converged = run.update, s.acceptance.stride, tolerance.converged
+    acceptance, update, converged = s.acceptance, run.update, tolerance.converged
+    stride_of = acceptance.stride
     max_iters, metered = budget.max_iters, budget.max_evaluations is not None
     sweeps = 0
     while plan.running:
@@ -233,6 +234,7 @@ def _sweeps(
         if sweeps == max_iters or (metered and budget.spent(sweeps, left, lengths)):
             return "budget"
         this = evaluate(lengths, problem, state, guess, tolerance)
+        this.acceptance = acceptance
         sweeps += 1
         number = log.add(plan, this, finishing)
         if not this.finite:

@@ -44,6 +44,9 @@ class Sweep:
             ``(w, lanes)`` array of step indices (per-sample windows).
         tolerance: the test; ``tolerance.in_units(change, steps)`` is the squared change in
             units of ``tol``.
+        acceptance: the solve's acceptance rule (:mod:`picard.core.acceptance`), set by the
+            loop: ``acceptance.stride(ok, lengths)`` is how far each lane slides for the
+            verdicts ``ok`` (e.g. of a tighter test).
         finite: whether the new states are finite.
         evaluations: the (step × sample) evaluations of the sweep.
         front: the first step not final before the sweep (the slowest lane's start).
@@ -67,6 +70,7 @@ class Sweep:
         "_inc",
         "_starts",
         "_x",
+        "acceptance",
         "change",
         "evaluations",
         "finite",
@@ -104,6 +108,7 @@ class Sweep:
         self.change, self.steps, self.tolerance = change, steps, tolerance
         self.finite, self.evaluations, self.front = finite, evaluations, front
         self.num_steps = num_steps
+        self.acceptance: Any = None
 
     @property
     def starts(self) -> np.ndarray:

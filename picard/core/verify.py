@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from picard.errors import AccuracyWarning, ConvergenceError
+from picard.options import Options
+from picard.problem import Problem
 from picard.solution import Solution, Stats
 
-__all__ = ["MAX_VERIFICATIONS", "REFINEMENT", "relative_error", "verified"]
+__all__ = ["MAX_VERIFICATIONS", "REFINEMENT", "Runs", "relative_error", "verified"]
 
 REFINEMENT = 100.0
 """Each verification solve runs at the previous tolerance divided by this."""
@@ -31,9 +34,31 @@ REFINEMENT = 100.0
 MAX_VERIFICATIONS = 2
 """Verification solves at most (the last at ``tol / 10^4``)."""
 
-Run = Callable[[float, Tensor | None, int | None, int | None], Solution]
-"""``run(tol, init, max_iters, max_evaluations)``: one solve saving every state
-(``max_iters=None``: the number of steps, which always suffices)."""
+
+class Runs(Protocol):
+    """What :func:`verified` re-runs: one solve (:class:`picard.core.run.Solver`).
+
+    Example:
+        >>> from picard.core.run import Solver
+        >>> hasattr(Solver, "run") and hasattr(Solver, "forward")
+        True
+    """
+
+    problem: Problem
+    options: Options
+    tol: float
+
+    def run(
+        self,
+        *,
+        keep: Sequence[int] | None,
+        tol: float | None = None,
+        init: Tensor | None = None,
+        max_iters: int | None = None,
+        max_evaluations: int | None = None,
+    ) -> Solution:
+        """One solve (``max_iters=None``: the number of steps, which always suffices)."""
+        ...
 
 
 def relative_error(a: Tensor, b: Tensor, batch_ndim: int) -> float:
@@ -61,27 +86,16 @@ def relative_error(a: Tensor, b: Tensor, batch_ndim: int) -> float:
     return float(ratio.max())
 
 
-def verified(
-    run: Run,
-    tol: float,
-    target: float,
-    init: Tensor | None,
-    max_iters: int | None,
-    max_evaluations: int | None,
-    batch_ndim: int,
-    saved: Sequence[int] | None,
-) -> Solution:
-    """Solve, then verify and refine until the error estimate is at most ``target``.
+def verified(solver: Runs, saved: Sequence[int] | None) -> Solution:
+    """Solve, then verify and refine until the error estimate is at most the target.
+
+    The first run has the solver's ``tol`` and the options' warm start; the target is
+    ``tol`` for ``verify=True``, else the number ``verify``; ``max_iters`` and
+    ``max_evaluations`` budget all the runs together. Every run saves every state (the next
+    run's warm start).
 
     Args:
-        run: one solve that saves every state (the next solve's warm start).
-        tol: the first solve's tolerance.
-        target: the largest acceptable :attr:`~picard.Stats.error_estimate`.
-        init: the first solve's warm start, or ``None``.
-        max_iters: the sweep budget of all the solves together (``None``: each solve
-            gets its own default budget).
-        max_evaluations: the evaluation budget of all the solves together, or ``None``.
-        batch_ndim: leading dimensions of the state that index samples.
+        solver: the solve to run (its options say how).
         saved: the state indices the returned solution keeps (``None``: only the final).
 
     Returns:
@@ -98,7 +112,15 @@ def verified(
         >>> sol.stats.verifications, sol.stats.error_estimate <= 1e-3
         (1, True)
     """
-    sol = run(tol, init, max_iters, max_evaluations)
+    options, tol = solver.options, solver.tol
+    target = tol if options.verify is True else options.verify
+    max_iters, max_evaluations = options.max_iters, options.max_evaluations
+    every = list(range(solver.problem.num_steps + 1))
+
+    def run(tol: float, init: Tensor | None, iters: int | None, evals: int | None) -> Solution:
+        return solver.run(keep=every, tol=tol, init=init, max_iters=iters, max_evaluations=evals)
+
+    sol = run(tol, options.init, max_iters, max_evaluations)
     parts = [sol.stats]
     estimate = 0.0
     while tol > 0 and len(parts) <= MAX_VERIFICATIONS:
@@ -115,7 +137,7 @@ def verified(
             )
         tol /= REFINEMENT
         finer = run(tol, sol.ys, iters, evals)
-        estimate = relative_error(sol.final, finer.final, batch_ndim)
+        estimate = relative_error(sol.final, finer.final, solver.problem.batch_ndim)
         sol = finer
         parts.append(sol.stats)
         if estimate <= target:
