@@ -1,7 +1,7 @@
 """picard: sequential samplers made parallel in time by sliding-window Picard iteration.
 
 Solving: :func:`solve`, :func:`sequential`, :class:`Options`, :class:`Solution`,
-:class:`Stats`. Problems: :class:`Problem`, :class:`Recursion`, :class:`Traits`,
+:class:`Stats`. Problems: :class:`Problem`, :class:`Recursion`, :class:`Lanes`, :class:`Traits`,
 :func:`map_rows` (how a problem calls its model so that solves can chunk and shard the
 rows). ODEs and SDEs:
 :func:`odeint`, :func:`odeint_adjoint`, :func:`sdeint`. Strategies: :class:`Tolerance`,
@@ -28,7 +28,7 @@ from picard.errors import (
 from picard.evaluation import map_rows
 from picard.ode import odeint, odeint_adjoint, sdeint
 from picard.options import Options
-from picard.problem import Problem, Recursion, Traits
+from picard.problem import Lanes, Problem, Recursion, Traits
 from picard.solution import Solution, Stats
 from picard.solver import DEFAULT_TOL, sequential, solve
 
@@ -38,6 +38,7 @@ __all__ = [
     "Acceleration",
     "AccuracyWarning",
     "ConvergenceError",
+    "Lanes",
     "MemoryWarning",
     "NonFiniteError",
     "Options",

@@ -72,7 +72,7 @@ class Options:
         init: a warm start, a guess of every state ``(N + 1, *x0.shape)`` (e.g.
             ``Solution.ys`` of a neighbouring solve); row 0 is ignored. Overrides ``predict``.
         per_sample: give every sample of the batch its own window (problems with one batch
-            dimension that implement :meth:`picard.Problem.increments_at`, such as the
+            dimension that implement :attr:`picard.Problem.per_lane` increments, such as the
             diffusion adapters): each slides by its own converged prefix, finished samples
             leave the batch. Each sample gets what solving it alone would give.
         distributed: inside an initialised ``torch.distributed`` process group (e.g. under

@@ -20,7 +20,15 @@ from torch import Tensor
 from picard.checks import check_callable, check_int
 from picard.evaluation import map_rows
 
-__all__ = ["Problem", "Recursion", "Traits", "call_batched", "model_parameters", "working_dtype"]
+__all__ = [
+    "Lanes",
+    "Problem",
+    "Recursion",
+    "Traits",
+    "call_batched",
+    "model_parameters",
+    "working_dtype",
+]
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -62,6 +70,38 @@ def model_parameters(fn: Any) -> list[Tensor]:
 
 
 @dataclass(frozen=True)
+class Lanes:
+    """The rows of a call over per-sample windows: which sample each column is, at which steps.
+
+    Passed to :meth:`Problem.increments` and :meth:`Problem.guess` in place of the first
+    step when every sample has its own window (``solve(per_sample=True)``).
+
+    Attributes:
+        samples: ``(S,)`` long indices of the columns' samples in the batch.
+        steps: ``(w, S)`` long step indices, consecutive down each column; ``-1`` marks
+            padding rows (a column with fewer steps), whose results are ignored.
+
+    Example:
+        >>> lanes = Lanes(torch.tensor([0, 2]), torch.tensor([[3, 7], [4, -1]]))
+        >>> lanes.valid.tolist(), lanes.at.tolist()
+        ([[True, True], [True, False]], [[3, 7], [4, 0]])
+    """
+
+    samples: Tensor
+    steps: Tensor
+
+    @property
+    def valid(self) -> Tensor:
+        """``(w, S)``: which rows are steps (not padding)."""
+        return self.steps >= 0
+
+    @property
+    def at(self) -> Tensor:
+        """``(w, S)``: the steps, padding rows at step 0 (safe to index with)."""
+        return self.steps.clamp(min=0)
+
+
+@dataclass(frozen=True)
 class Traits:
     """Facts a problem states about its recursion, for the strategies that can use them.
 
@@ -93,9 +133,9 @@ class Problem(ABC):
     Subclasses set ``num_steps`` and implement :meth:`increments`. Optional hooks:
     :meth:`init` (draw noise once, at the start of a solve), :meth:`scale` (per-step
     scale of the convergence test), :meth:`guess` (cheap starting guesses for the steps
-    entering a window), :meth:`increments_at` and :meth:`guess_at` (per-sample windows),
-    :meth:`traits` (what strategies may know of it) and :meth:`step_label` (how errors
-    name a step).
+    entering a window), :meth:`traits` (what strategies may know of it) and
+    :meth:`step_label` (how errors name a step). A problem whose :meth:`increments` and
+    :meth:`guess` also take :class:`Lanes` sets :attr:`per_lane` (per-sample windows).
 
     Attributes:
         num_steps: N, the number of steps.
@@ -112,6 +152,8 @@ class Problem(ABC):
         rows_per_evaluation: model rows behind one (step, sample) evaluation (2 with
             classifier-free guidance); reported in :class:`picard.Stats`.
         sequential_only: the problem runs only by its own step-by-step :meth:`loop`.
+        per_lane: :meth:`increments` and :meth:`guess` also take :class:`Lanes`
+            (per-sample windows; needs ``batch_ndim == 1``).
 
     Example:
         >>> import torch, picard
@@ -131,6 +173,7 @@ class Problem(ABC):
     relative_tol: bool = False
     rows_per_evaluation: int = 1
     sequential_only: bool = False
+    per_lane: bool = False
 
     def parameters(self) -> Iterable[Tensor]:
         """The tensors the increments depend on, for gradients (default: none).
@@ -179,75 +222,47 @@ class Problem(ABC):
 
     @abstractmethod
     def increments(
-        self, x: Tensor, start: int, state: Any, history: Tensor | None
+        self, x: Tensor, start: int | Lanes, state: Any, history: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
-        """Increments of steps ``start, …, start + len(x) - 1`` in one batched call.
+        """Increments of a window's steps in one batched call.
+
+        One window for the whole batch (the common case, and the only one unless the
+        problem sets :attr:`per_lane`): ``start`` is the index of the first step, and ``x``
+        holds states ``x_start … x_{start+M-1}``, shape ``(M, *x0.shape)``. Per-sample
+        windows (``solve(per_sample=True)``): ``start`` is a :class:`Lanes` — column k of
+        ``x``, shape ``(w, S, *sample_shape)``, holds batch sample ``start.samples[k]`` at
+        steps ``start.steps[:, k]``, whose padding rows (``-1``) must not be evaluated.
 
         Args:
-            x: states ``x_start … x_{start+M-1}``, shape ``(M, *x0.shape)``, in the working
-                dtype (float32 or float64); do not modify it.
-            start: index of the first step.
+            x: the states, in the working dtype (float32 or float64); do not modify it.
+            start: the first step, or the :class:`Lanes` of per-sample windows.
             state: what :meth:`init` returned.
-            history: the outputs of the ``memory`` steps before ``start`` (fewer near the
-                start of the grid), stacked on dim 0; ``None`` when ``memory == 0``.
+            history: the outputs of the ``memory`` steps before the window (fewer near the
+                start of the grid; per-sample windows: ``(memory, S, …)``, zeros where
+                there are none), stacked on dim 0; ``None`` when ``memory == 0``.
 
         Returns:
-            ``(increments, outputs)``: increments shaped like ``x``; outputs stacked per
-            step on dim 0 for later steps' ``history`` (``None`` when ``memory == 0``).
+            ``(increments, outputs)``: increments shaped like ``x`` (padding rows are
+            ignored); outputs stacked per step on dim 0 for later steps' ``history``
+            (``None`` when ``memory == 0``).
         """
 
-    def guess(self, x: Tensor, start: int, count: int, state: Any) -> Tensor | None:
-        """Cheap guesses of states ``start + 1 … start + count`` from state ``x``, or ``None``.
+    def guess(self, x: Tensor, start: int | Lanes, count: int, state: Any) -> Tensor | None:
+        """Cheap guesses of the states after steps ``start … start + count - 1``, or ``None``.
 
         Called after every sweep for the steps that enter the next window, with ``x`` the
-        newest estimate of state ``start`` (the window's last). A guess costs no model
-        call (e.g. the last increment call's model output, reused); it only decides how
-        fast the sweeps converge, never what they converge to. ``None`` (the default)
-        copies ``x``, as ParaDiGMS does. :meth:`increments` may keep what a guess needs
-        in ``state``.
+        newest estimate of state ``start`` (the window's last), so the guesses are of
+        states ``start + 1 … start + count``. Per-sample windows: ``start`` is a
+        :class:`Lanes` whose column k (batch sample ``start.samples[k]``, newest state
+        ``x[k]``, ``x`` shaped ``(S, *sample_shape)``) guesses after the steps
+        ``start.steps[:, k]`` (``-1``: padding, ignored), and ``count`` is their rows. A
+        guess costs no model call (e.g. the last increment call's model output, reused);
+        it only decides how fast the sweeps converge, never what they converge to.
+        ``None`` (the default) copies ``x``, as ParaDiGMS does. :meth:`increments` may
+        keep what a guess needs in ``state``.
 
         Returns:
             ``(count, *x.shape)`` in ``x``'s dtype, or ``None``.
-        """
-        return None
-
-    def increments_at(
-        self, x: Tensor, steps: Tensor, samples: Tensor, state: Any, history: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
-        """Increments for per-sample windows: each sample of the batch at its own steps.
-
-        Only problems with one batch dimension can implement it (the solver's
-        ``per_sample=True``); the default raises ``NotImplementedError``.
-
-        Args:
-            x: states ``(w, S, *sample_shape)``; column k holds batch sample
-                ``samples[k]`` at steps ``steps[:, k]``.
-            steps: ``(w, S)`` long step indices, consecutive down each column; ``-1``
-                marks padding rows (a column with fewer steps left), which must not be
-                evaluated — their increments are ignored.
-            samples: ``(S,)`` long indices of the columns' samples in the batch.
-            state: what :meth:`init` returned.
-            history: ``(memory, S, …)``: each column's outputs of the ``memory`` steps
-                before its first (zeros where there are none); ``None`` when
-                ``memory == 0``.
-
-        Returns:
-            ``(increments, outputs)`` as for :meth:`increments`, shaped ``(w, S, …)``.
-        """
-        raise NotImplementedError(
-            f"{type(self).__name__} does not implement increments_at (per-sample windows)"
-        )
-
-    def guess_at(
-        self, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: Any
-    ) -> Tensor | None:
-        """:meth:`guess` for per-sample windows, for several samples at once.
-
-        ``x[k]`` is batch sample ``samples[k]``'s newest state ``ends[k]`` (``x`` is
-        ``(S, *sample_shape)``; ``ends``, ``counts`` are ``(S,)`` long tensors). Returns
-        ``(max(counts), S, *sample_shape)``: column k guesses states ``ends[k] + 1 …
-        ends[k] + counts[k]`` (rows past ``counts[k]`` are ignored), or ``None`` (copies;
-        the default).
         """
         return None
 

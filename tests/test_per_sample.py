@@ -21,6 +21,7 @@ class Mixed(picard.Problem):
     sample (so the samples converge at different paces)."""
 
     batch_ndim = 1
+    per_lane = True
 
     def __init__(self, n: int, dim: int, seed: int, gains: torch.Tensor):
         gen = torch.Generator().manual_seed(seed)
@@ -35,15 +36,14 @@ class Mixed(picard.Problem):
         return (lin + gains[..., None] * torch.tanh(x)) / self.num_steps
 
     def increments(self, x, start, state, history):
+        if isinstance(start, picard.Lanes):  # per-sample windows
+            valid = start.valid
+            self.rows.append(int(valid.sum()))
+            gains = self.gains[start.samples].expand(x.shape[:2])
+            return torch.where(valid[..., None], self._delta(x, start.at, gains), 0.0), None
         steps = torch.arange(start, start + x.shape[0])[:, None].expand(x.shape[:2])
         self.rows.append(x.shape[0] * x.shape[1])
         return self._delta(x, steps, self.gains.expand(x.shape[:2])), None
-
-    def increments_at(self, x, steps, samples, state, history):
-        valid = steps >= 0
-        self.rows.append(int(valid.sum()))
-        out = self._delta(x, steps.clamp(min=0), self.gains[samples].expand(x.shape[:2]))
-        return torch.where(valid[..., None], out, 0.0), None
 
     def alone(self, s: int) -> Mixed:
         one = Mixed.__new__(Mixed)

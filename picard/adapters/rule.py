@@ -22,7 +22,7 @@ from torch import Tensor
 
 from picard.adapters import schedules
 from picard.adapters.noise import Noise
-from picard.problem import Problem, Traits, model_parameters, working_dtype
+from picard.problem import Lanes, Problem, Traits, model_parameters, working_dtype
 from picard.rows import map_rows
 
 __all__ = ["DiffusionProblem", "Generator", "UpdateRule"]
@@ -226,6 +226,7 @@ class DiffusionProblem(Problem):
     """
 
     batch_ndim = 1
+    per_lane = True
     default_tol = DEFAULT_DIFFUSION_TOL
     relative_tol = True
 
@@ -351,49 +352,45 @@ class DiffusionProblem(Problem):
         )
 
     def increments(
-        self, x: Tensor, start: int, state: _State, history: Tensor | None
+        self, x: Tensor, start: int | Lanes, state: _State, history: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
-        """One model call for the window's steps; the rule's update minus the states."""
+        """One model call for the window's steps; the rule's update minus the states.
+
+        Per-sample windows (``start`` a :class:`picard.Lanes`): only the valid rows reach the
+        model. A denoiser with a ``samples`` parameter gets each row's batch index (for
+        per-sample conditioning such as prompts; rows may be split across calls).
+        """
+        if isinstance(start, Lanes):
+            return self._lane_increments(x, start, state, history)
         w, b = x.shape[:2]
         stop = start + w
         c = {k: v[start:stop] for k, v in state.coefficients.items()}
         rows = self.rule.model_input(x, c) if self.scale_model_input else x
         rows = rows.reshape(w * b, *x.shape[2:])
         t = state.timesteps[start:stop].repeat_interleave(b)
-        if self._takes_samples:  # each row's batch index: rows may be split across calls
-            who = torch.arange(b, device=x.device).repeat(w)
-            out = map_rows(self.denoiser, rows.to(state.latent_dtype), t, samples=who)
-        else:
-            out = map_rows(self.denoiser, rows.to(state.latent_dtype), t)
-        out = self._check_output(out, rows).reshape(w, b, *out.shape[1:]).to(x.dtype)
+        who = torch.arange(b, device=x.device).repeat(w) if self._takes_samples else None
+        out = self._denoise(rows, t, who, state)
+        out = out.reshape(w, b, *out.shape[1:]).to(x.dtype)
         noise = None if state.noise is None else state.noise.window(start, stop)
         nxt, outputs = self.rule.update(x, out, c, noise, history)
         state.anchor[:] = [(stop - 1, x[-1].clone(), out[-1])]
         return nxt - x, outputs
 
-    def increments_at(
-        self, x: Tensor, steps: Tensor, samples: Tensor, state: _State, history: Tensor | None
+    def _lane_increments(
+        self, x: Tensor, lanes: Lanes, state: _State, history: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
-        """One model call for per-sample windows (see :meth:`picard.Problem.increments_at`).
-
-        Only the valid rows reach the model. A denoiser with a ``samples`` parameter gets
-        each row's batch index (for per-sample conditioning such as prompts).
-        """
+        """:meth:`increments` for per-sample windows: rows gathered per column."""
+        steps, samples = lanes.steps, lanes.samples
         w, s = steps.shape
-        valid = steps >= 0
-        at = steps.clamp(min=0)
+        valid, at = lanes.valid, lanes.at
         bshape = (w, s) + (1,) * (x.ndim - 2)
         c = {k: v.reshape(-1)[at].reshape(bshape) for k, v in state.coefficients.items()}
         rows = self.rule.model_input(x, c) if self.scale_model_input else x
         keep = valid.reshape(-1).nonzero().squeeze(1)
         rows = rows.reshape(w * s, *x.shape[2:])[keep]
         t = state.timesteps[at.reshape(-1)[keep]]
-        if self._takes_samples:
-            who = samples.expand(w, s).reshape(-1)[keep]
-            got = map_rows(self.denoiser, rows.to(state.latent_dtype), t, samples=who)
-        else:
-            got = map_rows(self.denoiser, rows.to(state.latent_dtype), t)
-        got = self._check_output(got, rows).to(x.dtype)
+        who = samples.expand(w, s).reshape(-1)[keep] if self._takes_samples else None
+        got = self._denoise(rows, t, who, state).to(x.dtype)
         out = got.new_zeros((w * s, *got.shape[1:]))
         out[keep] = got
         out = out.reshape(w, s, *got.shape[1:])
@@ -403,6 +400,14 @@ class DiffusionProblem(Problem):
         nxt, outputs = self.rule.update(x, out, c, noise, history)
         self._anchor(state, x, out, steps, samples, valid.sum(0) - 1)
         return torch.where(valid.reshape(bshape), nxt - x, 0.0), outputs
+
+    def _denoise(self, rows: Tensor, t: Tensor, who: Tensor | None, state: _State) -> Tensor:
+        """The denoiser on ``rows`` at timesteps ``t`` (with batch indices ``who``), checked."""
+        if who is None:
+            out = map_rows(self.denoiser, rows.to(state.latent_dtype), t)
+        else:
+            out = map_rows(self.denoiser, rows.to(state.latent_dtype), t, samples=who)
+        return self._check_output(out, rows)
 
     @staticmethod
     def _anchor(
@@ -424,28 +429,28 @@ class DiffusionProblem(Problem):
         x_a[samples] = x[last, cols]
         out_a[samples] = out[last, cols]
 
-    def guess_at(
-        self, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: _State
-    ) -> Tensor | None:
-        """:meth:`guess` for per-sample windows: each sample from its own last model row."""
-        if not state.anchors or self.rule.signal_keys is None:
-            return None
-        step_a, x_a, out_a = (v[samples] for v in state.anchors)
-        steps = ends[None, :] + torch.arange(int(counts.max()), device=x.device)[:, None]
-        steps = steps.clamp(max=self.num_steps - 1)
-        return self._rollout(x, step_a, x_a, out_a, steps, samples, state)
-
-    def guess(self, x: Tensor, start: int, count: int, state: _State) -> Tensor | None:
+    def guess(self, x: Tensor, start: int | Lanes, count: int, state: _State) -> Tensor | None:
         """Roll the sampler forward from ``x`` on the last model call's denoised estimate.
 
-        The last row the model saw gives ``x̂_0``. Held fixed, it makes each step affine,
-        ``x_{i+1} = A_i x_i + B_i x̂_0 + (noise term)_i`` — the model output taken as the
-        one that predicts ``x̂_0`` at each step's own state and noise level, so
-        multistep corrections vanish — and the guesses are that recurrence, in a few
-        batched operations with the pre-drawn noise. No model call. ``None`` for rules
-        without ``signal_keys`` (their guess is a copy).
+        The last row the model saw gives ``x̂_0`` (per-sample windows: each sample's own
+        last row). Held fixed, it makes each step affine, ``x_{i+1} = A_i x_i + B_i x̂_0 +
+        (noise term)_i`` — the model output taken as the one that predicts ``x̂_0`` at each
+        step's own state and noise level, so multistep corrections vanish — and the
+        guesses are that recurrence, in a few batched operations with the pre-drawn noise.
+        No model call. ``None`` for rules without ``signal_keys`` (their guess is a copy).
         """
-        if not state.anchor or self.rule.signal_keys is None:
+        if self.rule.signal_keys is None:
+            return None
+        if isinstance(start, Lanes):
+            if not state.anchors:
+                return None
+            samples = start.samples
+            step_a, x_a, out_a = (v[samples] for v in state.anchors)
+            ends = start.steps[0]
+            steps = ends[None, :] + torch.arange(count, device=x.device)[:, None]
+            steps = steps.clamp(max=self.num_steps - 1)
+            return self._rollout(x, step_a, x_a, out_a, steps, samples, state)
+        if not state.anchor:
             return None
         step, x_a, out_a = state.anchor[0]
         b = x.shape[0]

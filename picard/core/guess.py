@@ -2,9 +2,9 @@
 
 A guess decides only how fast the sweeps converge, never what they converge to. The first
 window of a solve starts from copies of ``x0`` (or the warm start): a prediction needs a
-model call to go on. Each guess has a method per window layout — one shared window
-(:meth:`shared`) or one per sample (:meth:`per_sample`) — returning the guesses, or
-``None`` for copies of the last state.
+model call to go on. A guess has one method, :meth:`Guess.guess`, for one window shared by
+the batch (``end`` the first step's index) and for per-sample windows (``end`` a
+:class:`picard.Lanes`), returning the guesses, or ``None`` for copies of the last state.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from picard.problem import Problem
+from picard.problem import Lanes, Problem
 
 __all__ = ["Copy", "Guess", "Predict", "WarmStart", "guess_for"]
 
@@ -32,16 +32,16 @@ class Guess(Protocol):
     needs_history: bool
     """Whether it needs a model call first (then the first window starts from copies)."""
 
-    def shared(self, problem: Problem, x: Tensor, end: int, count: int, state: Any) -> Any:
-        """Guesses of states ``end + 1 … end + count`` from state ``end``, ``x``; or ``None``."""
-        ...
+    def guess(
+        self, problem: Problem, x: Tensor, end: int | Lanes, count: int, state: Any
+    ) -> Tensor | None:
+        """Guesses of the states after steps ``end … end + count - 1``, from state ``x``.
 
-    def per_sample(
-        self, problem: Problem, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: Any
-    ) -> Any:
-        """Per column k (batch sample ``samples[k]``): states ``ends[k] + 1 …``, or ``None``.
-
-        Returns ``(max(counts), S, *sample_shape)`` (rows past ``counts[k]`` are ignored).
+        As :meth:`picard.Problem.guess`: one shared window, ``x`` is state ``end`` and
+        the result ``(count, *x.shape)``; per-sample windows, ``end`` is a
+        :class:`picard.Lanes` (column k: sample ``end.samples[k]`` after its steps
+        ``end.steps[:, k]``, ``-1`` padding) and ``x`` holds each column's newest state.
+        ``None``: copies of ``x``.
         """
         ...
 
@@ -51,19 +51,13 @@ class Copy:
     """Copies of the window's last state, as ParaDiGMS starts new steps.
 
     Example:
-        >>> Copy().shared(None, torch.ones(2), end=3, count=2, state=None) is None  # copies
+        >>> Copy().guess(None, torch.ones(2), end=3, count=2, state=None) is None  # copies
         True
     """
 
     needs_history = True
 
-    def shared(self, problem: Problem, x: Tensor, end: int, count: int, state: Any) -> None:
-        """See :class:`Guess`."""
-        return None
-
-    def per_sample(
-        self, problem: Problem, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: Any
-    ) -> None:
+    def guess(self, problem: Problem, x: Tensor, end: int | Lanes, count: int, state: Any) -> None:
         """See :class:`Guess`."""
         return None
 
@@ -75,30 +69,20 @@ class Predict:
     Example:
         >>> import picard
         >>> rule = picard.Recursion(lambda i, x: -x, 4)  # no guess hook: copies
-        >>> Predict().shared(rule, torch.ones(2), end=1, count=2, state=None) is None
+        >>> Predict().guess(rule, torch.ones(2), end=1, count=2, state=None) is None
         True
     """
 
     needs_history = True
 
-    def shared(self, problem: Problem, x: Tensor, end: int, count: int, state: Any) -> Any:
+    def guess(
+        self, problem: Problem, x: Tensor, end: int | Lanes, count: int, state: Any
+    ) -> Tensor | None:
         """See :class:`Guess`."""
         guess = problem.guess(x, end, count, state)
-        if guess is not None and guess.shape != (count, *x.shape):
+        if guess is not None and tuple(guess.shape) != (count, *x.shape):
             raise ValueError(
                 f"problem.guess returned shape {tuple(guess.shape)}; expected {(count, *x.shape)}"
-            )
-        return guess
-
-    def per_sample(
-        self, problem: Problem, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: Any
-    ) -> Any:
-        """See :class:`Guess`."""
-        guess = problem.guess_at(x, samples, ends, counts, state)
-        expected = (int(counts.max()), *x.shape)
-        if guess is not None and tuple(guess.shape) != expected:
-            raise ValueError(
-                f"problem.guess_at returned shape {tuple(guess.shape)}; expected {expected}"
             )
         return guess
 
@@ -111,7 +95,7 @@ class WarmStart:
         states: the guesses.
 
     Example:
-        >>> WarmStart(torch.arange(5.0)[:, None]).shared(None, None, end=1, count=2, state=None)
+        >>> WarmStart(torch.arange(5.0)[:, None]).guess(None, None, end=1, count=2, state=None)
         tensor([[2.],
                 [3.]])
     """
@@ -119,16 +103,15 @@ class WarmStart:
     states: Tensor
     needs_history = False
 
-    def shared(self, problem: Problem, x: Tensor, end: int, count: int, state: Any) -> Tensor:
-        """See :class:`Guess`."""
-        return self.states[end + 1 : end + 1 + count]
-
-    def per_sample(
-        self, problem: Problem, x: Tensor, samples: Tensor, ends: Tensor, counts: Tensor, state: Any
+    def guess(
+        self, problem: Problem, x: Tensor, end: int | Lanes, count: int, state: Any
     ) -> Tensor:
         """See :class:`Guess`."""
-        rows = ends[None, :] + 1 + torch.arange(int(counts.max()), device=ends.device)[:, None]
-        return self.states[rows.clamp(max=self.states.shape[0] - 1), samples[None, :]]
+        if not isinstance(end, Lanes):
+            return self.states[end + 1 : end + 1 + count]
+        ends = end.steps[0]
+        rows = ends[None, :] + 1 + torch.arange(count, device=ends.device)[:, None]
+        return self.states[rows.clamp(max=self.states.shape[0] - 1), end.samples[None, :]]
 
 
 def guess_for(init: Tensor | None, predict: bool, dtype: Any) -> Guess:

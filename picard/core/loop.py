@@ -94,10 +94,8 @@ class Log:
             self.sequential += 1
             return len(self.starts)
         self.starts.append(sweep_.front)
-        if plan.shared:
-            self.changes.append(sweep_.change)  # (w, 1)
-        else:
-            self.changes.append(sweep_.change)
+        self.changes.append(sweep_.change)  # (w, lanes)
+        if not plan.shared:
             self.lane_starts = [] if self.lane_starts is None else self.lane_starts
             self.lane_starts.append(sweep_.starts)
         return len(self.starts)

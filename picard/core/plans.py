@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -26,12 +26,67 @@ from picard.core.guess import Guess
 from picard.core.sweep import Sweep
 from picard.core.tolerance import Tolerance
 from picard.errors import NonFiniteError
-from picard.problem import Problem, per_sample_size, working_dtype
+from picard.problem import Lanes, Problem, per_sample_size, working_dtype
 from picard.solution import Solution, Stats
 
-__all__ = ["PerSampleWindows", "Plan", "SharedWindow"]
+__all__ = ["PerSampleWindows", "Plan", "SharedWindow", "check_per_lane"]
 
-Plan = Any  # SharedWindow | PerSampleWindows: the protocol is their common methods.
+
+@runtime_checkable
+class Plan(Protocol):
+    """The window layout of a solve and its workspace, as the loop drives it.
+
+    :class:`SharedWindow` (one window for the batch) and :class:`PerSampleWindows` (one
+    per sample) implement it; a sweep reaches strategies in one form either way, a
+    :class:`~picard.core.sweep.Sweep` whose arrays are ``(rows, lanes)``.
+
+    Example:
+        >>> import torch, picard
+        >>> rule = picard.Recursion(lambda i, x: -x, 4)
+        >>> isinstance(SharedWindow(rule, torch.ones(1), None, 2), Plan)
+        True
+    """
+
+    shared: bool
+    """One window for every sample (``lanes`` is ``[0]``)."""
+    running: bool
+    """Steps remain."""
+    active: int
+    """Samples evaluated per window step (the acceleration's columns)."""
+
+    def front(self) -> int:
+        """The first step not final (the slowest lane's)."""
+        ...
+
+    def lengths(self, width: int, left: int | None) -> np.ndarray:
+        """Each running lane's next window: ``width`` capped by its steps and ``left``."""
+        ...
+
+    def sweep(
+        self, lengths: np.ndarray, problem: Problem, state: Any, guess: Guess, tol: Tolerance
+    ) -> Sweep:
+        """Enter new steps, evaluate every window in one call, form their Picard values."""
+        ...
+
+    def commit(self, sweep: Sweep, stride: np.ndarray) -> None:
+        """Keep the new iterate; each lane's first ``stride`` states are final; slide."""
+        ...
+
+    def non_finite(self, sweep: Sweep, number: int, where: str | None) -> NonFiniteError:
+        """The error for a sweep whose states are not finite."""
+        ...
+
+    def progress_note(self) -> str:
+        """How far a stopped solve got, for error messages."""
+        ...
+
+    def partial(self, stats: Stats, dtype: torch.dtype) -> Solution:
+        """What a stopped solve has final."""
+        ...
+
+    def solution(self, stats: Stats, dtype: torch.dtype) -> Solution:
+        """The finished solve's result."""
+        ...
 
 
 class SharedWindow:
@@ -184,7 +239,7 @@ class SharedWindow:
         last = self.xs_t[self.high - self.off]
         fill = None
         if self.high > 0 or not guess.needs_history:
-            fill = guess.shared(self.problem, last, self.high, need - self.high, state)
+            fill = guess.guess(self.problem, last, self.high, need - self.high, state)
         self.xs[lo:hi] = self.ops.view(last if fill is None else fill.to(last.dtype))
         self.high = need
 
@@ -209,7 +264,7 @@ class SharedWindow:
 
 
 class PerSampleWindows:
-    """One window per sample: ``problem.increments_at`` on gathered rows.
+    """One window per sample: ``problem.increments`` with :class:`picard.Lanes`, rows gathered.
 
     Each sample ``s`` keeps its own window start; one sweep evaluates, in one batched call,
     rows ``b_s … b_s + w_s - 1`` of every unfinished sample, and each sample slides by its
@@ -218,7 +273,7 @@ class PerSampleWindows:
 
     Args:
         problem: the recursion, with one batch dimension and
-            :meth:`picard.Problem.increments_at`.
+            :attr:`~picard.Problem.per_lane` increments.
         x0: the initial states, ``(batch, ...)``.
         saved: the state indices to keep (``None``: only the final state).
         cap: the longest window.
@@ -234,7 +289,7 @@ class PerSampleWindows:
     """
 
     def __init__(self, problem: Problem, x0: Tensor, saved: Sequence[int] | None, cap: int):
-        check_per_sample(problem)
+        check_per_lane(problem)
         self.problem, self.n, self.saved = problem, problem.num_steps, saved
         self.batch = x0.shape[0]
         length = min(self.n + 1, 2 * cap + 1)
@@ -285,14 +340,10 @@ class PerSampleWindows:
         samples = torch.as_tensor(alive, device=dev)
         history = None if self.hist is None else self.hist[:, samples]
         x_t = ops.tensor(x)
-        inc, out = problem.increments_at(
-            x_t, torch.as_tensor(steps, device=dev), samples, state, history
-        )
+        lanes = Lanes(samples, torch.as_tensor(steps, device=dev))
+        inc, out = problem.increments(x_t, lanes, state, history)
         if not isinstance(inc, Tensor) or inc.shape != x_t.shape or inc.dtype != x_t.dtype:
-            raise ValueError(
-                f"problem.increments_at returned {getattr(inc, 'shape', type(inc).__name__)}; "
-                f"expected {tuple(x_t.shape)} {x_t.dtype}, like its input"
-            )
+            bad_increments(inc, x_t)
         inc_a = ops.view(inc)
         new = ops.cumsum(inc_a) + x[:1]
         shape = (*rows.shape, -1)
@@ -378,14 +429,8 @@ class PerSampleWindows:
         last = buf[torch.as_tensor(ends - self.off[samples], device=dev), who]
         fill = None
         if ends.max() > 0 or not guess.needs_history:
-            fill = guess.per_sample(
-                self.problem,
-                last,
-                who,
-                torch.as_tensor(ends, device=dev),
-                torch.as_tensor(counts, device=dev),
-                state,
-            )
+            steps = torch.as_tensor(np.where(j < counts[None, :], ends + j, -1), device=dev)
+            fill = guess.guess(self.problem, last, Lanes(who, steps), int(counts.max()), state)
         if fill is None:
             fill = last.expand(valid.shape[0], *last.shape)
         buf[rows, cols] = fill.to(buf.dtype)[valid]
@@ -419,14 +464,29 @@ class PerSampleWindows:
         return solution(self.final, self.ys, self.saved, stats, dtype)
 
 
-def check_per_sample(problem: Problem) -> None:
-    """Raise unless ``problem`` can run per-sample windows."""
-    has = type(problem).increments_at is not Problem.increments_at
-    if problem.batch_ndim != 1 or not has:
+def check_per_lane(problem: Problem) -> None:
+    """Raise unless ``problem`` can run per-sample windows (:attr:`picard.Problem.per_lane`).
+
+    Args:
+        problem: the recursion.
+
+    Raises:
+        ValueError: it has not one batch dimension, or its increments take no lanes.
+
+    Example:
+        >>> import picard
+        >>> try:
+        ...     check_per_lane(picard.Recursion(lambda i, x: -x, 4, batch_dims=1))
+        ... except ValueError as err:
+        ...     "per_lane" in str(err)
+        True
+    """
+    if problem.batch_ndim != 1 or not problem.per_lane:
         raise ValueError(
-            "per_sample=True needs a problem with one batch dimension (batch_ndim=1) that "
-            f"implements increments_at, such as the diffusion adapters; {type(problem).__name__} "
-            f"has batch_ndim={problem.batch_ndim}" + ("" if has else " and no increments_at")
+            "per_sample=True needs a problem with one batch dimension (batch_ndim=1) whose "
+            "increments take per-sample lanes (per_lane=True), such as the diffusion "
+            f"adapters; {type(problem).__name__} has batch_ndim={problem.batch_ndim}"
+            + ("" if problem.per_lane else " and per_lane=False")
         )
 
 
@@ -485,7 +545,7 @@ def remember_per_sample(
     if not isinstance(out, Tensor):
         raise TypeError(
             f"a problem with memory={memory} must return its outputs as a Tensor from "
-            f"increments_at, got {type(out).__name__}"
+            f"increments, got {type(out).__name__}"
         )
     if hist is None:
         hist = out.new_zeros((memory, batch, *out.shape[2:]))
