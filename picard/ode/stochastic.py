@@ -230,15 +230,8 @@ def sdeint(
         raise TypeError(f"return_stats must be a bool, got {type(return_stats).__name__}")
     placement = None
     if _is_sde(f, g):  # torchsde's call: sdeint(sde, y0, ts, ...)
-        sde, y0, ts = f, g, y0
-        f, g = _torchsde_functions(sde)
-        y0 = check_state("y0", y0)
-        ts = check_grid(ts, y0)
-        if dW is not None:
-            raise ValueError("torchsde's call takes bm, not dW")
-        t = _torchsde_grid(ts, 1e-3 if dt is None else dt)
-        dW = _increments(bm, t, y0) if bm is not None else None
-        placement, batch_dims = ts, 1
+        f, g, y0, t, dW, placement = _torchsde_call(f, g, y0, dW, bm, dt)
+        batch_dims = 1
     elif bm is not None or dt is not None:
         raise TypeError("bm and dt belong to torchsde's call, sdeint(sde, y0, ts, ...)")
     f, g = check_callable("f", f), check_callable("g", g)
@@ -246,6 +239,43 @@ def sdeint(
     t = check_grid(t, y0)
     batch_ndim = check_batch_dims(batch_dims, y0)
     opts = Options.of(**solve_options)
+    dW = _checked_increments(dW, generator, t, y0)
+    drift = batched_form(f, "f", batched, t, y0)
+    diffusion = batched_form(g, "g", batched, t, y0)
+    problem = SDEProblem(drift, diffusion, t, dW, y0.dtype, batch_ndim)
+    sol = solve_with(problem, y0, opts, save=True)
+    assert sol.ys is not None
+    ys = sol.ys if placement is None else interpolate(t, sol.ys, placement)
+    return (ys, sol.stats) if return_stats else ys
+
+
+def _torchsde_call(
+    sde: Any,
+    y0: Any,
+    ts: Any,
+    dW: Tensor | None,
+    bm: Callable[[Tensor, Tensor], Tensor] | None,
+    dt: float | None,
+) -> tuple[Any, Any, Tensor, Tensor, Tensor | None, Tensor]:
+    """The arguments of torchsde's ``sdeint(sde, y0, ts, bm=, dt=)``: ``(f, g, y0, grid, dW, ts)``.
+
+    The grid is torchsde's steps of ``dt`` (default 1e-3) through ``ts``; ``dW`` queries
+    ``bm`` once per step in order (``None`` without ``bm``).
+    """
+    f, g = _torchsde_functions(sde)
+    y0 = check_state("y0", y0)
+    ts = check_grid(ts, y0)
+    if dW is not None:
+        raise ValueError("torchsde's call takes bm, not dW")
+    t = _torchsde_grid(ts, 1e-3 if dt is None else dt)
+    dW = _increments(bm, t, y0) if bm is not None else None
+    return f, g, y0, t, dW, ts
+
+
+def _checked_increments(
+    dW: Tensor | None, generator: torch.Generator | None, t: Tensor, y0: Tensor
+) -> Tensor:
+    """The Brownian increments: ``dW`` checked, or drawn from ``generator``."""
     if dW is not None and generator is not None:
         raise ValueError("give dW or generator, not both (generator only draws dW)")
     if generator is not None:
@@ -254,16 +284,9 @@ def sdeint(
         if generator.device.type != y0.device.type:
             raise ValueError(f"generator is on {generator.device} but y0 is on {y0.device}")
     if dW is None:
-        dW = brownian_increments(t, y0.shape, y0.dtype, generator)
-    else:
-        _check_dW(dW, y0, t)
-    drift = batched_form(f, "f", batched, t, y0)
-    diffusion = batched_form(g, "g", batched, t, y0)
-    problem = SDEProblem(drift, diffusion, t, dW, y0.dtype, batch_ndim)
-    sol = solve_with(problem, y0, opts, save=True)
-    assert sol.ys is not None
-    ys = sol.ys if placement is None else interpolate(t, sol.ys, placement)
-    return (ys, sol.stats) if return_stats else ys
+        return brownian_increments(t, y0.shape, y0.dtype, generator)
+    _check_dW(dW, y0, t)
+    return dW
 
 
 def _is_sde(f: Any, g: Any) -> bool:
