@@ -25,6 +25,7 @@ difference of the finals, the sweeps and evaluations), then the summary line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import itertools
@@ -67,15 +68,19 @@ class Ticks:
 
 
 def install_clock() -> bool:
-    """Give ``window="auto"`` a fresh simulated clock, where picard has one to set."""
-    try:
-        module = importlib.import_module("picard.window")
-    except ImportError:
-        return False
-    if getattr(module, "default_clock", None) is None:
-        return False
-    module.default_clock = Ticks()
-    return True
+    """Give ``window="auto"`` a fresh simulated clock, where picard has one to set.
+
+    ``picard.window.default_clock``, as ``tests/conftest.py`` sets it; should it move, any
+    loaded ``picard`` module's ``default_clock`` is set instead.
+    """
+    with contextlib.suppress(ImportError):
+        importlib.import_module("picard.window")
+    found = False
+    for name, module in list(sys.modules.items()):
+        if name.startswith("picard") and callable(getattr(module, "default_clock", None)):
+            module.default_clock = Ticks()
+            found = True
+    return found
 
 
 def reset_calibration() -> bool:
