@@ -18,20 +18,19 @@ last row per case is picard's default tolerance, 0.01 relative to each state's R
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from harness import seeded_start, write_results
 
 from picard.cli.baselines import paradigms
-from picard.cli.bench import _model
+from picard.cli.bench import bench_model
 from picard.cli.runs import (
     make_scheduler,
     median_time,
     sample_in_parallel,
     sample_sequentially,
-    start_latent,
 )
 
 RULE = {"acceptance": "first-unconverged"}  # ParaDiGMS's, under each technique alone
@@ -57,7 +56,7 @@ BATCH = {"gmm": 16, "moons": 16, "digits": 4, "tiny-sd": 1}
 def run(models: list[str], repeats: int, tol: float, log: Any = print) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for model in models:
-        den, base, shape = _model(model)
+        den, base, shape = bench_model(model)
         for sampler, n, window in CASES[model]:
             rows += _case(model, den, base, shape, sampler, n, window, repeats, tol, log)
     return rows
@@ -79,8 +78,7 @@ def _case(
     sched = make_scheduler(sampler, base)
 
     def start() -> tuple[torch.Tensor, torch.Generator]:
-        gen = torch.Generator().manual_seed(0)
-        return start_latent(sched, n, (b, *shape), gen), gen
+        return seeded_start(sched, n, (b, *shape))
 
     def seq() -> torch.Tensor:
         x, gen = start()
@@ -158,10 +156,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print(HEADER)
     rows = run(args.models, args.repeats, args.tol)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    table = "\n".join([HEADER, *map(_line, rows)])
-    args.out.with_suffix(".md").write_text(table + "\n")
+    write_results(args.out, rows, "\n".join([HEADER, *map(_line, rows)]) + "\n")
 
 
 if __name__ == "__main__":

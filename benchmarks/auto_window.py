@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import seeded_start
 
 import picard.core.window
 from picard.cli.baselines import paradigms
-from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially, start_latent
+from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially
 from picard.models import load
 
 STEPS = 1000
@@ -49,8 +50,7 @@ def _digits(images: int, repeats: int, windows: list[Any]) -> list[dict]:
     shape = (images, *m.sample_shape)
 
     def start() -> tuple[torch.Tensor, torch.Generator]:
-        gen = torch.Generator().manual_seed(3)
-        return start_latent(sched, STEPS, shape, gen), gen
+        return seeded_start(sched, STEPS, shape, seed=3)
 
     def par(window: Any) -> Callable[[], Any]:
         return lambda: sample_in_parallel(sched, m.denoiser, STEPS, *start(), window=window)
@@ -94,8 +94,7 @@ def _moons(repeats: int, windows: list[int]) -> list[dict]:
     shape = (16, *m.sample_shape)
 
     def start() -> tuple[torch.Tensor, torch.Generator]:
-        gen = torch.Generator().manual_seed(0)
-        return start_latent(sched, STEPS, shape, gen), gen
+        return seeded_start(sched, STEPS, shape)
 
     ref = sample_sequentially(sched, m.denoiser, STEPS, *start())
     runs: dict[str, Callable[[], Any]] = {

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import write_results
 
 from picard import NonFiniteError
 from picard.adapters.diffusers import parallelize
@@ -253,9 +254,7 @@ def main() -> None:
         rows = run(args)
     md = table(rows)
     print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    args.out.with_suffix(".md").write_text(md + "\n")
+    write_results(args.out, rows, md + "\n", indent=2)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ trained model's convergence. A time budget stops runs that would not finish.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -31,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import seeded_start, write_results
 
-from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially, start_latent
+from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially
 
 
 class OverBudget(Exception):
@@ -191,8 +191,8 @@ def _case(
     repeats = 1 if n >= 1000 and not args.smoke else args.repeats
 
     def start() -> tuple[torch.Tensor, torch.Generator]:
-        gen = torch.Generator().manual_seed(0)
-        return start_latent(sched, n, (b, *shape), gen).to(device, dtype), gen
+        x, gen = seeded_start(sched, n, (b, *shape))
+        return x.to(device, dtype), gen
 
     def seq() -> torch.Tensor:
         x, gen = start()
@@ -266,9 +266,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         torch.set_num_threads(1)
     print(HEADER, flush=True)
     rows = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    args.out.with_suffix(".md").write_text("\n".join([HEADER, *map(_line, rows)]) + "\n")
+    write_results(args.out, rows, "\n".join([HEADER, *map(_line, rows)]) + "\n")
     return rows
 
 

@@ -71,6 +71,34 @@ def sequential_loop(f: MLP, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return y[0]
 
 
+def _print_table(rows: list[tuple[str, dict]], repeats: int) -> None:
+    """The results as a markdown table, after a two-line heading."""
+    print(f"# odeint, MLP 3x128 drift, 2-D state, N={N} Euler steps, tol={TOL}, 1 thread")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"median of {repeats}"
+    )
+    print(
+        "| solver | sweeps | evaluations | wall-clock (ms) | speedup vs sequential "
+        "| max abs error | drift call (µs) | solver overhead per sweep (µs) "
+        "| overhead / drift call |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, e in rows:
+        extra = "| | | |"
+        if "drift_call_us" in e:
+            loop, fixed = e["loop_overhead_us_per_sweep"], e["fixed_overhead_us_per_solve"]
+            extra = (
+                f"| {e['drift_call_us']:.0f} | {loop + fixed / e['sweeps']:.0f} "
+                f"({loop:.0f} loop + {fixed:.0f} per solve / {e['sweeps']}) "
+                f"| {100 * e['overhead_per_sweep_vs_drift_call']:.0f}% |"
+            )
+        print(
+            f"| {name} | {e['sweeps']} | {e['evaluations']} | {1e3 * e['median_seconds']:.2f} "
+            f"| {e['speedup']:.1f}x | {e['max_abs_error']:.1e} {extra}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -132,30 +160,7 @@ def main() -> None:
             entry["fixed_overhead_us_per_solve"] = statistics.median(fixed_us[w])
             entry["drift_call_us"] = statistics.median(call_us[w])
         rows.append((name, entry))
-    print(f"# odeint, MLP 3x128 drift, 2-D state, N={N} Euler steps, tol={TOL}, 1 thread")
-    print(
-        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"median of {args.repeats}"
-    )
-    print(
-        "| solver | sweeps | evaluations | wall-clock (ms) | speedup vs sequential "
-        "| max abs error | drift call (µs) | solver overhead per sweep (µs) "
-        "| overhead / drift call |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, e in rows:
-        extra = "| | | |"
-        if "drift_call_us" in e:
-            loop, fixed = e["loop_overhead_us_per_sweep"], e["fixed_overhead_us_per_solve"]
-            extra = (
-                f"| {e['drift_call_us']:.0f} | {loop + fixed / e['sweeps']:.0f} "
-                f"({loop:.0f} loop + {fixed:.0f} per solve / {e['sweeps']}) "
-                f"| {100 * e['overhead_per_sweep_vs_drift_call']:.0f}% |"
-            )
-        print(
-            f"| {name} | {e['sweeps']} | {e['evaluations']} | {1e3 * e['median_seconds']:.2f} "
-            f"| {e['speedup']:.1f}x | {e['max_abs_error']:.1e} {extra}"
-        )
+    _print_table(rows, args.repeats)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"N": N, "tol": TOL, "results": results}, indent=2))

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import seeded_start
 
 from picard.cli import plots
 from picard.cli.baselines import paradigms
-from picard.cli.bench import _model
-from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially, start_latent
+from picard.cli.bench import bench_model
+from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially
 
 CASES = [  # model, sampler, steps, samples, windows
     ("moons", "ddpm", 1000, 16, [16, 64, 256, 1000]),
@@ -49,12 +50,11 @@ def _worst(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 def case(model: str, sampler: str, n: int, b: int, windows: list[int]) -> list[dict[str, Any]]:
     """Every run of one model and sampler."""
-    den, base, shape = _model(model)
+    den, base, shape = bench_model(model)
     sched = make_scheduler(sampler, base)
 
     def start() -> tuple[torch.Tensor, torch.Generator]:
-        gen = torch.Generator().manual_seed(0)
-        return start_latent(sched, n, (b, *shape), gen), gen
+        return seeded_start(sched, n, (b, *shape))
 
     rows = []
 

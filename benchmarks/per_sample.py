@@ -14,16 +14,16 @@ Every picard run uses ParaDiGMS's test (``tol`` relative to each step's noise st
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from harness import seeded_start, write_results
 
-from picard.cli.bench import _model
-from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially, start_latent
+from picard.cli.bench import bench_model
+from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "shared": {},
@@ -45,13 +45,12 @@ HEADER = (
 
 
 def _case(model: str, sampler: str, n: int, window: int, repeats: int, tol: float) -> list[dict]:
-    den, base, shape = _model(model)
+    den, base, shape = bench_model(model)
     b = BATCH[model]
     sched = make_scheduler(sampler, base)
 
     def start() -> tuple[torch.Tensor, torch.Generator]:
-        gen = torch.Generator().manual_seed(0)
-        return start_latent(sched, n, (b, *shape), gen), gen
+        return seeded_start(sched, n, (b, *shape))
 
     x, gen = start()
     ref = sample_sequentially(sched, den, n, x, gen)
@@ -114,9 +113,7 @@ def main() -> None:
             for r in case:
                 print(_line(r), flush=True)
             rows += case
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    args.out.with_suffix(".md").write_text("\n".join([HEADER, *map(_line, rows)]) + "\n")
+    write_results(args.out, rows, "\n".join([HEADER, *map(_line, rows)]) + "\n")
 
 
 if __name__ == "__main__":

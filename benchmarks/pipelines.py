@@ -14,7 +14,6 @@ diffusion benchmark); the shipped trained models are in ``picard bench``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from harness import write_results
 
 from picard.adapters.diffusers import parallelize
 
@@ -132,13 +132,8 @@ def main() -> None:
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = table(rows)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(
-        f"**Every pipeline family, tiny random weights, {args.steps} steps, one thread**\n\n"
-        + text
-        + "\n"
-    )
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    title = f"**Every pipeline family, tiny random weights, {args.steps} steps, one thread**"
+    write_results(args.out, rows, f"{title}\n\n{text}\n", indent=2)
 
 
 if __name__ == "__main__":

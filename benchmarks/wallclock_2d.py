@@ -12,9 +12,10 @@ import statistics
 import time
 
 import torch
+from harness import seeded_start
 
 from picard.cli.baselines import paradigms
-from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially, start_latent
+from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially
 from picard.models import load
 
 
@@ -28,8 +29,7 @@ def main() -> None:
     n, shape = 1000, (16, *m.sample_shape)
 
     def start():
-        gen = torch.Generator().manual_seed(0)
-        return start_latent(sched, n, shape, gen), gen
+        return seeded_start(sched, n, shape)
 
     x, g = start()
     ref = sample_sequentially(sched, m.denoiser, n, x, g)

@@ -1,13 +1,30 @@
 """The GPU benchmark script runs end to end (tiny configs, CPU), so it works when a GPU
-machine is lent."""
+machine is lent; the harness the benchmark scripts share does what its examples say."""
 
+import doctest
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts' `from harness import ...`
+
+import harness  # noqa: E402
+import harness.results  # noqa: E402
+import harness.seeds  # noqa: E402
+
+
+@pytest.mark.parametrize("module", [harness, harness.results, harness.seeds])
+def test_harness_examples(module):
+    assert module.__doc__
+    for name in module.__all__:
+        assert "Example:" in getattr(module, name).__doc__, name
+    failed, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert failed == 0
 
 
 def test_gpu_benchmark_smoke(tmp_path):

@@ -12,4 +12,7 @@
 Shared: :mod:`picard.cli.common` (errors, argument types, progress bars),
 :mod:`picard.cli.runs` (sampling a model both ways with one seed), :mod:`picard.cli.plots`,
 :mod:`picard.cli.metrics`. The entry point is :func:`picard.cli.main.main`.
+
+This package holds what the subcommands need; the scripts in ``benchmarks/`` import those
+pieces from here and keep what only they share in ``benchmarks/harness/``.
 """

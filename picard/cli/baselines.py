@@ -84,7 +84,6 @@ def paradigms(
         True
     """
     import diffusers
-    from diffusers.utils.torch_utils import randn_tensor
 
     name = type(scheduler).__name__
     if name not in _PARALLEL:
@@ -95,16 +94,7 @@ def paradigms(
     n, b = len(timesteps), latents.shape[0]
     parallel = min(parallel, n)
     buffer = torch.stack([latents] * (n + 1))
-    noise = torch.zeros_like(buffer)
-    for j in range(n):
-        base = randn_tensor(
-            latents.shape, generator=generator, device=latents.device, dtype=latents.dtype
-        )
-        noise[j] = sched._get_variance(timesteps[j]) ** 0.5 * base
-    variances = [float(sched._get_variance(t)) for t in timesteps] + [0.0]
-    with torch.no_grad():
-        inv_var = 1.0 / torch.tensor(variances, device=latents.device)
-    inv_var = inv_var[:, None] / latents[0].numel()
+    noise, inv_var = _noise_and_weights(sched, buffer, latents, generator)
     begin, end, sweeps, evaluations = 0, parallel, 0, 0
     while begin < n:
         length = end - begin
@@ -134,3 +124,29 @@ def paradigms(
         evaluations += length * b
         begin, end = new_begin, new_end
     return ParadigmsResult(buffer[-1], sweeps, evaluations)
+
+
+def _noise_and_weights(
+    sched: Any,
+    buffer: Tensor,
+    latents: Tensor,
+    generator: torch.Generator | list[torch.Generator] | None,
+) -> tuple[Tensor, Tensor]:
+    """Every step's noise, shaped like ``buffer``, and the weights of the state errors.
+
+    Noise is drawn for every step, also the last; the weights are ``1 / (variance × numel)``
+    of each state (the last state's variance 0).
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    timesteps = sched.timesteps
+    noise = torch.zeros_like(buffer)
+    for j in range(len(timesteps)):
+        base = randn_tensor(
+            latents.shape, generator=generator, device=latents.device, dtype=latents.dtype
+        )
+        noise[j] = sched._get_variance(timesteps[j]) ** 0.5 * base
+    variances = [float(sched._get_variance(t)) for t in timesteps] + [0.0]
+    with torch.no_grad():
+        inv_var = 1.0 / torch.tensor(variances, device=latents.device)
+    return noise, inv_var[:, None] / latents[0].numel()

@@ -36,7 +36,7 @@ from picard.cli.runs import (
 )
 from picard.models import load
 
-__all__ = ["BenchRow", "run_bench"]
+__all__ = ["BenchRow", "bench_model", "run_bench"]
 
 TOLERANCES = (0.02, 0.05, 0.1, 0.2)
 WINDOWS = (16, 64, 256, None)
@@ -102,8 +102,27 @@ class BenchRow:
         return self.sequential_s / self.picard_s
 
 
-def _model(name: str) -> tuple[Callable[[Tensor, Tensor], Tensor], Any, tuple[int, ...]]:
-    """A model's denoiser, base scheduler and sample shape (tiny-sd: guided UNet)."""
+def bench_model(name: str) -> tuple[Callable[[Tensor, Tensor], Tensor], Any, tuple[int, ...]]:
+    """A model of the matrix: its denoiser, base scheduler and sample shape.
+
+    Shared with the scripts in ``benchmarks/``, which run the same models.
+
+    Args:
+        name: ``gmm``, ``moons`` or ``digits`` (a shipped model, :func:`picard.models.load`),
+            or ``tiny-sd`` (the tiny Stable Diffusion pipeline's UNet, built from its config,
+            with classifier-free guidance 7.5 on the prompt "a photo of a cat").
+
+    Returns:
+        ``(denoiser, scheduler, sample_shape)``: ``denoiser(x, t)`` batched over rows, the
+        model's diffusers scheduler, and the shape of one sample.
+
+    Example:
+        >>> den, sched, shape = bench_model("moons")
+        >>> shape, type(sched).__name__
+        ((2,), 'DDPMScheduler')
+        >>> den(torch.zeros(3, 2), torch.tensor([10, 10, 10])).shape
+        torch.Size([3, 2])
+    """
     if name != "tiny-sd":
         m = load(name)
         return m.denoiser, m.scheduler, m.sample_shape
@@ -232,7 +251,7 @@ def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     rows: list[BenchRow] = []
     for model in models:
-        den, base, shape = _model(model)
+        den, base, shape = bench_model(model)
         for sampler, n in SAMPLERS[model]:
             n = min(n, steps) if steps else n
             sched = make_scheduler(sampler, base)

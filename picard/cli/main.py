@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -96,11 +97,8 @@ def _cmd_odes(args: argparse.Namespace) -> int:
     return run_odes(args)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="picard", description="Sequential samplers made parallel in time.")
-    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=Parser)
-    threads = {"type": positive("threads"), "default": 1, "help": "torch threads (default 1)"}
-
+def _add_demo(sub: Any, threads: dict[str, Any]) -> None:
+    """The ``demo`` subcommand and its options."""
     p = sub.add_parser("demo", help="the shipped models, sequential vs picard (the main job)")
     p.add_argument(
         "--steps", type=positive("steps"), default=1000, help="DDPM steps (default 1000)"
@@ -142,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", **threads)
     p.set_defaults(run=_cmd_demo)
 
+
+def _add_sample(sub: Any, threads: dict[str, Any]) -> None:
+    """The ``sample`` subcommand and its options."""
     from picard.cli.sample import add_arguments
 
     p = sub.add_parser("sample", help="sample a shipped model or a diffusers pipeline folder")
@@ -149,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", **threads)
     p.set_defaults(run=_cmd_sample)
 
+
+def _add_bench(sub: Any, threads: dict[str, Any]) -> None:
+    """The ``bench`` subcommand and its options."""
     p = sub.add_parser("bench", help="the benchmark matrix (sequential, picard, ParaDiGMS)")
     p.add_argument(
         "--models",
@@ -183,6 +187,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", **threads)
     p.set_defaults(run=_cmd_bench)
 
+
+def _add_odes(sub: Any, threads: dict[str, Any]) -> None:
+    """The ``odes`` subcommand and its options."""
     p = sub.add_parser("odes", help="ODEs and an SDE, sequential vs picard.odeint/sdeint")
     p.add_argument(
         "--steps", type=positive("steps"), default=1000, help="steps per problem (default 1000)"
@@ -195,6 +202,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", **threads)
     p.set_defaults(run=_cmd_odes)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The ``picard`` parser: one subparser per subcommand."""
+    parser = Parser(prog="picard", description="Sequential samplers made parallel in time.")
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=Parser)
+    threads = {"type": positive("threads"), "default": 1, "help": "torch threads (default 1)"}
+    for add in (_add_demo, _add_sample, _add_bench, _add_odes):
+        add(sub, threads)
     return parser
 
 

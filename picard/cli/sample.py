@@ -50,6 +50,15 @@ def add_arguments(
         Traceback (most recent call last):
         SystemExit: 2
     """
+    _add_solve_options(p, positive, tolerance)
+    _add_pipeline_inputs(p)
+    _add_outputs(p)
+
+
+def _add_solve_options(
+    p: argparse.ArgumentParser, positive: Callable[[str], Any], tolerance: Callable[[str], float]
+) -> None:
+    """What to sample and how: the model or pipeline, sampler, steps, window, tol, seed, count."""
     source = p.add_mutually_exclusive_group()
     source.add_argument(
         "--model", default="digits", help=f"shipped model: {', '.join(MODELS)} (default digits)"
@@ -84,6 +93,10 @@ def add_arguments(
     p.add_argument(
         "--count", type=positive("count"), default=16, help="samples / images (default 16)"
     )
+
+
+def _add_pipeline_inputs(p: argparse.ArgumentParser) -> None:
+    """The inputs of conditional pipelines: prompt, image, mask, class label."""
     p.add_argument(
         "--prompt", default="a photo of a cat", help="prompt, for text-to-image pipelines"
     )
@@ -95,6 +108,10 @@ def add_arguments(
     p.add_argument(
         "--class-label", type=int, default=0, help="class id, for class-conditional pipelines"
     )
+
+
+def _add_outputs(p: argparse.ArgumentParser) -> None:
+    """Verification, the sequential sampler instead, and the output file."""
     p.add_argument(
         "--verify",
         action="store_true",
@@ -182,6 +199,11 @@ def sample(args: argparse.Namespace) -> int:
         )
     if args.pipeline is not None:
         return _pipeline(args)
+    return _shipped(args)
+
+
+def _shipped(args: argparse.Namespace) -> int:
+    """``picard sample`` on a shipped model (``args.model``)."""
     if args.model not in MODELS:
         raise CLIError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
     model = load(args.model)

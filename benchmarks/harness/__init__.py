@@ -1,0 +1,19 @@
+"""What the benchmark scripts share and the ``picard`` command does not need.
+
+The scripts in ``benchmarks/`` run as ``python benchmarks/<script>.py`` from the repository
+root, so their folder is on ``sys.path`` and they ``from harness import ...``; the tests
+put ``benchmarks/`` on the path themselves. What a ``picard`` subcommand also runs stays
+in :mod:`picard.cli`, and the scripts import it from there: the ParaDiGMS loop
+(:mod:`picard.cli.baselines`, for ``picard bench``), the models of the matrix
+(:func:`picard.cli.bench.bench_model`), sampling a model both ways
+(:mod:`picard.cli.runs`), the fidelity cases (:mod:`picard.cli.fidelity`, for
+``picard bench --fidelity``) and the plots (:mod:`picard.cli.plots`).
+
+- :func:`seeded_start` (:mod:`harness.seeds`): a run's starting latent and generator.
+- :func:`write_results` (:mod:`harness.results`): a benchmark's ``.json`` and ``.md``.
+"""
+
+from harness.results import write_results
+from harness.seeds import seeded_start
+
+__all__ = ["seeded_start", "write_results"]
