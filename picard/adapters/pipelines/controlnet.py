@@ -23,6 +23,7 @@ from picard.adapters.pipelines.sd_parts import (
     finisher,
     guidance_embedding,
     unet_denoiser,
+    unet_prepared,
 )
 from picard.adapters.pipelines.spec import Prepared, on
 
@@ -121,17 +122,9 @@ def prepare_controlnet(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     ]
     _check_distinct(pipe, timesteps, controls)
     residuals = _residuals(controls, timesteps, prompts, guess)
-    return Prepared(
-        latents=latents,
-        num_inference_steps=steps,
-        timesteps=timesteps,
-        denoiser=unet_denoiser(pipe, a, prompts, tcond, residuals=residuals),
-        device=pipe.unet.device,
-        finish=finisher(pipe, a, prompts),
-        generator=a["generator"],
-        rows_per_evaluation=2 if prompts.cfg else 1,
-        step_options={"eta": a["eta"]},
-    )
+    denoiser = unet_denoiser(pipe, a, prompts, tcond, residuals=residuals)
+    finish = finisher(pipe, a, prompts)
+    return unet_prepared(pipe, a, latents, timesteps, denoiser, finish, prompts.cfg)
 
 
 def _windows(start: Any, end: Any, nets: int) -> tuple[list[float], list[float]]:
