@@ -79,14 +79,14 @@ def prepare_controlnet(pipe: Any, a: Mapping[str, Any]) -> Prepared:
             sharing a timestep (second-order schedulers), which rows cannot tell apart.
 
     Example:
-        >>> import inspect, torch
+        >>> import torch
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd_variants import tiny_sd_controlnet
         >>> pipe = tiny_sd_controlnet()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16), num_inference_steps=5,
         ...     control_guidance_end=0.6)
-        >>> call.apply_defaults()
-        >>> p = prepare_controlnet(pipe, call.arguments)
+        >>> p = prepare_controlnet(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation
         (torch.Size([1, 4, 8, 8]), 2)
     """

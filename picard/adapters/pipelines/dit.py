@@ -79,12 +79,11 @@ def prepare_dit(pipe: Any, a: Mapping[str, Any]) -> Prepared:
             ``out_channels``.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_pixart_dit import tiny_dit
         >>> pipe = tiny_dit()
-        >>> call = inspect.signature(type(pipe).__call__).bind(pipe, [3, 7], num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_dit(pipe, call.arguments)
+        >>> a = call_arguments(pipe, [3, 7], num_inference_steps=5)
+        >>> p = prepare_dit(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation
         (torch.Size([2, 4, 8, 8]), 2)
     """

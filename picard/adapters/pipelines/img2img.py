@@ -39,14 +39,14 @@ def prepare_img2img(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         ValueError: a ``strength`` that leaves no step.
 
     Example:
-        >>> import inspect, torch
+        >>> import torch
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd_variants import tiny_sd_img2img
         >>> pipe = tiny_sd_img2img()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16), strength=0.6,
         ...     num_inference_steps=10)
-        >>> call.apply_defaults()
-        >>> p = prepare_img2img(pipe, call.arguments)
+        >>> p = prepare_img2img(pipe, a)
         >>> p.latents.shape, p.begin, len(p.timesteps)
         (torch.Size([1, 4, 8, 8]), 4, 6)
     """

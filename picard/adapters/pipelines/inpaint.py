@@ -202,14 +202,14 @@ def prepare_inpaint(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         The prepared call.
 
     Example:
-        >>> import inspect, torch
+        >>> import torch
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd_variants import tiny_sd_inpaint
         >>> pipe = tiny_sd_inpaint()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16),
         ...     mask_image=torch.ones(1, 1, 16, 16), num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> prepare_inpaint(pipe, call.arguments).latents.shape
+        >>> prepare_inpaint(pipe, a).latents.shape
         torch.Size([1, 4, 8, 8])
     """
     return inpaint_call(pipe, a)
@@ -241,14 +241,14 @@ def inpaint_call(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         ValueError: bad inputs, as the pipeline raises them.
 
     Example:
-        >>> import inspect, torch
+        >>> import torch
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd_variants import tiny_sd_inpaint
         >>> pipe = tiny_sd_inpaint(in_channels=4)
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16),
         ...     mask_image=torch.ones(1, 1, 16, 16), num_inference_steps=5, strength=0.6)
-        >>> call.apply_defaults()
-        >>> p = inpaint_call(pipe, call.arguments)
+        >>> p = inpaint_call(pipe, a)
         >>> p.begin, p.wrap_rule is not None  # strength 0.6 of 5 steps; the blend
         (2, True)
     """

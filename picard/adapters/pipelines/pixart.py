@@ -157,15 +157,14 @@ def prepare_pixart(pipe: Any, a: Mapping[str, Any]) -> Prepared:
             or transformer ``out_channels``.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_pixart_dit import t5_prompt_embeds, tiny_pixart
         >>> pipe = tiny_pixart()
         >>> embeds, mask = t5_prompt_embeds(pipe, [3])
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, prompt_embeds=embeds, prompt_attention_mask=mask, guidance_scale=1.0,
         ...     use_resolution_binning=False, num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_pixart(pipe, call.arguments)
+        >>> p = prepare_pixart(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation
         (torch.Size([1, 4, 8, 8]), 1)
     """

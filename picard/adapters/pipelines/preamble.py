@@ -1,16 +1,47 @@
 """What the families read off a call and its pipeline before their own steps.
 
-How many prompts a call gives (a string, a list, or ``prompt_embeds``), as the pipelines'
-``__call__`` count them, and a diffusion transformer's latent channels (its output has as
-many, or twice: learned sigma).
+The call's arguments bound as the pipeline's ``__call__`` binds them (what a family's
+``prepare`` takes), how many prompts they give (a string, a list, or ``prompt_embeds``),
+and a diffusion transformer's latent channels (its output has as many, or twice: learned
+sigma).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["latent_channels", "prompt_count"]
+__all__ = ["call_arguments", "latent_channels", "prompt_count"]
+
+
+def call_arguments(pipe: Any, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The arguments of ``pipe(*args, **kwargs)`` as its class's ``__call__`` binds them.
+
+    Defaults filled in, ``self`` left out: what a family's ``prepare`` takes.
+
+    Args:
+        pipe: the pipeline.
+        *args: the call's positional arguments.
+        **kwargs: the call's keyword arguments.
+
+    Returns:
+        Argument name to value, every parameter of ``__call__`` but ``self``.
+
+    Raises:
+        TypeError: arguments the signature does not take.
+
+    Example:
+        >>> from picard.models.tiny import tiny_unet_pipeline
+        >>> a = call_arguments(tiny_unet_pipeline("ddim"), num_inference_steps=5)
+        >>> a["num_inference_steps"], a["batch_size"], "self" in a
+        (5, 1, False)
+    """
+    bound = inspect.signature(type(pipe).__call__).bind(pipe, *args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    arguments.pop("self", None)
+    return arguments
 
 
 def prompt_count(a: Mapping[str, Any]) -> int:

@@ -203,13 +203,12 @@ def prepare_sd3(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         TypeError: a transformer cache or a callback asking for more than the latents.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd3_flux import tiny_sd3
         >>> pipe = tiny_sd3()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", height=16, width=16, num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_sd3(pipe, call.arguments)
+        >>> p = prepare_sd3(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation  # guidance: two rows per evaluation
         (torch.Size([1, 4, 8, 8]), 2)
     """

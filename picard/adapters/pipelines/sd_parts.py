@@ -184,7 +184,6 @@ def unet_denoiser(
         ``denoiser(device) -> call(x, t, samples=None)``.
 
     Example:
-        >>> import inspect
         >>> from picard.models.tiny import tiny_stable_diffusion
         >>> pipe = tiny_stable_diffusion()
         >>> a = {"prompt": "a cat", "prompt_embeds": None, "negative_prompt": None,

@@ -149,13 +149,12 @@ def prepare_sdxl(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         ValueError: ``denoising_end`` ends the loop before the grid's last step.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sdxl import tiny_sdxl
         >>> pipe = tiny_sdxl()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, ["a cat", "a dog"], num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_sdxl(pipe, call.arguments)
+        >>> p = prepare_sdxl(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation
         (torch.Size([2, 4, 8, 8]), 2)
     """
@@ -221,14 +220,13 @@ def prepare_sdxl_img2img(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         ValueError: ``denoising_end`` ends the loop before the grid's last step.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sdxl import tiny_sdxl_img2img
         >>> pipe = tiny_sdxl_img2img()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16), strength=0.5,
         ...     num_inference_steps=10)
-        >>> call.apply_defaults()
-        >>> p = prepare_sdxl_img2img(pipe, call.arguments)
+        >>> p = prepare_sdxl_img2img(pipe, a)
         >>> p.begin, len(p.timesteps), p.latents.shape
         (5, 5, torch.Size([1, 4, 8, 8]))
     """

@@ -33,13 +33,12 @@ def prepare_stable_diffusion(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         The prepared call.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny import tiny_stable_diffusion
         >>> pipe = tiny_stable_diffusion()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", height=16, width=16, num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_stable_diffusion(pipe, call.arguments)
+        >>> p = prepare_stable_diffusion(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation  # guidance: two rows per evaluation
         (torch.Size([1, 4, 8, 8]), 2)
     """
