@@ -68,7 +68,7 @@ def byte_level_clip_tokenizer(max_length: int = 16) -> Any:
         )
 
 
-def _vae(**overrides: Any) -> Any:
+def autoencoder_kl(**overrides: Any) -> Any:
     """The tiny pipelines' two-block ``AutoencoderKL``: 16 px images, 8x8 latents (random)."""
     from diffusers import AutoencoderKL
 
@@ -85,7 +85,7 @@ def _vae(**overrides: Any) -> Any:
     return AutoencoderKL(**{**config, **overrides})
 
 
-def _clip_config(tokenizer: Any, **overrides: Any) -> Any:
+def clip_config(tokenizer: Any, **overrides: Any) -> Any:
     """A ``CLIPTextConfig`` of width 32 (2 layers, 4 heads) for ``tokenizer``."""
     from transformers import CLIPTextConfig
 
@@ -176,9 +176,9 @@ def tiny_stable_diffusion(seed: int = 0, scheduler: Any = None) -> Any:
         norm_num_groups=4,
         attention_head_dim=4,
     )
-    vae = _vae()
+    vae = autoencoder_kl()
     tokenizer = byte_level_clip_tokenizer()
-    text_encoder = CLIPTextModel(_clip_config(tokenizer))
+    text_encoder = CLIPTextModel(clip_config(tokenizer))
     scheduler = scheduler or DDPMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

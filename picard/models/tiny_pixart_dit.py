@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard.models.tiny import _vae
+from picard.models.tiny import autoencoder_kl
 
 __all__ = ["t5_prompt_embeds", "tiny_dit", "tiny_pixart", "tiny_vae"]
 
@@ -37,7 +37,7 @@ def tiny_vae(seed: int = 0) -> Any:
     """
     torch.manual_seed(seed)
     # binned sizes decode 100x150 latents: no attention
-    return _vae(mid_block_add_attention=False).eval()
+    return autoencoder_kl(mid_block_add_attention=False).eval()
 
 
 def _t5_encoder() -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard.models.tiny import _clip_config, _vae, byte_level_clip_tokenizer
+from picard.models.tiny import autoencoder_kl, byte_level_clip_tokenizer, clip_config
 
 __all__ = ["sd3_embeddings", "t5_embeddings", "tiny_flux", "tiny_sd3"]
 
@@ -27,7 +27,7 @@ def _clip(tokenizer: Any, with_projection: bool) -> Any:
     """A 2-layer CLIP text encoder of width 32 for ``tokenizer``."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    config = _clip_config(tokenizer, hidden_size=_HIDDEN, projection_dim=_HIDDEN)
+    config = clip_config(tokenizer, hidden_size=_HIDDEN, projection_dim=_HIDDEN)
     return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
 
@@ -41,7 +41,7 @@ def _t5(width: int) -> Any:
 
 def _sd3_vae() -> Any:
     """The tiny ``AutoencoderKL`` (latents at half the image size) with SD3's factors."""
-    return _vae(
+    return autoencoder_kl(
         use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035
     )
 

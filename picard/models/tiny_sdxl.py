@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from picard.models.tiny import _clip_config, _vae, byte_level_clip_tokenizer
+from picard.models.tiny import autoencoder_kl, byte_level_clip_tokenizer, clip_config
 
 __all__ = ["tiny_sdxl", "tiny_sdxl_components", "tiny_sdxl_img2img"]
 
@@ -25,7 +25,7 @@ def _text_encoders(tokenizer: Any) -> tuple[Any, Any]:
     """SDXL's two CLIP text encoders (hidden size 32 each; the second projects to 32)."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    config = _clip_config(
+    config = clip_config(
         tokenizer,
         intermediate_size=37,
         num_hidden_layers=3,
@@ -84,7 +84,7 @@ def tiny_sdxl_components(
         time_cond_proj_dim=time_cond_proj_dim,
         norm_num_groups=4,
     )
-    vae = _vae()
+    vae = autoencoder_kl()
     tokenizer, tokenizer_2 = byte_level_clip_tokenizer(), byte_level_clip_tokenizer()
     text_encoder, text_encoder_2 = _text_encoders(tokenizer)
     scheduler = scheduler or EulerDiscreteScheduler(

@@ -23,6 +23,7 @@ from picard.adapters.pipelines.sd_parts import (
     finisher,
     guidance_embedding,
     unet_denoiser,
+    unet_prepared,
 )
 from picard.adapters.pipelines.spec import Prepared, on
 
@@ -78,14 +79,14 @@ def prepare_controlnet(pipe: Any, a: Mapping[str, Any]) -> Prepared:
             sharing a timestep (second-order schedulers), which rows cannot tell apart.
 
     Example:
-        >>> import inspect, torch
+        >>> import torch
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd_variants import tiny_sd_controlnet
         >>> pipe = tiny_sd_controlnet()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16), num_inference_steps=5,
         ...     control_guidance_end=0.6)
-        >>> call.apply_defaults()
-        >>> p = prepare_controlnet(pipe, call.arguments)
+        >>> p = prepare_controlnet(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation
         (torch.Size([1, 4, 8, 8]), 2)
     """
@@ -121,17 +122,9 @@ def prepare_controlnet(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     ]
     _check_distinct(pipe, timesteps, controls)
     residuals = _residuals(controls, timesteps, prompts, guess)
-    return Prepared(
-        latents=latents,
-        num_inference_steps=steps,
-        timesteps=timesteps,
-        denoiser=unet_denoiser(pipe, a, prompts, tcond, residuals=residuals),
-        device=pipe.unet.device,
-        finish=finisher(pipe, a, prompts),
-        generator=a["generator"],
-        rows_per_evaluation=2 if prompts.cfg else 1,
-        step_options={"eta": a["eta"]},
-    )
+    denoiser = unet_denoiser(pipe, a, prompts, tcond, residuals=residuals)
+    finish = finisher(pipe, a, prompts)
+    return unet_prepared(pipe, a, latents, timesteps, denoiser, finish, prompts.cfg)
 
 
 def _windows(start: Any, end: Any, nets: int) -> tuple[list[float], list[float]]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from picard.adapters.pipelines.preamble import latent_channels
 from picard.adapters.pipelines.spec import Prepared, on, sample_rows
 
 __all__ = ["prepare_dit"]
@@ -58,17 +59,6 @@ def _check_scheduler(pipe: Any, steps: int, cfg: bool) -> None:
         )
 
 
-def _latent_channels(pipe: Any) -> int:
-    """The latent channels (the transformer's output has as many, or twice: learned sigma)."""
-    channels, out = pipe.transformer.config.in_channels, pipe.transformer.config.out_channels
-    if out not in (channels, 2 * channels):
-        raise ValueError(
-            f"DiTPipeline: transformer out_channels={out} is neither in_channels={channels} "
-            "nor twice it; not supported by picard"
-        )
-    return channels
-
-
 def prepare_dit(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     """Prepare a ``DiTPipeline`` call: labels, latents, timesteps, guided eps.
 
@@ -89,18 +79,17 @@ def prepare_dit(pipe: Any, a: Mapping[str, Any]) -> Prepared:
             ``out_channels``.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_pixart_dit import tiny_dit
         >>> pipe = tiny_dit()
-        >>> call = inspect.signature(type(pipe).__call__).bind(pipe, [3, 7], num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_dit(pipe, call.arguments)
+        >>> a = call_arguments(pipe, [3, 7], num_inference_steps=5)
+        >>> p = prepare_dit(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation
         (torch.Size([2, 4, 8, 8]), 2)
     """
     from diffusers.utils.torch_utils import randn_tensor
 
-    channels = _latent_channels(pipe)
+    channels, _ = latent_channels(pipe, "DiTPipeline")
     scale, steps = a["guidance_scale"], a["num_inference_steps"]
     cfg = scale > 1
     _check_scheduler(pipe, steps, cfg)

@@ -44,15 +44,14 @@ def prepare_flux(pipe: Any, a: Mapping[str, Any]) -> Prepared:
             with true guidance (as the pipeline).
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd3_flux import t5_embeddings, tiny_flux
         >>> pipe = tiny_flux()
         >>> pooled = pipe._get_clip_prompt_embeds(["a cat"], 1, "cpu")
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, prompt_embeds=t5_embeddings(pipe, ["a cat"]), pooled_prompt_embeds=pooled,
         ...     height=16, width=16, num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_flux(pipe, call.arguments)
+        >>> p = prepare_flux(pipe, a)
         >>> p.latents.shape, sorted(p.grid_options)  # 16 tokens of 2x2 patches of 4 channels
         (torch.Size([1, 16, 16]), ['mu', 'sigmas'])
     """

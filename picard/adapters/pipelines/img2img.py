@@ -6,11 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from picard.adapters.pipelines.sd_parts import (
-    check_tail,
     encode,
     finisher,
     guidance_embedding,
+    strength_grid,
     unet_denoiser,
+    unet_prepared,
 )
 from picard.adapters.pipelines.spec import Prepared
 
@@ -38,14 +39,14 @@ def prepare_img2img(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         ValueError: a ``strength`` that leaves no step.
 
     Example:
-        >>> import inspect, torch
+        >>> import torch
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd_variants import tiny_sd_img2img
         >>> pipe = tiny_sd_img2img()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16), strength=0.6,
         ...     num_inference_steps=10)
-        >>> call.apply_defaults()
-        >>> p = prepare_img2img(pipe, call.arguments)
+        >>> p = prepare_img2img(pipe, a)
         >>> p.latents.shape, p.begin, len(p.timesteps)
         (torch.Size([1, 4, 8, 8]), 4, 6)
     """
@@ -56,27 +57,12 @@ def prepare_img2img(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     )  # fmt: skip
     prompts = encode(pipe, a)
     image = pipe.image_processor.preprocess(a["image"])
-    pipe.scheduler.set_timesteps(steps, device=prompts.device)
-    timesteps, left = pipe.get_timesteps(steps, strength, prompts.device)
-    if left < 1:
-        raise ValueError(f"strength={strength} leaves no step of {steps}: nothing to denoise")
-    begin = len(pipe.scheduler.timesteps) - len(timesteps)
-    check_tail(pipe, steps, begin, strength)
+    timesteps, begin = strength_grid(pipe, steps, strength, prompts.device)
     per_prompt = prompts.images // (a["num_images_per_prompt"] or 1)
     latents = pipe.prepare_latents(
         image, timesteps[:1].repeat(prompts.images), per_prompt, a["num_images_per_prompt"],
         prompts.cond.dtype, prompts.device, a["generator"],
     )  # fmt: skip
     tcond = guidance_embedding(pipe, a, prompts, latents.dtype)
-    return Prepared(
-        latents=latents,
-        num_inference_steps=steps,
-        timesteps=timesteps,
-        denoiser=unet_denoiser(pipe, a, prompts, tcond),
-        device=pipe.unet.device,
-        finish=finisher(pipe, a, prompts),
-        generator=a["generator"],
-        rows_per_evaluation=2 if prompts.cfg else 1,
-        step_options={"eta": a["eta"]},
-        begin=begin,
-    )
+    denoiser, finish = unet_denoiser(pipe, a, prompts, tcond), finisher(pipe, a, prompts)
+    return unet_prepared(pipe, a, latents, timesteps, denoiser, finish, prompts.cfg, begin=begin)

@@ -19,11 +19,12 @@ import torch
 from torch import Tensor
 
 from picard.adapters.pipelines.sd_parts import (
-    check_tail,
     encode,
     finisher,
     guidance_embedding,
+    strength_grid,
     unet_denoiser,
+    unet_prepared,
 )
 from picard.adapters.pipelines.spec import Prepared
 from picard.adapters.rule import UpdateRule
@@ -201,14 +202,14 @@ def prepare_inpaint(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         The prepared call.
 
     Example:
-        >>> import inspect, torch
+        >>> import torch
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd_variants import tiny_sd_inpaint
         >>> pipe = tiny_sd_inpaint()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16),
         ...     mask_image=torch.ones(1, 1, 16, 16), num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> prepare_inpaint(pipe, call.arguments).latents.shape
+        >>> prepare_inpaint(pipe, a).latents.shape
         torch.Size([1, 4, 8, 8])
     """
     return inpaint_call(pipe, a)
@@ -240,29 +241,18 @@ def inpaint_call(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         ValueError: bad inputs, as the pipeline raises them.
 
     Example:
-        >>> import inspect, torch
+        >>> import torch
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd_variants import tiny_sd_inpaint
         >>> pipe = tiny_sd_inpaint(in_channels=4)
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16),
         ...     mask_image=torch.ones(1, 1, 16, 16), num_inference_steps=5, strength=0.6)
-        >>> call.apply_defaults()
-        >>> p = inpaint_call(pipe, call.arguments)
+        >>> p = inpaint_call(pipe, a)
         >>> p.begin, p.wrap_rule is not None  # strength 0.6 of 5 steps; the blend
         (2, True)
     """
-    from diffusers import AsymmetricAutoencoderKL
-
-    if isinstance(pipe.vae, AsymmetricAutoencoderKL):
-        raise TypeError(
-            "StableDiffusionInpaintPipeline with an AsymmetricAutoencoderKL is not supported "
-            "by picard"
-        )
-    if pipe.unet.config.in_channels == 4 and a["callback_on_step_end"] is not None:
-        raise TypeError(
-            "callback_on_step_end of StableDiffusionInpaintPipeline with a 4-channel UNet is "
-            "not supported by picard: its solver's states are the painted part of the latents"
-        )
+    _check_supported(pipe, a)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = a["height"] or size, a["width"] or size
     strength, steps, crop = a["strength"], a["num_inference_steps"], a["padding_mask_crop"]
@@ -272,12 +262,7 @@ def inpaint_call(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         None, None, ["latents"], crop,
     )  # fmt: skip
     prompts = encode(pipe, a)
-    pipe.scheduler.set_timesteps(steps, device=prompts.device)
-    timesteps, left = pipe.get_timesteps(steps, strength, prompts.device)
-    if left < 1:
-        raise ValueError(f"strength={strength} leaves no step of {steps}: nothing to denoise")
-    begin = len(pipe.scheduler.timesteps) - len(timesteps)
-    check_tail(pipe, steps, begin, strength)
+    timesteps, begin = strength_grid(pipe, steps, strength, prompts.device)
     coords = None if crop is None else pipe.mask_processor.get_crop_region(
         a["mask_image"], width, height, pad=crop
     )  # fmt: skip
@@ -301,28 +286,45 @@ def inpaint_call(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     wrap = None
     if channels == 4:  # the solver's state is the painted part (see Blended)
         targets = blend_targets(pipe, latents, out[2], noise, timesteps, begin)
-        keep, base = 1 - mask, finish
-        latents = latents - keep * targets[0]
-
-        def wrap(rule: UpdateRule) -> UpdateRule:
-            return Blended(rule, mask, targets)
-
-        def finish(y: Tensor) -> Any:
-            return base(y + keep * targets[-1])
-
-    return Prepared(
-        latents=latents,
-        num_inference_steps=steps,
-        timesteps=timesteps,
-        denoiser=unet_denoiser(pipe, a, prompts, tcond, extra=extra),
-        device=pipe.unet.device,
-        finish=finish,
-        generator=a["generator"],
-        rows_per_evaluation=2 if prompts.cfg else 1,
-        step_options={"eta": a["eta"]},
-        begin=begin,
-        wrap_rule=wrap,
+        latents, finish, wrap = _blended(latents, mask, targets, finish)
+    denoiser = unet_denoiser(pipe, a, prompts, tcond, extra=extra)
+    return unet_prepared(
+        pipe, a, latents, timesteps, denoiser, finish, prompts.cfg, begin=begin, wrap_rule=wrap
     )
+
+
+def _check_supported(pipe: Any, a: Mapping[str, Any]) -> None:
+    """Refuse an ``AsymmetricAutoencoderKL``, and a callback with a 4-channel UNet."""
+    from diffusers import AsymmetricAutoencoderKL
+
+    if isinstance(pipe.vae, AsymmetricAutoencoderKL):
+        raise TypeError(
+            "StableDiffusionInpaintPipeline with an AsymmetricAutoencoderKL is not supported "
+            "by picard"
+        )
+    if pipe.unet.config.in_channels == 4 and a["callback_on_step_end"] is not None:
+        raise TypeError(
+            "callback_on_step_end of StableDiffusionInpaintPipeline with a 4-channel UNet is "
+            "not supported by picard: its solver's states are the painted part of the latents"
+        )
+
+
+def _blended(
+    latents: Tensor, mask: Tensor, targets: Tensor, finish: Callable[[Tensor], Any]
+) -> tuple[Tensor, Callable[[Tensor], Any], Callable[[UpdateRule], UpdateRule]]:
+    """A 4-channel UNet's call as :class:`Blended` solves it: painted-part start and finish.
+
+    Returns ``(starting state, finish of the final state, wrap_rule)``.
+    """
+    keep = 1 - mask
+
+    def wrap(rule: UpdateRule) -> UpdateRule:
+        return Blended(rule, mask, targets)
+
+    def painted_finish(y: Tensor) -> Any:
+        return finish(y + keep * targets[-1])
+
+    return latents - keep * targets[0], painted_finish, wrap
 
 
 def _mask_latents(

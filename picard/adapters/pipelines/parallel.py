@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from picard._checks import check_state
+from picard.adapters.pipelines.preamble import call_arguments
 from picard.adapters.pipelines.registry import PIPELINES, Runner, runner_for
 from picard.adapters.schedulers import from_scheduler, sampler_for
 from picard.errors import SequentialWarning
@@ -169,14 +170,10 @@ class ParallelPipeline:
 
 def _bind(pipe: Any, name: str, runner: Runner, args: tuple, kwargs: dict) -> dict[str, Any]:
     """The call's arguments as the pipeline's ``__call__`` sees them, defaults filled in."""
-    signature = inspect.signature(type(pipe).__call__)
     try:
-        bound = signature.bind(pipe, *args, **kwargs)
+        arguments = call_arguments(pipe, *args, **kwargs)
     except TypeError as err:
         raise TypeError(f"{name}: {err}") from None
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
-    arguments.pop("self", None)
     extra = arguments.pop("kwargs", {})  # diffusers' deprecated callback arguments land here
     for key in extra:
         why = "not supported by picard" if key in ("callback", "callback_steps") else "unknown"

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from picard.adapters.pipelines.preamble import latent_channels, prompt_count
 from picard.adapters.pipelines.spec import Prepared, guided, on, sample_rows
 
 __all__ = ["prepare_pixart"]
@@ -58,22 +59,6 @@ def _size(pipe: Any, a: Mapping[str, Any]) -> tuple[int, int, tuple[int, int] | 
         return height, width, None
     binned = pipe.image_processor.classify_height_width_bin(height, width, ratios=_bins(pipe))
     return *binned, (height, width)
-
-
-def _latent_channels(pipe: Any) -> tuple[int, bool]:
-    """The latent channels and whether the transformer's output has learned sigma.
-
-    Raises:
-        ValueError: ``out_channels`` is neither the latent channels nor twice them (the
-            pipeline would step a tensor of the wrong shape).
-    """
-    channels, out = pipe.transformer.config.in_channels, pipe.transformer.config.out_channels
-    if out not in (channels, 2 * channels):
-        raise ValueError(
-            f"{type(pipe).__name__}: transformer out_channels={out} is neither in_channels="
-            f"{channels} nor twice it; not supported by picard"
-        )
-    return channels, out == 2 * channels
 
 
 def _encode(pipe: Any, a: Mapping[str, Any], cfg: bool, device: torch.device, alpha: bool) -> tuple:
@@ -141,6 +126,16 @@ def _micro_conditions(
     }
 
 
+def _timesteps(pipe: Any, steps: int, device: torch.device, alpha: bool) -> tuple[Tensor, int]:
+    """The pipeline's ``retrieve_timesteps``, on the device its module picks (XLA, neuron: cpu)."""
+    from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import retrieve_timesteps
+
+    module = importlib.import_module(f"{_MODULE}_{'alpha' if alpha else 'sigma'}")
+    on_cpu = getattr(module, "XLA_AVAILABLE", False) or (alpha and device.type == "neuron")
+    timestep_device = "cpu" if on_cpu else device
+    return retrieve_timesteps(pipe.scheduler, steps, timestep_device)
+
+
 def prepare_pixart(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     """Prepare a ``PixArtAlphaPipeline``/``PixArtSigmaPipeline`` call.
 
@@ -162,20 +157,17 @@ def prepare_pixart(pipe: Any, a: Mapping[str, Any]) -> Prepared:
             or transformer ``out_channels``.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_pixart_dit import t5_prompt_embeds, tiny_pixart
         >>> pipe = tiny_pixart()
         >>> embeds, mask = t5_prompt_embeds(pipe, [3])
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, prompt_embeds=embeds, prompt_attention_mask=mask, guidance_scale=1.0,
         ...     use_resolution_binning=False, num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_pixart(pipe, call.arguments)
+        >>> p = prepare_pixart(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation
         (torch.Size([1, 4, 8, 8]), 1)
     """
-    from diffusers.pipelines.pixart_alpha.pipeline_pixart_alpha import retrieve_timesteps
-
     alpha = _is_alpha(pipe)
     if alpha and a["num_inference_steps"] == 1:
         raise ValueError(
@@ -188,21 +180,13 @@ def prepare_pixart(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         a["negative_prompt_embeds"], a["prompt_attention_mask"],
         a["negative_prompt_attention_mask"],
     )  # fmt: skip
-    channels, learned_sigma = _latent_channels(pipe)
-    prompt = a["prompt"]
-    if prompt is None:
-        batch = a["prompt_embeds"].shape[0]
-    else:
-        batch = 1 if isinstance(prompt, str) else len(prompt)
-    images = batch * a["num_images_per_prompt"]
+    channels, learned_sigma = latent_channels(pipe)
+    images = prompt_count(a) * a["num_images_per_prompt"]
     device = pipe._execution_device
     scale = a["guidance_scale"]
     cfg = scale > 1.0
     cond, mask, uncond, umask = _encode(pipe, a, cfg, device, alpha)
-    module = importlib.import_module(f"{_MODULE}_{'alpha' if alpha else 'sigma'}")
-    on_cpu = getattr(module, "XLA_AVAILABLE", False) or (alpha and device.type == "neuron")
-    timestep_device = "cpu" if on_cpu else device
-    timesteps, steps = retrieve_timesteps(pipe.scheduler, a["num_inference_steps"], timestep_device)
+    timesteps, steps = _timesteps(pipe, a["num_inference_steps"], device, alpha)
     latents = pipe.prepare_latents(
         images, channels, height, width, cond.dtype, device, a["generator"], a["latents"]
     )

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from picard.adapters.pipelines.preamble import prompt_count
 from picard.adapters.pipelines.spec import Prepared, guided, on, sample_rows
 
 __all__ = ["prepare_sd3"]
@@ -97,10 +98,7 @@ def images_of(a: Mapping[str, Any], embeds: Tensor) -> int:
         >>> images_of({"prompt": ["a", "b"], "num_images_per_prompt": 2}, torch.zeros(4, 3))
         4
     """
-    prompt = a["prompt"]
-    batch = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else None
-    batch = a["prompt_embeds"].shape[0] if batch is None else batch
-    images = batch * a["num_images_per_prompt"]
+    images = prompt_count(a) * a["num_images_per_prompt"]
     if embeds.shape[0] != images:
         raise ValueError(
             f"the prompt embeddings have {embeds.shape[0]} rows for {images} images "
@@ -205,13 +203,12 @@ def prepare_sd3(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         TypeError: a transformer cache or a callback asking for more than the latents.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sd3_flux import tiny_sd3
         >>> pipe = tiny_sd3()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", height=16, width=16, num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_sd3(pipe, call.arguments)
+        >>> p = prepare_sd3(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation  # guidance: two rows per evaluation
         (torch.Size([1, 4, 8, 8]), 2)
     """

@@ -16,9 +16,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard.adapters.pipelines.spec import guided, on, sample_rows
+from picard.adapters.pipelines.preamble import prompt_count
+from picard.adapters.pipelines.spec import Prepared, guided, on, sample_rows
 
-__all__ = ["Prompts", "check_tail", "encode", "finisher", "guidance_embedding", "unet_denoiser"]
+__all__ = [
+    "Prompts",
+    "check_tail",
+    "encode",
+    "finisher",
+    "guidance_embedding",
+    "guidance_scale_embedding",
+    "strength_grid",
+    "unet_denoiser",
+    "unet_prepared",
+]
 
 Residuals = Callable[[Tensor, Tensor, Tensor, Tensor], dict[str, Any]]
 """``residuals(x, t, embeddings, rows)``: extra UNet keyword arguments (a ControlNet's
@@ -78,10 +89,7 @@ def encode(pipe: Any, a: Mapping[str, Any]) -> Prompts:
     prompt, embeds = a["prompt"], a["prompt_embeds"]
     pipe._guidance_scale, pipe._clip_skip = a["guidance_scale"], a["clip_skip"]
     pipe._cross_attention_kwargs, pipe._interrupt = a["cross_attention_kwargs"], False
-    if prompt is not None:
-        batch = 1 if isinstance(prompt, str) else len(prompt)
-    else:
-        batch = embeds.shape[0]
+    batch = prompt_count(a)
     device = pipe._execution_device
     cfg = pipe.do_classifier_free_guidance
     cond, uncond = pipe.encode_prompt(
@@ -110,12 +118,40 @@ def guidance_embedding(pipe: Any, a: Mapping[str, Any], prompts: Prompts, dtype:
         >>> guidance_embedding(pipe, {}, None, torch.float32) is None
         True
     """
+    if pipe.unet.config.time_cond_proj_dim is None:
+        return None
+    return guidance_scale_embedding(
+        pipe, a["guidance_scale"], prompts.images, prompts.device, dtype
+    )
+
+
+def guidance_scale_embedding(
+    pipe: Any, guidance_scale: float, images: int, device: Any, dtype: Any
+) -> Tensor | None:
+    """An LCM-distilled UNet's ``timestep_cond``: ``get_guidance_scale_embedding(w - 1)``.
+
+    Args:
+        pipe: the pipeline (its UNet's ``time_cond_proj_dim`` is read).
+        guidance_scale: the call's ``guidance_scale`` ``w``.
+        images: images in the batch (one row each).
+        device: where the embedding goes.
+        dtype: its dtype (the latents').
+
+    Returns:
+        ``(images, time_cond_proj_dim)``, or ``None`` for a UNet without it.
+
+    Example:
+        >>> from picard.models.tiny_sdxl import tiny_sdxl
+        >>> pipe = tiny_sdxl(time_cond_proj_dim=8)
+        >>> guidance_scale_embedding(pipe, 7.5, 2, "cpu", torch.float32).shape
+        torch.Size([2, 8])
+    """
     dim = pipe.unet.config.time_cond_proj_dim
     if dim is None:
         return None
-    scale = torch.tensor(a["guidance_scale"] - 1).repeat(prompts.images)
+    scale = torch.tensor(guidance_scale - 1).repeat(images)
     return pipe.get_guidance_scale_embedding(scale, embedding_dim=dim).to(
-        device=prompts.device, dtype=dtype
+        device=device, dtype=dtype
     )
 
 
@@ -148,7 +184,6 @@ def unet_denoiser(
         ``denoiser(device) -> call(x, t, samples=None)``.
 
     Example:
-        >>> import inspect
         >>> from picard.models.tiny import tiny_stable_diffusion
         >>> pipe = tiny_stable_diffusion()
         >>> a = {"prompt": "a cat", "prompt_embeds": None, "negative_prompt": None,
@@ -278,3 +313,87 @@ def check_tail(pipe: Any, num_inference_steps: int, begin: int, strength: float)
             "(it cannot start mid-grid); use strength=1.0 or a one-step scheduler (DDIM, "
             "DDPM, Euler, ...)"
         ) from None
+
+
+def strength_grid(
+    pipe: Any, steps: int, strength: float, device: torch.device
+) -> tuple[Tensor, int]:
+    """The loop's timesteps from ``strength``, and its first step, as img2img pipelines set them.
+
+    The pipeline's ``set_timesteps`` then ``get_timesteps`` (which sets the scheduler's
+    begin index); then :func:`check_tail`.
+
+    Args:
+        pipe: the pipeline (its scheduler is set).
+        steps: the call's ``num_inference_steps``.
+        strength: the call's ``strength``.
+        device: where the timesteps go.
+
+    Returns:
+        ``(timesteps, begin)``: the loop's timesteps and its first step in the grid.
+
+    Raises:
+        ValueError: a ``strength`` that leaves no step.
+        NotImplementedError: ``strength < 1`` with a multistep scheduler.
+
+    Example:
+        >>> from picard.models.tiny_sd_variants import tiny_sd_img2img
+        >>> timesteps, begin = strength_grid(tiny_sd_img2img(), 10, 0.6, torch.device("cpu"))
+        >>> len(timesteps), begin
+        (6, 4)
+    """
+    pipe.scheduler.set_timesteps(steps, device=device)
+    timesteps, left = pipe.get_timesteps(steps, strength, device)
+    if left < 1:
+        raise ValueError(f"strength={strength} leaves no step of {steps}: nothing to denoise")
+    begin = len(pipe.scheduler.timesteps) - len(timesteps)
+    check_tail(pipe, steps, begin, strength)
+    return timesteps, begin
+
+
+def unet_prepared(
+    pipe: Any,
+    a: Mapping[str, Any],
+    latents: Tensor,
+    timesteps: Tensor,
+    denoiser: Callable[[torch.device | None], Callable[..., Tensor]],
+    finish: Callable[[Tensor], Any],
+    cfg: bool,
+    **more: Any,
+) -> Prepared:
+    """The :class:`Prepared` call of a UNet family: its rows, generator and ``eta``.
+
+    Args:
+        pipe: the pipeline (its UNet's device).
+        a: the call's arguments (``num_inference_steps``, ``generator``, ``eta``).
+        latents: the starting latent.
+        timesteps: the loop's timesteps.
+        denoiser: ``denoiser(device)``, e.g. from :func:`unet_denoiser`.
+        finish: the final latent to the pipeline's output, e.g. from :func:`finisher`.
+        cfg: whether the call runs classifier-free guidance (two rows per evaluation).
+        **more: further :class:`Prepared` fields (``begin``, ``end``, ``wrap_rule``).
+
+    Returns:
+        The prepared call.
+
+    Example:
+        >>> from picard.models.tiny import tiny_stable_diffusion
+        >>> pipe = tiny_stable_diffusion()
+        >>> a = {"num_inference_steps": 5, "generator": None, "eta": 0.0}
+        >>> p = unet_prepared(pipe, a, torch.zeros(1, 4, 8, 8), torch.arange(5), None, None,
+        ...                   True, begin=0)
+        >>> p.rows_per_evaluation, p.step_options
+        (2, {'eta': 0.0})
+    """
+    return Prepared(
+        latents=latents,
+        num_inference_steps=a["num_inference_steps"],
+        timesteps=timesteps,
+        denoiser=denoiser,
+        device=pipe.unet.device,
+        finish=finish,
+        generator=a["generator"],
+        rows_per_evaluation=2 if cfg else 1,
+        step_options={"eta": a["eta"]},
+        **more,
+    )

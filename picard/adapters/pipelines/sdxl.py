@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from picard.adapters.pipelines.preamble import prompt_count
+from picard.adapters.pipelines.sd_parts import guidance_scale_embedding, unet_prepared
 from picard.adapters.pipelines.spec import Prepared, guided, on, sample_rows
 
 __all__ = ["prepare_sdxl", "prepare_sdxl_img2img"]
@@ -68,12 +70,7 @@ def _call_state(pipe: Any, a: Mapping[str, Any]) -> None:
 
 def _images(a: Mapping[str, Any]) -> int:
     """How many images the call makes: prompts times ``num_images_per_prompt``."""
-    prompt = a["prompt"]
-    if prompt is not None:
-        batch = 1 if isinstance(prompt, str) else len(prompt)
-    else:
-        batch = a["prompt_embeds"].shape[0]
-    return batch * (a["num_images_per_prompt"] or 1)
+    return prompt_count(a) * (a["num_images_per_prompt"] or 1)
 
 
 def _encode(pipe: Any, a: Mapping[str, Any], device: torch.device) -> tuple[Tensor, ...]:
@@ -119,14 +116,9 @@ def _truncated(pipe: Any, denoising_end: Any, timesteps: Tensor) -> Tensor:
     return timesteps[:kept]
 
 
-def _guidance_embedding(pipe: Any, a: Mapping[str, Any], images: int, like: Tensor) -> Any:
-    """LCM-distilled UNets' guidance-scale embedding (``None`` for other UNets)."""
-    dim = pipe.unet.config.time_cond_proj_dim
-    if dim is None:
-        return None
-    scale = torch.tensor(a["guidance_scale"] - 1).repeat(images)
-    emb = pipe.get_guidance_scale_embedding(scale, embedding_dim=dim)
-    return emb.to(device=like.device, dtype=like.dtype)
+def _tcond(pipe: Any, a: Mapping[str, Any], images: int, like: Tensor) -> Tensor | None:
+    """LCM-distilled UNets' guidance-scale embedding, on ``like``'s device and dtype."""
+    return guidance_scale_embedding(pipe, a["guidance_scale"], images, like.device, like.dtype)
 
 
 def _halves(pipe: Any, embeds: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
@@ -157,13 +149,12 @@ def prepare_sdxl(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         ValueError: ``denoising_end`` ends the loop before the grid's last step.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sdxl import tiny_sdxl
         >>> pipe = tiny_sdxl()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, ["a cat", "a dog"], num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_sdxl(pipe, call.arguments)
+        >>> p = prepare_sdxl(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation
         (torch.Size([2, 4, 8, 8]), 2)
     """
@@ -200,7 +191,7 @@ def prepare_sdxl(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     timesteps = _truncated(pipe, a["denoising_end"], pipe.scheduler.timesteps)
     conditioning = _Conditioning(
         prompt.to(device), text.to(device), time.to(device).repeat(images, 1),
-        _guidance_embedding(pipe, a, images, latents), images, cfg,
+        _tcond(pipe, a, images, latents), images, cfg,
     )  # fmt: skip
     if hasattr(pipe.scheduler, "set_begin_index"):
         pipe.scheduler.set_begin_index(0)
@@ -229,14 +220,13 @@ def prepare_sdxl_img2img(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         ValueError: ``denoising_end`` ends the loop before the grid's last step.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny_sdxl import tiny_sdxl_img2img
         >>> pipe = tiny_sdxl_img2img()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", image=torch.rand(1, 3, 16, 16), strength=0.5,
         ...     num_inference_steps=10)
-        >>> call.apply_defaults()
-        >>> p = prepare_sdxl_img2img(pipe, call.arguments)
+        >>> p = prepare_sdxl_img2img(pipe, a)
         >>> p.begin, len(p.timesteps), p.latents.shape
         (5, 5, torch.Size([1, 4, 8, 8]))
     """
@@ -277,7 +267,7 @@ def prepare_sdxl_img2img(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     timesteps = _truncated(pipe, a["denoising_end"], timesteps)
     conditioning = _Conditioning(
         prompt.to(device), text.to(device), time.to(device),
-        _guidance_embedding(pipe, a, images, latents), images, cfg,
+        _tcond(pipe, a, images, latents), images, cfg,
     )  # fmt: skip
     return _prepared(pipe, a, latents, conditioning, timesteps, begin=begin, img2img=True)
 
@@ -320,19 +310,10 @@ def _prepared(
     def finish(final: Tensor) -> Any:
         return _finish(pipe, final, a["output_type"], a["return_dict"], img2img)
 
-    return Prepared(
-        latents=latents,
-        num_inference_steps=a["num_inference_steps"],
-        timesteps=timesteps,
-        denoiser=denoiser,
-        device=pipe.unet.device,
-        finish=finish,
-        generator=a["generator"],
-        rows_per_evaluation=2 if conditioning.cfg else 1,
-        step_options={"eta": a["eta"]},
-        begin=begin,
+    return unet_prepared(
+        pipe, a, latents, timesteps, denoiser, finish, conditioning.cfg, begin=begin,
         end=begin + len(timesteps),
-    )
+    )  # fmt: skip
 
 
 def _decode(pipe: Any, latents: Tensor) -> Tensor:

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from picard.adapters.pipelines.sd_parts import encode, finisher, guidance_embedding, unet_denoiser
+from picard.adapters.pipelines.sd_parts import (
+    encode,
+    finisher,
+    guidance_embedding,
+    unet_denoiser,
+    unet_prepared,
+)
 from picard.adapters.pipelines.spec import Prepared
 
 __all__ = ["prepare_stable_diffusion"]
@@ -27,13 +33,12 @@ def prepare_stable_diffusion(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         The prepared call.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny import tiny_stable_diffusion
         >>> pipe = tiny_stable_diffusion()
-        >>> call = inspect.signature(type(pipe).__call__).bind(
+        >>> a = call_arguments(
         ...     pipe, "a cat", height=16, width=16, num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> p = prepare_stable_diffusion(pipe, call.arguments)
+        >>> p = prepare_stable_diffusion(pipe, a)
         >>> p.latents.shape, p.rows_per_evaluation  # guidance: two rows per evaluation
         (torch.Size([1, 4, 8, 8]), 2)
     """
@@ -55,14 +60,6 @@ def prepare_stable_diffusion(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         prompts.device, a["generator"], a["latents"],
     )  # fmt: skip
     tcond = guidance_embedding(pipe, a, prompts, latents.dtype)
-    return Prepared(
-        latents=latents,
-        num_inference_steps=a["num_inference_steps"],
-        timesteps=pipe.scheduler.timesteps,
-        denoiser=unet_denoiser(pipe, a, prompts, tcond, rescale=a["guidance_rescale"]),
-        device=pipe.unet.device,
-        finish=finisher(pipe, a, prompts),
-        generator=a["generator"],
-        rows_per_evaluation=2 if prompts.cfg else 1,
-        step_options={"eta": a["eta"]},
-    )
+    denoiser = unet_denoiser(pipe, a, prompts, tcond, rescale=a["guidance_rescale"])
+    finish = finisher(pipe, a, prompts)
+    return unet_prepared(pipe, a, latents, pipe.scheduler.timesteps, denoiser, finish, prompts.cfg)

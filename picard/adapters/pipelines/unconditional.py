@@ -24,12 +24,11 @@ def prepare_unconditional(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         The prepared call.
 
     Example:
-        >>> import inspect
+        >>> from picard.adapters.pipelines.preamble import call_arguments
         >>> from picard.models.tiny import tiny_unet_pipeline
         >>> pipe = tiny_unet_pipeline("ddim")
-        >>> call = inspect.signature(type(pipe).__call__).bind(pipe, num_inference_steps=5)
-        >>> call.apply_defaults()
-        >>> prepare_unconditional(pipe, call.arguments).latents.shape
+        >>> a = call_arguments(pipe, num_inference_steps=5)
+        >>> prepare_unconditional(pipe, a).latents.shape
         torch.Size([1, 3, 8, 8])
     """
     from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
