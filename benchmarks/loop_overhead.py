@@ -23,8 +23,9 @@ import torch
 
 
 def _cases() -> dict:
-    import picard
     from diffusers import DDPMScheduler
+
+    import picard
     from picard.adapters.diffusers import from_scheduler
 
     torch.set_num_threads(1)
