@@ -27,9 +27,11 @@ class Stats:
         window_starts: the first step of the window, per sweep.
         rows_per_evaluation: model rows behind one evaluation (2 with classifier-free
             guidance); see :attr:`model_rows`.
-        acceleration: the acceleration's own counters (``accelerate=``), e.g. the secant's
-            ``accelerated`` (sweeps whose update it corrected) and ``fallbacks`` (times its
-            safeguard made the next sweep plain Picard); empty for plain Picard.
+        acceleration: the acceleration's counters (``accelerate=``): two every
+            acceleration may report, ``accelerated`` (sweeps whose update it changed) and
+            ``fallbacks`` (times its safeguard made the next sweep plain Picard), read by
+            :attr:`accelerated` and :attr:`fallbacks`, and any of its own; empty for plain
+            Picard.
         sequential_steps: steps taken one at a time after the sweeps stopped
             (``on_budget``/``on_nonfinite="sequential"``); counted in ``iterations``
             and ``evaluations``.
