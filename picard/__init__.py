@@ -15,6 +15,7 @@ import importlib as _importlib
 import sys as _sys
 
 from picard.core.acceleration import ACCELERATIONS, Acceleration, Picard, Secant
+from picard.core.options import Options
 from picard.core.tolerance import Tolerance
 from picard.errors import (
     AccuracyWarning,
@@ -27,7 +28,6 @@ from picard.errors import (
 )
 from picard.evaluation import map_rows
 from picard.ode import odeint, odeint_adjoint, sdeint
-from picard.options import Options
 from picard.problem import Lanes, Problem, Recursion, Traits
 from picard.solution import Solution, Stats
 from picard.solver import DEFAULT_TOL, sequential, solve
@@ -70,6 +70,7 @@ _MOVED = {
     "acceptance": "picard.core.acceptance",
     "arrays": "picard.core.arrays",
     "budget": "picard.core.budget",
+    "options": "picard.core.options",
     "gradients": "picard.core.adjoint",
     "guess": "picard.core.guess",
     "plans": "picard.core.plans",

@@ -20,10 +20,10 @@ from torch import Tensor
 from picard.checks import check_int, check_state
 from picard.core.adjoint import differentiable, gradient_inputs
 from picard.core.arrays import TORCH
+from picard.core.options import Options
 from picard.core.plans import Saver, bad_increments, remember, solution
 from picard.core.run import Solver
 from picard.errors import NonFiniteError
-from picard.options import Options
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.solution import Solution, Stats
 

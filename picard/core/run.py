@@ -22,12 +22,12 @@ from picard.core.acceleration import Picard, resolve_acceleration
 from picard.core.budget import Budget
 from picard.core.guess import guess_for
 from picard.core.loop import Strategies, sweep
+from picard.core.options import Options
 from picard.core.plans import PerSampleWindows, SharedWindow
 from picard.core.tolerance import Tolerance
 from picard.core.verify import verified
 from picard.core.window import calibration_key, controller_for, curve_for
 from picard.evaluation import evaluating, evaluator_for
-from picard.options import Options
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.solution import Solution
 

@@ -21,8 +21,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from picard.core.options import Options
 from picard.errors import AccuracyWarning, ConvergenceError
-from picard.options import Options
 from picard.problem import Problem
 from picard.solution import Solution, Stats
 

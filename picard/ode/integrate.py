@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 
 from picard.checks import check_batch_dims, check_callable, check_grid, check_nonneg, check_state
+from picard.core.options import Options
 from picard.ode.batching import batched_form
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.tableaus import METHODS, Tableau, tableau_for
-from picard.options import Options
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
 from picard.solver import solve_with
 

@@ -21,10 +21,10 @@ from picard.checks import (
     check_nonneg,
     check_state,
 )
+from picard.core.options import Options
 from picard.ode.batching import batched_form
 from picard.ode.grids import interpolate
 from picard.ode.integrate import GUESS_STEPS
-from picard.options import Options
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
 from picard.solver import solve_with
 
