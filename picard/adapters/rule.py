@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from picard.acceleration import Secant
-from picard.adapters import schedules
 from picard.adapters.noise import Noise
+from picard.adapters.schedulers import schedules
 from picard.problem import Problem, model_parameters, working_dtype
 from picard.rows import map_rows
 

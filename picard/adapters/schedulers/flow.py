@@ -15,7 +15,7 @@ the model predicts the velocity ``v = dx/dσ = ε - x_0``. Variables (diffusers 
 
 diffusers' default grid is shifted twice (``__init__`` shifts the training sigmas whose
 ends bound ``set_timesteps``'s linspace, which is shifted again); reproduced here via
-:func:`picard.adapters.schedules.flow_sigmas`.
+:func:`picard.adapters.schedulers.schedules.flow_sigmas`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _check_grid, _convert_sigmas, _sigma_schedule
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.euler import _check_grid, _convert_sigmas, _sigma_schedule
 
 __all__ = ["FLOW_DEFAULTS", "FlowMatchEulerRule", "flow_grid", "flow_tol_scale", "from_config"]
 

@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _churn, _tol_scale
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.euler import _churn, _tol_scale
 
 __all__ = ["EDM_EULER_DEFAULTS", "EDMEulerRule", "edm_grid", "from_config"]
 

@@ -7,7 +7,7 @@ Variables (diffusers -> symbols):
 
 - ``sigmas`` interleaves the grid ``[σ_0, σ_1, σ_1, …, σ_{N-1}, σ_{N-1}, 0]`` and
   ``timesteps`` = 1000 σ likewise (2N - 1 loop entries, one model call each); the grid
-  is :func:`picard.adapters.flow.flow_grid`'s with the static ``shift`` s,
+  is :func:`picard.adapters.schedulers.flow.flow_grid`'s with the static ``shift`` s,
   ``σ' = s σ / (1 + (s - 1) σ)`` (Esser et al. 2024, eq. 23), applied twice as diffusers
   does. The config has no other options.
 - ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``: S_churn, S_tmin, S_tmax, S_noise;
@@ -28,7 +28,7 @@ and the noise drawn in the model output's dtype.
 For picard each loop entry is one step; its state is the sample the model sees (x_i,
 then x̃). ``memory = 1``: each entry stores d, and the correction is written as an
 increment of x̃, ``x̃ + (d'_i - d_i)/2 · dt`` (equal to diffusers' since ``x̃ = x̂ + d_i
-dt``; see :mod:`picard.adapters.heun` for why), matching diffusers to float rounding.
+dt``; see :mod:`picard.adapters.schedulers.heun` for why), matching diffusers to float rounding.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _churn, _real
-from picard.adapters.flow import flow_grid, flow_tol_scale
-from picard.adapters.heun import TwoStageRule, check_first_timestep
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.euler import _churn, _real
+from picard.adapters.schedulers.flow import flow_grid, flow_tol_scale
+from picard.adapters.schedulers.heun import TwoStageRule, check_first_timestep
 
 __all__ = ["FLOW_HEUN_DEFAULTS", "FlowMatchHeunRule", "flow_heun_grid", "from_config"]
 

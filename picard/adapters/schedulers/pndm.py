@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
 
 __all__ = ["Entry", "PNDMRule", "from_config", "pndm_plan"]
 
@@ -229,7 +229,7 @@ class PNDMRule(UpdateRule):
 
     Supports ``skip_prk_steps`` both ways, the three ``timestep_spacing`` values with
     ``steps_offset``, ``set_alpha_to_one``, the beta schedules of
-    :func:`picard.adapters.schedules.betas` and prediction types epsilon and v_prediction
+    :func:`picard.adapters.schedulers.schedules.betas` and prediction types epsilon and v_prediction
     (diffusers' PNDM raises for ``sample``). ``num_steps`` is the number of loop entries:
     N + 1 for S-PNDM, N + 9 with the Runge–Kutta warm-up.
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.flow import flow_tol_scale
 from picard.adapters.rule import UpdateRule
-from picard.adapters.schedules import _get
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.flow import flow_tol_scale
+from picard.adapters.schedulers.schedules import _get
 
 __all__: list[str] = []
 
@@ -306,7 +306,7 @@ class _PredictorCorrector(UpdateRule):
 
         Example:
             >>> import torch
-            >>> from picard.adapters.unipc import UniPCRule
+            >>> from picard.adapters.schedulers.unipc import UniPCRule
             >>> rule = UniPCRule({"prediction_type": "sample"}, 3)
             >>> c = {"alpha": torch.ones(1, 1), "sigma": torch.ones(1, 1)}
             >>> rule.convert(torch.ones(1, 2), torch.zeros(1, 2), c).tolist()

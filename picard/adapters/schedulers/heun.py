@@ -28,8 +28,9 @@ badly (gaussian denoiser, N = 50, default tol: 40 sweeps and 3e-2 error instead 
 and 7e-4). The rewritten sum rounds differently: at ``tol=0`` picard matches diffusers to
 float rounding (≈ 4e-7 of the sample's size in float32), not bitwise. The
 grid's sigma schedules (karras, exponential, beta), spacings and schedule maths are
-the Euler schedulers' (:mod:`picard.adapters.euler`, :mod:`picard.adapters.schedules`);
-the other two-model-call samplers (:mod:`picard.adapters.kdpm2`) reuse the helpers here.
+the Euler schedulers' (:mod:`~picard.adapters.schedulers.euler`,
+:mod:`~picard.adapters.schedulers.schedules`); the other two-model-call samplers
+(:mod:`~picard.adapters.schedulers.kdpm2`) reuse the helpers here.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import (
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.euler import (
     _convert_sigmas,
     _init_noise_sigma,
     _sigma_schedule,

@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.multistep import (
+from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.multistep import (
     _alpha_sigma,
     _base_coefficients,
     _check_final,
@@ -58,8 +59,7 @@ from picard.adapters.multistep import (
     _threshold,
     _tol_scale,
 )
-from picard.adapters.rule import UpdateRule
-from picard.adapters.schedules import _get
+from picard.adapters.schedulers.schedules import _get
 
 __all__ = [
     "ALGORITHM_TYPES",

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _check_grid, _convert_sigmas
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.euler import _check_grid, _convert_sigmas
 
 __all__ = ["LMS_DEFAULTS", "LMSRule", "from_config", "lms_coefficients", "lms_grid"]
 
@@ -171,7 +171,7 @@ def lms_coefficients(sigmas: Tensor, steps: int, order: int) -> np.ndarray:
 class LMSRule(UpdateRule):
     """LMS (k-diffusion's ``sample_lms``), as ``LMSDiscreteScheduler`` steps it.
 
-    Supports the beta schedules of :func:`picard.adapters.schedules.betas`, the three
+    Supports the beta schedules of :func:`picard.adapters.schedulers.schedules.betas`, the three
     spacings with ``steps_offset``, Karras/exponential/beta sigmas, the prediction types
     epsilon, sample and v_prediction, and ``step``'s ``order`` (any int ≥ 1).
     ``memory = order - 1`` derivatives; ``model_input`` is ``scale_model_input``;

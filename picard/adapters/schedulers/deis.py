@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.dpmsolver import step_orders
-from picard.adapters.multistep import (
+from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.dpmsolver import step_orders
+from picard.adapters.schedulers.multistep import (
     _alpha_sigma,
     _check_first_timestep,
     _check_order,
@@ -52,7 +53,6 @@ from picard.adapters.multistep import (
     _threshold,
     _tol_scale,
 )
-from picard.adapters.rule import UpdateRule
 
 __all__ = ["DEFAULTS", "DEISRule", "deis_grid", "from_config"]
 

@@ -15,14 +15,14 @@ DPM-Solver++ multistep update of Lu et al. 2022b (Algorithm 2) in the EDM latent
   ``prediction_type="epsilon"``, − for ``"v_prediction"``), thresholded if asked.
 - ``_sigma_to_alpha_sigma_t``: α_t = 1, σ_t = σ; ``lambda_t`` = −log σ; ``h``, ``r0``,
   ``r1``, ``D0``, ``D1``, ``D2`` as DPM-Solver++ multistep (see
-  :mod:`picard.adapters.dpmsolver`): DPM-Solver++(1) ``x_t = (σ_t/σ_s) x_s + (1 − e^{−h})
+  :mod:`picard.adapters.schedulers.dpmsolver`): DPM-Solver++(1) ``x_t = (σ_t/σ_s) x_s + (1 − e^{−h})
   D0``, (2M) adds the midpoint or Heun D1 term, (3M) the D1/D2 terms; ``sde-dpmsolver++``
   uses ``(σ_t/σ_s) e^{−h}``, ``1 − e^{−2h}`` and adds ``σ_t √(1 − e^{−2h}) z``.
 
 Each step is ``x_{i+1} = cx x_i + c0 m0 + c01 (m0 − m1) + c12 (m1 − m2) + cz z`` with
 per-step weights that encode the order diffusers picks (warm-up, ``lower_order_final``
 below 15 steps, ``euler_at_final``, a zero final sigma: see
-:func:`picard.adapters.dpmsolver.step_orders`). The scalars are computed in float32 on
+:func:`picard.adapters.schedulers.dpmsolver.step_orders`). The scalars are computed in float32 on
 0-d tensors as diffusers computes them and combined in float64; diffusers' EDM ``step``
 keeps the latent's dtype and draws the SDE noise in the model output's dtype, so a
 float64 run is float64 throughout. ``init_noise_sigma`` is diffusers' √(σ_max² + 1).
@@ -38,11 +38,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.dpmsolver import step_orders
-from picard.adapters.edm_euler import EDM_EULER_DEFAULTS
-from picard.adapters.euler import _tol_scale
-from picard.adapters.multistep import (
+from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.dpmsolver import step_orders
+from picard.adapters.schedulers.edm_euler import EDM_EULER_DEFAULTS
+from picard.adapters.schedulers.euler import _tol_scale
+from picard.adapters.schedulers.multistep import (
     _DPM_ALGORITHM_ALIASES,
     _DPM_SOLVER_ALIASES,
     _base_coefficients,
@@ -54,7 +55,6 @@ from picard.adapters.multistep import (
     _options,
     _threshold,
 )
-from picard.adapters.rule import UpdateRule
 
 __all__ = ["DEFAULTS", "EDMDPMSolverRule", "edm_grid", "from_config"]
 

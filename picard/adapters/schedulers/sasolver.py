@@ -46,9 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _convert_sigmas
-from picard.adapters.multistep import (
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.euler import _convert_sigmas
+from picard.adapters.schedulers.multistep import (
     _alpha_sigma,
     _check_first_timestep,
     _lambda_at,

@@ -50,8 +50,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.multistep import (
+from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.multistep import (
     _DPM_ALGORITHM_ALIASES,
     _DPM_SOLVER_ALIASES,
     _alpha_sigma,
@@ -72,7 +73,6 @@ from picard.adapters.multistep import (
     _threshold,
     _tol_scale,
 )
-from picard.adapters.rule import UpdateRule
 
 __all__ = [
     "ALGORITHM_TYPES",
