@@ -34,3 +34,12 @@ def test_registry_points_at_the_moved_modules():
     for sampler in SCHEDULERS.values():
         assert sampler.factory.startswith("picard.adapters.schedulers.")
         assert callable(sampler.make())
+
+
+def test_unsupported_scheduler_error_is_typed():
+    from picard.adapters.schedulers import sampler_for
+    from picard.errors import UnsupportedSchedulerError
+
+    with pytest.raises(UnsupportedSchedulerError, match="scheduler object is not supported"):
+        sampler_for(object())
+    assert issubclass(UnsupportedSchedulerError, TypeError)

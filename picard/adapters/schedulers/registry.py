@@ -21,7 +21,7 @@ from torch import Tensor
 from picard.adapters.lookup import registered
 from picard.adapters.rule import DiffusionProblem, Generator, UpdateRule
 from picard.adapters.scheduler_loop import SchedulerLoop
-from picard.errors import SequentialWarning
+from picard.errors import SequentialWarning, UnsupportedSchedulerError
 
 __all__ = ["SCHEDULERS", "Sampler", "from_scheduler", "rule_for", "sampler_for"]
 
@@ -188,7 +188,8 @@ def sampler_for(scheduler: Any) -> Sampler:
         Its :class:`Sampler`.
 
     Raises:
-        TypeError: the class is not supported (the message lists what is).
+        UnsupportedSchedulerError: the class is not supported (the message lists what is);
+            a ``TypeError``.
 
     Example:
         >>> from diffusers import DDIMScheduler
@@ -203,7 +204,7 @@ def sampler_for(scheduler: Any) -> Sampler:
             if base.__name__ in SCHEDULERS and base.__module__.startswith("diffusers."):
                 changed = f" (it changes the {base.__name__} picard reproduces)"
                 break
-        raise TypeError(
+        raise UnsupportedSchedulerError(
             f"scheduler {cls.__name__} is not supported{changed}; supported: "
             f"{', '.join(SCHEDULERS)}"
         )
@@ -231,7 +232,7 @@ def rule_for(scheduler: Any, num_inference_steps: int, **options: Any) -> Update
     sampler = sampler_for(scheduler)
     config = getattr(scheduler, "config", None)
     if config is None:
-        raise TypeError(f"scheduler {type(scheduler).__name__} has no config")
+        raise UnsupportedSchedulerError(f"scheduler {type(scheduler).__name__} has no config")
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
         raise TypeError(
             f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}"
@@ -304,8 +305,8 @@ def from_scheduler(
     try:
         rule = rule_for(scheduler, num_inference_steps, **options)
         rule = rule.head(rule.num_steps if end is None else end).tail(begin)
-    except TypeError as err:
-        if on_unsupported == "raise" or not str(err).startswith("scheduler "):
+    except UnsupportedSchedulerError as err:
+        if on_unsupported == "raise":
             raise
         warnings.warn(f"{err}: it runs step by step", SequentialWarning, stacklevel=2)
         return SchedulerLoop(
