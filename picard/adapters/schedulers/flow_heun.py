@@ -40,9 +40,9 @@ import torch
 from torch import Tensor
 
 from picard.adapters.schedulers import schedules
-from picard.adapters.schedulers.euler import _churn, _real
 from picard.adapters.schedulers.flow import flow_grid, flow_tol_scale
 from picard.adapters.schedulers.heun import TwoStageRule, check_first_timestep
+from picard.adapters.schedulers.sigma_rules import karras_churn, real_number
 
 __all__ = ["FLOW_HEUN_DEFAULTS", "FlowMatchHeunRule", "flow_heun_grid", "from_config"]
 
@@ -109,14 +109,14 @@ class FlowMatchHeunRule(TwoStageRule):
         s_noise: float = 1.0,
     ):
         self.config = _config(config)
-        s_churn, s_tmin = _real("s_churn", s_churn), _real("s_tmin", s_tmin)
-        s_tmax, self.s_noise = _real("s_tmax", s_tmax), _real("s_noise", s_noise)
+        s_churn, s_tmin = real_number("s_churn", s_churn), real_number("s_tmin", s_tmin)
+        s_tmax, self.s_noise = real_number("s_tmax", s_tmax), real_number("s_noise", s_noise)
         self.timesteps, self.sigmas = flow_heun_grid(self.config, num_inference_steps)
         m = self.num_steps = len(self.timesteps)
         base = self.base_sigmas = torch.cat([self.sigmas[::2], self.sigmas[-1:]])
         n = m // 2 + 1
         sigma, following = base[:n], base[1 : n + 1]
-        sigma_hat, draws, churn = _churn(sigma, len(self.sigmas) - 1, s_churn, s_tmin, s_tmax)
+        sigma_hat, draws, churn = karras_churn(sigma, len(self.sigmas) - 1, s_churn, s_tmin, s_tmax)
         first = torch.arange(m) % 2 == 0
         j = torch.arange(m) // 2
         self.coefficients = {

@@ -41,7 +41,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters.schedulers.euler import _init_noise_sigma
 from picard.adapters.schedulers.heun import (
     HEUN_DEFAULTS,
     TwoStageRule,
@@ -51,6 +50,7 @@ from picard.adapters.schedulers.heun import (
     karras_config,
     karras_family_grid,
 )
+from picard.adapters.schedulers.sigma_rules import init_noise_sigma
 
 __all__ = [
     "KDPM2_DEFAULTS",
@@ -177,7 +177,7 @@ class _KDPM2Base(TwoStageRule):
         m = self.num_steps = len(self.timesteps)
         self.base_sigmas = base
         self.sigmas, self.sigmas_interpol = _pair(base), _pair(interp)
-        self.init_noise_sigma = _init_noise_sigma(full, self.sigmas)
+        self.init_noise_sigma = init_noise_sigma(full, self.sigmas)
         j = torch.arange(m) // 2
         first = torch.arange(m) % 2 == 0
         if self.ancestral:  # the midpoint of step j is interp[j]; the step aims at σ_down

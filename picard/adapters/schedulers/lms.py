@@ -40,7 +40,7 @@ from torch import Tensor
 
 from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
-from picard.adapters.schedulers.euler import _check_grid, _convert_sigmas
+from picard.adapters.schedulers.sigma_rules import check_grid, convert_config_sigmas
 
 __all__ = ["LMS_DEFAULTS", "LMSRule", "from_config", "lms_coefficients", "lms_grid"]
 
@@ -103,11 +103,11 @@ def lms_grid(config: Mapping[str, Any], num_inference_steps: int) -> tuple[Tenso
     sigmas = schedules.interp_sigmas(t, train)
     kind = next((k for k in schedules.SIGMA_SCHEDULES if full[k]), None)
     if kind is not None:  # between the interpolated grid's ends: LMS has no sigma_min/max
-        sigmas = _convert_sigmas(kind, sigmas, n, {})
+        sigmas = convert_config_sigmas(kind, sigmas, n, {})
         t = schedules.sigmas_to_timesteps(sigmas, np.log(train))
     out = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
     timesteps = torch.from_numpy(np.asarray(t).astype(np.float32))
-    _check_grid(timesteps, out)
+    check_grid(timesteps, out)
     return timesteps, out
 
 

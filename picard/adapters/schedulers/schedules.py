@@ -69,7 +69,8 @@ THRESHOLD_DEFAULTS: dict[str, Any] = {
 """diffusers' defaults of the dynamic-thresholding keys (see :func:`clip_or_threshold`)."""
 
 
-def _get(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
+def read_option(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """``config[key]`` (a mapping) or ``config.key`` (an object), else ``default``."""
     return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
 
 
@@ -160,10 +161,10 @@ def betas(config: Mapping[str, Any]) -> Tensor:
         >>> b.shape, b.dtype, round(float(b.max()), 3)
         (torch.Size([1000]), torch.float32, 0.999)
     """
-    n = int(_get(config, "num_train_timesteps", 1000))
-    start, end = _get(config, "beta_start", 0.0001), _get(config, "beta_end", 0.02)
-    trained = _get(config, "trained_betas")
-    schedule = _get(config, "beta_schedule", "linear")
+    n = int(read_option(config, "num_train_timesteps", 1000))
+    start, end = read_option(config, "beta_start", 0.0001), read_option(config, "beta_end", 0.02)
+    trained = read_option(config, "trained_betas")
+    schedule = read_option(config, "beta_schedule", "linear")
     if trained is not None:
         out = torch.tensor(trained, dtype=torch.float32)
     elif schedule == "linear":
@@ -177,7 +178,7 @@ def betas(config: Mapping[str, Any]) -> Tensor:
             "beta_schedule must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2' "
             f"(or trained_betas), got {schedule!r}"
         )
-    if _get(config, "rescale_betas_zero_snr", False):
+    if read_option(config, "rescale_betas_zero_snr", False):
         out = _rescale_zero_terminal_snr(out)
     return out
 
@@ -221,13 +222,13 @@ def alphas_cumprod(config: Mapping[str, Any], *, terminal_floor: bool = False) -
         (0.0, 5.960464477539063e-08)
     """
     out = torch.cumprod(1.0 - betas(config), dim=0)
-    if terminal_floor and _get(config, "rescale_betas_zero_snr", False):
+    if terminal_floor and read_option(config, "rescale_betas_zero_snr", False):
         out[-1] = 2**-24
     return out
 
 
 def _spacing(config: Mapping[str, Any]) -> str:
-    spacing = _get(config, "timestep_spacing", "leading")
+    spacing = read_option(config, "timestep_spacing", "leading")
     if spacing not in SPACINGS:
         raise ValueError(f"timestep_spacing must be one of {SPACINGS}, got {spacing!r}")
     return spacing
@@ -255,14 +256,14 @@ def leading_timesteps(config: Mapping[str, Any], n: int) -> np.ndarray:
         >>> leading_timesteps({"num_train_timesteps": 1000, "steps_offset": 1}, 4).tolist()
         [751, 501, 251, 1]
     """
-    total = int(_get(config, "num_train_timesteps", 1000))
+    total = int(read_option(config, "num_train_timesteps", 1000))
     spacing = _spacing(config)
     if spacing == "linspace":
         return np.linspace(0, total - 1, n).round()[::-1].copy().astype(np.int64)
     if spacing == "leading":
         ratio = total // n
         steps = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64)
-        return steps + int(_get(config, "steps_offset", 0))
+        return steps + int(read_option(config, "steps_offset", 0))
     return np.round(np.arange(total, 0, -total / n)).astype(np.int64) - 1
 
 
@@ -293,7 +294,7 @@ def check_timesteps(timesteps: np.ndarray, total: int, config: Mapping[str, Any]
         raise ValueError(
             f"the timestep grid {timesteps.min()}…{timesteps.max()} leaves the training "
             f"schedule [0, {total - 1}] (timestep_spacing={_spacing(config)!r}, "
-            f"steps_offset={_get(config, 'steps_offset', 0)}); use fewer steps or another "
+            f"steps_offset={read_option(config, 'steps_offset', 0)}); use fewer steps or another "
             "spacing"
         )
 
@@ -323,7 +324,7 @@ def solver_timesteps(config: Mapping[str, Any], n: int, last: int | None = None)
         >>> solver_timesteps({"timestep_spacing": "linspace"}, 4, last=500).tolist()
         [499, 374, 250, 125]
     """
-    total = int(_get(config, "num_train_timesteps", 1000))
+    total = int(read_option(config, "num_train_timesteps", 1000))
     last = total if last is None else last
     spacing = _spacing(config)
     if spacing == "linspace":
@@ -331,7 +332,7 @@ def solver_timesteps(config: Mapping[str, Any], n: int, last: int | None = None)
     if spacing == "leading":
         ratio = last // (n + 1)
         steps = (np.arange(0, n + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64)
-        return steps + int(_get(config, "steps_offset", 0))
+        return steps + int(read_option(config, "steps_offset", 0))
     return np.arange(last, 0, -total / n).round().copy().astype(np.int64) - 1
 
 
@@ -356,14 +357,14 @@ def euler_timesteps(config: Mapping[str, Any], n: int) -> np.ndarray:
         >>> ts.dtype, ts.tolist()
         (dtype('float32'), [999.0, 666.0, 333.0, 0.0])
     """
-    total = int(_get(config, "num_train_timesteps", 1000))
+    total = int(read_option(config, "num_train_timesteps", 1000))
     spacing = _spacing(config)
     if spacing == "linspace":
         return np.linspace(0, total - 1, n, dtype=np.float32)[::-1].copy()
     if spacing == "leading":
         ratio = total // n
         steps = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.float32)
-        return steps + np.float32(_get(config, "steps_offset", 0))
+        return steps + np.float32(read_option(config, "steps_offset", 0))
     return np.arange(total, 0, -total / n).round().copy().astype(np.float32) - np.float32(1)
 
 
@@ -545,21 +546,21 @@ def flow_sigmas(
         >>> [round(float(v), 3) for v in s]
         [1.0, 0.731, 0.475]
     """
-    total = int(_get(config, "num_train_timesteps", 1000))
-    shift = float(_get(config, "shift", 1.0))
+    total = int(read_option(config, "num_train_timesteps", 1000))
+    shift = float(read_option(config, "shift", 1.0))
     if sigmas is None:
         base = np.linspace(1, total, total, dtype=np.float32)[::-1].copy() / np.float32(total)
-        if not _get(config, "use_dynamic_shifting", False):
+        if not read_option(config, "use_dynamic_shifting", False):
             base = shift * base / (1 + (shift - 1) * base)
         sigma_max, sigma_min = float(base[0]), float(base[-1])
         ts = np.linspace(sigma_max * total, sigma_min * total, n)
         sigmas = ts / total
     else:
         sigmas = np.asarray(sigmas).astype(np.float32)
-    if _get(config, "use_dynamic_shifting", False):
+    if read_option(config, "use_dynamic_shifting", False):
         if mu is None:
             raise ValueError("mu is required when the scheduler uses dynamic shifting")
-        if _get(config, "time_shift_type", "exponential") == "exponential":
+        if read_option(config, "time_shift_type", "exponential") == "exponential":
             sigmas = math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1) ** 1.0)
         else:
             sigmas = mu / (mu + (1 / sigmas - 1) ** 1.0)
@@ -626,7 +627,7 @@ def prediction_type(config: Mapping[str, Any]) -> str:
         >>> prediction_type({}), prediction_type({"prediction_type": "v_prediction"})
         ('epsilon', 'v_prediction')
     """
-    kind = _get(config, "prediction_type", "epsilon")
+    kind = read_option(config, "prediction_type", "epsilon")
     if kind not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {kind!r}")
     return kind
@@ -772,14 +773,20 @@ def clip_or_threshold(x0: Tensor, config: Mapping[str, Any], sample_ndim: int) -
         >>> clip_or_threshold(x0, {}, 1) is x0
         True
     """
-    if _get(config, "thresholding", False):
+    if read_option(config, "thresholding", False):
         lead = x0.shape[: x0.ndim - sample_ndim]
         flat = x0.reshape(*lead, -1)
         upcast = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-        s = torch.quantile(upcast.abs(), _get(config, "dynamic_thresholding_ratio", 0.995), dim=-1)
-        s = s.clamp(min=1, max=_get(config, "sample_max_value", 1.0)).unsqueeze(-1).to(x0.dtype)
+        s = torch.quantile(
+            upcast.abs(), read_option(config, "dynamic_thresholding_ratio", 0.995), dim=-1
+        )
+        s = (
+            s.clamp(min=1, max=read_option(config, "sample_max_value", 1.0))
+            .unsqueeze(-1)
+            .to(x0.dtype)
+        )
         return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
-    if _get(config, "clip_sample", False):
-        r = _get(config, "clip_sample_range", 1.0)
+    if read_option(config, "clip_sample", False):
+        r = read_option(config, "clip_sample_range", 1.0)
         return x0.clamp(-r, r)
     return x0
