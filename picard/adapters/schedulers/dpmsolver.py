@@ -42,6 +42,7 @@ from torch import Tensor
 
 from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.config import read_option
 from picard.adapters.schedulers.multistep import (
     alpha_sigma,
     base_coefficients,
@@ -59,7 +60,6 @@ from picard.adapters.schedulers.multistep import (
     threshold_options,
     vp_signal,
 )
-from picard.adapters.schedulers.schedules import read_option
 
 __all__ = [
     "ALGORITHM_TYPES",

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.config import read_option
 from picard.adapters.schedulers.flow import flow_tol_scale
-from picard.adapters.schedulers.schedules import read_option
 
 __all__: list[str] = []
 

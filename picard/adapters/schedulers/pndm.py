@@ -49,7 +49,7 @@ from torch import Tensor
 
 from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
-from picard.adapters.schedulers.schedules import read_option
+from picard.adapters.schedulers.config import read_option
 
 __all__ = ["Entry", "PNDMRule", "from_config", "pndm_plan"]
 
