@@ -23,8 +23,8 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 import picard
-from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
+from picard.adapters.schedulers import schedules
 from picard.cli.fidelity import SAMPLERS, mixture
 
 SAMPLES = 64

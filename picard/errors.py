@@ -15,6 +15,7 @@ __all__ = [
     "PerformanceWarning",
     "RankError",
     "SequentialWarning",
+    "UnsupportedSchedulerError",
 ]
 
 
@@ -135,4 +136,17 @@ class PerformanceWarning(UserWarning):
     Example:
         >>> issubclass(PerformanceWarning, UserWarning)
         True
+    """
+
+
+class UnsupportedSchedulerError(TypeError):
+    """A diffusers scheduler picard does not reproduce (its class, or one without a config).
+
+    A ``TypeError``, as before it had a class of its own; ``from_scheduler(...,
+    on_unsupported="sequential")`` catches it (by type) and runs the scheduler step by step.
+
+    Example:
+        >>> err = UnsupportedSchedulerError("scheduler X is not supported")
+        >>> isinstance(err, TypeError), str(err)
+        (True, 'scheduler X is not supported')
     """

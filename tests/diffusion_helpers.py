@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 
 import picard
-from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
 from picard.adapters.rule import DiffusionProblem
+from picard.adapters.schedulers import schedules
 
 DATA_STD = 0.5
 SPACINGS = [("linspace", 0), ("leading", 0), ("leading", 1), ("trailing", 0)]

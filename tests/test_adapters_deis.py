@@ -26,7 +26,7 @@ from diffusion_helpers import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picard.adapters.deis import DEISRule, deis_grid, from_config
+from picard.adapters.schedulers.deis import DEISRule, deis_grid, from_config
 
 scheduler = scheduler_factory(DEISMultistepScheduler)
 UPDATES = [

@@ -33,7 +33,12 @@ from hypothesis import strategies as st
 
 import picard
 from picard.adapters.diffusers import from_scheduler, rule_for
-from picard.adapters.dpmsolver import DPMSolverRule, from_config, solver_grid, step_orders
+from picard.adapters.schedulers.dpmsolver import (
+    DPMSolverRule,
+    from_config,
+    solver_grid,
+    step_orders,
+)
 
 LU_SCHEDULES = [*SIGMA_SCHEDULES[:2], "use_lu_lambdas", *SIGMA_SCHEDULES[2:]]
 scheduler = scheduler_factory(DPMSolverMultistepScheduler)

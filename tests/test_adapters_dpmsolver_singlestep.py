@@ -26,7 +26,7 @@ from diffusion_helpers import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picard.adapters.dpmsolver_singlestep import (
+from picard.adapters.schedulers.dpmsolver_singlestep import (
     DPMSolverSinglestepRule,
     from_config,
     order_list,

@@ -24,8 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import picard
-from picard.adapters import schedules
-from picard.adapters.edm_dpmsolver import EDMDPMSolverRule, edm_grid, from_config
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.edm_dpmsolver import EDMDPMSolverRule, edm_grid, from_config
 
 
 def diffusers_orders(sched, n: int) -> list[int]:

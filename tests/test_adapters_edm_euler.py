@@ -24,7 +24,7 @@ from diffusion_helpers import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picard.adapters import edm_euler
+from picard.adapters.schedulers import edm_euler
 
 CHURNS = [None, (2.0, 0.0, float("inf"), 1.0), (40.0, 0.3, 8.0, 1.003)]
 CHURN_KEYS = ("s_churn", "s_tmin", "s_tmax", "s_noise")

@@ -25,8 +25,8 @@ from diffusion_helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from picard.adapters import euler, schedules
 from picard.adapters.diffusers import from_scheduler, rule_for
+from picard.adapters.schedulers import euler, schedules
 
 
 def noisy_atol(x_T):

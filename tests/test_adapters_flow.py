@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import picard
-from picard.adapters import flow, schedules
 from picard.adapters.diffusers import from_scheduler
+from picard.adapters.schedulers import flow, schedules
 
 DYNAMIC = [None, ("exponential", 0.8), ("exponential", 1.15), ("linear", 2.5)]
 

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import picard
-from picard.adapters import flow_heun
 from picard.adapters.rule import DiffusionProblem
+from picard.adapters.schedulers import flow_heun
 
 CHURNS = [
     None,

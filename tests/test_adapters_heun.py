@@ -26,8 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import picard
-from picard.adapters import heun
 from picard.adapters.rule import DiffusionProblem
+from picard.adapters.schedulers import heun
 
 
 def heun_scheduler(spacing=("linspace", 0), kind=None, beta="linear", **kw):

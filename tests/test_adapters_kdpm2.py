@@ -27,8 +27,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import picard
-from picard.adapters import kdpm2
 from picard.adapters.rule import DiffusionProblem
+from picard.adapters.schedulers import kdpm2
 
 # diffusers' own _sigma_to_t feeds torch tensors to numpy ufuncs (numpy 2 deprecation)
 pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")

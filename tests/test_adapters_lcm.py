@@ -23,7 +23,7 @@ from diffusion_helpers import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picard.adapters import lcm
+from picard.adapters.schedulers import lcm
 
 X0_OPTIONS = [{}, {"clip_sample": True, "clip_sample_range": 0.6}, {"thresholding": True}]
 

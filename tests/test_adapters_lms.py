@@ -25,8 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import picard
-from picard.adapters import lms
 from picard.adapters.rule import DiffusionProblem
+from picard.adapters.schedulers import lms
 
 
 def scheduler(spacing=("linspace", 0), kind=None, **kw) -> LMSDiscreteScheduler:

@@ -24,8 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import picard
-from picard.adapters import pndm
 from picard.adapters.rule import DiffusionProblem
+from picard.adapters.schedulers import pndm
 
 
 def scheduler(skip=True, spacing=("leading", 1), **kw) -> PNDMScheduler:

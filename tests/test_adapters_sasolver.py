@@ -29,9 +29,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import picard
-from picard.adapters import schedules
 from picard.adapters.rule import DiffusionProblem
-from picard.adapters.sasolver import SASolverRule, from_config, sasolver_grid, step_orders
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.sasolver import (
+    SASolverRule,
+    from_config,
+    sasolver_grid,
+    step_orders,
+)
 
 TAUS = {"default": None, "ode": lambda t: 0, "sde": lambda t: 1, "half": lambda t: 0.5}
 scheduler = scheduler_factory(SASolverScheduler)

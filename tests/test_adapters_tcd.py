@@ -24,7 +24,7 @@ from diffusion_helpers import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from picard.adapters import tcd
+from picard.adapters.schedulers import tcd
 
 
 @settings(max_examples=20)

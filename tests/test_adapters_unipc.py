@@ -28,9 +28,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import picard
-from picard.adapters import schedules
 from picard.adapters.rule import DiffusionProblem
-from picard.adapters.unipc import UniPCRule, from_config, step_orders, unipc_grid
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.unipc import UniPCRule, from_config, step_orders, unipc_grid
 
 scheduler = scheduler_factory(UniPCMultistepScheduler)
 

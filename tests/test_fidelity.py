@@ -16,8 +16,8 @@ from diffusers import (
 )
 
 import picard
-from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
+from picard.adapters.schedulers import schedules
 from picard.cli import fidelity
 from picard.core.verify import relative_error
 

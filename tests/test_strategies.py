@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from test_solver import linear_rule, problems, sequential_loop
 
 import picard
-from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
+from picard.adapters.schedulers import schedules
 
 options = st.fixed_dictionaries(
     {

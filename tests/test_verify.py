@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from test_solver import linear_rule, problems, sequential_loop
 
 import picard
-from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
+from picard.adapters.schedulers import schedules
 from picard.cli import fidelity
 from picard.core.verify import MAX_VERIFICATIONS, REFINEMENT, relative_error
 

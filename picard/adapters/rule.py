@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
 from picard.adapters.noise import Noise
+from picard.adapters.schedulers import schedules
+from picard.evaluation import map_rows
 from picard.problem import Lanes, Problem, Traits, model_parameters, working_dtype
-from picard.rows import map_rows
 
 __all__ = ["DiffusionProblem", "Generator", "UpdateRule"]
 
@@ -69,7 +69,7 @@ class UpdateRule(ABC):
 
     Example:
         >>> from diffusers import DDIMScheduler
-        >>> from picard.adapters.ddim import from_config
+        >>> from picard.adapters.schedulers.ddim import from_config
         >>> rule = from_config(DDIMScheduler().config, 10)
         >>> isinstance(rule, UpdateRule), rule.num_steps, rule.timesteps[:3].tolist()
         (True, 10, [900, 800, 700])
@@ -101,7 +101,7 @@ class UpdateRule(ABC):
 
         Example:
             >>> from diffusers import DDIMScheduler
-            >>> from picard.adapters.ddim import from_config
+            >>> from picard.adapters.schedulers.ddim import from_config
             >>> from_config(DDIMScheduler().config, 10).head(3).timesteps.tolist()
             [900, 800, 700]
         """
@@ -133,7 +133,7 @@ class UpdateRule(ABC):
 
         Example:
             >>> from diffusers import DDIMScheduler
-            >>> from picard.adapters.ddim import from_config
+            >>> from picard.adapters.schedulers.ddim import from_config
             >>> rule = from_config(DDIMScheduler().config, 10)
             >>> rule.tail(6).timesteps.tolist()
             [300, 200, 100, 0]

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from picard.adapters.rule import Generator
+from picard.evaluation import map_rows
 from picard.problem import Problem
-from picard.rows import map_rows
 
 __all__ = ["SchedulerLoop"]
 

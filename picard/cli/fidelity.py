@@ -36,10 +36,10 @@ from diffusers import (
 )
 
 import picard
-from picard.adapters import schedules
 from picard.adapters.diffusers import from_scheduler
+from picard.adapters.schedulers import schedules
+from picard.core.verify import REFINEMENT, relative_error
 from picard.models.gmm import GaussianMixture
-from picard.verify import REFINEMENT, relative_error
 
 SAMPLERS = [
     ("ddpm", DDPMScheduler, 100, {}),

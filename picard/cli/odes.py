@@ -12,7 +12,7 @@ from torch import Tensor
 
 import picard
 from picard.cli.runs import median_time
-from picard.ode import METHODS
+from picard.ode.integrate import METHODS
 
 __all__ = ["run_odes"]
 

@@ -58,7 +58,7 @@ class Blended(UpdateRule):
 
     Example:
         >>> from diffusers import DDIMScheduler
-        >>> from picard.adapters.ddim import from_config
+        >>> from picard.adapters.schedulers.ddim import from_config
         >>> mask = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])  # paint one pixel
         >>> rule = Blended(from_config(DDIMScheduler().config, 4), mask,
         ...                torch.full((5, 1, 1, 2, 2), 7.0))

@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard._checks import check_state
 from picard.adapters.pipelines.preamble import call_arguments
 from picard.adapters.pipelines.registry import PIPELINES, Runner, runner_for
 from picard.adapters.schedulers import from_scheduler, sampler_for
+from picard.checks import check_state
+from picard.core.options import Options
 from picard.errors import SequentialWarning
-from picard.options import Options
+from picard.evaluation import Replicable
 from picard.progress import follow
-from picard.rows import Replicable
 from picard.solution import Stats
 from picard.solver import solve_with
 

@@ -47,17 +47,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.config import read_option
 
 __all__ = ["Entry", "PNDMRule", "from_config", "pndm_plan"]
 
 _PREDICTIONS = ("epsilon", "v_prediction")
 _TERMS = 4  # at most four model outputs in one combination (PLMS order 4, PRK)
-
-
-def _get(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
 
 
 @dataclass
@@ -90,13 +87,13 @@ class Entry:
 
 
 def _check_config(config: Mapping[str, Any]) -> None:
-    kind = _get(config, "prediction_type", "epsilon")
+    kind = read_option(config, "prediction_type", "epsilon")
     if kind not in _PREDICTIONS:
         raise ValueError(
             f"prediction_type must be one of {_PREDICTIONS} for PNDM (diffusers' PNDM step "
             f"raises for others), got {kind!r}"
         )
-    if _get(config, "rescale_betas_zero_snr", False):
+    if read_option(config, "rescale_betas_zero_snr", False):
         raise ValueError(
             "rescale_betas_zero_snr=True is not an option of PNDMScheduler; supported: False"
         )
@@ -104,12 +101,12 @@ def _check_config(config: Mapping[str, Any]) -> None:
 
 def _grid(config: Mapping[str, Any], n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(prk_timesteps, plms_timesteps)`` as ``set_timesteps`` builds them."""
-    total = int(_get(config, "num_train_timesteps", 1000))
+    total = int(read_option(config, "num_train_timesteps", 1000))
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n <= total:
         raise ValueError(f"num_inference_steps must be an int in [1, {total}], got {n!r}")
     base = schedules.leading_timesteps(config, int(n))[::-1].copy()
     schedules.check_timesteps(base, total, config)
-    if _get(config, "skip_prk_steps", False):
+    if read_option(config, "skip_prk_steps", False):
         plms = np.concatenate([base[:-1], base[-2:-1], base[-1:]])[::-1].copy()
         return np.array([], dtype=np.int64), plms
     if len(base) < 4:
@@ -144,9 +141,9 @@ def pndm_plan(config: Mapping[str, Any], num_inference_steps: int) -> list[Entry
     """
     _check_config(config)
     n = num_inference_steps
-    skip = bool(_get(config, "skip_prk_steps", False))
+    skip = bool(read_option(config, "skip_prk_steps", False))
     prk, plms = _grid(config, n)
-    total = int(_get(config, "num_train_timesteps", 1000))
+    total = int(read_option(config, "num_train_timesteps", 1000))
     ratio = total // n
     ets: list[int] = []
     cur: int | None = None
@@ -229,7 +226,7 @@ class PNDMRule(UpdateRule):
 
     Supports ``skip_prk_steps`` both ways, the three ``timestep_spacing`` values with
     ``steps_offset``, ``set_alpha_to_one``, the beta schedules of
-    :func:`picard.adapters.schedules.betas` and prediction types epsilon and v_prediction
+    :func:`picard.adapters.schedulers.schedules.betas` and prediction types epsilon and v_prediction
     (diffusers' PNDM raises for ``sample``). ``num_steps`` is the number of loop entries:
     N + 1 for S-PNDM, N + 9 with the Runge–Kutta warm-up.
 
@@ -261,11 +258,11 @@ class PNDMRule(UpdateRule):
 
     def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
         self.config = config
-        self.prediction_type = _get(config, "prediction_type", "epsilon")
+        self.prediction_type = read_option(config, "prediction_type", "epsilon")
         self.plan = plan = pndm_plan(config, num_inference_steps)
-        total = int(_get(config, "num_train_timesteps", 1000))
+        total = int(read_option(config, "num_train_timesteps", 1000))
         ab = schedules.alphas_cumprod(config)
-        final = torch.tensor(1.0) if _get(config, "set_alpha_to_one", False) else ab[0]
+        final = torch.tensor(1.0) if read_option(config, "set_alpha_to_one", False) else ab[0]
         m = len(plan)
         phi = np.array([_phi(ab, final, e.t, e.prev) for e in plan], dtype=np.float64)
         model_t = np.array([e.timestep for e in plan], dtype=np.int64)

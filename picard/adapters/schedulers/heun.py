@@ -28,8 +28,9 @@ badly (gaussian denoiser, N = 50, default tol: 40 sweeps and 3e-2 error instead 
 and 7e-4). The rewritten sum rounds differently: at ``tol=0`` picard matches diffusers to
 float rounding (≈ 4e-7 of the sample's size in float32), not bitwise. The
 grid's sigma schedules (karras, exponential, beta), spacings and schedule maths are
-the Euler schedulers' (:mod:`picard.adapters.euler`, :mod:`picard.adapters.schedules`);
-the other two-model-call samplers (:mod:`picard.adapters.kdpm2`) reuse the helpers here.
+the Euler schedulers' (:mod:`~picard.adapters.schedulers.euler`,
+:mod:`~picard.adapters.schedulers.schedules`); the other two-model-call samplers
+(:mod:`~picard.adapters.schedulers.kdpm2`) reuse the helpers here.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import (
-    _convert_sigmas,
-    _init_noise_sigma,
-    _sigma_schedule,
-    _vp_scalings,
-    _VPDenoiser,
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.sigma_rules import (
+    VPDenoiser,
+    chosen_sigma_schedule,
+    convert_config_sigmas,
+    init_noise_sigma,
+    vp_scalings,
 )
 
 __all__ = [
@@ -129,13 +130,13 @@ def karras_family_grid(
         ([999.0, 499.5, 0.0], [25.146, 2.28, 0.029])
     """
     n = schedules.check_steps(num_inference_steps)
-    kind = _sigma_schedule(config)
+    kind = chosen_sigma_schedule(config)
     train = schedules.train_sigmas(schedules.alphas_cumprod(config))
     log_train = np.log(train)
     t = schedules.euler_timesteps(config, n)
     sigmas = schedules.interp_sigmas(t, train)
     if kind is not None:
-        sigmas = _convert_sigmas(kind, sigmas, n, config)
+        sigmas = convert_config_sigmas(kind, sigmas, n, config)
         t = schedules.sigmas_to_timesteps(sigmas, log_train)
     return t, sigmas, log_train
 
@@ -243,7 +244,7 @@ def entry_tol_scale(base: Tensor, entries: int) -> np.ndarray:
     return std
 
 
-class TwoStageRule(_VPDenoiser):
+class TwoStageRule(VPDenoiser):
     """What the two-model-call samplers share: per-entry σ, ``c_in`` and the denoiser.
 
     Subclasses fill ``coefficients`` with their step sizes, then call :meth:`_finish`
@@ -265,7 +266,7 @@ class TwoStageRule(_VPDenoiser):
         self.coefficients.update(
             {
                 "sigma_in": sigma_in.numpy(),
-                **_vp_scalings(sigma_in),
+                **vp_scalings(sigma_in),
                 "first": first.to(torch.float32).numpy(),
             }
         )
@@ -310,7 +311,7 @@ class HeunRule(TwoStageRule):
         base = torch.cat([self.sigmas[::2], self.sigmas[-1:]])  # σ_0 … σ_{N-1}, 0
         self.base_sigmas = base
         self.num_steps = m
-        self.init_noise_sigma = _init_noise_sigma(full, self.sigmas)
+        self.init_noise_sigma = init_noise_sigma(full, self.sigmas)
         j = torch.arange(m) // 2
         first = torch.arange(m) % 2 == 0
         self.coefficients = {"dt": (base[j + 1] - base[j]).numpy()}

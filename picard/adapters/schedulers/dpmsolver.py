@@ -40,26 +40,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.multistep import (
-    _alpha_sigma,
-    _base_coefficients,
-    _check_final,
-    _check_first_timestep,
-    _check_order,
-    _check_variance,
-    _check_vp,
-    _extend,
-    _lambda,
-    _lambda_at,
-    _multistep_weights,
-    _sigma_schedule,
-    _signal,
-    _threshold,
-    _tol_scale,
-)
 from picard.adapters.rule import UpdateRule
-from picard.adapters.schedules import _get
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.config import read_option
+from picard.adapters.schedulers.multistep import (
+    alpha_sigma,
+    base_coefficients,
+    check_final,
+    check_first_timestep,
+    check_order,
+    check_variance,
+    check_vp,
+    extend_rows,
+    lambda_at,
+    lambda_of,
+    multistep_weights,
+    posterior_tol_scale,
+    sigma_schedule,
+    threshold_options,
+    vp_signal,
+)
 
 __all__ = [
     "ALGORITHM_TYPES",
@@ -94,31 +94,31 @@ def _with_defaults(config: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _check_config(config: Mapping[str, Any]) -> None:
     """Refuse what the rule does not reproduce, naming the option."""
-    algorithm = _get(config, "algorithm_type", "dpmsolver++")
+    algorithm = read_option(config, "algorithm_type", "dpmsolver++")
     if algorithm not in ALGORITHM_TYPES:
         raise ValueError(
             f"algorithm_type must be one of {ALGORITHM_TYPES} for DPM-Solver, got {algorithm!r}"
         )
-    solver_type = _get(config, "solver_type", "midpoint")
+    solver_type = read_option(config, "solver_type", "midpoint")
     if solver_type not in SOLVER_TYPES:
         raise ValueError(f"solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}")
-    order = _get(config, "solver_order", 2)
-    _check_order(order)
+    order = read_option(config, "solver_order", 2)
+    check_order(order)
     if algorithm == "sde-dpmsolver" and order == 3:
         raise ValueError(
             "solver_order=3 is not supported with algorithm_type='sde-dpmsolver' (diffusers "
             "has no third-order update for it); use solver_order 1 or 2, or 'sde-dpmsolver++'"
         )
-    final = _get(config, "final_sigmas_type", "zero")
-    _check_final(final)
+    final = read_option(config, "final_sigmas_type", "zero")
+    check_final(final)
     if final == "zero" and not algorithm.endswith("++"):
         raise ValueError(
             f"final_sigmas_type='zero' is not supported with algorithm_type={algorithm!r} "
             "(as in diffusers); use final_sigmas_type='sigma_min'"
         )
-    _check_vp(config, "DPM-Solver", "Karras, Lu, exponential or beta")
-    _sigma_schedule(config, _SIGMA_SCHEDULES)
-    _check_variance(config)
+    check_vp(config, "DPM-Solver", "Karras, Lu, exponential or beta")
+    sigma_schedule(config, _SIGMA_SCHEDULES)
+    check_variance(config)
 
 
 def solver_grid(
@@ -145,16 +145,18 @@ def solver_grid(
     config = _with_defaults(config)
     _check_config(config)
     n = int(num_inference_steps)
-    total = int(_get(config, "num_train_timesteps", 1000))
+    total = int(read_option(config, "num_train_timesteps", 1000))
     if not 1 <= n <= total:
         raise ValueError(f"num_inference_steps must be in [1, {total}], got {n}")
     ab = schedules.alphas_cumprod(config, terminal_floor=True)
-    last = total - schedules.lambda_clipped(ab, _get(config, "lambda_min_clipped", -math.inf))
+    last = total - schedules.lambda_clipped(
+        ab, read_option(config, "lambda_min_clipped", -math.inf)
+    )
     timesteps = schedules.solver_timesteps(config, n, last)
     train = schedules.train_sigmas(ab)  # float32, ascending in t
     log_sigmas = np.log(train)
     lo, hi = train[0].item(), train[-1].item()
-    kind = _sigma_schedule(config, _SIGMA_SCHEDULES)
+    kind = sigma_schedule(config, _SIGMA_SCHEDULES)
     if kind == "use_lu_lambdas":
         lam_min, lam_max = log_sigmas[0].item(), log_sigmas[-1].item()
         sigmas = np.exp(lam_max + np.linspace(0, 1, n) * (lam_min - lam_max))
@@ -165,10 +167,10 @@ def solver_grid(
     if kind is not None:
         t = schedules.sigmas_to_timesteps(sigmas, log_sigmas)
         rounded = kind in ("use_karras_sigmas", "use_lu_lambdas")
-        if rounded and _get(config, "beta_schedule", "linear") != "squaredcos_cap_v2":
+        if rounded and read_option(config, "beta_schedule", "linear") != "squaredcos_cap_v2":
             t = t.round()
         timesteps = t.astype(np.int64)  # truncates fractional timesteps, as diffusers
-    final = 0.0 if _get(config, "final_sigmas_type", "zero") == "zero" else lo
+    final = 0.0 if read_option(config, "final_sigmas_type", "zero") == "zero" else lo
     sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
     return timesteps.astype(np.int64), sigmas
 
@@ -195,12 +197,12 @@ def step_orders(config: Mapping[str, Any], num_steps: int) -> np.ndarray:
         >>> step_orders({"final_sigmas_type": "sigma_min"}, 20).tolist()[-3:]  # no lowering
         [2, 2, 2]
     """
-    order = int(_get(config, "solver_order", 2))
-    few = bool(_get(config, "lower_order_final", True)) and num_steps < 15
+    order = int(read_option(config, "solver_order", 2))
+    few = bool(read_option(config, "lower_order_final", True)) and num_steps < 15
     euler_last = (
-        bool(_get(config, "euler_at_final", False))
+        bool(read_option(config, "euler_at_final", False))
         or few
-        or _get(config, "final_sigmas_type", "zero") == "zero"
+        or read_option(config, "final_sigmas_type", "zero") == "zero"
     )
     out = np.empty(num_steps, dtype=np.int64)
     for i in range(num_steps):
@@ -218,15 +220,15 @@ def _step_coefficients(
     algorithm: str, heun: bool, order: int, sigmas: Tensor, i: int
 ) -> tuple[float, float, float, float, float]:
     """``(cx, c0, c01, c12, cz)`` of step i: float32 scalars as diffusers, combined in float64."""
-    alpha_t, sigma_t = _alpha_sigma(sigmas[i + 1])
-    alpha_s, sigma_s = _alpha_sigma(sigmas[i])
-    lam_t, lam_s = _lambda(alpha_t, sigma_t), _lambda(alpha_s, sigma_s)
+    alpha_t, sigma_t = alpha_sigma(sigmas[i + 1])
+    alpha_s, sigma_s = alpha_sigma(sigmas[i])
+    lam_t, lam_s = lambda_of(alpha_t, sigma_t), lambda_of(alpha_s, sigma_s)
     h = lam_t - lam_s
-    cx, c0, cz = _base_coefficients(algorithm, alpha_t, sigma_t, alpha_s, sigma_s, h)
+    cx, c0, cz = base_coefficients(algorithm, alpha_t, sigma_t, alpha_s, sigma_s, h)
     if order == 1:
         return cx, c0, 0.0, 0.0, cz
-    lambdas = [lam_s, *(_lambda_at(sigmas[i - j]) for j in range(1, order))]
-    c01, c12 = _multistep_weights(algorithm, heun, order, h, alpha_t, sigma_t, lambdas)
+    lambdas = [lam_s, *(lambda_at(sigmas[i - j]) for j in range(1, order))]
+    c01, c12 = multistep_weights(algorithm, heun, order, h, alpha_t, sigma_t, lambdas)
     return cx, c0, c01, c12, cz
 
 
@@ -269,13 +271,13 @@ class DPMSolverRule(UpdateRule):
     def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
         self.config = config = _with_defaults(config)
         timesteps, sigmas = solver_grid(config, num_inference_steps)
-        _check_first_timestep(timesteps, num_inference_steps)
-        self.algorithm_type: str = _get(config, "algorithm_type", "dpmsolver++")
+        check_first_timestep(timesteps, num_inference_steps)
+        self.algorithm_type: str = read_option(config, "algorithm_type", "dpmsolver++")
         self.prediction_type = schedules.prediction_type(config)
-        self.solver_order = int(_get(config, "solver_order", 2))
-        self._threshold = _threshold(config)
+        self.solver_order = int(read_option(config, "solver_order", 2))
+        self._threshold = threshold_options(config)
         n = len(timesteps)
-        heun = _get(config, "solver_type", "midpoint") == "heun"
+        heun = read_option(config, "solver_type", "midpoint") == "heun"
         self.orders = step_orders(config, n)
         sig = torch.from_numpy(sigmas)
         steps = np.array(
@@ -289,15 +291,15 @@ class DPMSolverRule(UpdateRule):
         self.timesteps = torch.from_numpy(timesteps)
         self.sigmas = sig
         self.coefficients = {
-            **_signal(sig, n),
+            **vp_signal(sig, n),
             **{name: steps[:, j].copy() for j, name in enumerate(("cx", "c0", "c01", "c12", "cz"))},
         }
         self.noise_draws = np.full(n, self.algorithm_type.startswith("sde"))
         # diffusers draws the SDE noise in float32 whatever the latent's dtype
         self.noise_dtype = torch.float32 if self.noise_draws.any() else None
         self.memory = self.solver_order - 1
-        self.output_channels = 1 if _get(config, "variance_type") is None else 2
-        self.tol_scale = _tol_scale(sig)
+        self.output_channels = 1 if read_option(config, "variance_type") is None else 2
+        self.tol_scale = posterior_tol_scale(sig)
 
     def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """The model outputs as the solver integrates them: x_θ (``++`` types) or ε_θ.
@@ -349,7 +351,7 @@ class DPMSolverRule(UpdateRule):
         nxt = (c["cx"].float() * x.float()).to(x.dtype) + c["c0"] * m
         if self.memory:
             w, k = x.shape[0], self.memory
-            ext = _extend(m, history, k)  # ext[k + j] = output of window step j
+            ext = extend_rows(m, history, k)  # ext[k + j] = output of window step j
             m1 = ext[k - 1 : k - 1 + w]
             nxt = nxt + c["c01"] * (m - m1)
             if k == 2:

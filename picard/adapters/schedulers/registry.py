@@ -21,7 +21,7 @@ from torch import Tensor
 from picard.adapters.lookup import registered
 from picard.adapters.rule import DiffusionProblem, Generator, UpdateRule
 from picard.adapters.scheduler_loop import SchedulerLoop
-from picard.errors import SequentialWarning
+from picard.errors import SequentialWarning, UnsupportedSchedulerError
 
 __all__ = ["SCHEDULERS", "Sampler", "from_scheduler", "rule_for", "sampler_for"]
 
@@ -62,104 +62,109 @@ _VP = "beta schedules, timestep spacings, prediction types"
 
 SCHEDULERS: dict[str, Sampler] = {
     "DDPMScheduler": Sampler(
-        "picard.adapters.ddpm:from_config",
+        "picard.adapters.schedulers.ddpm:from_config",
         f"{_VP}; every variance type; clipping and thresholding",
         {"ddpm": {}},
     ),
-    "DDPMParallelScheduler": Sampler("picard.adapters.ddpm:from_config", "as DDPMScheduler"),
+    "DDPMParallelScheduler": Sampler(
+        "picard.adapters.schedulers.ddpm:from_config", "as DDPMScheduler"
+    ),
     "DDIMScheduler": Sampler(
-        "picard.adapters.ddim:from_config",
+        "picard.adapters.schedulers.ddim:from_config",
         f"{_VP}; any eta; set_alpha_to_one either way; clipping and thresholding",
         {"ddim": {}},
     ),
-    "DDIMParallelScheduler": Sampler("picard.adapters.ddim:from_config", "as DDIMScheduler"),
+    "DDIMParallelScheduler": Sampler(
+        "picard.adapters.schedulers.ddim:from_config", "as DDIMScheduler"
+    ),
     "PNDMScheduler": Sampler(
-        "picard.adapters.pndm:from_config",
+        "picard.adapters.schedulers.pndm:from_config",
         f"{_VP} (epsilon, v_prediction); skip_prk_steps either way (Stable Diffusion 1.5's)",
         {"pndm": {"skip_prk_steps": True}},
     ),
     "LMSDiscreteScheduler": Sampler(
-        "picard.adapters.lms:from_config",
+        "picard.adapters.schedulers.lms:from_config",
         f"{_VP}; karras, exponential and beta sigmas; any order",
         {"lms": {}},
     ),
     "DPMSolverMultistepScheduler": Sampler(
-        "picard.adapters.dpmsolver:from_config",
+        "picard.adapters.schedulers.dpmsolver:from_config",
         f"{_VP}; orders 1–3; dpmsolver(++) and their SDE variants; midpoint/heun; "
         "karras, lu, exponential and beta sigmas; lower_order_final, euler_at_final",
         {"dpmsolver++": {"solver_order": 2}, "dpmsolver++3": {"solver_order": 3}},
     ),
     "DPMSolverSinglestepScheduler": Sampler(
-        "picard.adapters.dpmsolver_singlestep:from_config",
+        "picard.adapters.schedulers.dpmsolver_singlestep:from_config",
         "beta schedules, prediction types; orders 1–3; dpmsolver(++), sde-dpmsolver++; "
         "midpoint/heun; karras, exponential and beta sigmas; lower_order_final",
         {"dpmsolver-singlestep": {}},
     ),
     "DEISMultistepScheduler": Sampler(
-        "picard.adapters.deis:from_config",
+        "picard.adapters.schedulers.deis:from_config",
         f"{_VP}; orders 1–3; karras, exponential and beta sigmas; lower_order_final",
         {"deis": {}},
     ),
     "EDMDPMSolverMultistepScheduler": Sampler(
-        "picard.adapters.edm_dpmsolver:from_config",
+        "picard.adapters.schedulers.edm_dpmsolver:from_config",
         "karras/exponential sigma schedules, sigma_data, epsilon/v_prediction; orders 1–3; "
         "dpmsolver++ and sde-dpmsolver++; midpoint/heun",
     ),
     "EulerDiscreteScheduler": Sampler(
-        "picard.adapters.euler:from_config",
+        "picard.adapters.schedulers.euler:from_config",
         f"{_VP}; karras, exponential and beta sigmas; churn",
         {"euler": {}},
     ),
     "EulerAncestralDiscreteScheduler": Sampler(
-        "picard.adapters.euler:ancestral_from_config",
+        "picard.adapters.schedulers.euler:ancestral_from_config",
         f"{_VP} (epsilon, v_prediction)",
         {"euler-ancestral": {}},
     ),
     "FlowMatchEulerDiscreteScheduler": Sampler(
-        "picard.adapters.flow:from_config",
+        "picard.adapters.schedulers.flow:from_config",
         "shift, dynamic shift (mu), custom sigmas/timesteps, karras/exponential/beta sigmas",
     ),
     "FlowMatchHeunDiscreteScheduler": Sampler(
-        "picard.adapters.flow_heun:from_config", "shift; churn (s_churn, s_tmin, s_tmax, s_noise)"
+        "picard.adapters.schedulers.flow_heun:from_config",
+        "shift; churn (s_churn, s_tmin, s_tmax, s_noise)",
     ),
     "LCMScheduler": Sampler(
-        "picard.adapters.lcm:from_config",
+        "picard.adapters.schedulers.lcm:from_config",
         f"{_VP}; original_inference_steps; thresholding; zero-terminal-SNR rescaling",
         {"lcm": {}},
     ),
     "TCDScheduler": Sampler(
-        "picard.adapters.tcd:from_config",
+        "picard.adapters.schedulers.tcd:from_config",
         f"{_VP}; eta (gamma); original_inference_steps",
         {"tcd": {}},
     ),
     "HeunDiscreteScheduler": Sampler(
-        "picard.adapters.heun:from_config",
+        "picard.adapters.schedulers.heun:from_config",
         f"{_VP}; karras, exponential and beta sigmas (two model calls per step)",
         {"heun": {}},
     ),
     "KDPM2DiscreteScheduler": Sampler(
-        "picard.adapters.kdpm2:from_config",
+        "picard.adapters.schedulers.kdpm2:from_config",
         f"{_VP} (epsilon, v_prediction); karras, exponential and beta sigmas",
         {"kdpm2": {}},
     ),
     "KDPM2AncestralDiscreteScheduler": Sampler(
-        "picard.adapters.kdpm2:ancestral_from_config",
+        "picard.adapters.schedulers.kdpm2:ancestral_from_config",
         f"{_VP} (epsilon, v_prediction); karras, exponential and beta sigmas",
         {"kdpm2-ancestral": {}},
     ),
     "UniPCMultistepScheduler": Sampler(
-        "picard.adapters.unipc:from_config",
+        "picard.adapters.schedulers.unipc:from_config",
         f"{_VP}; bh1/bh2; any order; predict_x0; disable_corrector; lower_order_final; "
         "karras, exponential, beta and flow sigmas",
         {"unipc": {}, "unipc3": {"solver_order": 3}},
     ),
     "SASolverScheduler": Sampler(
-        "picard.adapters.sasolver:from_config",
+        "picard.adapters.schedulers.sasolver:from_config",
         f"{_VP}; predictor/corrector orders 1–4; any tau_func; data or noise prediction",
         {"sa-solver": {}},
     ),
     "EDMEulerScheduler": Sampler(
-        "picard.adapters.edm_euler:from_config",
+        "picard.adapters.schedulers.edm_euler:from_config",
         "karras and exponential sigma schedules, sigma_data, epsilon/v_prediction, churn",
     ),
 }
@@ -183,12 +188,13 @@ def sampler_for(scheduler: Any) -> Sampler:
         Its :class:`Sampler`.
 
     Raises:
-        TypeError: the class is not supported (the message lists what is).
+        UnsupportedSchedulerError: the class is not supported (the message lists what is);
+            a ``TypeError``.
 
     Example:
         >>> from diffusers import DDIMScheduler
         >>> sampler_for(DDIMScheduler()).factory
-        'picard.adapters.ddim:from_config'
+        'picard.adapters.schedulers.ddim:from_config'
     """
     cls = type(scheduler)
     found = registered(cls, SCHEDULERS, _STATEFUL)
@@ -198,7 +204,7 @@ def sampler_for(scheduler: Any) -> Sampler:
             if base.__name__ in SCHEDULERS and base.__module__.startswith("diffusers."):
                 changed = f" (it changes the {base.__name__} picard reproduces)"
                 break
-        raise TypeError(
+        raise UnsupportedSchedulerError(
             f"scheduler {cls.__name__} is not supported{changed}; supported: "
             f"{', '.join(SCHEDULERS)}"
         )
@@ -226,7 +232,7 @@ def rule_for(scheduler: Any, num_inference_steps: int, **options: Any) -> Update
     sampler = sampler_for(scheduler)
     config = getattr(scheduler, "config", None)
     if config is None:
-        raise TypeError(f"scheduler {type(scheduler).__name__} has no config")
+        raise UnsupportedSchedulerError(f"scheduler {type(scheduler).__name__} has no config")
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
         raise TypeError(
             f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}"
@@ -299,8 +305,8 @@ def from_scheduler(
     try:
         rule = rule_for(scheduler, num_inference_steps, **options)
         rule = rule.head(rule.num_steps if end is None else end).tail(begin)
-    except TypeError as err:
-        if on_unsupported == "raise" or not str(err).startswith("scheduler "):
+    except UnsupportedSchedulerError as err:
+        if on_unsupported == "raise":
             raise
         warnings.warn(f"{err}: it runs step by step", SequentialWarning, stacklevel=2)
         return SchedulerLoop(

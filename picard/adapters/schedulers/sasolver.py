@@ -46,16 +46,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _convert_sigmas
-from picard.adapters.multistep import (
-    _alpha_sigma,
-    _check_first_timestep,
-    _lambda_at,
-    _PredictorCorrector,
-    _sigma_schedule,
-    _tol_scale,
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.multistep import (
+    PredictorCorrector,
+    alpha_sigma,
+    check_first_timestep,
+    lambda_at,
+    posterior_tol_scale,
+    sigma_schedule,
 )
+from picard.adapters.schedulers.sigma_rules import convert_config_sigmas
 
 __all__ = [
     "ALGORITHM_TYPES",
@@ -148,7 +148,7 @@ def _check_config(config: Mapping[str, Any]) -> None:
         )
     if not callable(config["tau_func"]) and config["tau_func"] is not None:
         raise ValueError(f"tau_func must be callable or None, got {config['tau_func']!r}")
-    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    kind = sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     if kind and config["use_flow_sigmas"]:
         raise ValueError(
             f"{kind}=True with use_flow_sigmas=True: diffusers builds VE sigmas above 1, "
@@ -184,9 +184,9 @@ def sasolver_grid(
     last = total - schedules.lambda_clipped(ab, config["lambda_min_clipped"])
     timesteps: np.ndarray = schedules.solver_timesteps(config, n, last)
     train = schedules.train_sigmas(ab)
-    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    kind = sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     if kind is not None:
-        sig = _convert_sigmas(kind, np.flip(train).copy(), n, config)
+        sig = convert_config_sigmas(kind, np.flip(train).copy(), n, config)
         timesteps = schedules.sigmas_to_timesteps(sig, np.log(train))
         if kind == "use_karras_sigmas":
             timesteps = timesteps.round()
@@ -320,12 +320,12 @@ def _step(
     The weights multiply the outputs at the nodes ``lams_from``, ``lams_from − 1``, …
     (s0 for the predictor, s0 + 1 for the corrector).
     """
-    alpha_t, sigma_t = _alpha_sigma(sig[s0 + 1], flow)
-    alpha_s0, sigma_s0 = _alpha_sigma(sig[s0], flow)
+    alpha_t, sigma_t = alpha_sigma(sig[s0 + 1], flow)
+    alpha_s0, sigma_s0 = alpha_sigma(sig[s0], flow)
     lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
     lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
     h = lambda_t - lambda_s0
-    lams = [_lambda_at(sig[lams_from - i], flow) for i in range(order)]
+    lams = [lambda_at(sig[lams_from - i], flow) for i in range(order)]
     b = _gradient(x0, lambda_s0, lambda_t, lams, tau)
     if x0 and order == 2:  # diffusers' O(h³) modification
         q = 1 + tau**2
@@ -337,7 +337,7 @@ def _step(
                 1.0
                 * torch.exp(q * lambda_t)
                 * (h**2 / 2 - inner / (q**2))
-                / (lambda_s0 - _lambda_at(sig[s0 - 1], flow))
+                / (lambda_s0 - lambda_at(sig[s0 - 1], flow))
             )
         b[0] = b[0] + extra
         b[1] = b[1] - extra
@@ -353,7 +353,7 @@ def _step(
     return float(cx), float(cz), weights
 
 
-class SASolverRule(_PredictorCorrector):
+class SASolverRule(PredictorCorrector):
     """SA-Solver (SA-Predictor + SA-Corrector) on the grid of ``num_inference_steps`` entries.
 
     The state is the uncorrected sample the model sees at each entry; the corrector of
@@ -390,7 +390,7 @@ class SASolverRule(_PredictorCorrector):
         self.config = config = _full(config)
         timesteps, grid = sasolver_grid(config, num_inference_steps)
         n = len(timesteps)
-        _check_first_timestep(timesteps, num_inference_steps)
+        check_first_timestep(timesteps, num_inference_steps)
         self._setup(config, timesteps, grid, config["algorithm_type"] == "data_prediction")
         tau_func: Callable[[Any], Any] = config["tau_func"] or default_tau
         self.taus = [tau_func(t) for t in self.timesteps]  # 0-d int64 tensors, as the loop's
@@ -401,7 +401,7 @@ class SASolverRule(_PredictorCorrector):
         self.memory = max(lags)
         self.coefficients = self._coefficients()
         self.noise_draws = np.ones(n, dtype=bool)
-        self.tol_scale = _tol_scale(self.sigmas, self.flow)
+        self.tol_scale = posterior_tol_scale(self.sigmas, self.flow)
 
     def _coefficients(self) -> dict[str, np.ndarray]:
         """Every entry's conversion, predictor and correction scalars (float64 arrays)."""

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
 
 __all__ = ["DDIMRule"]
 

@@ -15,7 +15,7 @@ the model predicts the velocity ``v = dx/dσ = ε - x_0``. Variables (diffusers 
 
 diffusers' default grid is shifted twice (``__init__`` shifts the training sigmas whose
 ends bound ``set_timesteps``'s linspace, which is shifted again); reproduced here via
-:func:`picard.adapters.schedules.flow_sigmas`.
+:func:`picard.adapters.schedulers.schedules.flow_sigmas`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _check_grid, _convert_sigmas, _sigma_schedule
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.sigma_rules import (
+    check_grid,
+    chosen_sigma_schedule,
+    convert_config_sigmas,
+)
 
 __all__ = ["FLOW_DEFAULTS", "FlowMatchEulerRule", "flow_grid", "flow_tol_scale", "from_config"]
 
@@ -60,7 +64,7 @@ def _checked(config: Mapping[str, Any], mu: float | None) -> dict[str, Any]:
             "time_shift_type must be one of ('exponential', 'linear'), got "
             f"{full['time_shift_type']!r}"
         )
-    _sigma_schedule(full)
+    chosen_sigma_schedule(full)
     if full["use_dynamic_shifting"] and mu is None:
         raise ValueError(
             "use_dynamic_shifting=True needs mu (the resolution-dependent shift the "
@@ -114,13 +118,13 @@ def flow_grid(
         one_minus = 1 - sig
         with np.errstate(divide="ignore", invalid="ignore"):  # checked just below
             sig = 1 - one_minus / (one_minus[-1] / (1 - terminal))
-    kind = _sigma_schedule(full)
+    kind = chosen_sigma_schedule(full)
     if kind is not None:
-        sig = _convert_sigmas(kind, sig, n, full)  # the grid's ends unless sigma_min/max
+        sig = convert_config_sigmas(kind, sig, n, full)  # the grid's ends unless sigma_min/max
     out = torch.from_numpy(np.ascontiguousarray(sig)).to(torch.float32)
     model_t = out * total if custom_t is None else torch.from_numpy(custom_t)
     out = torch.cat([out, torch.zeros(1)])
-    _check_grid(model_t, out)
+    check_grid(model_t, out)
     return model_t, out
 
 

@@ -50,29 +50,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.multistep import (
-    _DPM_ALGORITHM_ALIASES,
-    _DPM_SOLVER_ALIASES,
-    _alpha_sigma,
-    _base_coefficients,
-    _check_final,
-    _check_first_timestep,
-    _check_order,
-    _check_solver_type,
-    _check_variance,
-    _check_vp,
-    _extend,
-    _lambda,
-    _options,
-    _second_order_d1,
-    _sigma_schedule,
-    _signal,
-    _third_order_d1_d2,
-    _threshold,
-    _tol_scale,
-)
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.multistep import (
+    DPM_ALGORITHM_ALIASES,
+    DPM_SOLVER_ALIASES,
+    alpha_sigma,
+    base_coefficients,
+    check_final,
+    check_first_timestep,
+    check_order,
+    check_solver_type,
+    check_variance,
+    check_vp,
+    extend_rows,
+    lambda_of,
+    posterior_tol_scale,
+    second_order_d1,
+    sigma_schedule,
+    solver_options,
+    third_order_d1_d2,
+    threshold_options,
+    vp_signal,
+)
 
 __all__ = [
     "ALGORITHM_TYPES",
@@ -112,7 +112,7 @@ diffusers ignores them: its single-step grid is always ``linspace``."""
 
 def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The scheduler's own options (others dropped), defaults filled, aliases resolved."""
-    full = _options(config, DEFAULTS, _DPM_ALGORITHM_ALIASES, _DPM_SOLVER_ALIASES)
+    full = solver_options(config, DEFAULTS, DPM_ALGORITHM_ALIASES, DPM_SOLVER_ALIASES)
     _check_config(full)
     return full
 
@@ -125,19 +125,19 @@ def _check_config(config: Mapping[str, Any]) -> None:
             f"algorithm_type must be one of {ALGORITHM_TYPES} for single-step DPM-Solver, "
             f"got {algorithm!r}"
         )
-    _check_solver_type(config["solver_type"])
-    _check_order(config["solver_order"])
+    check_solver_type(config["solver_type"])
+    check_order(config["solver_order"])
     final = config["final_sigmas_type"]
-    _check_final(final)
+    check_final(final)
     if final == "zero" and algorithm == "dpmsolver":
         raise ValueError(
             "final_sigmas_type='zero' is not supported with algorithm_type='dpmsolver' (as in "
             "diffusers); use final_sigmas_type='sigma_min'"
         )
-    _check_vp(config, "single-step DPM-Solver")
-    _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    check_vp(config, "single-step DPM-Solver")
+    sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     schedules.prediction_type(config)
-    _check_variance(config)
+    check_variance(config)
     if config["thresholding"] and algorithm == "dpmsolver":
         raise ValueError(
             "thresholding=True is not supported with algorithm_type='dpmsolver': diffusers' "
@@ -177,7 +177,7 @@ def singlestep_grid(
     timesteps = np.linspace(0, total - 1 - clipped, n + 1).round()[::-1][:-1].copy()
     train = schedules.train_sigmas(ab)
     lo, hi = train[0].item(), train[-1].item()
-    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    kind = sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     if kind is None:
         sigmas = schedules.interp_sigmas(timesteps, train)
     else:
@@ -231,25 +231,25 @@ def _entry_coefficients(
 ) -> tuple[float, float, float, float, float]:
     """``(cx, c0, cmid, cend, cz)`` of entry i of the given order (float32 scalars as diffusers)."""
     s = i - order + 1  # the group's start
-    alpha_t, sigma_t = _alpha_sigma(sigmas[i + 1])
-    alpha_s, sigma_s = _alpha_sigma(sigmas[s])
-    lam_t, lam_s = _lambda(alpha_t, sigma_t), _lambda(alpha_s, sigma_s)
+    alpha_t, sigma_t = alpha_sigma(sigmas[i + 1])
+    alpha_s, sigma_s = alpha_sigma(sigmas[s])
+    lam_t, lam_s = lambda_of(alpha_t, sigma_t), lambda_of(alpha_s, sigma_s)
     h = lam_t - lam_s
-    cx, c0, cz = _base_coefficients(algorithm, alpha_t, sigma_t, alpha_s, sigma_s, h)
+    cx, c0, cz = base_coefficients(algorithm, alpha_t, sigma_t, alpha_s, sigma_s, h)
     if order == 1:
         return cx, c0, 0.0, 0.0, cz
-    r0 = (_lambda(*_alpha_sigma(sigmas[i])) - lam_s) / h
+    r0 = (lambda_of(*alpha_sigma(sigmas[i])) - lam_s) / h
     inv_r0 = float(1.0 / r0)
     if order == 2:
-        k1 = float(_second_order_d1(algorithm, heun, h, alpha_t, sigma_t))
+        k1 = float(second_order_d1(algorithm, heun, h, alpha_t, sigma_t))
         return cx, c0, 0.0, k1 * inv_r0, cz
-    r1 = (_lambda(*_alpha_sigma(sigmas[i - 1])) - lam_s) / h
+    r1 = (lambda_of(*alpha_sigma(sigmas[i - 1])) - lam_s) / h
     if not heun:  # midpoint: D1_1 only, with the φ₂ weight
-        k1 = float(_second_order_d1(algorithm, True, h, alpha_t, sigma_t))
+        k1 = float(second_order_d1(algorithm, True, h, alpha_t, sigma_t))
         return cx, c0, 0.0, k1 * inv_r0, cz
     # D1 = (r0 D1_0 − r1 D1_1)/(r0 − r1), D2 = 2 (D1_1 − D1_0)/(r0 − r1),
     # D1_0 = (m1 − m2)/r1 (the middle point), D1_1 = (m0 − m2)/r0 (the current one)
-    k1, k2 = (float(k) for k in _third_order_d1_d2(algorithm, h, alpha_t, sigma_t))
+    k1, k2 = (float(k) for k in third_order_d1_d2(algorithm, h, alpha_t, sigma_t))
     den, inv_r1 = float(r0 - r1), float(1.0 / r1)
     cmid = inv_r1 * (k1 * float(r0) - 2.0 * k2) / den
     cend = inv_r0 * (2.0 * k2 - k1 * float(r1)) / den
@@ -294,12 +294,12 @@ class DPMSolverSinglestepRule(UpdateRule):
     def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
         self.config = config = _full_config(config)
         timesteps, sigmas = singlestep_grid(config, num_inference_steps)
-        _check_first_timestep(timesteps, num_inference_steps, "schedule")
+        check_first_timestep(timesteps, num_inference_steps, "schedule")
         n = len(timesteps)
         self.algorithm_type: str = config["algorithm_type"]
         self.prediction_type = schedules.prediction_type(config)
         self.solver_order = int(config["solver_order"])
-        self._threshold = _threshold(config)
+        self._threshold = threshold_options(config)
         heun = config["solver_type"] == "heun"
         self.orders = order_list(config, n)
         sig = torch.from_numpy(sigmas)
@@ -315,14 +315,14 @@ class DPMSolverSinglestepRule(UpdateRule):
         self.sigmas = sig
         names = ("cx", "c0", "cmid", "cend", "cz")
         self.coefficients = {
-            **_signal(sig, n),
+            **vp_signal(sig, n),
             "lag": (self.orders - 1).astype(np.float64),
             **{name: weights[:, j].copy() for j, name in enumerate(names)},
         }
         self.noise_draws = np.full(n, self.algorithm_type == "sde-dpmsolver++")
         self.memory = self.solver_order - 1
         self.output_channels = 1 if config["variance_type"] is None else 2
-        self.tol_scale = _tol_scale(sig)
+        self.tol_scale = posterior_tol_scale(sig)
 
     def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """The model outputs as the solver integrates them: x_θ (``++`` types) or ε_θ.
@@ -368,7 +368,7 @@ class DPMSolverSinglestepRule(UpdateRule):
         x_s, m_s, d_mid = x, m, None
         if self.memory:
             w, k, ch = x.shape[0], self.memory, x.shape[2]
-            ext = _extend(kept, _history(history, kept), k)  # ext[k + j]: window entry j
+            ext = extend_rows(kept, _history(history, kept), k)  # ext[k + j]: window entry j
             lag = c["lag"]
             back1 = ext[k - 1 : k - 1 + w]
             x_s = torch.where(lag == 1, back1[:, :, ch:], x_s)

@@ -17,7 +17,7 @@ paper):
 - ``noise`` z: drawn with ``randn_tensor`` in the latent's dtype at every step but the
   last when γ > 0; the last step (and every step when γ = 0) returns x_s itself.
 
-The grid is LCM's (:func:`picard.adapters.lcm.lcm_timesteps`), except that diffusers'
+The grid is LCM's (:func:`picard.adapters.schedulers.lcm.lcm_timesteps`), except that diffusers'
 ``set_timesteps`` with an explicit ``original_inference_steps`` picks the N timesteps
 from *all* ``num_train_timesteps`` training timesteps (``range(T)``), not from the
 distillation grid — reproduced here. diffusers' TCD ``step`` never reads
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import lcm, schedules
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import lcm, schedules
 
 __all__ = ["TCDRule", "from_config", "tcd_timesteps"]
 

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
 
 __all__ = ["LCM_DEFAULTS", "LCMRule", "check_zero_snr", "from_config", "lcm_timesteps"]
 

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _check_grid, _convert_sigmas
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.sigma_rules import check_grid, convert_config_sigmas
 
 __all__ = ["LMS_DEFAULTS", "LMSRule", "from_config", "lms_coefficients", "lms_grid"]
 
@@ -103,11 +103,11 @@ def lms_grid(config: Mapping[str, Any], num_inference_steps: int) -> tuple[Tenso
     sigmas = schedules.interp_sigmas(t, train)
     kind = next((k for k in schedules.SIGMA_SCHEDULES if full[k]), None)
     if kind is not None:  # between the interpolated grid's ends: LMS has no sigma_min/max
-        sigmas = _convert_sigmas(kind, sigmas, n, {})
+        sigmas = convert_config_sigmas(kind, sigmas, n, {})
         t = schedules.sigmas_to_timesteps(sigmas, np.log(train))
     out = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
     timesteps = torch.from_numpy(np.asarray(t).astype(np.float32))
-    _check_grid(timesteps, out)
+    check_grid(timesteps, out)
     return timesteps, out
 
 
@@ -171,7 +171,7 @@ def lms_coefficients(sigmas: Tensor, steps: int, order: int) -> np.ndarray:
 class LMSRule(UpdateRule):
     """LMS (k-diffusion's ``sample_lms``), as ``LMSDiscreteScheduler`` steps it.
 
-    Supports the beta schedules of :func:`picard.adapters.schedules.betas`, the three
+    Supports the beta schedules of :func:`picard.adapters.schedulers.schedules.betas`, the three
     spacings with ``steps_offset``, Karras/exponential/beta sigmas, the prediction types
     epsilon, sample and v_prediction, and ``step``'s ``order`` (any int ≥ 1).
     ``memory = order - 1`` derivatives; ``model_input`` is ``scale_model_input``;

@@ -28,7 +28,7 @@ For picard each loop entry is one step; its state is the sample the model sees.
 ``k`` updates its own state, ``x_{i+1} = x̃ + (d(x̃; σ_mid)(σ_{i+1} - σ_i) - p_{k-1})``
 (+ ``σ_up z``) — equal to diffusers' ``x_i + …`` since ``x̃ = x_i + p_{k-1}``, written as
 an increment of x̃ so that Picard's increments stay near the identity (see
-:mod:`picard.adapters.heun`); at ``tol=0`` the result matches diffusers' to float
+:mod:`picard.adapters.schedulers.heun`); at ``tol=0`` the result matches diffusers' to float
 rounding.
 """
 
@@ -41,8 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters.euler import _init_noise_sigma
-from picard.adapters.heun import (
+from picard.adapters.schedulers.heun import (
     HEUN_DEFAULTS,
     TwoStageRule,
     check_first_timestep,
@@ -51,6 +50,7 @@ from picard.adapters.heun import (
     karras_config,
     karras_family_grid,
 )
+from picard.adapters.schedulers.sigma_rules import init_noise_sigma
 
 __all__ = [
     "KDPM2_DEFAULTS",
@@ -74,7 +74,7 @@ def _sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
 
     diffusers feeds it float32 tensors (σ and the training ``log σ``), so its mixed
     numpy/torch arithmetic runs in float32 (numpy's float32 ``log``), unlike
-    :func:`picard.adapters.schedules.sigma_to_t` (float64); this is that float32 version,
+    :func:`picard.adapters.schedulers.schedules.sigma_to_t` (float64); this is that float32 version,
     vectorized, so the midpoints' timesteps match diffusers' bitwise.
 
     Args:
@@ -177,7 +177,7 @@ class _KDPM2Base(TwoStageRule):
         m = self.num_steps = len(self.timesteps)
         self.base_sigmas = base
         self.sigmas, self.sigmas_interpol = _pair(base), _pair(interp)
-        self.init_noise_sigma = _init_noise_sigma(full, self.sigmas)
+        self.init_noise_sigma = init_noise_sigma(full, self.sigmas)
         j = torch.arange(m) // 2
         first = torch.arange(m) % 2 == 0
         if self.ancestral:  # the midpoint of step j is interp[j]; the step aims at σ_down

@@ -46,16 +46,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _convert_sigmas
-from picard.adapters.multistep import (
-    _alpha_sigma,
-    _check_first_timestep,
-    _lambda_at,
-    _PredictorCorrector,
-    _sigma_schedule,
-    _tol_scale,
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.multistep import (
+    PredictorCorrector,
+    alpha_sigma,
+    check_first_timestep,
+    lambda_at,
+    posterior_tol_scale,
+    sigma_schedule,
 )
+from picard.adapters.schedulers.sigma_rules import convert_config_sigmas
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -141,7 +141,7 @@ def _check_config(config: Mapping[str, Any], mu: float | None) -> None:
             "B(h) = h = −∞ by 0 and returns NaN; use solver_type='bh2' or "
             "final_sigmas_type='sigma_min'"
         )
-    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    kind = sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     if config["use_flow_sigmas"] and kind and kind != "use_karras_sigmas":
         raise ValueError(
             f"{kind}=True with use_flow_sigmas=True: the VE sigmas exceed 1, so "
@@ -239,11 +239,11 @@ def unipc_grid(
     total = int(config["num_train_timesteps"])
     timesteps: np.ndarray = schedules.solver_timesteps(config, n)
     train = schedules.train_sigmas(schedules.alphas_cumprod(config, terminal_floor=True))
-    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    kind = sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     flow = bool(config["use_flow_sigmas"])
     if kind is not None:
         base = train if sigmas is None else np.array(sigmas)
-        sig = _convert_sigmas(kind, np.flip(base).copy(), n, config)
+        sig = convert_config_sigmas(kind, np.flip(base).copy(), n, config)
         if flow:  # only Karras gets here (see _check_config)
             sig = sig / (sig + 1)
             timesteps = sig * total
@@ -302,12 +302,12 @@ class _BH:
     """
 
     def __init__(self, sig: Tensor, flow: bool, x0: bool, bh2: bool, t: int, s0: int, order: int):
-        alpha_t, sigma_t = _alpha_sigma(sig[t], flow)
-        alpha_s0, sigma_s0 = _alpha_sigma(sig[s0], flow)
+        alpha_t, sigma_t = alpha_sigma(sig[t], flow)
+        alpha_s0, sigma_s0 = alpha_sigma(sig[s0], flow)
         lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
         lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
         h = lambda_t - lambda_s0
-        rks = [(_lambda_at(sig[s0 - k], flow) - lambda_s0) / h for k in range(1, order)]
+        rks = [(lambda_at(sig[s0 - k], flow) - lambda_s0) / h for k in range(1, order)]
         rks.append(torch.ones((), dtype=torch.float32))
         self.rks = torch.stack(rks)
         hh = -h if x0 else h
@@ -359,7 +359,7 @@ def _corrector(bh: _BH) -> tuple[float, list[float]]:
     return -k * rho_c[-1], lags
 
 
-class UniPCRule(_PredictorCorrector):
+class UniPCRule(PredictorCorrector):
     """UniPC (UniP-p + UniC-p) on the grid of ``num_inference_steps`` entries.
 
     The state is the uncorrected sample the model sees at each entry; the corrector of
@@ -408,7 +408,7 @@ class UniPCRule(_PredictorCorrector):
         self.config = config = _full(config)
         timesteps, grid = unipc_grid(config, num_inference_steps, sigmas=sigmas, mu=mu)
         n = len(timesteps)
-        _check_first_timestep(timesteps, num_inference_steps)
+        check_first_timestep(timesteps, num_inference_steps)
         order = int(config["solver_order"])
         zero = config["final_sigmas_type"] == "zero"
         if zero and not config["lower_order_final"] and order > 1 and n > 1:
@@ -426,7 +426,7 @@ class UniPCRule(_PredictorCorrector):
         self._corr_lags = int(corr_orders.max()) - 1 if len(corr_orders) else -1
         self.memory = max(self._pred_lags, self._corr_lags + 1)
         self.coefficients = self._coefficients(timesteps)
-        self.tol_scale = _tol_scale(self.sigmas, self.flow)
+        self.tol_scale = posterior_tol_scale(self.sigmas, self.flow)
         self.noise_draws = np.zeros(n, dtype=bool)
 
     def _coefficients(self, timesteps: np.ndarray) -> dict[str, np.ndarray]:

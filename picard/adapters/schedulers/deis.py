@@ -37,22 +37,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.dpmsolver import step_orders
-from picard.adapters.multistep import (
-    _alpha_sigma,
-    _check_first_timestep,
-    _check_order,
-    _check_vp,
-    _extend,
-    _lambda,
-    _options,
-    _sigma_schedule,
-    _signal,
-    _threshold,
-    _tol_scale,
-)
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.dpmsolver import step_orders
+from picard.adapters.schedulers.multistep import (
+    alpha_sigma,
+    check_first_timestep,
+    check_order,
+    check_vp,
+    extend_rows,
+    lambda_of,
+    posterior_tol_scale,
+    sigma_schedule,
+    solver_options,
+    threshold_options,
+    vp_signal,
+)
 
 __all__ = ["DEFAULTS", "DEISRule", "deis_grid", "from_config"]
 
@@ -83,7 +83,7 @@ _SOLVER_ALIASES = dict.fromkeys(("midpoint", "heun", "bh1", "bh2"), "logrho")
 
 def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The scheduler's own options (others dropped), defaults filled, aliases resolved."""
-    full = _options(config, DEFAULTS, _ALGORITHM_ALIASES, _SOLVER_ALIASES)
+    full = solver_options(config, DEFAULTS, _ALGORITHM_ALIASES, _SOLVER_ALIASES)
     _check_config(full)
     return full
 
@@ -94,9 +94,9 @@ def _check_config(config: Mapping[str, Any]) -> None:
         raise ValueError(f"algorithm_type must be 'deis', got {config['algorithm_type']!r}")
     if config["solver_type"] != "logrho":
         raise ValueError(f"solver_type must be 'logrho', got {config['solver_type']!r}")
-    _check_order(config["solver_order"])
-    _check_vp(config, "DEIS")
-    _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    check_order(config["solver_order"])
+    check_vp(config, "DEIS")
+    sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     schedules.prediction_type(config)
 
 
@@ -128,7 +128,7 @@ def deis_grid(config: Mapping[str, Any], num_inference_steps: int) -> tuple[np.n
     timesteps = schedules.solver_timesteps(config, n)
     train = schedules.train_sigmas(schedules.alphas_cumprod(config))
     lo, hi = train[0].item(), train[-1].item()
-    kind = _sigma_schedule(config, schedules.SIGMA_SCHEDULES)
+    kind = sigma_schedule(config, schedules.SIGMA_SCHEDULES)
     if kind is None:
         sigmas = schedules.interp_sigmas(timesteps, train)
         sigmas = np.concatenate([sigmas, [lo]]).astype(np.float32)
@@ -160,14 +160,14 @@ def _ind3(t: Tensor, b: Tensor, c: Tensor, d: Tensor) -> Tensor:
 
 def _step_coefficients(order: int, sigmas: Tensor, i: int) -> tuple[float, ...]:
     """``(cx, k, inv_a, b0, b1, b2)`` of step i (float32 scalars as diffusers, in float64)."""
-    alpha_t, sigma_t = _alpha_sigma(sigmas[i + 1])
-    alpha_s, sigma_s = _alpha_sigma(sigmas[i])
+    alpha_t, sigma_t = alpha_sigma(sigmas[i + 1])
+    alpha_s, sigma_s = alpha_sigma(sigmas[i])
     if order == 1:
-        h = _lambda(alpha_t, sigma_t) - _lambda(alpha_s, sigma_s)
+        h = lambda_of(alpha_t, sigma_t) - lambda_of(alpha_s, sigma_s)
         c0 = -(sigma_t * (torch.exp(h) - 1.0))
         return float(alpha_t / alpha_s), 1.0, 0.0, float(c0), 0.0, 0.0
     rho = [
-        s / a for a, s in (_alpha_sigma(sigmas[j]) for j in (i + 1, i, i - 1, i - 2)[: order + 1])
+        s / a for a, s in (alpha_sigma(sigmas[j]) for j in (i + 1, i, i - 1, i - 2)[: order + 1])
     ]
     inv_a = 1.0 / float(alpha_s)
     if order == 2:
@@ -215,11 +215,11 @@ class DEISRule(UpdateRule):
     def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
         self.config = config = _full_config(config)
         timesteps, sigmas = deis_grid(config, num_inference_steps)
-        _check_first_timestep(timesteps, num_inference_steps)
+        check_first_timestep(timesteps, num_inference_steps)
         n = len(timesteps)
         self.prediction_type = schedules.prediction_type(config)
         self.solver_order = int(config["solver_order"])
-        self._threshold = _threshold(config)
+        self._threshold = threshold_options(config)
         self.orders = step_orders(
             {
                 "solver_order": self.solver_order,
@@ -238,12 +238,12 @@ class DEISRule(UpdateRule):
         self.timesteps = torch.from_numpy(timesteps)
         self.sigmas = sig
         self.coefficients = {
-            **_signal(sig, n),
+            **vp_signal(sig, n),
             **{name: weights[:, j].copy() for j, name in enumerate(names)},
         }
         self.noise_draws = np.zeros(n, dtype=bool)
         self.memory = self.solver_order - 1
-        self.tol_scale = _tol_scale(sig)
+        self.tol_scale = posterior_tol_scale(sig)
 
     def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """ε_θ as diffusers forms it: x̂_0 (thresholded if asked), then ``(x − α x̂_0)/σ``.
@@ -285,7 +285,7 @@ class DEISRule(UpdateRule):
         inner = x * c["inv_a"] + c["b0"] * m
         if self.memory:
             w, k = x.shape[0], self.memory
-            ext = _extend(m, history, k)  # ext[k + j]: window step j
+            ext = extend_rows(m, history, k)  # ext[k + j]: window step j
             inner = inner + c["b1"] * ext[k - 1 : k - 1 + w]
             if k == 2:
                 inner = inner + c["b2"] * ext[:w]

@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _churn, _tol_scale
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.sigma_rules import ancestral_tol_scale, karras_churn
 
 __all__ = ["EDM_EULER_DEFAULTS", "EDMEulerRule", "edm_grid", "from_config"]
 
@@ -167,7 +167,7 @@ class EDMEulerRule(UpdateRule):
         timesteps, sigmas = edm_grid(self.config, num_inference_steps)
         n = len(timesteps)
         sigma = sigmas[:n]
-        sigma_hat, draws, churn = _churn(sigma, len(sigmas) - 1, s_churn, s_tmin, s_tmax)
+        sigma_hat, draws, churn = karras_churn(sigma, len(sigmas) - 1, s_churn, s_tmin, s_tmax)
         sd = float(self.config["sigma_data"])
         c_skip = sd**2 / (sigma_hat**2 + sd**2)
         sign = -1 if self.prediction_type == "v_prediction" else 1
@@ -185,7 +185,7 @@ class EDMEulerRule(UpdateRule):
             "churn": churn.numpy(),
         }
         self.noise_draws = draws.numpy().copy()
-        self.tol_scale = _tol_scale(sigmas, n)
+        self.tol_scale = ancestral_tol_scale(sigmas, n)
         if self.prediction_type == "epsilon":
             self.coefficients["signal_alpha"] = (1 / c_skip.double()).numpy()
             self.coefficients["signal_sigma"] = (-c_out.double() / c_skip.double()).numpy()

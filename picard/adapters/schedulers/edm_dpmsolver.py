@@ -15,14 +15,14 @@ DPM-Solver++ multistep update of Lu et al. 2022b (Algorithm 2) in the EDM latent
   ``prediction_type="epsilon"``, − for ``"v_prediction"``), thresholded if asked.
 - ``_sigma_to_alpha_sigma_t``: α_t = 1, σ_t = σ; ``lambda_t`` = −log σ; ``h``, ``r0``,
   ``r1``, ``D0``, ``D1``, ``D2`` as DPM-Solver++ multistep (see
-  :mod:`picard.adapters.dpmsolver`): DPM-Solver++(1) ``x_t = (σ_t/σ_s) x_s + (1 − e^{−h})
+  :mod:`picard.adapters.schedulers.dpmsolver`): DPM-Solver++(1) ``x_t = (σ_t/σ_s) x_s + (1 − e^{−h})
   D0``, (2M) adds the midpoint or Heun D1 term, (3M) the D1/D2 terms; ``sde-dpmsolver++``
   uses ``(σ_t/σ_s) e^{−h}``, ``1 − e^{−2h}`` and adds ``σ_t √(1 − e^{−2h}) z``.
 
 Each step is ``x_{i+1} = cx x_i + c0 m0 + c01 (m0 − m1) + c12 (m1 − m2) + cz z`` with
 per-step weights that encode the order diffusers picks (warm-up, ``lower_order_final``
 below 15 steps, ``euler_at_final``, a zero final sigma: see
-:func:`picard.adapters.dpmsolver.step_orders`). The scalars are computed in float32 on
+:func:`picard.adapters.schedulers.dpmsolver.step_orders`). The scalars are computed in float32 on
 0-d tensors as diffusers computes them and combined in float64; diffusers' EDM ``step``
 keeps the latent's dtype and draws the SDE noise in the model output's dtype, so a
 float64 run is float64 throughout. ``init_noise_sigma`` is diffusers' √(σ_max² + 1).
@@ -38,23 +38,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.dpmsolver import step_orders
-from picard.adapters.edm_euler import EDM_EULER_DEFAULTS
-from picard.adapters.euler import _tol_scale
-from picard.adapters.multistep import (
-    _DPM_ALGORITHM_ALIASES,
-    _DPM_SOLVER_ALIASES,
-    _base_coefficients,
-    _check_final,
-    _check_order,
-    _check_solver_type,
-    _extend,
-    _multistep_weights,
-    _options,
-    _threshold,
-)
 from picard.adapters.rule import UpdateRule
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.dpmsolver import step_orders
+from picard.adapters.schedulers.edm_euler import EDM_EULER_DEFAULTS
+from picard.adapters.schedulers.multistep import (
+    DPM_ALGORITHM_ALIASES,
+    DPM_SOLVER_ALIASES,
+    base_coefficients,
+    check_final,
+    check_order,
+    check_solver_type,
+    extend_rows,
+    multistep_weights,
+    solver_options,
+    threshold_options,
+)
+from picard.adapters.schedulers.sigma_rules import ancestral_tol_scale
 
 __all__ = ["DEFAULTS", "EDMDPMSolverRule", "edm_grid", "from_config"]
 
@@ -75,7 +75,7 @@ ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
 
 def _full_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The scheduler's own options (others dropped), defaults filled, aliases resolved."""
-    full = _options(config, DEFAULTS, _DPM_ALGORITHM_ALIASES, _DPM_SOLVER_ALIASES)
+    full = solver_options(config, DEFAULTS, DPM_ALGORITHM_ALIASES, DPM_SOLVER_ALIASES)
     _check_config(full)
     return full
 
@@ -87,9 +87,9 @@ def _check_config(config: Mapping[str, Any]) -> None:
         raise ValueError(
             f"algorithm_type must be one of {ALGORITHM_TYPES} for EDM DPM-Solver, got {algorithm!r}"
         )
-    _check_solver_type(config["solver_type"])
+    check_solver_type(config["solver_type"])
     order = config["solver_order"]
-    _check_order(order)
+    check_order(order)
     if algorithm == "sde-dpmsolver++" and order == 3:
         raise ValueError(
             "solver_order=3 is not supported with algorithm_type='sde-dpmsolver++': diffusers' "
@@ -100,7 +100,7 @@ def _check_config(config: Mapping[str, Any]) -> None:
         raise ValueError(
             f"sigma_schedule must be 'karras' or 'exponential', got {config['sigma_schedule']!r}"
         )
-    _check_final(config["final_sigmas_type"])
+    check_final(config["final_sigmas_type"])
     kind = config["prediction_type"]
     if kind not in ("epsilon", "v_prediction"):
         raise ValueError(
@@ -159,12 +159,12 @@ def _step_coefficients(
     sigma_t, sigma_s = sigmas[i + 1], sigmas[i]
     lam_s = _lambda(sigma_s)
     h = _lambda(sigma_t) - lam_s
-    cx, c0, cz = _base_coefficients(algorithm, one, sigma_t, one, sigma_s, h)
+    cx, c0, cz = base_coefficients(algorithm, one, sigma_t, one, sigma_s, h)
     if order == 1:
         return cx, c0, 0.0, 0.0, cz
     # order 3: dpmsolver++ only, no noise term
     lambdas = [lam_s, *(_lambda(sigmas[i - j]) for j in range(1, order))]
-    c01, c12 = _multistep_weights(algorithm, heun, order, h, one, sigma_t, lambdas)
+    c01, c12 = multistep_weights(algorithm, heun, order, h, one, sigma_t, lambdas)
     return cx, c0, c01, c12, cz
 
 
@@ -226,7 +226,7 @@ class EDMDPMSolverRule(UpdateRule):
         self.algorithm_type: str = config["algorithm_type"]
         self.prediction_type = config["prediction_type"]
         self.solver_order = int(config["solver_order"])
-        self._threshold = _threshold(config)
+        self._threshold = threshold_options(config)
         heun = config["solver_type"] == "heun"
         self.orders = step_orders(config, n)
         names = ("cx", "c0", "c01", "c12", "cz")
@@ -253,7 +253,7 @@ class EDMDPMSolverRule(UpdateRule):
             self.signal_keys = ("signal_alpha", "signal_sigma")
         self.noise_draws = np.full(n, self.algorithm_type == "sde-dpmsolver++")
         self.memory = self.solver_order - 1
-        self.tol_scale = _tol_scale(sigmas, n)
+        self.tol_scale = ancestral_tol_scale(sigmas, n)
 
     def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """``precondition_inputs``: ``c_in(σ_i) x``, as ``scale_model_input``.
@@ -305,7 +305,7 @@ class EDMDPMSolverRule(UpdateRule):
         nxt = c["cx"] * x + c["c0"] * m
         if self.memory:
             w, k = x.shape[0], self.memory
-            ext = _extend(m, history, k)  # ext[k + j]: window step j
+            ext = extend_rows(m, history, k)  # ext[k + j]: window step j
             m1 = ext[k - 1 : k - 1 + w]
             nxt = nxt + c["c01"] * (m - m1)
             if k == 2:

@@ -6,7 +6,8 @@ their configs, refuse what they do not reproduce, turn the VE grid σ̃ into the
 ``λ = log α − log σ``, and extend a window's converted outputs by those remembered from
 earlier steps, all alike; the helpers here do it once. The DPM-Solver weights (the D0,
 D1 and D2 terms of Lu et al. 2022a/b) are computed as diffusers computes them: in
-float32, on 0-d tensors, one step at a time. Every name here is private to the adapters.
+float32, on 0-d tensors, one step at a time. The names here are the rule modules' shared
+helpers, not picard's API (``__all__`` is empty).
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.flow import flow_tol_scale
 from picard.adapters.rule import UpdateRule
-from picard.adapters.schedules import _get
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.config import read_option
+from picard.adapters.schedulers.flow import flow_tol_scale
 
 __all__: list[str] = []
 
 # What diffusers' DPM-Solver constructors (single-step, EDM) silently map to a supported value.
-_DPM_ALGORITHM_ALIASES = {"deis": "dpmsolver++"}
-_DPM_SOLVER_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
+DPM_ALGORITHM_ALIASES = {"deis": "dpmsolver++"}
+DPM_SOLVER_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
 
 
-def _options(
+def solver_options(
     config: Mapping[str, Any],
     defaults: Mapping[str, Any],
     algorithms: Mapping[str, str] | None = None,
@@ -41,56 +42,60 @@ def _options(
     ``algorithms``/``solvers`` map the ``algorithm_type``/``solver_type`` values that
     diffusers' constructor silently replaces to their replacement.
     """
-    full = {key: _get(config, key, default) for key, default in defaults.items()}
+    full = {key: read_option(config, key, default) for key, default in defaults.items()}
     for key, aliases in (("algorithm_type", algorithms), ("solver_type", solvers)):
         if aliases:
             full[key] = aliases.get(full[key], full[key])
     return full
 
 
-def _threshold(config: Mapping[str, Any]) -> dict[str, Any]:
+def threshold_options(config: Mapping[str, Any]) -> dict[str, Any]:
     """The thresholding options of the config (for :func:`schedules.clip_or_threshold`)."""
     return {
-        key: _get(config, key, default) for key, default in schedules.THRESHOLD_DEFAULTS.items()
+        key: read_option(config, key, default)
+        for key, default in schedules.THRESHOLD_DEFAULTS.items()
     }
 
 
-def _check_solver_type(solver_type: Any) -> None:
+def check_solver_type(solver_type: Any) -> None:
+    """Refuse a ``solver_type`` other than midpoint or heun."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
 
 
-def _check_order(order: Any) -> None:
+def check_order(order: Any) -> None:
+    """Refuse a ``solver_order`` other than 1, 2 or 3."""
     if order not in (1, 2, 3):
         raise ValueError(f"solver_order must be 1, 2 or 3, got {order!r}")
 
 
-def _check_final(final: Any) -> None:
+def check_final(final: Any) -> None:
+    """Refuse a ``final_sigmas_type`` other than zero or sigma_min."""
     if final not in ("zero", "sigma_min"):
         raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {final!r}")
 
 
-def _check_vp(config: Mapping[str, Any], name: str, sigmas: str = "Karras, exponential or beta"):
+def check_vp(config: Mapping[str, Any], name: str, sigmas: str = "Karras, exponential or beta"):
     """Refuse flow sigmas and dynamic shifting: the VP solvers reproduce beta schedules."""
     for key in ("use_flow_sigmas", "use_dynamic_shifting"):
-        if _get(config, key, False):
+        if read_option(config, key, False):
             raise ValueError(
                 f"{key}=True is not supported for {name}; picard reproduces the VP schedules "
                 f"(beta schedules, optionally with {sigmas} sigmas)"
             )
 
 
-def _sigma_schedule(config: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+def sigma_schedule(config: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     """Which of the sigma schedules ``keys`` the config sets (at most one)."""
-    chosen = [key for key in keys if _get(config, key, False)]
+    chosen = [key for key in keys if read_option(config, key, False)]
     if len(chosen) > 1:
         raise ValueError(f"only one of {', '.join(keys)} may be set, got {chosen}")
     return chosen[0] if chosen else None
 
 
-def _check_variance(config: Mapping[str, Any]) -> None:
+def check_variance(config: Mapping[str, Any]) -> None:
     """A learned variance (diffusers drops its channels) with epsilon prediction only."""
-    variance = _get(config, "variance_type")
+    variance = read_option(config, "variance_type")
     if variance not in (None, "learned", "learned_range"):
         raise ValueError(
             f"variance_type must be None, 'learned' or 'learned_range', got {variance!r}"
@@ -103,7 +108,7 @@ def _check_variance(config: Mapping[str, Any]) -> None:
         )
 
 
-def _check_first_timestep(timesteps: np.ndarray, n: int, other: str = "spacing") -> None:
+def check_first_timestep(timesteps: np.ndarray, n: int, other: str = "spacing") -> None:
     """Refuse a grid that repeats its first timestep: diffusers would start at the repeat."""
     if np.count_nonzero(timesteps == timesteps[0]) > 1:
         raise ValueError(
@@ -113,7 +118,7 @@ def _check_first_timestep(timesteps: np.ndarray, n: int, other: str = "spacing")
         )
 
 
-def _alpha_sigma(sigma: Tensor, flow: bool = False) -> tuple[Tensor, Tensor]:
+def alpha_sigma(sigma: Tensor, flow: bool = False) -> tuple[Tensor, Tensor]:
     """The ``_sigma_to_alpha_sigma_t`` of diffusers, on one 0-d float32 σ̃."""
     if flow:
         return 1 - sigma, sigma
@@ -121,26 +126,26 @@ def _alpha_sigma(sigma: Tensor, flow: bool = False) -> tuple[Tensor, Tensor]:
     return alpha, sigma * alpha
 
 
-def _lambda(alpha: Tensor, sigma: Tensor) -> Tensor:
+def lambda_of(alpha: Tensor, sigma: Tensor) -> Tensor:
     """λ = log α − log σ."""
     return torch.log(alpha) - torch.log(sigma)
 
 
-def _lambda_at(sigma: Tensor, flow: bool = False) -> Tensor:
+def lambda_at(sigma: Tensor, flow: bool = False) -> Tensor:
     """λ of the grid point σ̃."""
-    return _lambda(*_alpha_sigma(sigma, flow))
+    return lambda_of(*alpha_sigma(sigma, flow))
 
 
-def _signal(sigmas: Tensor, n: int) -> dict[str, np.ndarray]:
+def vp_signal(sigmas: Tensor, n: int) -> dict[str, np.ndarray]:
     """``alpha`` and ``sigma`` of the first n grid points (float32 values, as float64)."""
-    alpha, sigma = zip(*(_alpha_sigma(sigmas[i]) for i in range(n)), strict=True)
+    alpha, sigma = zip(*(alpha_sigma(sigmas[i]) for i in range(n)), strict=True)
     return {
         "alpha": np.array([float(a) for a in alpha]),
         "sigma": np.array([float(s) for s in sigma]),
     }
 
 
-def _tol_scale(sigmas: Tensor, flow: bool = False) -> np.ndarray:
+def posterior_tol_scale(sigmas: Tensor, flow: bool = False) -> np.ndarray:
     """The noise std of each step's next state, 0 for the last (N + 1 sigmas, N states).
 
     The DDPM posterior std between the grid's sigmas at i + 1 and i + 2 in VP units (flow
@@ -155,7 +160,7 @@ def _tol_scale(sigmas: Tensor, flow: bool = False) -> np.ndarray:
     return np.append(std, 0.0)
 
 
-def _extend(rows: Tensor, before: Tensor | None, k: int) -> Tensor:
+def extend_rows(rows: Tensor, before: Tensor | None, k: int) -> Tensor:
     """``rows`` after the k remembered before the window (zeros where there are fewer).
 
     ``ext[k + j]`` is window row j, ``ext[k - d + j]`` the row d steps before it.
@@ -165,7 +170,7 @@ def _extend(rows: Tensor, before: Tensor | None, k: int) -> Tensor:
     return torch.cat([pad, before, rows])
 
 
-def _base_coefficients(
+def base_coefficients(
     algorithm: str, alpha_t: Tensor, sigma_t: Tensor, alpha_s: Tensor, sigma_s: Tensor, h: Tensor
 ) -> tuple[float, float, float]:
     """``(cx, c0, cz)``: the first-order weights of x_s, D0 and z, shared by every order."""
@@ -187,7 +192,7 @@ def _base_coefficients(
     )
 
 
-def _second_order_d1(
+def second_order_d1(
     algorithm: str, heun: bool, h: Tensor, alpha_t: Tensor, sigma_t: Tensor
 ) -> Tensor:
     """The weight of D1 in the second-order update."""
@@ -208,7 +213,7 @@ def _second_order_d1(
     return -(sigma_t * (torch.exp(h) - 1.0))
 
 
-def _third_order_d1_d2(
+def third_order_d1_d2(
     algorithm: str, h: Tensor, alpha_t: Tensor, sigma_t: Tensor
 ) -> tuple[Tensor, Tensor]:
     """The weights of D1 and D2 in the third-order update."""
@@ -228,7 +233,7 @@ def _third_order_d1_d2(
     )
 
 
-def _multistep_weights(
+def multistep_weights(
     algorithm: str,
     heun: bool,
     order: int,
@@ -245,15 +250,15 @@ def _multistep_weights(
     r0 = (lam_s - lam_1) / h
     inv_r0 = float(1.0 / r0)
     if order == 2:
-        return float(_second_order_d1(algorithm, heun, h, alpha_t, sigma_t)) * inv_r0, 0.0
+        return float(second_order_d1(algorithm, heun, h, alpha_t, sigma_t)) * inv_r0, 0.0
     r1 = (lam_1 - lambdas[2]) / h
     inv_r1 = float(1.0 / r1)
     q, p = float(r0 / (r0 + r1)), float(1.0 / (r0 + r1))
-    d1, d2 = (float(k) for k in _third_order_d1_d2(algorithm, h, alpha_t, sigma_t))
+    d1, d2 = (float(k) for k in third_order_d1_d2(algorithm, h, alpha_t, sigma_t))
     return (d1 * (1 + q) + d2 * p) * inv_r0, -(d1 * q + d2 * p) * inv_r1
 
 
-class _PredictorCorrector(UpdateRule):
+class PredictorCorrector(UpdateRule):
     """UniPC and SA-Solver: a predictor and a corrector over converted outputs.
 
     The state is the uncorrected sample the model sees at each entry; the memory holds
@@ -275,11 +280,11 @@ class _PredictorCorrector(UpdateRule):
         self.predict_x0 = predict_x0
         self.prediction_type = config["prediction_type"]
         self.signal_keys = None if self.prediction_type == "flow_prediction" else ("alpha", "sigma")
-        self._threshold = _threshold(config)
+        self._threshold = threshold_options(config)
 
     def _signal_at(self, co: dict[str, np.ndarray], i: int) -> None:
         """Entry i's ``alpha``, ``sigma`` and ``sigma_raw`` (σ̃, for ``flow_prediction``)."""
-        alpha, sigma = _alpha_sigma(self.sigmas[i], self.flow)
+        alpha, sigma = alpha_sigma(self.sigmas[i], self.flow)
         co["alpha"][i], co["sigma"][i] = float(alpha), float(sigma)
         co["sigma_raw"][i] = float(self.sigmas[i])
 
@@ -306,7 +311,7 @@ class _PredictorCorrector(UpdateRule):
 
         Example:
             >>> import torch
-            >>> from picard.adapters.unipc import UniPCRule
+            >>> from picard.adapters.schedulers.unipc import UniPCRule
             >>> rule = UniPCRule({"prediction_type": "sample"}, 3)
             >>> c = {"alpha": torch.ones(1, 1), "sigma": torch.ones(1, 1)}
             >>> rule.convert(torch.ones(1, 2), torch.zeros(1, 2), c).tolist()
@@ -324,5 +329,5 @@ class _PredictorCorrector(UpdateRule):
     def _lags(self, m: Tensor, history: Tensor | None) -> Callable[[int], Tensor]:
         """``lag(d)``: m_{i−d} for every row i of the window (remembered rows before it)."""
         w, k = m.shape[0], self.memory
-        ext = _extend(m, history, k)  # ext[k + j]: the output of window row j
+        ext = extend_rows(m, history, k)  # ext[k + j]: the output of window row j
         return lambda d: ext[k - d : k - d + w]

@@ -7,7 +7,7 @@ Variables (diffusers -> symbols):
 
 - ``sigmas`` interleaves the grid ``[σ_0, σ_1, σ_1, …, σ_{N-1}, σ_{N-1}, 0]`` and
   ``timesteps`` = 1000 σ likewise (2N - 1 loop entries, one model call each); the grid
-  is :func:`picard.adapters.flow.flow_grid`'s with the static ``shift`` s,
+  is :func:`picard.adapters.schedulers.flow.flow_grid`'s with the static ``shift`` s,
   ``σ' = s σ / (1 + (s - 1) σ)`` (Esser et al. 2024, eq. 23), applied twice as diffusers
   does. The config has no other options.
 - ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``: S_churn, S_tmin, S_tmax, S_noise;
@@ -28,7 +28,7 @@ and the noise drawn in the model output's dtype.
 For picard each loop entry is one step; its state is the sample the model sees (x_i,
 then x̃). ``memory = 1``: each entry stores d, and the correction is written as an
 increment of x̃, ``x̃ + (d'_i - d_i)/2 · dt`` (equal to diffusers' since ``x̃ = x̂ + d_i
-dt``; see :mod:`picard.adapters.heun` for why), matching diffusers to float rounding.
+dt``; see :mod:`picard.adapters.schedulers.heun` for why), matching diffusers to float rounding.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard.adapters import schedules
-from picard.adapters.euler import _churn, _real
-from picard.adapters.flow import flow_grid, flow_tol_scale
-from picard.adapters.heun import TwoStageRule, check_first_timestep
+from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.flow import flow_grid, flow_tol_scale
+from picard.adapters.schedulers.heun import TwoStageRule, check_first_timestep
+from picard.adapters.schedulers.sigma_rules import karras_churn, real_number
 
 __all__ = ["FLOW_HEUN_DEFAULTS", "FlowMatchHeunRule", "flow_heun_grid", "from_config"]
 
@@ -109,14 +109,14 @@ class FlowMatchHeunRule(TwoStageRule):
         s_noise: float = 1.0,
     ):
         self.config = _config(config)
-        s_churn, s_tmin = _real("s_churn", s_churn), _real("s_tmin", s_tmin)
-        s_tmax, self.s_noise = _real("s_tmax", s_tmax), _real("s_noise", s_noise)
+        s_churn, s_tmin = real_number("s_churn", s_churn), real_number("s_tmin", s_tmin)
+        s_tmax, self.s_noise = real_number("s_tmax", s_tmax), real_number("s_noise", s_noise)
         self.timesteps, self.sigmas = flow_heun_grid(self.config, num_inference_steps)
         m = self.num_steps = len(self.timesteps)
         base = self.base_sigmas = torch.cat([self.sigmas[::2], self.sigmas[-1:]])
         n = m // 2 + 1
         sigma, following = base[:n], base[1 : n + 1]
-        sigma_hat, draws, churn = _churn(sigma, len(self.sigmas) - 1, s_churn, s_tmin, s_tmax)
+        sigma_hat, draws, churn = karras_churn(sigma, len(self.sigmas) - 1, s_churn, s_tmin, s_tmax)
         first = torch.arange(m) % 2 == 0
         j = torch.arange(m) // 2
         self.coefficients = {
