@@ -1,12 +1,12 @@
 """picard: sequential samplers made parallel in time by sliding-window Picard iteration.
 
 Solving: :func:`solve`, :func:`sequential`, :class:`Options`, :class:`Solution`,
-:class:`Stats`. Problems: :class:`Problem`, :class:`Recursion`, :class:`Lanes`, :class:`Traits`,
-:func:`map_rows` (how a problem calls its model so that solves can chunk and shard the
-rows). ODEs and SDEs:
-:func:`odeint`, :func:`odeint_adjoint`, :func:`sdeint`. Strategies: :class:`Tolerance`,
-:class:`Acceleration`, :class:`Picard`, :class:`Secant` (``accelerate=``). Errors and
-warnings: :class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`,
+:class:`Stats`. Problems: :class:`Problem`, :class:`Recursion`, :class:`Lanes`,
+:class:`Traits`, :func:`map_rows` (how a problem calls its model so that solves can chunk
+and shard the rows). ODEs and SDEs: :func:`odeint`, :func:`odeint_adjoint`,
+:func:`sdeint`. Strategies: :class:`Tolerance`, :class:`Acceleration`, :class:`Picard`,
+:class:`Secant` (``accelerate=``). Errors and warnings: :class:`NonFiniteError`,
+:class:`ConvergenceError`, :class:`RankError`, :class:`UnsupportedSchedulerError`,
 :class:`MemoryWarning`, :class:`AccuracyWarning`, :class:`SequentialWarning`,
 :class:`PerformanceWarning`.
 """
@@ -25,6 +25,7 @@ from picard.errors import (
     PerformanceWarning,
     RankError,
     SequentialWarning,
+    UnsupportedSchedulerError,
 )
 from picard.evaluation import map_rows
 from picard.ode import odeint, odeint_adjoint, sdeint
@@ -53,6 +54,7 @@ __all__ = [
     "Stats",
     "Tolerance",
     "Traits",
+    "UnsupportedSchedulerError",
     "map_rows",
     "odeint",
     "odeint_adjoint",
