@@ -180,15 +180,13 @@ class Windows:
     def sweep(
         self, lengths: np.ndarray, problem: Problem, state: Any, guess: Guess, tol: Tolerance
     ) -> Sweep:
-        """Enter new steps, evaluate every window in one call, form their Picard values."""
-        if self.shared:
-            return self._sliced(lengths, problem, state, guess, tol)
-        return self._gathered(lengths, problem, state, guess, tol)
+        """Enter new steps, evaluate every window in one call, form their Picard values.
 
-    def _sliced(
-        self, lengths: np.ndarray, problem: Problem, state: Any, guess: Guess, tol: Tolerance
-    ) -> Sweep:
-        """The sweep of the one lane of the batch: its rows are slices of the workspace."""
+        The one lane of the batch, here, takes rows as slices of the workspace; many lanes
+        gather theirs (:meth:`_gathered`).
+        """
+        if not self.shared:
+            return self._gathered(lengths, problem, state, guess, tol)
         w, start, ops = self._w, self.start, self.ops
         if start + w - self.off >= self.length:
             self.off = self._compact((), start, self.off, self.high)
@@ -305,15 +303,14 @@ class Windows:
         return NonFiniteError(f"{label}: {what} in sweep {number}", step=step, sweep=number)
 
     def commit(self, sweep: Sweep, stride: np.ndarray) -> None:
-        """Keep each window's new iterate; its first ``stride`` states are final; slide."""
-        if self.shared:
-            self._commit_slice(int(stride[0]))
-        else:
-            self._commit_gather(stride)
+        """Keep each window's new iterate; its first ``stride`` states are final; slide.
 
-    def _commit_slice(self, s: int) -> None:
-        """The one lane of the batch: the new iterate is a slice; ``s`` states are final."""
-        (new, out), w, start = self._kept, self._w, self.start
+        The one lane of the batch, here, writes a slice; many lanes scatter
+        (:meth:`_scattered`).
+        """
+        if not self.shared:
+            return self._scattered(stride)
+        (new, out), w, start, s = self._kept, self._w, self.start, int(stride[0])
         lo = start - self.off
         self.xs[lo + 1 : lo + w + 1] = new
         if self.saver is not None:
@@ -329,7 +326,7 @@ class Windows:
         self.start = start + s
         self.running = self.start < self.n
 
-    def _commit_gather(self, stride: np.ndarray) -> None:
+    def _scattered(self, stride: np.ndarray) -> None:
         """One lane per sample: the new iterates scattered; finished samples leave."""
         new, out, rows, valid = self._kept
         alive, ops, dev = self.lanes, self.ops, self.dev
