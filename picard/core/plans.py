@@ -286,20 +286,17 @@ class Windows:
             first = int(np.argmax(~np.isfinite(sweep.change[:, 0])))
             step = self.start + first
             label = self.problem.step_label(step)
+            overflow = bool(torch.isfinite(torch.as_tensor(self._kept[0][first])).all())
+            what = "the change of the state overflowed"
+            what = what if overflow else "the increment was NaN or Inf"
         else:
             rows, cols = np.nonzero(~np.isfinite(sweep.change))
             at = int(np.argmin(sweep.steps[rows, cols]))
             step = int(sweep.steps[rows[at], cols[at]])
             label = f"{self.problem.step_label(step)} of sample {int(sweep.lanes[cols[at]])}"
+            what = "the increment or the change of the state was NaN or Inf"
         if where is not None:
             return NonFiniteError(f"{label}: NaN or Inf {where}", step=step)
-        if self.shared:
-            overflow = bool(torch.isfinite(torch.as_tensor(self._kept[0][first])).all())
-            what = (
-                "the change of the state overflowed" if overflow else "the increment was NaN or Inf"
-            )
-        else:
-            what = "the increment or the change of the state was NaN or Inf"
         return NonFiniteError(f"{label}: {what} in sweep {number}", step=step, sweep=number)
 
     def commit(self, sweep: Sweep, stride: np.ndarray) -> None:
