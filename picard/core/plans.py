@@ -1,13 +1,14 @@
-"""Where each sweep's rows come from: one window for the batch, or one per sample.
+"""Where each sweep's rows come from: sliding windows, one per lane.
 
 A plan owns a solve's workspace — the current guesses of the states of the running windows
-— and knows how its problem is called: :class:`SharedWindow` slides one window for the
-whole batch (the worst sample decides; rows are slices of the workspace, viewed as numpy
-arrays on the CPU), :class:`PerSampleWindows` slides one window per sample (rows gathered
-with index arrays; finished samples leave). Both present a sweep to the loop in the same
-form, :class:`picard.core.sweep.Sweep`. The workspace holds two windows and is compacted as the
-windows slide, so memory stays O(window) — unless every state is saved, when the shared
-workspace is the whole trajectory (and the result).
+— and knows how its problem is called. :class:`Windows` slides one window per *lane*, what
+slides as one: the whole batch (one lane; the worst sample decides; rows are slices of the
+workspace, viewed as numpy arrays on the CPU — the fast path) or each sample (one lane per
+sample; rows gathered with index arrays; finished samples leave). :func:`SharedWindow` and
+:func:`PerSampleWindows` build the two. Either way a sweep reaches the loop in one form,
+:class:`picard.core.sweep.Sweep`. The workspace holds two windows and is compacted as the
+windows slide, so memory stays O(window) — unless every state is saved, when the one
+lane's workspace is the whole trajectory (and the result).
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ from picard.errors import NonFiniteError
 from picard.problem import Lanes, Problem, per_sample_size, working_dtype
 from picard.solution import Solution, Stats
 
-__all__ = ["PerSampleWindows", "Plan", "SharedWindow", "check_per_lane"]
+__all__ = ["PerSampleWindows", "Plan", "SharedWindow", "Windows", "check_per_lane"]
 
 
 @runtime_checkable
 class Plan(Protocol):
     """The window layout of a solve and its workspace, as the loop drives it.
 
-    :class:`SharedWindow` (one window for the batch) and :class:`PerSampleWindows` (one
-    per sample) implement it; a sweep reaches strategies in one form either way, a
-    :class:`~picard.core.sweep.Sweep` whose arrays are ``(rows, lanes)``.
+    :class:`Windows` implements it, with one window for the batch or one per sample; a
+    sweep reaches strategies in one form either way, a :class:`~picard.core.sweep.Sweep`
+    whose arrays are ``(rows, lanes)``.
 
     Example:
         >>> import torch, picard
@@ -89,21 +90,35 @@ class Plan(Protocol):
         ...
 
 
-class SharedWindow:
-    """One window for the whole batch: ``problem.increments`` on slices of the workspace.
+class Windows:
+    """Sliding windows, one per *lane*, over one workspace ``(length, *x0.shape)``.
+
+    A lane is what slides as one: the whole batch (one window, the worst sample decides)
+    or, with ``per_sample=True``, each sample (``problem.increments`` gets
+    :class:`picard.Lanes`; a sample that reaches the last step leaves, and each sample's
+    iterates are those of solving it alone). Every lane keeps its first step not final
+    (``start``), the state in row 0 of its part of the workspace (``off``) and its last
+    guessed state (``high``); the workspace holds two windows and each lane's part is
+    compacted as it slides, so memory stays O(window) — unless every state is saved, when
+    it is the whole trajectory (and the result). The one lane spanning the batch is the
+    fast path: its bookkeeping is Python ints and its rows are slices (viewed as numpy
+    arrays on the CPU); many lanes gather their rows with index arrays.
 
     Args:
-        problem: the recursion.
-        x0: the initial state.
+        problem: the recursion; with ``per_sample``, one batch dimension and
+            :attr:`~picard.Problem.per_lane` increments.
+        x0: the initial state (``(batch, ...)`` with ``per_sample``).
         saved: the state indices to keep (``None``: only the final state).
         cap: the longest window.
+        per_sample: one lane per sample instead of one for the batch.
         ops: the bookkeeping's array operations (default: numpy on the CPU).
-        on_step: called as ``on_step(i, x_{i+1})`` for every step ``i`` in order, as its
-            result becomes final (``x_{i+1}`` in ``x0``'s dtype; valid during the call).
+        on_step: one lane for the batch only: called as ``on_step(i, x_{i+1})`` for every
+            step ``i`` in order, as its result becomes final (``x_{i+1}`` in ``x0``'s dtype;
+            valid during the call).
 
     Example:
         >>> import torch, picard
-        >>> plan = SharedWindow(picard.Recursion(lambda i, x: -x, 10), torch.ones(3), None, 4)
+        >>> plan = Windows(picard.Recursion(lambda i, x: -x, 10), torch.ones(3), None, 4)
         >>> plan.running, plan.lengths(width=4, left=None).tolist(), plan.columns
         (True, [4], 1)
     """
@@ -114,38 +129,47 @@ class SharedWindow:
         x0: Tensor,
         saved: Sequence[int] | None,
         cap: int,
+        *,
+        per_sample: bool = False,
         ops: Arrays | None = None,
         on_step: Callable[[int, Tensor], None] | None = None,
     ):
+        if per_sample:
+            check_per_lane(problem)
         self.problem, self.n, self.saved = problem, problem.num_steps, saved
         self.on_step, self.dtype = on_step, x0.dtype
-        self.columns = per_sample_size(x0.shape, problem.batch_ndim)[0]
-        self.keep_all = saved is not None and len(saved) == self.n + 1
+        self.shared = not per_sample  # one lane for every sample
+        self.samples = per_sample_size(x0.shape, problem.batch_ndim)[0]
+        self.columns = self.samples if self.shared else 1  # samples per lane
+        self.keep_all = self.shared and saved is not None and len(saved) == self.n + 1
         length = self.n + 1 if self.keep_all else min(self.n + 1, 2 * cap + 1)
         self.xs_t = x0.detach().to(working_dtype(x0.dtype)).expand(length, *x0.shape).clone()
         self.ops = ops or arrays_for(self.xs_t.device)
-        self.xs = self.ops.view(self.xs_t)
+        self.xs, self.dev, self.length = self.ops.view(self.xs_t), self.xs_t.device, length
         self.saver = (
             None if self.keep_all or saved is None else Saver(saved, self.xs_t[0], self.ops)
         )
-        self.history: Tensor | None = None
-        self.start = self.off = self.high = 0  # high: the window's end (its last state)
-        self.lanes = np.zeros(1, dtype=np.int64)
-        self.shared = True  # one window for every sample
+        self.lanes = np.arange(1 if self.shared else self.samples)  # the running lanes
+        # start, off, high: ints for the one lane of the batch, else arrays indexed by lane
+        self.start: Any = 0 if self.shared else np.zeros(self.samples, dtype=np.int64)
+        self.off: Any = 0 if self.shared else np.zeros(self.samples, dtype=np.int64)
+        self.high: Any = 0 if self.shared else np.zeros(self.samples, dtype=np.int64)
+        self.history: Tensor | None = None  # the outputs of the last final steps
         self.running = True  # steps remain
-        self.active = self.columns  # samples evaluated per window step
-        self.length = length
-        self._lengths = np.zeros(1, dtype=np.int64)  # rewritten when the window changes
-        self._w = 0  # the window of the current sweep
-        self._new: Any = None
-        self._out: Any = None
+        self.active = self.samples  # samples evaluated per window step
+        self._lengths = np.zeros(1, dtype=np.int64)  # one lane: rewritten when it changes
+        self._w = 0  # one lane: the window of the current sweep
+        self._kept: Any = None  # what commit needs of the current sweep
 
     def front(self) -> int:
-        """The first step not final."""
-        return self.start
+        """The first step not final (the slowest lane's)."""
+        return self.start if self.shared else int(self.start.min())
 
     def lengths(self, width: int, left: int | None) -> np.ndarray:
-        """The window of the next sweep: ``width`` capped by the steps and ``left``."""
+        """Each running lane's next window: ``width`` capped by its steps and ``left``."""
+        if not self.shared:
+            lengths = np.minimum(width, self.n - self.start[self.lanes])
+            return lengths if left is None else np.minimum(lengths, left)
         w = min(width, self.n - self.start)
         w = w if left is None else min(w, left)
         if w != self._w:
@@ -156,12 +180,21 @@ class SharedWindow:
     def sweep(
         self, lengths: np.ndarray, problem: Problem, state: Any, guess: Guess, tol: Tolerance
     ) -> Sweep:
-        """Enter new steps, evaluate the window in one call, form its Picard values."""
+        """Enter new steps, evaluate every window in one call, form their Picard values.
+
+        The one lane of the batch, here, takes rows as slices of the workspace; many lanes
+        gather theirs (:meth:`_gathered`).
+        """
+        if not self.shared:
+            return self._gathered(lengths, problem, state, guess, tol)
         w, start, ops = self._w, self.start, self.ops
-        self._enter(start + w, guess, state)
+        if start + w - self.off >= self.length:
+            self.off = self._compact((), start, self.off, self.high)
+        if start + w > self.high:
+            self._enter_slice(start + w, guess, state)
         lo = start - self.off
         states = self.xs_t[lo : lo + w]
-        inc, self._out = problem.increments(states, start, state, self.history)
+        inc, out = problem.increments(states, start, state, self.history)
         if (
             not isinstance(inc, Tensor)
             or inc.shape != states.shape
@@ -172,12 +205,11 @@ class SharedWindow:
         inc_a = ops.view(inc)
         new = ops.cumsum(inc_a)  # states start + 1 … start + w, by plain Picard
         new += self.xs[lo]
-        self._new = new
+        self._kept = (new, out)
         shape = (w, self.columns, -1)
         new3, old3 = new.reshape(shape), self.xs[lo + 1 : lo + w + 1].reshape(shape)
         change = tol.measure(ops, new3, old3)
         worst = change if self.columns == 1 else change.max(axis=1, keepdims=True)
-        steps = slice(start, start + w)
         return Sweep(
             ops,
             self.lanes,
@@ -188,7 +220,7 @@ class SharedWindow:
             new3,
             old3,
             worst,
-            steps,
+            slice(start, start + w),
             tol,
             math.isfinite(worst.item(w - 1)),  # a cumsum carries NaN/Inf to the last state
             w * self.columns,
@@ -196,80 +228,230 @@ class SharedWindow:
             self.n,
         )
 
+    def _gathered(
+        self, lengths: np.ndarray, problem: Problem, state: Any, guess: Guess, tol: Tolerance
+    ) -> Sweep:
+        """The sweep of one lane per sample: rows gathered with index arrays."""
+        ops, alive, dev = self.ops, self.lanes, self.dev
+        starts = self.start[alive]
+        need = starts + lengths
+        for k, s in enumerate(alive):
+            if need[k] - self.off[s] >= self.length:
+                self.off[s] = self._compact((s,), self.start[s], self.off[s], self.high[s])
+        entering = need > self.high[alive]
+        if entering.any():
+            self._enter_gather(alive[entering], need[entering], guess, state)
+        j = np.arange(int(lengths.max()))[:, None]
+        valid = j < lengths[None, :]
+        steps = np.where(valid, starts[None, :] + j, -1)
+        rows = (starts - self.off[alive])[None, :] + np.minimum(j, lengths[None, :] - 1)
+        r, c = ops.index(rows, dev), ops.index(np.broadcast_to(alive, rows.shape), dev)
+        x = self.xs[r, c]
+        samples = torch.as_tensor(alive, device=dev)
+        history = None if self.history is None else self.history[:, samples]
+        x_t = ops.tensor(x)
+        inc, out = problem.increments(
+            x_t, Lanes(samples, torch.as_tensor(steps, device=dev)), state, history
+        )
+        if not isinstance(inc, Tensor) or inc.shape != x_t.shape or inc.dtype != x_t.dtype:
+            bad_increments(inc, x_t)
+        inc_a = ops.view(inc)
+        new = ops.cumsum(inc_a) + x[:1]
+        shape = (*rows.shape, -1)
+        new3, old3 = new.reshape(shape), self.xs[r + 1, c].reshape(shape)
+        change = np.where(valid, tol.measure(ops, new3, old3), 0.0)
+        self._kept = (new, out, rows, valid)
+        last = change[lengths - 1, np.arange(len(lengths))]  # a cumsum carries NaN/Inf there
+        return Sweep(
+            ops,
+            alive,
+            starts,
+            lengths,
+            x.reshape(shape),
+            inc_a.reshape(shape),
+            new3,
+            old3,
+            change,
+            np.where(valid, steps, 0),
+            tol,
+            bool(np.isfinite(last).all()),
+            int(lengths.sum()),
+            int(self.start.min()),
+            self.n,
+        )
+
     def non_finite(self, sweep: Sweep, number: int, where: str | None) -> NonFiniteError:
         """The error for a sweep whose states are not finite."""
-        worst = sweep.change[:, 0]
-        first = int(np.argmax(~np.isfinite(worst)))
-        step = self.start + first
-        label = self.problem.step_label(step)
+        if self.shared:
+            first = int(np.argmax(~np.isfinite(sweep.change[:, 0])))
+            step = self.start + first
+            label = self.problem.step_label(step)
+            overflow = bool(torch.isfinite(torch.as_tensor(self._kept[0][first])).all())
+            what = "the change of the state overflowed"
+            what = what if overflow else "the increment was NaN or Inf"
+        else:
+            rows, cols = np.nonzero(~np.isfinite(sweep.change))
+            at = int(np.argmin(sweep.steps[rows, cols]))
+            step = int(sweep.steps[rows[at], cols[at]])
+            label = f"{self.problem.step_label(step)} of sample {int(sweep.lanes[cols[at]])}"
+            what = "the increment or the change of the state was NaN or Inf"
         if where is not None:
             return NonFiniteError(f"{label}: NaN or Inf {where}", step=step)
-        overflow = bool(torch.isfinite(torch.as_tensor(self._new[first])).all())
-        what = "the change of the state overflowed" if overflow else "the increment was NaN or Inf"
         return NonFiniteError(f"{label}: {what} in sweep {number}", step=step, sweep=number)
 
     def commit(self, sweep: Sweep, stride: np.ndarray) -> None:
-        """Keep the new iterate; the first ``stride`` states are final; slide."""
-        w, s, lo = self._w, int(stride[0]), self.start - self.off
-        self.xs[lo + 1 : lo + w + 1] = self._new
+        """Keep each window's new iterate; its first ``stride`` states are final; slide.
+
+        The one lane of the batch, here, writes a slice; many lanes scatter
+        (:meth:`_scattered`).
+        """
+        if not self.shared:
+            return self._scattered(stride)
+        (new, out), w, start, s = self._kept, self._w, self.start, int(stride[0])
+        lo = start - self.off
+        self.xs[lo + 1 : lo + w + 1] = new
         if self.saver is not None:
-            self.saver.add(self._new, self.start, s)
+            self.saver.add(new, start, s)
         if self.on_step is not None:
             final = self.xs_t[lo + 1 : lo + s + 1].to(self.dtype)
             for j in range(s):
-                self.on_step(self.start + j, final[j])
+                self.on_step(start + j, final[j])
         if self.problem.memory:
-            self.history = remember(self.history, self._out, s, self.problem.memory)
+            self.history = remember(self.history, out, s, self.problem.memory)
         # Guesses beyond the window's end are stale: the next steps past it enter anew.
-        self.high = self.start + w
-        self.start += s
+        self.high = start + w
+        self.start = start + s
         self.running = self.start < self.n
 
-    def _enter(self, need: int, guess: Guess, state: Any) -> None:
-        """Make room for states up to ``need`` and give the new ones starting guesses."""
-        if need - self.off >= self.length:  # compact: move the live part to the front
-            keep = self.high - self.start + 1
-            self.xs[:keep] = self.ops.copy(
-                self.xs[self.start - self.off : self.high - self.off + 1]
+    def _scattered(self, stride: np.ndarray) -> None:
+        """One lane per sample: the new iterates scattered; finished samples leave."""
+        new, out, rows, valid = self._kept
+        alive, ops, dev = self.lanes, self.ops, self.dev
+        vr, vc = np.nonzero(valid)
+        self.xs[ops.index(rows[vr, vc] + 1, dev), ops.index(alive[vc], dev)] = new[
+            ops.index(vr, dev), ops.index(vc, dev)
+        ]
+        if self.problem.memory:
+            self.history = remember_per_sample(
+                self.history, out, alive, stride, self.problem.memory, self.samples
             )
-            self.off = self.start
-        if need <= self.high:
-            return
+        if self.saver is not None:
+            self.saver.add_lanes(ops.tensor(new), alive, self.start[alive], stride)
+        self.start[alive] += stride
+        self.lanes = alive[self.start[alive] < self.n]
+        self.running, self.active = bool(self.lanes.size), int(self.lanes.size)
+
+    def _compact(self, lane: tuple, start: int, off: int, high: int) -> int:
+        """Move a lane's live states to the front of its part of the workspace; its new off."""
+        live = self.ops.copy(self.xs[(slice(start - off, high - off + 1), *lane)])
+        self.xs[(slice(0, high - start + 1), *lane)] = live
+        return start
+
+    def _guesses(
+        self, last: Tensor, at: Any, count: int, fresh: bool, guess: Guess, state: Any
+    ) -> Tensor | None:
+        """The guesses of ``count`` steps entering past ``last`` (``None``: copy ``last``)."""
+        if fresh and guess.needs_history:  # nothing to extrapolate from before step 0
+            return None
+        return guess.guess(self.problem, last, at, count, state)
+
+    def _enter_slice(self, need: int, guess: Guess, state: Any) -> None:
+        """The one lane of the batch: states ``high + 1 … need`` get starting guesses."""
         lo, hi = self.high + 1 - self.off, need + 1 - self.off
         last = self.xs_t[self.high - self.off]
-        fill = None
-        if self.high > 0 or not guess.needs_history:
-            fill = guess.guess(self.problem, last, self.high, need - self.high, state)
+        fill = self._guesses(last, self.high, need - self.high, self.high == 0, guess, state)
         self.xs[lo:hi] = self.ops.view(last if fill is None else fill.to(last.dtype))
         self.high = need
 
+    def _enter_gather(
+        self, samples: np.ndarray, need: np.ndarray, guess: Guess, state: Any
+    ) -> None:
+        """One lane per sample: states ``high[s] + 1 … need`` of ``samples`` get guesses."""
+        dev, xs = self.dev, self.xs_t
+        ends = self.high[samples].copy()
+        counts = need - ends
+        j = np.arange(int(counts.max()))[:, None]
+        valid = torch.as_tensor(j < counts[None, :], device=dev)
+        rows = torch.as_tensor(ends - self.off[samples] + 1 + j, device=dev)[valid]
+        cols = torch.as_tensor(np.broadcast_to(samples, valid.shape).copy(), device=dev)[valid]
+        self.high[samples] = need
+        who = torch.as_tensor(samples, device=dev)
+        last = xs[torch.as_tensor(ends - self.off[samples], device=dev), who]
+        steps = torch.as_tensor(np.where(j < counts[None, :], ends + j, -1), device=dev)
+        fill = self._guesses(
+            last, Lanes(who, steps), int(counts.max()), ends.max() == 0, guess, state
+        )
+        if fill is None:
+            fill = last.expand(valid.shape[0], *last.shape)
+        xs[rows, cols] = fill.to(xs.dtype)[valid]
+
+    def _lows(self) -> Tensor:
+        """Each sample's state at its lane's first step not final (the final state when done)."""
+        if self.shared:
+            return self.xs_t[self.start - self.off]
+        every = torch.arange(self.samples, device=self.dev)
+        return self.xs_t[torch.as_tensor(self.start - self.off, device=self.dev), every]
+
     def progress_note(self) -> str:
         """How far a stopped solve got, for error messages."""
-        return f"converged {self.start} of {self.n} steps"
+        if self.shared:
+            return f"converged {self.start} of {self.n} steps"
+        return (
+            f"left {self.lanes.size} of {self.samples} samples unfinished (the slowest at step "
+            f"{int(self.start[self.lanes].min())} of {self.n})"
+        )
 
     def partial(self, stats: Stats, dtype: torch.dtype) -> Solution:
-        """What a stopped solve has final: state ``start`` and the saved states up to it."""
+        """What a stopped solve has final: each lane's first state not final (and saved)."""
         ys: Tensor | None = None
         steps: Sequence[int] | None = None
         if self.keep_all:
             ys, steps = self.xs_t[: self.start + 1], range(self.start + 1)
-        elif self.saver is not None:
+        elif self.saver is not None and self.shared:
             ys, steps = self.saver.ys_t[: self.saver.k], self.saver.steps[: self.saver.k]
-        return solution(self.xs_t[self.start - self.off], ys, steps, stats, dtype)
+        return solution(self._lows(), ys, steps, stats, dtype)
 
     def solution(self, stats: Stats, dtype: torch.dtype) -> Solution:
         """The finished solve's result."""
         ys = self.xs_t if self.keep_all else None if self.saver is None else self.saver.ys_t
-        return solution(self.xs_t[self.n - self.off], ys, self.saved, stats, dtype)
+        return solution(self._lows(), ys, self.saved, stats, dtype)
 
 
-class PerSampleWindows:
-    """One window per sample: ``problem.increments`` with :class:`picard.Lanes`, rows gathered.
+def SharedWindow(
+    problem: Problem,
+    x0: Tensor,
+    saved: Sequence[int] | None,
+    cap: int,
+    ops: Arrays | None = None,
+    on_step: Callable[[int, Tensor], None] | None = None,
+) -> Windows:
+    """One window for the whole batch: :class:`Windows` with one lane.
 
-    Each sample ``s`` keeps its own window start; one sweep evaluates, in one batched call,
-    rows ``b_s … b_s + w_s - 1`` of every unfinished sample, and each sample slides by its
-    own converged prefix. A sample that reaches the last step leaves the batch. Each sample's
-    iterates are those of solving it alone with the same window.
+    Args:
+        problem: the recursion.
+        x0: the initial state.
+        saved: the state indices to keep (``None``: only the final state).
+        cap: the longest window.
+        ops: the bookkeeping's array operations (default: numpy on the CPU).
+        on_step: called as ``on_step(i, x_{i+1})`` for every step ``i`` in order, as its
+            result becomes final.
+
+    Returns:
+        The plan.
+
+    Example:
+        >>> import torch, picard
+        >>> plan = SharedWindow(picard.Recursion(lambda i, x: -x, 10), torch.ones(3), None, 4)
+        >>> plan.running, plan.lengths(width=4, left=None).tolist(), plan.columns
+        (True, [4], 1)
+    """
+    return Windows(problem, x0, saved, cap, ops=ops, on_step=on_step)
+
+
+def PerSampleWindows(
+    problem: Problem, x0: Tensor, saved: Sequence[int] | None, cap: int
+) -> Windows:
+    """One window per sample: :class:`Windows` with one lane per sample.
 
     Args:
         problem: the recursion, with one batch dimension and
@@ -277,6 +459,9 @@ class PerSampleWindows:
         x0: the initial states, ``(batch, ...)``.
         saved: the state indices to keep (``None``: only the final state).
         cap: the longest window.
+
+    Returns:
+        The plan.
 
     Example:
         >>> import torch
@@ -287,181 +472,7 @@ class PerSampleWindows:
         >>> plan.lengths(width=4, left=None).tolist()  # one window per sample
         [4, 4, 4]
     """
-
-    def __init__(self, problem: Problem, x0: Tensor, saved: Sequence[int] | None, cap: int):
-        check_per_lane(problem)
-        self.problem, self.n, self.saved = problem, problem.num_steps, saved
-        self.batch = x0.shape[0]
-        length = min(self.n + 1, 2 * cap + 1)
-        self.buf_t = x0.detach().to(working_dtype(x0.dtype)).expand(length, *x0.shape).clone()
-        self.ops = arrays_for(self.buf_t.device)
-        self.buf = self.ops.view(self.buf_t)
-        self.dev = self.buf_t.device
-        self.start = np.zeros(self.batch, dtype=np.int64)  # per sample: its window's first step
-        self.off = np.zeros(self.batch, dtype=np.int64)  # buf[k, s] is state off[s] + k of s
-        self.high = np.zeros(self.batch, dtype=np.int64)  # per sample: the last guessed state
-        self.hist: Tensor | None = None  # (memory, batch, ...): each sample's last outputs
-        self.final = torch.empty_like(self.buf_t[0])
-        self.ys = None if saved is None else self.buf_t.new_empty((len(saved), *x0.shape))
-        if self.ys is not None and saved is not None and saved[0] == 0:
-            self.ys[0] = self.buf_t[0]
-        self.alive = np.arange(self.batch)  # the samples still running
-        self.shared = False  # one window per sample
-        self.running = True  # a sample is still running
-        self.active = self.batch  # samples evaluated per window step
-        self._rows: Any = None
-
-    def front(self) -> int:
-        """The slowest sample's first step not final."""
-        return int(self.start.min())
-
-    def lengths(self, width: int, left: int | None) -> np.ndarray:
-        """Each running sample's window: ``width`` capped by its steps and ``left``."""
-        lengths = np.minimum(width, self.n - self.start[self.alive])
-        return lengths if left is None else np.minimum(lengths, left)
-
-    def sweep(
-        self, lengths: np.ndarray, problem: Problem, state: Any, guess: Guess, tol: Tolerance
-    ) -> Sweep:
-        """Enter new steps, evaluate every window in one call, form their Picard values."""
-        ops, alive, dev = self.ops, self.alive, self.dev
-        self._compact(lengths)
-        need = self.start[alive] + lengths
-        entering = need > self.high[alive]
-        if entering.any():
-            self._enter(alive[entering], need[entering], guess, state)
-        j = np.arange(int(lengths.max()))[:, None]
-        valid = j < lengths[None, :]
-        steps = np.where(valid, self.start[alive][None, :] + j, -1)
-        rows = (self.start[alive] - self.off[alive])[None, :] + np.minimum(j, lengths[None, :] - 1)
-        cols = np.broadcast_to(alive, rows.shape)
-        r, c = ops.index(rows, dev), ops.index(cols, dev)
-        x = self.buf[r, c]
-        samples = torch.as_tensor(alive, device=dev)
-        history = None if self.hist is None else self.hist[:, samples]
-        x_t = ops.tensor(x)
-        lanes = Lanes(samples, torch.as_tensor(steps, device=dev))
-        inc, out = problem.increments(x_t, lanes, state, history)
-        if not isinstance(inc, Tensor) or inc.shape != x_t.shape or inc.dtype != x_t.dtype:
-            bad_increments(inc, x_t)
-        inc_a = ops.view(inc)
-        new = ops.cumsum(inc_a) + x[:1]
-        shape = (*rows.shape, -1)
-        new3, old3 = new.reshape(shape), self.buf[r + 1, c].reshape(shape)
-        change = np.where(valid, tol.measure(ops, new3, old3), 0.0)
-        self._rows = (rows, valid, out, new)
-        at = np.where(valid, steps, 0)
-        last = change[lengths - 1, np.arange(len(lengths))]  # a cumsum carries NaN/Inf there
-        return Sweep(
-            ops,
-            alive,
-            self.start[alive],
-            lengths,
-            x.reshape(shape),
-            inc_a.reshape(shape),
-            new3,
-            old3,
-            change,
-            at,
-            tol,
-            bool(np.isfinite(last).all()),
-            int(lengths.sum()),
-            int(self.start.min()),
-            self.n,
-        )
-
-    def non_finite(self, sweep: Sweep, number: int, where: str | None) -> NonFiniteError:
-        """The error for a sweep whose states are not finite."""
-        rows, cols = np.nonzero(~np.isfinite(sweep.change))
-        first = int(np.argmin(sweep.steps[rows, cols]))
-        step = int(sweep.steps[rows[first], cols[first]])
-        label = f"{self.problem.step_label(step)} of sample {int(sweep.lanes[cols[first]])}"
-        if where is not None:
-            return NonFiniteError(f"{label}: NaN or Inf {where}", step=step)
-        return NonFiniteError(
-            f"{label}: the increment or the change of the state was NaN or Inf in sweep {number}",
-            step=step,
-            sweep=number,
-        )
-
-    def commit(self, sweep: Sweep, stride: np.ndarray) -> None:
-        """Keep each window's new iterate; its first ``stride`` states are final; slide."""
-        rows, valid, out, new = self._rows
-        alive, ops, dev = self.alive, self.ops, self.dev
-        vr, vc = np.nonzero(valid)
-        self.buf[ops.index(rows[vr, vc] + 1, dev), ops.index(alive[vc], dev)] = new[
-            ops.index(vr, dev), ops.index(vc, dev)
-        ]
-        if self.problem.memory:
-            self.hist = remember_per_sample(
-                self.hist, out, alive, stride, self.problem.memory, self.batch
-            )
-        if self.ys is not None and self.saved is not None:
-            self._save(ops.tensor(new), stride)
-        self.start[alive] += stride
-        done = self.start[alive] >= self.n
-        for s in alive[done]:
-            self.final[s] = self.buf_t[self.n - self.off[s], s]
-        self.alive = alive[~done]
-        self.running, self.active = bool(self.alive.size), int(self.alive.size)
-
-    def _compact(self, lengths: np.ndarray) -> None:
-        """Move each sample's live states to the front of its column when needed."""
-        length = self.buf.shape[0]
-        for k, s in enumerate(self.alive):
-            if self.start[s] + lengths[k] - self.off[s] >= length:
-                keep = self.high[s] - self.start[s] + 1
-                src = self.buf_t[self.start[s] - self.off[s] : self.high[s] - self.off[s] + 1, s]
-                self.buf_t[:keep, s] = src.clone()
-                self.off[s] = self.start[s]
-
-    def _enter(self, samples: np.ndarray, need: np.ndarray, guess: Guess, state: Any) -> None:
-        """Fill states ``high[s] + 1 … need`` of ``samples`` with starting guesses."""
-        dev, buf = self.dev, self.buf_t
-        ends = self.high[samples].copy()
-        counts = need - ends
-        j = np.arange(int(counts.max()))[:, None]
-        valid = torch.as_tensor(j < counts[None, :], device=dev)
-        rows = torch.as_tensor(ends - self.off[samples] + 1 + j, device=dev)[valid]
-        cols = torch.as_tensor(np.broadcast_to(samples, valid.shape).copy(), device=dev)[valid]
-        self.high[samples] = need
-        who = torch.as_tensor(samples, device=dev)
-        last = buf[torch.as_tensor(ends - self.off[samples], device=dev), who]
-        fill = None
-        if ends.max() > 0 or not guess.needs_history:
-            steps = torch.as_tensor(np.where(j < counts[None, :], ends + j, -1), device=dev)
-            fill = guess.guess(self.problem, last, Lanes(who, steps), int(counts.max()), state)
-        if fill is None:
-            fill = last.expand(valid.shape[0], *last.shape)
-        buf[rows, cols] = fill.to(buf.dtype)[valid]
-
-    def _save(self, new: Tensor, stride: np.ndarray) -> None:
-        """Copy the saved states each sample made final this sweep into ``ys``."""
-        assert self.ys is not None and self.saved is not None
-        steps = np.asarray(self.saved)
-        for k, s in enumerate(self.alive):
-            lo, hi = np.searchsorted(steps, [self.start[s] + 1, self.start[s] + stride[k] + 1])
-            for idx in range(lo, hi):
-                self.ys[idx, s] = new[steps[idx] - self.start[s] - 1, k]
-
-    def progress_note(self) -> str:
-        """How far a stopped solve got, for error messages."""
-        return (
-            f"left {self.alive.size} of {self.batch} samples unfinished (the slowest at step "
-            f"{int(self.start[self.alive].min())} of {self.n})"
-        )
-
-    def partial(self, stats: Stats, dtype: torch.dtype) -> Solution:
-        """What a stopped solve has final: each sample's first state not final."""
-        lows = [
-            self.buf_t[self.start[s] - self.off[s], s] if self.start[s] < self.n else self.final[s]
-            for s in range(self.batch)
-        ]
-        return solution(torch.stack(lows), None, None, stats, dtype)
-
-    def solution(self, stats: Stats, dtype: torch.dtype) -> Solution:
-        """The finished solve's result."""
-        return solution(self.final, self.ys, self.saved, stats, dtype)
+    return Windows(problem, x0, saved, cap, per_sample=True)
 
 
 def check_per_lane(problem: Problem) -> None:
@@ -514,6 +525,7 @@ class Saver:
         if steps[0] == 0:
             self.ys_t[0] = x
             self.k = 1
+        self.lane_k: np.ndarray | None = None  # one window per sample: each one's k
 
     def add(self, new: Any, start: int, stride: int) -> None:
         """``new[j]`` is state ``start + 1 + j``; states up to ``start + stride`` are final."""
@@ -525,6 +537,23 @@ class Saver:
             else:
                 self.ys[k:stop] = new[self.at[k:stop] - (start + 1)]
             self.k = stop
+
+    def add_lanes(
+        self, new: Tensor, lanes: np.ndarray, starts: np.ndarray, strides: np.ndarray
+    ) -> None:
+        """Per sample: ``new[j, k]`` is state ``starts[k] + 1 + j`` of sample ``lanes[k]``.
+
+        That sample's states up to ``starts[k] + strides[k]`` are final.
+        """
+        if self.lane_k is None:
+            self.lane_k = np.full(self.ys_t.shape[1], self.k)
+        steps = self.steps
+        for k, s in enumerate(lanes):
+            first, start = int(self.lane_k[s]), int(starts[k])
+            stop = bisect.bisect_right(steps, start + int(strides[k]), lo=first)
+            for idx in range(first, stop):
+                self.ys_t[idx, s] = new[steps[idx] - start - 1, k]
+            self.lane_k[s] = stop
 
 
 def remember(history: Tensor | None, out: Any, done: int, memory: int) -> Tensor:

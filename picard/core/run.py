@@ -23,7 +23,7 @@ from picard.core.budget import Budget
 from picard.core.guess import guess_for
 from picard.core.loop import Strategies, sweep
 from picard.core.options import Options
-from picard.core.plans import PerSampleWindows, SharedWindow
+from picard.core.plans import Windows
 from picard.core.tolerance import Tolerance
 from picard.core.verify import verified
 from picard.core.window import calibration_key, controller_for, curve_for
@@ -142,10 +142,9 @@ class Solver:
             curve_for(calibration_key(problem, x0, options)), self.evaluator.agree, n,
             n if init is not None else None,  # a warm start has every step's guess
         )  # fmt: skip
-        if options.per_sample:
-            plan = PerSampleWindows(problem, x0, keep, control.cap)
-        else:
-            plan = SharedWindow(problem, x0, keep, control.cap, on_step=self.on_step)
+        plan = Windows(
+            problem, x0, keep, control.cap, per_sample=options.per_sample, on_step=self.on_step
+        )
         return sweep(problem, x0, plan, control, strategies, self.noise, self.progress)
 
     def forward(self, keep: Sequence[int] | None) -> Solution:
