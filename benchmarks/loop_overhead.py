@@ -5,8 +5,8 @@ benchmarks/loop_overhead.py``); ``--pair A B`` runs two trees in turn, several r
 prints each case's median microseconds per sweep and the ratio B/A. One thread.
 
 Cases: a 4-element linear recursion (shared window of 32, tol 0: many sweeps of one step
-each), the same with the secant, DDIM-200 (no noise: every run the same) with a linear
-denoiser in one shared window and per sample (batch 4), and the ODE front end (Euler, 2,000
+each), the same with the secant, DDPM-200 (its noise re-seeded: every run the same) with a
+linear denoiser in one shared window and per sample (batch 4), and the ODE front end (Euler, 2,000
 steps, window 64). Each case's figure is its median over runs; ``--pair`` also gives the
 ratio of the fastest rounds, which load on a shared machine disturbs least.
 """
@@ -25,7 +25,7 @@ import torch
 
 
 def _cases() -> dict:
-    from diffusers import DDIMScheduler
+    from diffusers import DDPMScheduler
 
     import picard
     from picard.adapters.diffusers import from_scheduler
@@ -34,9 +34,14 @@ def _cases() -> dict:
     a = torch.full((4,), -1e-3, dtype=torch.float64)
     rule = picard.Recursion(lambda i, x: a * x, 2048)
     x0 = torch.ones(4, dtype=torch.float64)
-    ddim = from_scheduler(DDIMScheduler(), lambda x, t: 0.1 * x, 200)
+    gen = torch.Generator()
+    ddpm = from_scheduler(DDPMScheduler(), lambda x, t: 0.1 * x, 200, generator=gen)
     latent = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     t = torch.linspace(0, 1, 2001)
+
+    def seeded(**options):  # the same noise every run
+        gen.manual_seed(0)
+        return picard.solve(ddpm, latent, window=50, tol=1e-6, accelerate=None, **options)
 
     return {
         "recursion, window 32, tol 0": lambda: picard.solve(
@@ -45,12 +50,8 @@ def _cases() -> dict:
         "recursion, window 32, secant": lambda: picard.solve(
             rule, x0, window=32, tol=1e-12, accelerate="secant"
         ),
-        "DDIM-200, window 50, shared": lambda: picard.solve(
-            ddim, latent, window=50, tol=1e-6, accelerate=None
-        ),
-        "DDIM-200, window 50, per sample": lambda: picard.solve(
-            ddim, latent, window=50, tol=1e-6, accelerate=None, per_sample=True
-        ),
+        "DDPM-200, window 50, shared": lambda: seeded(),
+        "DDPM-200, window 50, per sample": lambda: seeded(per_sample=True),
         "odeint Euler-2000, window 64": lambda: picard.odeint(
             lambda t, y: -y, torch.ones(4), t, window=64, tol=1e-7, return_stats=True
         )[1],
