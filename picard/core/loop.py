@@ -152,13 +152,13 @@ def sweep(
         >>> from picard.core.acceptance import ConvergedPrefix
         >>> from picard.core.budget import Budget
         >>> from picard.core.guess import Predict
-        >>> from picard.core.plans import SharedWindow
+        >>> from picard.core.plans import Windows
         >>> from picard.core.window import FixedWindow
         >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 10)
         >>> x0 = torch.ones(1)
         >>> s = Strategies(picard.Tolerance.of(rule, 0.0, False, 1), ConvergedPrefix(),
         ...                picard.Picard(), Predict(), Budget(max_iters=10))
-        >>> sweep(rule, x0, SharedWindow(rule, x0, None, 4), FixedWindow(4), s, None).final
+        >>> sweep(rule, x0, Windows(rule, x0, None, 4), FixedWindow(4), s, None).final
         tensor([0.3487])
 
     Raises:
