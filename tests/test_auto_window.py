@@ -108,6 +108,86 @@ def test_auto_is_the_default_and_reproducible_in_one_process():
     assert float((a.final - seq).norm() / seq.norm()) < 1e-3
 
 
+class Jitter:
+    """A clock whose sweeps take random times (a loaded machine)."""
+
+    def __init__(self, seed):
+        self.now, self.gen = 0.0, np.random.default_rng(seed)
+
+    def __call__(self):
+        self.now += float(self.gen.exponential(1e-3))
+        return self.now
+
+
+@pytest.fixture
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _solve_on(clock, seed=0):
+    picard.core.window._CURVES.clear()
+    picard.core.window.default_clock = clock
+    net = _model()
+    rule = picard.Recursion(lambda i, x: 0.01 * net(x), 300, batch_dims=1)
+    x0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return picard.solve(rule, x0, tol=1e-4)
+
+
+def test_deterministic_algorithms_take_the_window_from_a_cost_model_not_the_clock(
+    deterministic, monkeypatch
+):
+    """Issue 22: under torch.use_deterministic_algorithms(True) the same solve gives bitwise
+    the same result whatever the sweeps' times; with the clock, jitter changes the windows."""
+    monkeypatch.setattr(picard.core.window, "default_clock", picard.core.window.default_clock)
+    runs = [_solve_on(Jitter(seed)) for seed in range(3)]
+    for other in runs[1:]:
+        assert torch.equal(other.final, runs[0].final)
+        assert other.stats.window_starts == runs[0].stats.window_starts
+        assert other.stats.cost == runs[0].stats.cost
+    cost = picard.core.window.ModeledCost(picard.core.window.MODELED_CAPACITY["cpu"])
+    assert all(t == cost(rows) for rows, t in runs[0].stats.cost.items())
+    torch.use_deterministic_algorithms(False)
+    measured = [_solve_on(Jitter(seed)).stats.window_starts for seed in range(3)]
+    assert len(set(measured)) > 1  # the same jitter moves the measured windows
+
+
+def test_deterministic_auto_is_the_same_in_another_process_under_load(tmp_path):
+    """Two processes, one sharing its core with a busy thread: the same bits."""
+    script = tmp_path / "solve.py"
+    script.write_text(
+        "import hashlib, sys, threading, time, torch, picard\n"
+        "torch.set_num_threads(1); torch.use_deterministic_algorithms(True)\n"
+        "if sys.argv[1] == 'busy':\n"
+        "    stop = time.time() + 30\n"
+        "    threading.Thread(target=lambda: [0 for _ in iter(lambda: time.time() > stop, True)],"
+        " daemon=True).start()\n"
+        "torch.manual_seed(0); net = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(),"
+        " torch.nn.Linear(32, 3))\n"
+        "rule = picard.Recursion(lambda i, x: 0.01 * net(x), 400, batch_dims=1)\n"
+        "with torch.no_grad():\n"
+        "    sol = picard.solve(rule, torch.randn(4, 3))\n"
+        "print(hashlib.sha256(sol.final.numpy().tobytes()).hexdigest(), sol.stats.window_starts)\n"
+    )
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(picard.__file__).parents[1]))  # this picard
+    out = [
+        subprocess.run(
+            [sys.executable, str(script), load], capture_output=True, text=True, check=True, env=env
+        ).stdout
+        for load in ("idle", "busy")
+    ]
+    assert out[0] == out[1]
+
+
 def test_fixed_window_stores_nothing_and_warm_start_takes_the_whole_grid():
     fn, _ = linear_rule(40, 3, seed=1, gain=1.0)
     rule = picard.Recursion(fn, 40)

@@ -39,7 +39,10 @@ class Options:
             the same result on every run; ``"auto"`` gives the same result for the same
             inputs within one process (the times it decides by are stored per model,
             shape, dtype and device), and results equal to rounding and ``tol`` across
-            processes and machines, whose windows may differ.
+            processes and machines, whose windows may differ — except under
+            ``torch.use_deterministic_algorithms(True)``, where it decides from a cost
+            model of the device type instead of the clock
+            (:class:`picard.core.window.ModeledCost`): bitwise the same in every process.
         tol: the tolerance of the convergence test (:class:`picard.Tolerance`): step i has
             converged when the RMS change of state ``i + 1`` between two sweeps is at most
             ``tol`` times that state's RMS (``relative``, per sample) or ``tol *

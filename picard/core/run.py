@@ -26,7 +26,7 @@ from picard.core.options import Options
 from picard.core.plans import Windows
 from picard.core.tolerance import Tolerance
 from picard.core.verify import verified
-from picard.core.window import calibration_key, controller_for, curve_for
+from picard.core.window import calibration_key, controller_for, cost_for, curve_for
 from picard.evaluation import evaluating, evaluator_for
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.solution import Solution
@@ -141,6 +141,7 @@ class Solver:
             problem.rows_per_evaluation, options.per_sample,
             curve_for(calibration_key(problem, x0, options)), self.evaluator.agree, n,
             n if init is not None else None,  # a warm start has every step's guess
+            cost_for(x0.device),  # deterministic algorithms: a cost model, not the clock
         )  # fmt: skip
         plan = Windows(
             problem, x0, keep, control.cap, per_sample=options.per_sample, on_step=self.on_step

@@ -14,15 +14,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
 __all__ = [
     "AUTO_START",
+    "MODELED_CAPACITY",
     "AutoWindow",
     "Controller",
     "FixedWindow",
+    "ModeledCost",
     "RowBudget",
     "calibration_key",
     "controller_for",
+    "cost_for",
     "curve_for",
 ]
 
@@ -57,6 +61,60 @@ default_clock: Callable[[], float] = time.perf_counter
 AUTO_START = 16
 """The first window of ``window="auto"``: 16 steps × samples rows, small enough for any
 device, large enough that a device with parallel capacity is seen to have it."""
+
+MODELED_CAPACITY: dict[str, int] = {"cpu": 32, "cuda": 4096, "mps": 1024}
+"""Rows a call takes at about twice the cost of one row, by device type, for
+:class:`ModeledCost` (``window="auto"`` under ``torch.use_deterministic_algorithms``);
+other device types take 1024."""
+
+
+@dataclass(frozen=True)
+class ModeledCost:
+    """A sweep's time from its rows alone, ``(1 + rows / capacity)`` ms: no clock.
+
+    ``window="auto"`` decides by it instead of measured times when PyTorch runs
+    deterministically (``torch.use_deterministic_algorithms(True)``), so the windows, and
+    the result, are the same in every process and under any load. The rule stands in for
+    a device that batches rows well up to ``capacity`` rows per call and linearly beyond.
+
+    Attributes:
+        capacity: the rows a call takes at about twice the cost of one row.
+
+    Example:
+        >>> cost = ModeledCost(capacity=32)
+        >>> cost(32) / cost(1) < 2 < cost(64) / cost(1)
+        True
+    """
+
+    capacity: int
+
+    def __call__(self, rows: int) -> float:
+        """The modeled seconds of a call of ``rows`` rows."""
+        return 1e-3 * (1.0 + rows / self.capacity)
+
+
+def cost_for(device: Any) -> ModeledCost | None:
+    """The cost model ``window="auto"`` runs on ``device``, or ``None`` (the clock).
+
+    Args:
+        device: the state's device.
+
+    Returns:
+        :class:`ModeledCost` for the device type when deterministic algorithms are on
+        (``torch.are_deterministic_algorithms_enabled()``), else ``None``.
+
+    Example:
+        >>> import torch
+        >>> cost_for(torch.device("cpu")) is None  # the clock, unless deterministic
+        True
+        >>> torch.use_deterministic_algorithms(True)
+        >>> cost_for(torch.device("cpu"))
+        ModeledCost(capacity=32)
+        >>> torch.use_deterministic_algorithms(False)
+    """
+    if not torch.are_deterministic_algorithms_enabled():
+        return None
+    return ModeledCost(MODELED_CAPACITY.get(torch.device(device).type, 1024))
 
 
 @dataclass
@@ -158,6 +216,8 @@ class AutoWindow:
     first measurement is kept) and every decision reads the stored time, never a new one,
     so the same inputs take the same windows and give the same result. ``curve`` is shared
     by the solves of one model, state shape, dtype and device (see :func:`controller_for`).
+    With ``cost`` (a :class:`ModeledCost`) times come from it and never from the clock: the
+    same windows in every process, under any load.
 
     Args:
         cap: the largest window (the steps, or a row budget's).
@@ -171,6 +231,7 @@ class AutoWindow:
         gain: how much faster a new window must finalize steps to be taken (hysteresis).
         review: sweeps between reviews once settled.
         clock: the timer (``None``: :data:`default_clock`, looked up when built).
+        cost: sweep seconds by rows, used instead of the clock (``None``: measure).
 
     Example:
         >>> auto = AutoWindow(cap=1000, columns=1, rows_per_evaluation=1, curve={})
@@ -192,11 +253,13 @@ class AutoWindow:
         gain: float = 1.2,
         review: int = 8,
         clock: Callable[[], float] | None = None,
+        cost: Callable[[int], float] | None = None,
     ):
         self.cap, self.rows = cap, columns * rows_per_evaluation
         self.curve, self.agree = curve, agree
         self.dwell, self.gain, self.review = dwell, gain, review
         self.clock = default_clock if clock is None else clock
+        self.cost = cost
         self.w = self.start = min(cap, start)
         self.rates: dict[int, float] = {}  # window -> finalized steps per second
         self.rows_at: dict[int, int] = {}  # window -> the rows its time is stored under
@@ -214,14 +277,19 @@ class AutoWindow:
 
     def width(self, columns: int) -> int:
         """See :class:`Controller`."""
-        self.t0 = self.clock()
+        if self.cost is None:
+            self.t0 = self.clock()
         return self.w
 
     def after(self, stride: np.ndarray, lengths: np.ndarray) -> None:
         """See :class:`Controller`: time the sweep; after ``dwell`` sweeps, decide."""
-        seconds = self.agree(self.clock() - self.t0) if not self.settled else 0.0
+        measured = not self.settled and self.cost is None
+        seconds = self.agree(self.clock() - self.t0) if measured else 0.0
         if int(lengths.max()) < self.w:  # cut short by the grid's end or a budget
             return
+        rows = self.w * self.rows * len(lengths)  # per-sample windows: the running lanes
+        if self.cost is not None and not self.settled:
+            seconds = self.cost(rows)
         if self.settled:
             self.strides.append(int(stride.sum()))
             if len(self.strides) == self.review:
@@ -232,7 +300,6 @@ class AutoWindow:
         self.times.append(seconds)
         if len(self.times) < 2:  # the first sweep at a window is a transition
             return
-        rows = self.w * self.rows * len(lengths)  # per-sample windows: the running lanes
         t = self.curve.setdefault(rows, self.times[1])
         self.rows_at[self.w] = rows
         prev = self.came_from
@@ -309,7 +376,8 @@ def calibration_key(problem: Any, x0: Any, options: Any) -> tuple:
     """What sweep times are stored under: the model, the state's shape, dtype and device.
 
     The model is the problem's first parameter (:meth:`picard.Problem.parameters`), else
-    its type alone; the layout options (per-sample windows, devices, distributed) count too.
+    its type alone; the layout options (per-sample windows, devices, distributed) count too,
+    and whether the times are modeled (deterministic algorithms) rather than measured.
 
     Args:
         problem: the recursion.
@@ -338,6 +406,7 @@ def calibration_key(problem: Any, x0: Any, options: Any) -> tuple:
         options.per_sample,
         options.devices,
         options.distributed,
+        torch.are_deterministic_algorithms_enabled(),  # modeled times, not measured ones
     )
 
 
@@ -351,6 +420,7 @@ def controller_for(
     agree: Callable[[float], float] = float,
     steps: int | None = None,
     start: int | None = None,
+    cost: Callable[[int], float] | None = None,
 ) -> Controller:
     """The controller of a solve: a row budget if ``max_rows`` is given, else fixed or auto.
 
@@ -366,6 +436,7 @@ def controller_for(
         agree: with ``"auto"``, see :class:`AutoWindow`.
         steps: with ``"auto"``, the number of steps N.
         start: with ``"auto"``, the first window (``None``: :data:`AUTO_START`).
+        cost: with ``"auto"``, sweep seconds by rows instead of the clock (:func:`cost_for`).
 
     Returns:
         The controller.
@@ -382,7 +453,7 @@ def controller_for(
             return RowBudget(max_rows, steps, columns, rows_per_evaluation, adapt=not per_sample)
         curve = {} if curve is None else curve
         first = AUTO_START if start is None else start
-        return AutoWindow(steps, columns, rows_per_evaluation, curve, agree, first)
+        return AutoWindow(steps, columns, rows_per_evaluation, curve, agree, first, cost=cost)
     assert isinstance(window, int)
     if max_rows is None:
         return FixedWindow(window)
