@@ -52,6 +52,10 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert text in out
     for name in ("moons.png", "digits.png", "convergence.png"):
         assert (tmp_path / name).stat().st_size > 1000
+    # issue 22, item 4: every image's deviation and its two labels, and a summary line
+    images = [line for line in out.splitlines() if line.strip().startswith("image ")]
+    assert len(images) == 4 and all("relative deviation" in line for line in images)
+    assert "labels changed; the worst image" in out
 
 
 @pytest.mark.parametrize("model", ["moons", "gmm", "digits"])

@@ -16,7 +16,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-__all__ = ["digits_quality", "frechet_distance", "sliced_wasserstein"]
+__all__ = ["digit_labels", "digits_quality", "frechet_distance", "sliced_wasserstein"]
 
 
 def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 256, seed: int = 0) -> float:
@@ -109,6 +109,25 @@ def digits_quality(images: Tensor) -> tuple[float, list[int]]:
     net, mean, cov = load_classifier()
     with torch.no_grad():
         feats = net.features(images.float()).double()
-        labels = net(images.float()).argmax(1)
     fd = frechet_distance(feats.mean(0), torch.cov(feats.T), mean, cov)
-    return fd, torch.bincount(labels, minlength=10).tolist()
+    return fd, torch.bincount(torch.tensor(digit_labels(images)), minlength=10).tolist()
+
+
+def digit_labels(images: Tensor) -> list[int]:
+    """The label 0..9 the shipped classifier gives each 1x16x16 digit in [-1, 1].
+
+    Args:
+        images: the digits, (M, 1, 16, 16).
+
+    Returns:
+        One label per image.
+
+    Example:
+        >>> len(digit_labels(torch.zeros(3, 1, 16, 16) - 1))
+        3
+    """
+    from picard.models import load_classifier
+
+    net = load_classifier()[0]
+    with torch.no_grad():
+        return net(images.float()).argmax(1).tolist()
