@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +193,6 @@ def main() -> None:
         )
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    assert math.isfinite(rows[0]["max_true_amplification"])
 
 
 if __name__ == "__main__":
