@@ -161,50 +161,42 @@ def odeint(
 ) -> Any:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` on a fixed grid, in parallel sweeps.
 
-    torchdiffeq's call (``odeint(func, y0, t, rtol=, atol=, method=, options=)``) gives
-    torchdiffeq's answer — the fixed-grid solver's, to within the tolerance — in a few
-    batched sweeps instead of one step after another; gradients flow to ``y0`` and to
-    ``func``'s parameters.
+    torchdiffeq's call (``odeint(func, y0, t, rtol=, atol=, method=, options=)``) gives its
+    fixed-grid solver's answer, to within the tolerance, in a few batched sweeps;
+    gradients flow to ``y0`` and to ``func``'s parameters.
 
     Args:
-        func: the drift ``func(t, y)``. Written for one time and a state of ``y0``'s shape,
-            as for torchdiffeq, or for a batch of rows (``t: (M,)``, ``y: (M,
-            *y0.shape)``): with ``batched="auto"`` picard checks which (see ``batched``).
+        func: the drift ``func(t, y)``, for one time and a state of ``y0``'s shape (as for
+            torchdiffeq) or for a batch of rows (``t: (M,)``, ``y: (M, *y0.shape)``).
         y0: initial state, any shape, real floating dtype.
         t: 1-D strictly increasing or decreasing output times on ``y0``'s device.
 
     Other Arguments:
-        rtol: the mixed convergence test (torchdiffeq's names; its fixed-grid solvers
-            ignore them): a state has converged when the RMS of its change between sweeps,
-            weighted elementwise by ``1 / (atol + rtol |y|)``, is at most 1 (``rtol``
-            floored at 16 units of the dtype's precision). Given alone, the other takes
-            torchdiffeq's default (1e-7, 1e-9). Neither: ``tol`` (picard's absolute test,
-            default 1e-5).
+        rtol: with ``atol``, the mixed convergence test (torchdiffeq's names; its fixed-grid
+            solvers ignore them): the RMS of a state's change between sweeps, weighted by
+            ``1 / (atol + rtol |y|)``, at most 1 (``rtol`` floored at 16 units of the
+            dtype's precision; either alone takes torchdiffeq's default for the other,
+            1e-7 or 1e-9). Neither: ``tol``.
         atol: see ``rtol``.
         method: ``"euler"``, ``"midpoint"``, ``"heun2"`` (``"heun"``), ``"heun3"``,
-            ``"rk4"`` (Kutta's 3/8 rule, as torchdiffeq's), or one of torchdiffeq's
-            adaptive methods (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"fehlberg2"``,
-            ``"adaptive_heun"``) run at fixed steps: they need a step size.
-        options: torchdiffeq's fixed-grid options: ``step_size`` (its grid ``t[0] + k h``
-            and linear interpolation onto ``t``), ``grid_constructor`` (``f(func, y0, t)``
-            → grid), ``interp="linear"``; ``perturb`` is not supported. Unknown keys raise.
+            ``"rk4"`` (Kutta's 3/8 rule, as torchdiffeq's), or an adaptive tableau
+            (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"fehlberg2"``, ``"adaptive_heun"``)
+            at fixed steps, which needs a step size.
+        options: torchdiffeq's fixed-grid options: ``step_size`` (grid ``t[0] + k h``,
+            interpolated onto ``t``), ``grid_constructor`` (``f(func, y0, t)`` → grid),
+            ``interp="linear"``; ``perturb`` is not supported. Unknown keys raise.
         event_fn: not supported (a ``TypeError`` says so).
-        batched: ``"auto"`` (default): check once, on a few distinct rows, that calling
-            ``func`` on a batch of rows equals calling it row by row; if not (a norm over
-            the state, a batch statistic, a ``t`` concatenated as a feature), vectorise it
-            with :func:`torch.func.vmap`, or, where vmap cannot, evaluate rows one at a time
-            (one :class:`picard.PerformanceWarning`). ``True``: ``func`` takes batches of
-            rows (the fast path, no check). ``False``: vectorise it.
+        batched: how ``func`` takes rows (:func:`picard.ode.batching.batched_form`):
+            ``"auto"`` checks once that a batch of rows equals the rows one by one and
+            else vectorises with :func:`torch.func.vmap` (or, where vmap cannot, calls row
+            by row with one :class:`picard.PerformanceWarning`); ``True``: it takes rows;
+            ``False``: vectorise it.
         return_stats: also return the :class:`picard.Stats`.
-        step_size: picard's own refinement: each interval of ``t`` split into equal
-            substeps no longer than this, so the output lands exactly on ``t``.
-        batch_dims: leading dimensions of ``y0`` that index independent samples; the
-            convergence test takes the worst sample.
-        **solve_options: the solve's options (:class:`picard.Options`): ``window``,
-            ``tol`` (default 1e-5: the RMS change of each state between sweeps, in the
-            units of ``y``; ``0`` reproduces the sequential solver to float rounding),
-            ``max_iters``, ``accelerate``, ``init`` (a warm start on the grid),
-            ``verify``, ``adjoint_params`` and the others.
+        step_size: each interval of ``t`` split into equal substeps no longer than this.
+        batch_dims: leading dimensions of ``y0`` that index independent samples.
+        **solve_options: the solve's options (:class:`picard.Options`), e.g. ``window``,
+            ``tol`` (default 1e-5, in the units of ``y``; ``0``: the sequential solver to
+            float rounding), ``max_iters``, ``accelerate``, ``init``, ``verify``.
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)`` with ``ys[0] = y0``, in ``y0.dtype``; or
