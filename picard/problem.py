@@ -117,14 +117,25 @@ class Traits:
         slopes: per step, an estimate of the scalar slope ``∂Δ_i/∂x_i`` (for diffusion
             samplers: the slope each step has when the data are unit Gaussian), or
             ``None``.
+        amplification: how much the later steps may amplify an error accepted at a step,
+            at most (``>= 1``). The relative test (``relative=True``) accepts a state's
+            change at ``tol / amplification``, so that ``tol`` bounds the final state's
+            error relative to its own RMS, not each step's change.
 
     Example:
-        >>> Traits().kind, Traits(kind="diffusion").slopes is None
-        ('recursion', True)
+        >>> Traits().kind, Traits(kind="diffusion").slopes is None, Traits().amplification
+        ('recursion', True, 1.0)
     """
 
     kind: str = "recursion"
     slopes: np.ndarray | None = field(default=None, compare=False)
+    amplification: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.amplification) and self.amplification >= 1):
+            raise ValueError(
+                f"Traits.amplification must be finite and >= 1, got {self.amplification}"
+            )
 
 
 class Problem(ABC):

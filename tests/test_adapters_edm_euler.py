@@ -130,9 +130,9 @@ def test_default_tolerance(prediction, churn):
     rule = edm_euler.from_config(sched.config, 50, **churn)
     x_T = latent(sigma=rule.init_noise_sigma)
     ref = sequential(sched, den, 50, x_T, torch.Generator().manual_seed(2), **churn)
-    sol, _ = solve_rule(rule, den, x_T)
-    assert sol.stats.iterations < 30  # 16 (ODE), 24 (churn) here
-    assert max_abs(sol.final, ref) < 2e-2  # 3e-4 … 8e-3 here (data std 0.5)
+    sol, _ = solve_rule(rule, den, x_T, window=50)  # the sweeps do not follow the clock
+    assert sol.stats.iterations < 30  # 18 (ODE), 25–26 (churn) here
+    assert max_abs(sol.final, ref) < 2e-3  # 8e-5 … 2.2e-4 here (data std 0.5)
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,8 @@ def test_default_tolerance_keeps_every_sample_in_its_mode(cls, n, extra):
     assert checked.stats.verifications == 1  # the estimate met the default tol at once
     true = relative_error(ours.final, ref, 1)  # the solution the estimate is about
     assert true / 3 <= checked.stats.error_estimate <= 3 * true
-    assert relative_error(checked.final, ref, 1) < true  # and the returned one is closer
+    # and the returned one is closer, or already within a hundredth of tol
+    assert relative_error(checked.final, ref, 1) < max(true, 1e-4)
 
 
 def test_picard_bench_fidelity_writes_its_table(tmp_path, capsys):
@@ -76,9 +77,10 @@ def test_picard_bench_fidelity_writes_its_table(tmp_path, capsys):
 
 
 def test_converged_prefix_keeps_the_sample_that_paradigms_rule_moves():
-    """Issue 17: on the mixture of seed 1, DDIM-50 at the default tolerance, ParaDiGMS's rule
-    (the first unconverged state final too) sends a sample to another mode; the default
-    rule (the converged prefix only) keeps every sample, at about the same sweeps."""
+    """Issue 17: on the mixture of seed 1, DDIM-50 with each state's change tested at 0.01
+    (tol 0.1 since issue 22's amplification allowance), ParaDiGMS's rule (the first
+    unconverged state final too) sends a sample to another mode; the default rule (the
+    converged prefix only) keeps every sample, at about the same sweeps."""
     gmm = fidelity.mixture(1)
     base = DDPMScheduler(clip_sample=False)
     sched = DDIMScheduler.from_config(base.config)
@@ -90,8 +92,8 @@ def test_converged_prefix_keeps_the_sample_that_paradigms_rule_moves():
         return picard.solve(from_scheduler(sched, eps, 50, generator=gens), x, **kw)
 
     ref = gmm.component(solve(window=1, tol=0).final)
-    theirs = solve(window=50, acceptance="first-unconverged")
-    ours = solve(window=50)
+    theirs = solve(window=50, tol=0.1, acceptance="first-unconverged")
+    ours = solve(window=50, tol=0.1)
     assert int((gmm.component(theirs.final) != ref).sum()) >= 1
     assert torch.equal(gmm.component(ours.final), ref)
     assert ours.stats.iterations <= theirs.stats.iterations + 1

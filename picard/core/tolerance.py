@@ -2,10 +2,14 @@
 
 Step i has converged when the RMS change of state ``i + 1`` between two sweeps is small:
 
-- ``relative``: at most ``tol`` times that state's RMS, per sample. For every diffusion
-  sampler this keeps the final sample within about ``tol`` of the sequential one (relative
-  RMS): for Gaussian data a sampler maps a relative perturbation at any step to the same
-  relative perturbation of the sample ("How it works" derives it).
+- ``relative``: at most ``tol / amplification`` times that state's RMS, per sample, where
+  ``amplification`` (:attr:`picard.Traits.amplification`; 10 for diffusion samplers) is
+  how much later steps may amplify an error accepted at a step: ``tol`` bounds the final
+  state's error relative to its RMS. For Gaussian data a sampler maps a relative
+  perturbation at any step to the same relative perturbation of the sample ("How it
+  works" derives it); near the boundary between two modes of real data it amplifies it
+  up to a few hundred times, and an error accepted at ``tol`` itself can end in another
+  mode.
 - absolute: at most ``tol * scale_i`` (``problem.scale()``; 1 when it gives none), for the
   worst sample — ParaDiGMS's test, relative to each step's noise std, for diffusion samplers.
 - mixed (``rtol``/``atol``, torchdiffeq's names): the RMS of the change weighted
@@ -40,8 +44,8 @@ class Tolerance:
     Attributes:
         value: ``tol``.
         relative: whether changes are measured relative to each state's RMS.
-        scale: (N,) the per-step scale of the squared-norm test: 1 when relative, else
-            ``problem.scale() * sqrt(size)``.
+        scale: (N,) the per-step scale of the squared-norm test: ``1 / amplification``
+            when relative, else ``problem.scale() * sqrt(size)``.
         inv_scale: (N,) its reciprocal (0 where the scale is 0): a state's change norm
             times ``inv_scale[i]`` is in units of ``tol``.
         threshold2: (N,) the squared thresholds the squared measure is compared with.
@@ -113,7 +117,10 @@ class Tolerance:
         relative = bool(problem.relative_tol if relative is None else relative)
         value = problem.default_tolerance(relative) if value is None else value
         # On the norm, not the RMS; relative: the change's norm over the state's.
-        scale = np.ones(n) if relative else _scales(problem.scale(), n) * math.sqrt(size)
+        if relative:
+            scale = np.full(n, 1.0 / problem.traits().amplification)
+        else:
+            scale = _scales(problem.scale(), n) * math.sqrt(size)
         return cls(value, relative, scale)
 
     def at(self, value: float) -> Tolerance:
