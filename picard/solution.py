@@ -46,6 +46,9 @@ class Stats:
         cost: with ``window="auto"``, the sweep times its choice read, model rows per call →
             seconds per sweep (measured on this device, or stored from an earlier solve of
             the same model, shape, dtype and device); empty otherwise.
+        sample_errors: with ``verify=``, :attr:`error_estimate` per sample: each sample's
+            RMS distance between the last two solutions relative to its RMS, in batch
+            order (flattened over the batch dimensions); ``None`` without ``verify``.
         verifications: the verification solves run (``verify=``), each warm-started
             from the previous trajectory at a hundredth of its tolerance; their sweeps and
             evaluations are counted in ``iterations`` and ``evaluations``.
@@ -80,6 +83,7 @@ class Stats:
     # The stats of each backward pass run through this solve (gradients), appended by it.
     backward: list[Stats] = field(default_factory=list, repr=False, compare=False)
     cost: Mapping[int, float] = field(default_factory=dict, compare=False)
+    sample_errors: tuple[float, ...] | None = field(default=None, compare=False)
 
     @property
     def accelerated(self) -> int:

@@ -62,3 +62,14 @@ def test_the_relative_test_accepts_changes_at_tol_over_the_amplification():
 def test_traits_refuse_an_amplification_below_one(bad):
     with pytest.raises(ValueError, match="amplification"):
         picard.Traits(amplification=bad)
+
+
+def test_verify_reports_each_samples_estimated_error():
+    per, _, default = _boundary_case()
+    _, _, checked = _boundary_case(verify=True)
+    est = torch.tensor(checked.stats.sample_errors, dtype=torch.float64)
+    assert est.shape == (64,) and float(est.max()) == checked.stats.error_estimate
+    assert checked.stats.verifications == 1  # so the estimate is about the default solve
+    worst = int(per.argmax())
+    assert per[worst] / 3 <= est[worst] <= 3 * per[worst]
+    assert default.stats.sample_errors is None

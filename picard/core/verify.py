@@ -26,7 +26,14 @@ from picard.errors import AccuracyWarning, ConvergenceError
 from picard.problem import Problem
 from picard.solution import Solution, Stats
 
-__all__ = ["MAX_VERIFICATIONS", "REFINEMENT", "Runs", "relative_error", "verified"]
+__all__ = [
+    "MAX_VERIFICATIONS",
+    "REFINEMENT",
+    "Runs",
+    "relative_error",
+    "relative_errors",
+    "verified",
+]
 
 REFINEMENT = 100.0
 """Each verification solve runs at the previous tolerance divided by this."""
@@ -61,6 +68,30 @@ class Runs(Protocol):
         ...
 
 
+def relative_errors(a: Tensor, b: Tensor, batch_ndim: int) -> Tensor:
+    """Each sample's RMS distance between ``a`` and ``b``, relative to ``b``'s RMS.
+
+    Args:
+        a: a state, e.g. a final sample batch.
+        b: the reference state, shaped like ``a``.
+        batch_ndim: leading dimensions of ``a`` that index samples (flattened, in order).
+
+    Returns:
+        ``(samples,)`` float64: ``||a - b|| / ||b||`` per sample (0 where both are 0).
+
+    Example:
+        >>> a, b = torch.tensor([[1.0, 1.0], [2.0, 0.0]]), torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+        >>> relative_errors(a, b, 1).tolist()
+        [0.0, 1.0]
+    """
+    rows = 1
+    for size in a.shape[:batch_ndim]:
+        rows *= size
+    d = (a.double() - b.double()).reshape(rows, -1).norm(dim=1)
+    ref = b.double().reshape(rows, -1).norm(dim=1)
+    return torch.where(d == 0, torch.zeros_like(d), d / ref.clamp_min(torch.finfo(ref.dtype).tiny))
+
+
 def relative_error(a: Tensor, b: Tensor, batch_ndim: int) -> float:
     """The worst sample's RMS distance between ``a`` and ``b``, relative to ``b``'s RMS.
 
@@ -77,13 +108,7 @@ def relative_error(a: Tensor, b: Tensor, batch_ndim: int) -> float:
         >>> relative_error(a, b, 1), round(relative_error(a, b, 0), 4)  # 1 / sqrt(3): one sample
         (1.0, 0.5774)
     """
-    rows = 1
-    for size in a.shape[:batch_ndim]:
-        rows *= size
-    d = (a.double() - b.double()).reshape(rows, -1).norm(dim=1)
-    ref = b.double().reshape(rows, -1).norm(dim=1)
-    ratio = torch.where(d == 0, torch.zeros_like(d), d / ref.clamp_min(torch.finfo(ref.dtype).tiny))
-    return float(ratio.max())
+    return float(relative_errors(a, b, batch_ndim).max())
 
 
 def verified(solver: Runs, saved: Sequence[int] | None) -> Solution:
@@ -111,6 +136,8 @@ def verified(solver: Runs, saved: Sequence[int] | None) -> Solution:
         >>> sol = picard.solve(rule, torch.ones(1), window=20, tol=1e-3, verify=True)
         >>> sol.stats.verifications, sol.stats.error_estimate <= 1e-3
         (1, True)
+        >>> sol.stats.sample_errors == (sol.stats.error_estimate,)  # one sample
+        True
     """
     options, tol = solver.options, solver.tol
     target = tol if options.verify is True else options.verify
@@ -122,7 +149,7 @@ def verified(solver: Runs, saved: Sequence[int] | None) -> Solution:
 
     sol = run(tol, options.init, max_iters, max_evaluations)
     parts = [sol.stats]
-    estimate = 0.0
+    estimate, per_sample = 0.0, None
     while tol > 0 and len(parts) <= MAX_VERIFICATIONS:
         iters = None if max_iters is None else max_iters - sum(s.iterations for s in parts)
         evals = None if max_evaluations is None else max_evaluations - _evaluations(parts)
@@ -137,7 +164,8 @@ def verified(solver: Runs, saved: Sequence[int] | None) -> Solution:
             )
         tol /= REFINEMENT
         finer = run(tol, sol.ys, iters, evals)
-        estimate = relative_error(sol.final, finer.final, solver.problem.batch_ndim)
+        per_sample = relative_errors(sol.final, finer.final, solver.problem.batch_ndim)
+        estimate = float(per_sample.max())
         sol = finer
         parts.append(sol.stats)
         if estimate <= target:
@@ -150,7 +178,10 @@ def verified(solver: Runs, saved: Sequence[int] | None) -> Solution:
                 AccuracyWarning,
                 stacklevel=4,
             )
-    return _kept(sol, saved, _combined(parts, estimate))
+    stats = _combined(parts, estimate)
+    if per_sample is not None:
+        stats = dataclasses.replace(stats, sample_errors=tuple(per_sample.tolist()))
+    return _kept(sol, saved, stats)
 
 
 def _evaluations(parts: Sequence[Stats]) -> int:
