@@ -80,8 +80,9 @@ class ConvergedPrefix:
     converged inputs, but from their previous iterate, so it is off by about its step's
     Lipschitz constant times ``tol`` — unbounded where a sampler is sensitive. On the
     fidelity benchmark's mixture that sent samples to another mode (DDPM-1000, DDIM-50)
-    at the default tolerance; sliding past the converged prefix only kept every sample
-    at the same sweeps (``benchmarks/results/acceptance.md``). State ``b + 1`` depends on
+    with each change accepted at 0.01; sliding past the converged prefix only kept every
+    sample at the same sweeps. (At today's default, each change at 0.001, neither rule
+    moves a sample: ``benchmarks/results/acceptance.md``.) State ``b + 1`` depends on
     the final ``x_b`` alone, so it is final after any sweep: windows still slide.
 
     Example:
