@@ -10,7 +10,7 @@ against a target trajectory at every step. Each solver runs the same call:
 - ``picard``: ``picard.odeint`` with no options (``batched="auto"`` finds that the func is
   batch-agnostic; the backward pass is the parallel adjoint recursion);
 - ``picard adjoint``: ``picard.odeint_adjoint``, torchdiffeq's signature (same pass);
-- ``picard window=W`` (``--window W``): ``picard.odeint(..., window=W)``.
+- ``picard window=W`` (``--window W``): ``picard.odeint(..., window=W, method="euler")``.
 
 Wall-clock: medians of interleaved repeats, one torch thread. Peak memory: each solver
 in a fresh process after a 10-step warm-up, the highest resident set during one forward +
@@ -85,11 +85,11 @@ def run(name: str, func, y0, t, target) -> tuple[float, list[torch.Tensor], dict
         ys = torchdiffeq.odeint_adjoint(func, y0, t, method="euler")
     elif name.startswith("picard window="):
         window = int(name.split("=")[1])
-        ys, stats = picard.odeint(func, y0, t, return_stats=True, window=window)
+        ys, stats = picard.odeint(func, y0, t, return_stats=True, window=window, method="euler")
     elif name == "picard":
-        ys, stats = picard.odeint(func, y0, t, return_stats=True)
+        ys, stats = picard.odeint(func, y0, t, return_stats=True, method="euler")
     else:
-        ys, stats = picard.odeint_adjoint(func, y0, t, return_stats=True)
+        ys, stats = picard.odeint_adjoint(func, y0, t, return_stats=True, method="euler")
     loss = (ys - target).abs().mean()
     grads = torch.autograd.grad(loss, params)
     seconds = time.perf_counter() - start

@@ -53,7 +53,13 @@ def _cases() -> dict:
         "DDPM-200, window 50, shared": lambda: seeded(),
         "DDPM-200, window 50, per sample": lambda: seeded(per_sample=True),
         "odeint Euler-2000, window 64": lambda: picard.odeint(
-            lambda t, y: -y, torch.ones(4), t, window=64, tol=1e-7, return_stats=True
+            lambda t, y: -y,
+            torch.ones(4),
+            t,
+            window=64,
+            tol=1e-7,
+            return_stats=True,
+            method="euler",
         )[1],
     }
 

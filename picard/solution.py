@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 from torch import Tensor
 
-__all__ = ["Solution", "Stats"]
+__all__ = ["Solution", "Stats", "summed"]
 
 
 @dataclass(frozen=True)
@@ -149,3 +149,41 @@ class Solution:
     ys: Tensor | None
     steps: Sequence[int] | None
     stats: Stats
+
+
+def summed(parts: Sequence[Stats]) -> Stats:
+    """The statistics of several solves run one after another, as one solve's.
+
+    Sweeps, evaluations, sequential steps, window starts, per-sweep changes and the
+    acceleration's counters add up; everything else is the last solve's, except ``tol``
+    and ``window`` (the first's).
+
+    Args:
+        parts: the solves' statistics, in the order they ran (at least one).
+
+    Returns:
+        The combined :class:`Stats`.
+
+    Example:
+        >>> import torch, picard
+        >>> a = picard.solve(picard.Recursion(lambda i, x: -0.1 * x, 8), torch.ones(1)).stats
+        >>> summed([a, a]).iterations == 2 * a.iterations
+        True
+    """
+    counters: dict[str, int] = {}
+    for s in parts:
+        for name, count in s.acceleration.items():
+            counters[name] = counters.get(name, 0) + count
+    lanes = [s.lane_starts for s in parts]
+    return replace(
+        parts[-1],
+        tol=parts[0].tol,
+        window=parts[0].window,
+        iterations=sum(s.iterations for s in parts),
+        evaluations=sum(s.evaluations for s in parts),
+        window_starts=tuple(i for s in parts for i in s.window_starts),
+        acceleration=counters,
+        sequential_steps=sum(s.sequential_steps for s in parts),
+        changes=[c for s in parts for c in s.changes],
+        lane_starts=None if any(ls is None for ls in lanes) else [a for ls in lanes for a in ls],
+    )

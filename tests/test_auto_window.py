@@ -204,11 +204,17 @@ def test_stored_times_are_kept_per_model():
     x0 = torch.randn(2, 3)
     with torch.no_grad():
         for net in (_model(), _model()):
-            picard.odeint(lambda t, y, net=net: net(y), x0, torch.linspace(0, 1, 200), tol=1e-4)
+            picard.odeint(
+                lambda t, y, net=net: net(y),
+                x0,
+                torch.linspace(0, 1, 200),
+                tol=1e-4,
+                method="euler",
+            )
     assert len(picard.core.window._CURVES) == 1  # lambdas: their problem type only
     with torch.no_grad():
         for field in (Field(), Field()):
-            picard.odeint(field, x0, torch.linspace(0, 1, 200), tol=1e-4)
+            picard.odeint(field, x0, torch.linspace(0, 1, 200), tol=1e-4, method="euler")
     assert len(picard.core.window._CURVES) == 3  # a module: one per module
 
 
@@ -245,7 +251,7 @@ def test_accelerate_auto_is_the_secant_on_large_diffusion_windows_only():
     assert plain.stats.acceleration == {} and large.stats.iterations < plain.stats.iterations
     assert torch.equal(small.final, solve(64, accelerate=None).final)  # below 128: plain
     _, stats = picard.odeint(lambda t, y: -y, torch.ones(3), torch.linspace(0, 1, 300),
-                             window=300, return_stats=True)  # fmt: skip
+                             window=300, return_stats=True, method="euler")  # fmt: skip
     assert stats.acceleration == {}
 
 

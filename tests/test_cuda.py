@@ -19,8 +19,8 @@ def test_cuda_matches_cpu():
 
     t = torch.linspace(0, 2, 201, dtype=torch.float64)
     y0 = torch.tensor([0.3, -1.2], dtype=torch.float64)
-    cpu = picard.odeint(f, y0, t, window=50, tol=0)
-    gpu = picard.odeint(f, y0.cuda(), t.cuda(), window=50, tol=0)
+    cpu = picard.odeint(f, y0, t, window=50, tol=0, method="euler")
+    gpu = picard.odeint(f, y0.cuda(), t.cuda(), window=50, tol=0, method="euler")
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-12, atol=1e-12)
 
@@ -32,12 +32,14 @@ def test_one_synchronisation_per_sweep():
 
     t = torch.linspace(0, 1, 501, device="cuda")
     y0 = torch.ones(4, device="cuda")
-    picard.odeint(f, y0, t, window=64, tol=1e-5)  # warm up
+    picard.odeint(f, y0, t, window=64, tol=1e-5, method="euler")  # warm up
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _, stats = picard.odeint(f, y0, t, window=64, tol=1e-5, return_stats=True)
+            _, stats = picard.odeint(
+                f, y0, t, window=64, tol=1e-5, return_stats=True, method="euler"
+            )
     finally:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
@@ -61,6 +63,6 @@ def test_devices_split_rows_between_cpu_and_cuda():
 
     t = torch.linspace(0, 1, 101, dtype=torch.float64, device="cuda")
     y0 = torch.ones(3, 2, dtype=torch.float64, device="cuda")
-    ref = picard.odeint(Field(), y0, t, window=20)
-    out = picard.odeint(Field(), y0, t, window=20, devices=["cuda:0", "cpu"])
+    ref = picard.odeint(Field(), y0, t, window=20, method="euler")
+    out = picard.odeint(Field(), y0, t, window=20, devices=["cuda:0", "cpu"], method="euler")
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)

@@ -88,12 +88,14 @@ def _cases(rank: int) -> dict:
     )
     begin = time.monotonic()
     try:
-        picard.odeint(Field(fail_on_rank=1, fail_after=2), y0, t, window=8, distributed=True)
+        picard.odeint(
+            Field(fail_on_rank=1, fail_after=2), y0, t, window=8, distributed=True, method="euler"
+        )
         out["failure"] = ("no error", 0, 0.0)
     except picard.RankError as err:
         out["failure"] = (str(err), err.rank, time.monotonic() - begin)
     try:
-        picard.odeint(Field(), y0 + rank, t, window=8, distributed=True)
+        picard.odeint(Field(), y0 + rank, t, window=8, distributed=True, method="euler")
         out["mismatch"] = "no error"
     except ValueError as err:
         out["mismatch"] = str(err)
@@ -164,13 +166,17 @@ def test_ranks_must_run_the_same_solve(two_ranks):
 
 def test_distributed_needs_a_process_group():
     with pytest.raises(ValueError, match="init_process_group"):
-        picard.odeint(Field(), torch.ones(2, 3), torch.linspace(0, 1, 5), distributed=True)
+        picard.odeint(
+            Field(), torch.ones(2, 3), torch.linspace(0, 1, 5), distributed=True, method="euler"
+        )
 
 
 def test_devices_warn_that_the_result_is_detached():
     y0 = torch.randn(4, 3, dtype=torch.float64)
     with pytest.warns(UserWarning, match="not differentiable"):
-        out = picard.odeint(Field(), y0, torch.linspace(0, 1, 11), window=5, devices=["cpu"] * 2)
+        out = picard.odeint(
+            Field(), y0, torch.linspace(0, 1, 11), window=5, devices=["cpu"] * 2, method="euler"
+        )
     assert not out.requires_grad
 
 
@@ -191,8 +197,10 @@ def test_devices_in_one_process_give_identical_results():
         def forward(self, t, y):
             return self.net(y) * torch.cos(t)
 
-    ref = picard.odeint(Scalar(), y0, t, window=10, batched=False)
-    out = picard.odeint(Scalar(), y0, t, window=10, batched=False, devices=["cpu", "cpu"])
+    ref = picard.odeint(Scalar(), y0, t, window=10, batched=False, method="euler")
+    out = picard.odeint(
+        Scalar(), y0, t, window=10, batched=False, devices=["cpu", "cpu"], method="euler"
+    )
     assert torch.equal(out, ref)
     pipe = tiny_unet_pipeline("ddim").to(torch.float64)
     pipe.set_progress_bar_config(disable=True)
@@ -206,15 +214,15 @@ def test_devices_in_one_process_give_identical_results():
 def test_devices_errors_name_the_argument():
     y0, t = torch.ones(2, 3), torch.linspace(0, 1, 5)
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
-        picard.odeint(lambda t, y: -y, y0, t, devices=["cpu", "cpu"])
+        picard.odeint(lambda t, y: -y, y0, t, devices=["cpu", "cpu"], method="euler")
     with pytest.raises(TypeError, match="devices must be a list"):
-        picard.odeint(Field(), y0, t, devices="cpu")
+        picard.odeint(Field(), y0, t, devices="cpu", method="euler")
     with pytest.raises(ValueError, match="empty"):
-        picard.odeint(Field(), y0, t, devices=[])
+        picard.odeint(Field(), y0, t, devices=[], method="euler")
     with pytest.raises(ValueError, match="not a torch device"):
-        picard.odeint(Field(), y0, t, devices=["nonsense"])
+        picard.odeint(Field(), y0, t, devices=["nonsense"], method="euler")
     with pytest.raises(ValueError, match="do not combine"):
-        picard.odeint(Field(), y0, t, devices=["cpu"], distributed=True)
+        picard.odeint(Field(), y0, t, devices=["cpu"], distributed=True, method="euler")
 
 
 def test_out_of_memory_splits_the_call_and_says_so_once():
@@ -231,11 +239,13 @@ def test_out_of_memory_splits_the_call_and_says_so_once():
     t = torch.linspace(0, 1, 41)
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():  # no trace call
         warnings.simplefilter("always")
-        out = picard.odeint(Small(), y0, t, window=20)
+        out = picard.odeint(Small(), y0, t, window=20, method="euler")
     memory = [w for w in caught if issubclass(w.category, picard.MemoryWarning)]
     assert len(memory) == 1 and "chunks of at most 5 rows" in str(memory[0].message)
     assert max(calls[3:]) <= 7  # after the first call, chunks that fit
-    ref = picard.odeint(lambda t, y: -y * torch.cos(t)[:, None, None], y0, t, window=20)
+    ref = picard.odeint(
+        lambda t, y: -y * torch.cos(t)[:, None, None], y0, t, window=20, method="euler"
+    )
     assert torch.equal(out, ref)
 
     class Never(torch.nn.Module):
@@ -244,7 +254,7 @@ def test_out_of_memory_splits_the_call_and_says_so_once():
 
     with pytest.raises(torch.cuda.OutOfMemoryError), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        picard.odeint(Never(), y0, t, window=20)
+        picard.odeint(Never(), y0, t, window=20, method="euler")
 
 
 def test_prompts_follow_their_rows_across_devices():

@@ -113,7 +113,9 @@ def test_batched_true_is_the_fast_path_without_a_probe():
         return -y
 
     with torch.no_grad():
-        picard.odeint(func, torch.ones(3), torch.linspace(0, 1, 9), batched=True, window=8)
+        picard.odeint(
+            func, torch.ones(3), torch.linspace(0, 1, 9), batched=True, window=8, method="euler"
+        )
     assert calls[0] == (8, 3) and all(len(shape) == 2 for shape in calls)  # no probes
 
 
@@ -145,7 +147,8 @@ def test_torchdiffeqs_keywords():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(method="dopri5"), ValueError, "adaptive in torchdiffeq.*step_size"),
+        (dict(method="dopri8"), ValueError, "adaptive in torchdiffeq.*step_size"),
+        (dict(method="dopri5", tol=1e-6), ValueError, "controls its steps by rtol/atol.*not tol"),
         (dict(method="implicit_adams"), ValueError, "method must be one of"),
         (dict(options={"step_size": 0.1, "first_step": 0.1}), ValueError, "unknown key 'first"),
         (dict(options={"perturb": True}), ValueError, "perturb"),
@@ -159,7 +162,12 @@ def test_torchdiffeqs_keywords():
 )
 def test_what_picard_cannot_take_is_named(kwargs, error, match):
     with pytest.raises(error, match=match):
-        picard.odeint(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 5), **kwargs)
+        picard.odeint(
+            lambda t, y: -y,
+            torch.ones(2),
+            torch.linspace(0, 1, 5),
+            **({"method": "euler"} | kwargs),
+        )
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

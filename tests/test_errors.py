@@ -214,82 +214,87 @@ CASES = [
         "fn returned shape \\(\\d+,\\) for a batch of shape \\(\\d+, 2\\)",
     ),
     # odeint
-    ("odeint-func", lambda: picard.odeint("f", Y0, T), TypeError, "func must be callable"),
+    (
+        "odeint-func",
+        lambda: picard.odeint("f", Y0, T, method="euler"),
+        TypeError,
+        "func must be callable",
+    ),
     (
         "odeint-y0-tuple",
-        lambda: picard.odeint(ok, (Y0, Y0), T),
+        lambda: picard.odeint(ok, (Y0, Y0), T, method="euler"),
         TypeError,
         "y0 must be a torch.Tensor; tuples",
     ),
     (
         "odeint-y0-int",
-        lambda: picard.odeint(ok, torch.ones(2, dtype=torch.int32), T),
+        lambda: picard.odeint(ok, torch.ones(2, dtype=torch.int32), T, method="euler"),
         TypeError,
         "y0 must have a real floating dtype",
     ),
     (
         "odeint-y0-nan",
-        lambda: picard.odeint(ok, torch.tensor([float("nan")]), T),
+        lambda: picard.odeint(ok, torch.tensor([float("nan")]), T, method="euler"),
         ValueError,
         "y0 contains NaN or Inf",
     ),
     (
         "odeint-t-list",
-        lambda: picard.odeint(ok, Y0, [0.0, 1.0]),
+        lambda: picard.odeint(ok, Y0, [0.0, 1.0], method="euler"),
         TypeError,
         "t must be a torch.Tensor",
     ),
     (
         "odeint-t-int",
-        lambda: picard.odeint(ok, Y0, torch.arange(5)),
+        lambda: picard.odeint(ok, Y0, torch.arange(5), method="euler"),
         TypeError,
         "t must have a real floating dtype",
     ),
     (
         "odeint-t-2d",
-        lambda: picard.odeint(ok, Y0, torch.zeros(3, 2)),
+        lambda: picard.odeint(ok, Y0, torch.zeros(3, 2), method="euler"),
         ValueError,
         "t must be one-dimensional",
     ),
     (
         "odeint-t-short",
-        lambda: picard.odeint(ok, Y0, torch.zeros(1)),
+        lambda: picard.odeint(ok, Y0, torch.zeros(1), method="euler"),
         ValueError,
         "t must hold at least 2 time points, got 1",
     ),
     (
         "odeint-t-empty",
-        lambda: picard.odeint(ok, Y0, torch.zeros(0)),
+        lambda: picard.odeint(ok, Y0, torch.zeros(0), method="euler"),
         ValueError,
         "t must hold at least 2 time points, got 0",
     ),
     (
         "odeint-t-repeated",
-        lambda: picard.odeint(ok, Y0, torch.tensor([0.0, 0.5, 0.5, 1.0])),
+        lambda: picard.odeint(ok, Y0, torch.tensor([0.0, 0.5, 0.5, 1.0]), method="euler"),
         ValueError,
         "strictly increasing or strictly decreasing; t\\[1\\] = 0.5 and t\\[2\\] = 0.5",
     ),
     (
         "odeint-t-nonmonotone",
-        lambda: picard.odeint(ok, Y0, torch.tensor([0.0, 0.6, 0.4])),
+        lambda: picard.odeint(ok, Y0, torch.tensor([0.0, 0.6, 0.4]), method="euler"),
         ValueError,
         "t\\[1\\] = 0.6 and t\\[2\\] = 0.4",
     ),
     (
         "odeint-t-nonmonotone-decreasing",
-        lambda: picard.odeint(ok, Y0, torch.tensor([1.0, 0.4, 0.6])),
+        lambda: picard.odeint(ok, Y0, torch.tensor([1.0, 0.4, 0.6]), method="euler"),
         ValueError,
         "t\\[1\\] = 0.4 and t\\[2\\] = 0.6",
     ),
     (
         "odeint-t-nan",
-        lambda: picard.odeint(ok, Y0, torch.tensor([0.0, float("nan")])),
+        lambda: picard.odeint(ok, Y0, torch.tensor([0.0, float("nan")]), method="euler"),
         ValueError,
         "t contains NaN or Inf",
     ),
     (
         "odeint-t-device",
-        lambda: picard.odeint(ok, Y0, torch.zeros(3, device="meta")),
+        lambda: picard.odeint(ok, Y0, torch.zeros(3, device="meta"), method="euler"),
         ValueError,
         "t is on meta but y0 is on cpu",
     ),
@@ -301,9 +306,15 @@ CASES = [
     ),
     (
         "odeint-adaptive-method",
-        lambda: picard.odeint(ok, Y0, T, method="dopri5"),
+        lambda: picard.odeint(ok, Y0, T, method="dopri8"),
         ValueError,
-        r"method='dopri5' is adaptive in torchdiffeq; picard runs it at fixed steps: give options",
+        r"method='dopri8' is adaptive in torchdiffeq; picard runs it at fixed steps: give options",
+    ),
+    (
+        "odeint-adaptive-tol",
+        lambda: picard.odeint(ok, Y0, T, tol=1e-6),
+        ValueError,
+        r"method='dopri5' controls its steps by rtol/atol: give those, not tol",
     ),
     (
         "odeint-method-type",
@@ -313,69 +324,79 @@ CASES = [
     ),
     (
         "odeint-step-size",
-        lambda: picard.odeint(ok, Y0, T, step_size=0),
+        lambda: picard.odeint(ok, Y0, T, step_size=0, method="euler"),
         ValueError,
         "step_size must be a finite number > 0",
     ),
     (
         "odeint-batched",
-        lambda: picard.odeint(ok, Y0, T, batched="yes"),
+        lambda: picard.odeint(ok, Y0, T, batched="yes", method="euler"),
         ValueError,
         "batched must be True, False or 'auto'",
     ),
     (
         "odeint-batch-dims",
-        lambda: picard.odeint(ok, Y0, T, batch_dims=2),
+        lambda: picard.odeint(ok, Y0, T, batch_dims=2, method="euler"),
         ValueError,
         "batch_dims=2 exceeds",
     ),
-    ("odeint-rtol", lambda: picard.odeint(ok, Y0, T, rtol="tight"), TypeError, "rtol"),
+    (
+        "odeint-rtol",
+        lambda: picard.odeint(ok, Y0, T, rtol="tight", method="euler"),
+        TypeError,
+        "rtol",
+    ),
     (
         "odeint-rtol-and-tol",
-        lambda: picard.odeint(ok, Y0, T, rtol=1e-3, tol=1e-4),
+        lambda: picard.odeint(ok, Y0, T, rtol=1e-3, tol=1e-4, method="euler"),
         ValueError,
         "tol .* or rtol/atol, not both",
     ),
     (
         "odeint-options-key",
-        lambda: picard.odeint(ok, Y0, T, options={"stepsize": 0.1}),
+        lambda: picard.odeint(ok, Y0, T, options={"stepsize": 0.1}, method="euler"),
         ValueError,
         "options has unknown key 'stepsize'",
     ),
     (
         "odeint-perturb",
-        lambda: picard.odeint(ok, Y0, T, options={"perturb": True}),
+        lambda: picard.odeint(ok, Y0, T, options={"perturb": True}, method="euler"),
         ValueError,
         "perturb",
     ),
-    ("odeint-event", lambda: picard.odeint(ok, Y0, T, event_fn=ok), TypeError, "event_fn"),
+    (
+        "odeint-event",
+        lambda: picard.odeint(ok, Y0, T, event_fn=ok, method="euler"),
+        TypeError,
+        "event_fn",
+    ),
     (
         "odeint-window",
-        lambda: picard.odeint(ok, Y0, T, window=0),
+        lambda: picard.odeint(ok, Y0, T, window=0, method="euler"),
         ValueError,
         "window must be >= 1",
     ),
     (
         "odeint-drift-shape",
-        lambda: picard.odeint(lambda t, y: y[..., :1], Y0, T),
+        lambda: picard.odeint(lambda t, y: y[..., :1], Y0, T, method="euler"),
         ValueError,
         "func returned shape \\(\\d+, 1\\) for a batch of shape \\(\\d+, 2\\)",
     ),
     (
         "odeint-drift-tuple",
-        lambda: picard.odeint(lambda t, y: (y,), Y0, T),
+        lambda: picard.odeint(lambda t, y: (y,), Y0, T, method="euler"),
         TypeError,
         "func must return a torch.Tensor, got tuple",
     ),
     (
         "odeint-drift-int",
-        lambda: picard.odeint(lambda t, y: y.long(), Y0, T),
+        lambda: picard.odeint(lambda t, y: y.long(), Y0, T, method="euler"),
         TypeError,
         "func returned dtype torch.int64",
     ),
     (
         "odeint-drift-device",
-        lambda: picard.odeint(lambda t, y: y.to("meta"), Y0, T),
+        lambda: picard.odeint(lambda t, y: y.to("meta"), Y0, T, method="euler"),
         ValueError,
         "func returned a tensor on meta",
     ),
@@ -439,7 +460,7 @@ def test_drift_returning_nan_names_step_time_and_sweep():
         return torch.where((t > 0.55)[:, None], torch.full_like(y, float("nan")), -y)
 
     with pytest.raises(picard.NonFiniteError, match=r"step 6 \(t = 0.6\).* in sweep 1") as info:
-        picard.odeint(f, Y0, T)
+        picard.odeint(f, Y0, T, method="euler")
     assert info.value.step == 6
 
 
@@ -459,7 +480,7 @@ def test_sde_diffusion_returning_inf():
 def test_fuzzed_options_either_work_or_raise_a_named_error(window, tol, max_iters):
     """Any combination of options: a result, or ValueError/TypeError naming one of them."""
     try:
-        ys = picard.odeint(ok, Y0, T, window=window, tol=tol, max_iters=max_iters)
+        ys = picard.odeint(ok, Y0, T, window=window, tol=tol, max_iters=max_iters, method="euler")
     except picard.ConvergenceError as err:
         assert "max_iters" in str(err)
     except (ValueError, TypeError) as err:

@@ -203,7 +203,9 @@ def test_backward_takes_fewer_sweeps_than_steps_and_reports_them():
     field = Field()
     y0 = torch.randn(16, 3, dtype=F64, requires_grad=True)
     t = torch.linspace(0, 1, 201, dtype=F64)
-    ys, stats = picard.odeint(field, y0, t, tol=1e-8, window=64, return_stats=True, batched=True)
+    ys, stats = picard.odeint(
+        field, y0, t, tol=1e-8, window=64, return_stats=True, batched=True, method="euler"
+    )
     assert stats.backward == []
     ys[-1].sum().backward()
     (back,) = stats.backward
@@ -232,12 +234,14 @@ def test_adjoint_params_select_what_gradients_flow_to():
     field = Field()
     y0 = torch.randn(2, 3, dtype=F64)
     t = torch.linspace(0, 1, 11, dtype=F64)
-    ys = picard.odeint(field, y0, t, tol=0, adjoint_params=[field.scale], batched=True)
+    ys = picard.odeint(
+        field, y0, t, tol=0, adjoint_params=[field.scale], batched=True, method="euler"
+    )
     ys.sum().backward()
     assert field.scale.grad is not None
     assert all(p.grad is None for p in field.net.parameters())
     with pytest.raises(TypeError, match="adjoint_params must be tensors"):
-        picard.odeint(field, y0, t, adjoint_params=[1.0])
+        picard.odeint(field, y0, t, adjoint_params=[1.0], method="euler")
 
 
 def test_odeint_adjoint_takes_torchdiffeqs_signature():
@@ -258,9 +262,11 @@ def test_no_gradient_work_without_autograd():
     field = Field()
     y0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
     with torch.no_grad():
-        ys = picard.odeint(field, y0, torch.linspace(0, 1, 11, dtype=F64))
+        ys = picard.odeint(field, y0, torch.linspace(0, 1, 11, dtype=F64), method="euler")
     assert not ys.requires_grad
-    ys = picard.odeint(lambda t, y: -y, y0.detach(), torch.linspace(0, 1, 11, dtype=F64))
+    ys = picard.odeint(
+        lambda t, y: -y, y0.detach(), torch.linspace(0, 1, 11, dtype=F64), method="euler"
+    )
     assert not ys.requires_grad  # nothing requires grad: a plain solve
 
 
@@ -268,15 +274,17 @@ def test_gradients_refuse_what_they_cannot_do():
     y0 = torch.ones(2, 3, dtype=F64, requires_grad=True)
     t = torch.linspace(0, 1, 5, dtype=F64)
     with pytest.raises(ValueError, match=r"x0 requires grad.*distributed or devices"):
-        picard.odeint(lambda t, y: -y, y0, t, devices=["cpu", "cpu"])
+        picard.odeint(lambda t, y: -y, y0, t, devices=["cpu", "cpu"], method="euler")
     field = Field()
     with pytest.warns(UserWarning, match="not differentiable: the result is detached"):
-        ys = picard.odeint(field, y0.detach(), t, devices=["cpu", "cpu"], batched=True)
+        ys = picard.odeint(
+            field, y0.detach(), t, devices=["cpu", "cpu"], batched=True, method="euler"
+        )
     assert not ys.requires_grad
     with pytest.raises(ValueError, match="per-step callback does not combine with gradients"):
         rule = picard.Recursion(lambda i, x: -0.1 * x, 4)
         solve_with(rule, y0, picard.Options.of(), on_step=lambda i, x: None)
-    ys = picard.odeint(lambda t, y: -y * y, y0, t, tol=0)
+    ys = picard.odeint(lambda t, y: -y * y, y0, t, tol=0, method="euler")
     (g,) = torch.autograd.grad(ys[-1].sum(), y0, create_graph=True)
     with pytest.raises(RuntimeError):  # double backward is not supported (not silent)
         torch.autograd.grad(g.sum(), y0)

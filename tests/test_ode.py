@@ -51,10 +51,10 @@ def test_nonlinear_euler_error_is_bounded_by_tol(n, dim, seed, gain, window, tol
     t = random_grid(n, seed=seed + 1, decreasing=decreasing)
     y0 = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     expected = euler_loop(f, y0, t)
-    exact, stats = picard.odeint(f, y0, t, window=window, tol=0, return_stats=True)
+    exact, stats = picard.odeint(f, y0, t, window=window, tol=0, return_stats=True, method="euler")
     torch.testing.assert_close(exact, expected, rtol=1e-12, atol=1e-12)
     assert stats.iterations <= n
-    ys = picard.odeint(f, y0, t, window=window, tol=tol)
+    ys = picard.odeint(f, y0, t, window=window, tol=tol, method="euler")
     lip = f.lipschitz()
     bound = tol * (math.prod(1 + abs(float(h)) * lip for h in t.diff()) - 1)
     rms = (ys - expected).square().mean(-1).sqrt()
@@ -121,7 +121,7 @@ def test_unbatchable_function_gets_a_clear_error():
         return y * float(t.item())
 
     with pytest.raises(TypeError, match="batched=True"):
-        picard.odeint(f, torch.ones(2), torch.linspace(0, 1, 5), batched=False)
+        picard.odeint(f, torch.ones(2), torch.linspace(0, 1, 5), batched=False, method="euler")
 
 
 def test_modules_and_multidimensional_states():
@@ -133,7 +133,7 @@ def test_modules_and_multidimensional_states():
         return net(y)
 
     y0 = torch.randn(3, 4)
-    ys = picard.odeint(f, y0, torch.linspace(0, 1, 11), window=4, tol=0)
+    ys = picard.odeint(f, y0, torch.linspace(0, 1, 11), window=4, tol=0, method="euler")
     assert ys.shape == (11, 3, 4)
     # batched="auto" probes three rows one at a time, vmapped (vmap shows one row) and
     # together, then solves batched
@@ -151,7 +151,7 @@ def test_step_size_puts_output_exactly_on_t():
     f = RandomMLP(dim=2, width=8, seed=3)
     t = torch.tensor([0.0, 0.1, 0.35, 1.0], dtype=torch.float64)
     y0 = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    ys, stats = picard.odeint(f, y0, t, step_size=0.05, tol=0, return_stats=True)
+    ys, stats = picard.odeint(f, y0, t, step_size=0.05, tol=0, return_stats=True, method="euler")
     assert ys.shape == (4, 2)
     assert stats.num_steps == 2 + 5 + 13  # ceil(0.1/0.05), ceil(0.25/0.05), ceil(0.65/0.05)
     d = torch.float64
@@ -183,7 +183,7 @@ def test_half_precision_drift_gets_half_inputs_and_float32_accumulation():
         return -y
 
     y0 = torch.ones(2, dtype=torch.bfloat16)
-    ys = picard.odeint(f, y0, torch.linspace(0, 1, 101), tol=0)
+    ys = picard.odeint(f, y0, torch.linspace(0, 1, 101), tol=0, method="euler")
     assert ys.dtype == torch.bfloat16 and set(dtypes) == {torch.bfloat16}
     assert abs(float(ys[-1, 0]) - 0.99**100) < 1e-2
 
@@ -200,11 +200,13 @@ def test_batch_dims_take_the_worst_sample():
 
     y0 = torch.ones(100, 1, dtype=torch.float64)
     t = torch.linspace(0, 1, 201, dtype=torch.float64)
-    per_sample, s1 = picard.odeint(f, y0, t, tol=1e-4, window=50, batch_dims=1, return_stats=True)
-    pooled, s0 = picard.odeint(f, y0, t, tol=1e-5, window=50, return_stats=True)
+    per_sample, s1 = picard.odeint(
+        f, y0, t, tol=1e-4, window=50, batch_dims=1, return_stats=True, method="euler"
+    )
+    pooled, s0 = picard.odeint(f, y0, t, tol=1e-5, window=50, return_stats=True, method="euler")
     assert s1.window_starts == s0.window_starts
     torch.testing.assert_close(per_sample, pooled, rtol=0, atol=0)
-    _loose, s2 = picard.odeint(f, y0, t, tol=1e-4, window=50, return_stats=True)
+    _loose, s2 = picard.odeint(f, y0, t, tol=1e-4, window=50, return_stats=True, method="euler")
     assert s2.iterations < s1.iterations
     assert s1.evaluations == 100 * s0.evaluations  # evaluations count samples
 

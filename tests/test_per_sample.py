@@ -177,7 +177,13 @@ def test_per_sample_errors_name_the_option():
     with pytest.raises(TypeError, match="per_sample must be a bool"):
         picard.solve(rule, torch.ones(2), per_sample=1)
     with pytest.raises(ValueError, match="per_sample=True needs"):
-        picard.odeint(lambda t, y: -y, torch.ones(2, 3), torch.linspace(0, 1, 5), per_sample=True)
+        picard.odeint(
+            lambda t, y: -y,
+            torch.ones(2, 3),
+            torch.linspace(0, 1, 5),
+            per_sample=True,
+            method="euler",
+        )
 
 
 def test_per_sample_non_finite_and_budget_errors():

@@ -291,14 +291,18 @@ def test_bad_options_name_the_argument(kwargs, error, match):
 def test_front_ends_take_the_options_and_refuse_unknown_keywords():
     t = torch.linspace(0, 1, 21)
     y0 = torch.ones(2, dtype=torch.float64)
-    ys = picard.odeint(lambda t, y: -y, y0, t, tol=0, accelerate="secant", max_rows=5)
-    torch.testing.assert_close(ys, picard.odeint(lambda t, y: -y, y0, t, tol=0))
-    warm = picard.odeint(lambda t, y: -y, y0, t, tol=1e-12, init=ys, return_stats=True)[1]
+    ys = picard.odeint(
+        lambda t, y: -y, y0, t, tol=0, accelerate="secant", max_rows=5, method="euler"
+    )
+    torch.testing.assert_close(ys, picard.odeint(lambda t, y: -y, y0, t, tol=0, method="euler"))
+    warm = picard.odeint(
+        lambda t, y: -y, y0, t, tol=1e-12, init=ys, return_stats=True, method="euler"
+    )[1]
     assert warm.iterations == 1
     with pytest.raises(TypeError, match="unexpected keyword argument 'rtl'"):
-        picard.odeint(lambda t, y: -y, y0, t, rtl=1e-3)
+        picard.odeint(lambda t, y: -y, y0, t, rtl=1e-3, method="euler")
     with pytest.raises(ValueError, match="step_size"):
-        picard.odeint(lambda t, y: -y, y0, t, init=ys, step_size=0.01)
+        picard.odeint(lambda t, y: -y, y0, t, init=ys, step_size=0.01, method="euler")
     g = torch.Generator().manual_seed(0)
     sde = picard.sdeint(
         lambda t, y: -y, lambda t, y: 0.1 + 0 * y, y0, t, generator=g, accelerate="secant", tol=0

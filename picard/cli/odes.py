@@ -105,7 +105,9 @@ def _demo_rows(steps: int, window: int | str, tol: float, repeats: int, seed: in
         _compare(
             "neural ODE (MLP 3x128), Euler",
             lambda: _rk_loop(neural, y0, t, "euler"),
-            lambda: picard.odeint(neural, y0, t, window=window, tol=tol, return_stats=True),
+            lambda: picard.odeint(
+                neural, y0, t, window=window, tol=tol, return_stats=True, method="euler"
+            ),
             repeats,
         ),
         _compare(

@@ -24,7 +24,7 @@ from torch import Tensor
 from picard.core.options import Options
 from picard.errors import AccuracyWarning, ConvergenceError
 from picard.problem import Problem
-from picard.solution import Solution, Stats
+from picard.solution import Solution, Stats, summed
 
 __all__ = [
     "MAX_VERIFICATIONS",
@@ -189,25 +189,7 @@ def _evaluations(parts: Sequence[Stats]) -> int:
 
 
 def _combined(parts: Sequence[Stats], estimate: float | None) -> Stats:
-    counters: dict[str, int] = {}
-    for s in parts:
-        for name, count in s.acceleration.items():
-            counters[name] = counters.get(name, 0) + count
-    lanes = [s.lane_starts for s in parts]
-    return dataclasses.replace(
-        parts[-1],
-        tol=parts[0].tol,
-        window=parts[0].window,
-        iterations=sum(s.iterations for s in parts),
-        evaluations=_evaluations(parts),
-        window_starts=tuple(i for s in parts for i in s.window_starts),
-        acceleration=counters,
-        sequential_steps=sum(s.sequential_steps for s in parts),
-        changes=[c for s in parts for c in s.changes],
-        lane_starts=None if any(ls is None for ls in lanes) else [a for ls in lanes for a in ls],
-        error_estimate=estimate,
-        verifications=len(parts) - 1,
-    )
+    return dataclasses.replace(summed(parts), error_estimate=estimate, verifications=len(parts) - 1)
 
 
 def _kept(sol: Solution, saved: Sequence[int] | None, stats: Stats) -> Solution:

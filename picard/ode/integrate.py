@@ -1,16 +1,19 @@
-"""``odeint``: torchdiffeq's call, solved in parallel sweeps on a fixed grid.
+"""``odeint``: torchdiffeq's call, solved in parallel sweeps.
 
 Each explicit Runge–Kutta method is its Butcher tableau (:mod:`picard.ode.tableaus`); every
 stage is one batched call of ``func`` over the window, so a sweep of an s-stage method
-makes s calls. The grid is ``t`` itself, ``t`` refined (``step_size=``), or torchdiffeq's
-own grids (``options={"step_size": h}`` or ``{"grid_constructor": ...}``, read back onto
-``t`` by its linear interpolation). ``func`` may be written for one time and one state, as
-for torchdiffeq (:mod:`picard.ode.batching`), and gradients flow to ``y0`` and its parameters
-through a parallel backward pass (:mod:`picard.core.adjoint`).
+makes s calls. An embedded pair with no step size (the default, ``dopri5``) chooses its
+grid by torchdiffeq's error test (:mod:`picard.ode.adaptive`); otherwise the grid is ``t``
+itself, ``t`` refined (``step_size=``), or torchdiffeq's own grids (``options={"step_size":
+h}`` or ``{"grid_constructor": ...}``, read back onto ``t`` by its linear interpolation).
+``func`` may be written for one time and one state, as for torchdiffeq
+(:mod:`picard.ode.batching`), and gradients flow to ``y0`` and its parameters through a
+parallel backward pass (:mod:`picard.core.adjoint`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,14 +30,29 @@ from picard.ode.tableaus import METHODS, Tableau, tableau_for
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
 from picard.solver import solve_with
 
-__all__ = ["METHODS", "ODEProblem", "odeint", "odeint_adjoint"]
+__all__ = ["METHODS", "ODEProblem", "combine", "odeint", "odeint_adjoint"]
+
+DEFAULT_METHOD = "dopri5"
+"""torchdiffeq's default method: Dormand–Prince 5(4), error-controlled."""
 
 TORCHDIFFEQ_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp")
 """The keys of torchdiffeq's fixed-grid ``options`` that ``odeint`` reads."""
 
 
-def _combine(ks: list[Tensor], coeffs: tuple[float, ...]) -> Tensor | None:
-    """``Σ coeffs[j] * ks[j]`` over the non-zero coefficients (``None`` if all are zero)."""
+def combine(ks: list[Tensor], coeffs: tuple[float, ...]) -> Tensor | None:
+    """``Σ coeffs[j] * ks[j]`` over the non-zero coefficients (``None`` if all are zero).
+
+    Args:
+        ks: the stages' slopes.
+        coeffs: a weight per slope (extra weights, past ``ks``, are ignored).
+
+    Returns:
+        The weighted sum, or ``None`` when every weight is zero.
+
+    Example:
+        >>> combine([torch.ones(1), torch.full((1,), 2.0)], (0.5, 0.25))
+        tensor([1.])
+    """
     total: Tensor | None = None
     for k, c in zip(ks, coeffs, strict=False):
         if c == 0.0:
@@ -102,19 +120,33 @@ class ODEProblem(Problem):
         self, x: Tensor, start: int, state: _ODEState, history: Tensor | None
     ) -> tuple[Tensor, None]:
         """Runge–Kutta increments ``h_i Σ b_s k_s`` of the steps of ``x`` (s calls)."""
+        h = state.dt[start : start + x.shape[0]]
+        ks = self.slopes(x, start, h)
+        total = combine(ks, self.tableau.b)
+        assert total is not None
+        state.slope[:] = [total[-1]]  # the last row's slope, for guesses
+        return h * total, None
+
+    def slopes(self, x: Tensor, start: int, h: Tensor) -> list[Tensor]:
+        """The stages' slopes ``k_s`` of the steps ``start …`` from the states ``x``.
+
+        Args:
+            x: the states the steps start from, ``(w, *shape)`` in the working dtype.
+            start: the first step's index.
+            h: their step sizes, shaped to broadcast against ``x``.
+
+        Returns:
+            One ``(w, *shape)`` tensor per stage (one batched call of ``func`` each).
+        """
         stop = start + x.shape[0]
-        h = state.dt[start:stop]
         ks: list[Tensor] = []
         for s, row in enumerate(self.tableau.a):
-            slope = _combine(ks, row)
+            slope = combine(ks, row)
             y = x if slope is None else x + h * slope
             ks.append(
                 call_batched(self.func, "func", self._stage_t[s][start:stop], y, self.in_dtype)
             )
-        total = _combine(ks, self.tableau.b)
-        assert total is not None
-        state.slope[:] = [total[-1]]  # the last row's slope, for guesses
-        return h * total, None
+        return ks
 
     def guess(self, x: Tensor, start: int, count: int, state: _ODEState) -> Tensor | None:
         """Euler steps from ``x`` with the last call's last slope held fixed (no call).
@@ -150,7 +182,7 @@ def odeint(
     *,
     rtol: float | None = None,
     atol: float | None = None,
-    method: str = "euler",
+    method: str | None = None,
     options: Mapping[str, Any] | None = None,
     event_fn: Any = None,
     batched: bool | str = "auto",
@@ -159,11 +191,14 @@ def odeint(
     batch_dims: int = 0,
     **solve_options: Any,
 ) -> Any:
-    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` on a fixed grid, in parallel sweeps.
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0``, in parallel sweeps.
 
-    torchdiffeq's call (``odeint(func, y0, t, rtol=, atol=, method=, options=)``) gives its
-    fixed-grid solver's answer, to within the tolerance, in a few batched sweeps;
-    gradients flow to ``y0`` and to ``func``'s parameters.
+    torchdiffeq's call (``odeint(func, y0, t, rtol=, atol=, method=, options=)``) gives an
+    answer as accurate as torchdiffeq's: by default (``method="dopri5"``, ``rtol=1e-7``,
+    ``atol=1e-9``) every step passes torchdiffeq's local error test, on a grid picard
+    refines between solves (:mod:`picard.ode.adaptive`); a fixed-grid method gives its
+    sequential answer to within the tolerance. Gradients flow to ``y0`` and to ``func``'s
+    parameters.
 
     Args:
         func: the drift ``func(t, y)``, for one time and a state of ``y0``'s shape (as for
@@ -172,16 +207,19 @@ def odeint(
         t: 1-D strictly increasing or decreasing output times on ``y0``'s device.
 
     Other Arguments:
-        rtol: with ``atol``, the mixed convergence test (torchdiffeq's names; its fixed-grid
-            solvers ignore them): the RMS of a state's change between sweeps, weighted by
-            ``1 / (atol + rtol |y|)``, at most 1 (``rtol`` floored at 16 units of the
-            dtype's precision; either alone takes torchdiffeq's default for the other,
-            1e-7 or 1e-9). Neither: ``tol``.
-        atol: see ``rtol``.
-        method: ``"euler"``, ``"midpoint"``, ``"heun2"`` (``"heun"``), ``"heun3"``,
-            ``"rk4"`` (Kutta's 3/8 rule, as torchdiffeq's), or an adaptive tableau
-            (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"fehlberg2"``, ``"adaptive_heun"``)
-            at fixed steps, which needs a step size.
+        rtol: for an adaptive method, torchdiffeq's local error test and the sweeps' test
+            (default 1e-7). For a fixed-grid method, with ``atol``, the mixed convergence
+            test (torchdiffeq's fixed-grid solvers ignore them): the RMS of a state's
+            change between sweeps, weighted by ``1 / (atol + rtol |y|)``, at most 1
+            (``rtol`` floored at 16 units of the dtype's precision; either alone takes
+            torchdiffeq's default for the other, 1e-7 or 1e-9). Neither: ``tol``.
+        atol: see ``rtol`` (default 1e-9).
+        method: ``None`` (``"dopri5"``, torchdiffeq's default), an adaptive pair
+            (``"dopri5"``, ``"bosh3"``, ``"fehlberg2"``, ``"adaptive_heun"``: steps
+            controlled by ``rtol``/``atol``; at fixed steps with a step size; ``"dopri8"``
+            at fixed steps only), or a fixed-grid method: ``"euler"``, ``"midpoint"``,
+            ``"heun2"`` (``"heun"``), ``"heun3"``, ``"rk4"`` (Kutta's 3/8 rule, as
+            torchdiffeq's).
         options: torchdiffeq's fixed-grid options: ``step_size`` (grid ``t[0] + k h``,
             interpolated onto ``t``), ``grid_constructor`` (``f(func, y0, t)`` → grid),
             ``interp="linear"``; ``perturb`` is not supported. Unknown keys raise.
@@ -195,8 +233,11 @@ def odeint(
         step_size: each interval of ``t`` split into equal substeps no longer than this.
         batch_dims: leading dimensions of ``y0`` that index independent samples.
         **solve_options: the solve's options (:class:`picard.Options`), e.g. ``window``,
-            ``tol`` (default 1e-5, in the units of ``y``; ``0``: the sequential solver to
-            float rounding), ``max_iters``, ``accelerate``, ``init``, ``verify``.
+            ``tol`` (fixed-grid methods: default 1e-5, in the units of ``y``; ``0``: the
+            sequential solver to float rounding), ``max_iters``, ``accelerate``, ``init``,
+            ``verify``. Adaptive methods take ``rtol``/``atol`` instead of ``tol`` and
+            ``init``, and continue step by step where the sweeps meet NaN or Inf
+            (``on_nonfinite="sequential"`` unless given).
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)`` with ``ys[0] = y0``, in ``y0.dtype``; or
@@ -208,9 +249,12 @@ def odeint(
     Example:
         >>> import torch, picard
         >>> t = torch.linspace(0, 1, 101)
-        >>> ys = picard.odeint(lambda t, y: -y, torch.ones(2), t, tol=1e-7)
-        >>> ys.shape, round(float(ys[-1, 0]), 4)  # Euler: (1 - 0.01)^100
-        (torch.Size([101, 2]), 0.366)
+        >>> ys = picard.odeint(lambda t, y: -y, torch.ones(2), t)  # dopri5, rtol 1e-7
+        >>> ys.shape, abs(float(ys[-1, 0]) - 0.36787944) < 1e-6  # exp(-1), float32
+        (torch.Size([101, 2]), True)
+        >>> euler = picard.odeint(lambda t, y: -y, torch.ones(2), t, method="euler", tol=1e-7)
+        >>> round(float(euler[-1, 0]), 4)  # Euler on t: (1 - 0.01)^100
+        0.366
     """
     func = check_callable("func", func)
     y0 = check_state("y0", y0)
@@ -220,9 +264,24 @@ def odeint(
     if not isinstance(return_stats, bool):
         raise TypeError(f"return_stats must be a bool, got {type(return_stats).__name__}")
     grid, placement = _grid(func, y0, t, options, step_size)
+    method = DEFAULT_METHOD if method is None else method
     tableau = tableau_for(method, fixed_steps=placement is not None)
     opts = Options.of(rtol=rtol, atol=atol, **solve_options)
     batch_ndim = check_batch_dims(batch_dims, y0)
+    if placement is None and tableau.error is not None:  # torchdiffeq's adaptive steps
+        from picard.ode.adaptive import solve_adaptive
+
+        if opts.tol is not None or opts.init is not None:
+            raise ValueError(
+                f"method={method!r} controls its steps by rtol/atol: give those, not "
+                f"{'tol' if opts.tol is not None else 'init'} (or a step size to run it at "
+                "fixed steps)"
+            )
+        if "on_nonfinite" not in solve_options:  # where the sweeps diverge, step on
+            opts = dataclasses.replace(opts, on_nonfinite="sequential")
+        drift = batched_form(func, "func", batched, t, y0)
+        ys, stats = solve_adaptive(drift, y0, t, tableau, batch_ndim, opts)
+        return (ys, stats) if return_stats else ys
     if opts.init is not None and placement is not None:
         raise ValueError("init (a warm start on t) cannot be combined with step_size or a grid")
     drift = batched_form(func, "func", batched, grid, y0)
@@ -277,7 +336,7 @@ def odeint_adjoint(
     *,
     rtol: float | None = None,
     atol: float | None = None,
-    method: str = "euler",
+    method: str | None = None,
     options: Mapping[str, Any] | None = None,
     event_fn: Any = None,
     adjoint_rtol: float | None = None,
@@ -319,7 +378,7 @@ def odeint_adjoint(
         >>> import torch, picard
         >>> net = torch.nn.Linear(2, 2)
         >>> ys = picard.odeint_adjoint(lambda t, y: net(y), torch.ones(2), torch.linspace(0, 1, 5),
-        ...                            adjoint_params=net.parameters(), tol=0)
+        ...                            adjoint_params=net.parameters())
         >>> ys[-1].sum().backward()
         >>> net.weight.grad.shape
         torch.Size([2, 2])

@@ -22,6 +22,10 @@ class Tableau:
             s weights of the earlier stages' slopes (row 0 is empty).
         b: the weights of the stages' slopes in the step, one per stage.
         order: the method's order of accuracy.
+        error: for an embedded pair, the weights of the local error estimate ``h Σ e_s
+            k_s`` (the solution's weights less the embedded ones); one more than the
+            stages when the last is the slope at the step's end, ``f(t + h, y_{n+1})``
+            (first same as last: the next step's first stage). ``None``: no estimate.
 
     Example:
         >>> Tableau(c=(0.0,), a=((),), b=(1.0,), order=1).stages
@@ -35,6 +39,7 @@ class Tableau:
     a: tuple[tuple[float, ...], ...]
     b: tuple[float, ...]
     order: int
+    error: tuple[float, ...] | None = None
 
     @property
     def stages(self) -> int:
@@ -194,8 +199,16 @@ _DOPRI8_B = (
     1 / 4,
 )
 
+
+def _less(high: tuple[float, ...], low: tuple[float, ...]) -> tuple[float, ...]:
+    """An embedded pair's error weights: the solution's weights less the embedded ones."""
+    return tuple(h - lo for h, lo in zip(high, low, strict=True))
+
+
 ADAPTIVE: dict[str, Tableau] = {
     # Dormand & Prince (1980): the 5th-order solution; its 7th (FSAL) stage has weight 0.
+    # The error is against the 4th-order weights torchdiffeq uses (Shampine's), so that
+    # the same steps pass its test.
     "dopri5": Tableau(
         c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0),
         a=(
@@ -208,11 +221,19 @@ ADAPTIVE: dict[str, Tableau] = {
         ),
         b=(35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
         order=5,
+        error=_less(
+            (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
+            (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60),
+        ),
     ),
     "dopri8": Tableau(c=_DOPRI8_C, a=_DOPRI8_A, b=_DOPRI8_B, order=8),
     # Bogacki & Shampine (1989): the 3rd-order solution (the FSAL 4th stage weighs 0).
     "bosh3": Tableau(
-        c=(0.0, 1 / 2, 3 / 4), a=((), (1 / 2,), (0.0, 3 / 4)), b=(2 / 9, 1 / 3, 4 / 9), order=3
+        c=(0.0, 1 / 2, 3 / 4),
+        a=((), (1 / 2,), (0.0, 3 / 4)),
+        b=(2 / 9, 1 / 3, 4 / 9),
+        order=3,
+        error=_less((2 / 9, 1 / 3, 4 / 9, 0.0), (7 / 24, 1 / 4, 1 / 3, 1 / 8)),
     ),
     # Fehlberg's RK1(2): the 2nd-order solution.
     "fehlberg2": Tableau(
@@ -220,9 +241,12 @@ ADAPTIVE: dict[str, Tableau] = {
         a=((), (1 / 2,), (1 / 256, 255 / 256)),
         b=(1 / 512, 255 / 256, 1 / 512),
         order=2,
+        error=_less((1 / 512, 255 / 256, 1 / 512), (1 / 256, 255 / 256, 0.0)),
     ),
     # Heun's method, torchdiffeq's "adaptive_heun" solution.
-    "adaptive_heun": Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2),
+    "adaptive_heun": Tableau(
+        c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2, error=_less((0.5, 0.5), (1.0, 0.0))
+    ),
 }
 """Embedded pairs torchdiffeq steps adaptively; picard runs their solution at fixed steps
 (given a step size)."""
@@ -236,22 +260,26 @@ def tableau_for(method: object, fixed_steps: bool) -> Tableau:
     Args:
         method: a name of :data:`METHODS` (``"heun"`` means ``"heun2"``) or of
             :data:`ADAPTIVE`.
-        fixed_steps: whether a step size is given (adaptive methods need one).
+        fixed_steps: whether a step size is given (``dopri8``, whose error estimate picard
+            does not have yet, needs one; the other embedded pairs run adaptively
+            without one).
 
     Returns:
         The tableau.
 
     Raises:
         TypeError: ``method`` is not a string.
-        ValueError: an unknown method, or an adaptive one without a step size.
+        ValueError: an unknown method, or ``dopri8`` without a step size.
 
     Example:
         >>> tableau_for("rk4", fixed_steps=False).stages
         4
-        >>> tableau_for("dopri5", fixed_steps=False)
+        >>> tableau_for("dopri5", fixed_steps=False).error is not None  # error-controlled
+        True
+        >>> tableau_for("dopri8", fixed_steps=False)
         Traceback (most recent call last):
             ...
-        ValueError: method='dopri5' is adaptive in torchdiffeq; picard runs it at fixed steps: ...
+        ValueError: method='dopri8' is adaptive in torchdiffeq; picard runs it at fixed steps: ...
     """
     if not isinstance(method, str):
         raise TypeError(f"method must be a str, got {type(method).__name__}")
@@ -259,7 +287,7 @@ def tableau_for(method: object, fixed_steps: bool) -> Tableau:
     if name in METHODS:
         return METHODS[name]
     if name in ADAPTIVE:
-        if not fixed_steps:
+        if not fixed_steps and ADAPTIVE[name].error is None:
             raise ValueError(
                 f"method={method!r} is adaptive in torchdiffeq; picard runs it at fixed steps: "
                 "give options={'step_size': h} (torchdiffeq's grid) or step_size=h (each "

@@ -1,0 +1,309 @@
+"""Adaptive steps in parallel: torchdiffeq's local error test, met by refining the grid.
+
+torchdiffeq steps an embedded Runge–Kutta pair one step at a time, shrinking a step whose
+error estimate fails ``RMS(err / (atol + rtol max(|y_n|, |y_{n+1}|))) <= 1`` and growing
+the next. picard solves a whole grid at once instead, then estimates every step's error
+from the same batched stages (one round of calls), and changes the grid where the test
+says: a failing step is split by the factor torchdiffeq would shrink it by, pairs of steps
+far below the test are merged, and the next solve starts from the last one's trajectory.
+Rounds before the grid passes run the sweeps at a hundred times the tolerance; the grid
+that passes is solved once more at the tolerance itself (with gradients) and checked
+again. Every step of the returned solution passes torchdiffeq's test, so the answer is as
+accurate as torchdiffeq's at the same ``rtol``/``atol`` (not the same grid: the same
+test). The initial step is Hairer's choice, as torchdiffeq makes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from picard.core.options import Options
+from picard.errors import ConvergenceError
+from picard.ode.grids import interpolate, refine_grid
+from picard.ode.integrate import ODEProblem, combine
+from picard.ode.tableaus import Tableau
+from picard.problem import call_batched, working_dtype
+from picard.solution import Solution, Stats, summed
+from picard.solver import solve_with
+
+__all__ = ["MAX_ROUNDS", "error_ratios", "initial_step", "regrid", "solve_adaptive"]
+
+SAFETY, GROW, SHRINK = 0.9, 10.0, 0.2
+"""torchdiffeq's step-size factors: safety, largest growth, largest shrink."""
+
+MAX_ROUNDS = 32
+"""Grid changes at most before :func:`solve_adaptive` gives up (each one a solve)."""
+
+LOOSE = 100.0
+"""The rounds before the grid passes run the sweeps at ``rtol`` and ``atol`` times this."""
+
+INITIAL_GROWTH = 10.0
+"""The first grid's steps are the initial step times this (torchdiffeq's steps grow by up
+to 10x a step); failing ones are split."""
+
+MAX_INITIAL_STEPS = 4096
+"""The first grid has at most this many steps (longer spans start coarser)."""
+
+MERGE_FACTOR = 1.25
+"""Merged steps stay this far inside what torchdiffeq would grow each member to."""
+
+MERGE_FRACTION = 0.5
+"""A grid that passes is coarsened first when this fraction of its steps could merge."""
+
+CHUNK = 1024
+"""Steps per batched call when estimating the errors."""
+
+
+def initial_step(
+    func: Callable[[Tensor, Tensor], Tensor],
+    t0: Tensor,
+    y0: Tensor,
+    order: int,
+    rtol: float,
+    atol: float,
+    in_dtype: torch.dtype,
+) -> float:
+    """Hairer's initial step (as torchdiffeq chooses it), from two calls of ``func``.
+
+    Args:
+        func: the batched drift.
+        t0: the initial time (0-d).
+        y0: the initial state, in the working dtype.
+        order: the method's order.
+        rtol: the relative tolerance.
+        atol: the absolute tolerance.
+        in_dtype: the dtype ``func`` receives.
+
+    Returns:
+        The step size (positive).
+
+    Example:
+        >>> h = initial_step(lambda t, y: -y, torch.tensor(0.0), torch.ones(1), 5, 1e-6, 1e-9,
+        ...                  torch.float32)
+        >>> 0 < h < 1
+        True
+    """
+    scale = atol + rtol * y0.abs()
+    t = t0.reshape(1)
+    f0 = call_batched(func, "func", t, y0[None], in_dtype)[0]
+    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    y1 = y0 + h0 * f0
+    f1 = call_batched(func, "func", t + h0, y1[None], in_dtype)[0]
+    d2 = _rms((f1 - f0) / scale) / h0
+    top = max(d1, d2)
+    h1 = max(1e-6, h0 * 1e-3) if top <= 1e-15 else (0.01 / top) ** (1.0 / order)
+    return min(100 * h0, h1)
+
+
+def error_ratios(problem: ODEProblem, ys: Tensor, rtol: float, atol: float) -> np.ndarray:
+    """Each step's error estimate against torchdiffeq's test (pass: at most 1).
+
+    One batched round: every step's stages from its solved start ``ys[i]`` (and, for a
+    first-same-as-last pair, the slope at every step's end).
+
+    Args:
+        problem: the ODE on the grid (an embedded pair's tableau).
+        ys: the solved states on the grid, ``(N + 1, *shape)``, in the working dtype.
+        rtol: the relative tolerance.
+        atol: the absolute tolerance.
+
+    Returns:
+        ``(N,)``: ``RMS(h Σ e_s k_s / (atol + rtol max(|y_i|, |y_{i+1}|)))`` per step.
+
+    Example:
+        >>> import picard
+        >>> grid = torch.linspace(0, 1, 5, dtype=torch.float64)
+        >>> p = ODEProblem(lambda t, y: -y, grid, "dopri5", torch.float64)
+        >>> ys = picard.solve(p, torch.ones(1, dtype=torch.float64), tol=0, save=True).ys
+        >>> bool((error_ratios(p, ys, 1e-6, 1e-9) <= 1).all())  # steps of 0.25 pass at 1e-6
+        True
+    """
+    weights = problem.tableau.error
+    assert weights is not None
+    n, dt = problem.num_steps, problem.t[1:] - problem.t[:-1]
+    out = np.empty(n)
+    with torch.no_grad():
+        for lo in range(0, n, CHUNK):
+            hi = min(n, lo + CHUNK)
+            h = dt[lo:hi].to(ys.dtype).reshape(-1, *([1] * (ys.ndim - 1)))
+            ks = problem.slopes(ys[lo:hi], lo, h)
+            if len(weights) > len(ks):  # first same as last: the slope at each step's end
+                ks.append(_end_slopes(problem, ys, lo, hi))
+            err = combine(ks, weights)
+            bound = atol + rtol * torch.maximum(ys[lo:hi].abs(), ys[lo + 1 : hi + 1].abs())
+            ratio = (h * err / bound).pow(2).flatten(1).mean(1).sqrt()
+            out[lo:hi] = ratio.double().cpu().numpy()
+    return out
+
+
+def _end_slopes(problem: ODEProblem, ys: Tensor, lo: int, hi: int) -> Tensor:
+    return call_batched(problem.func, "func", problem.t[lo + 1 : hi + 1], ys[lo + 1 : hi + 1],
+                        problem.in_dtype)  # fmt: skip
+
+
+def regrid(
+    grid: Tensor, index: list[int], ratios: np.ndarray, order: int
+) -> tuple[Tensor, list[int]]:
+    """The next grid: failing steps split, runs of steps far below the test merged.
+
+    A step's factor is torchdiffeq's, ``min(10, max(0.2, 0.9 ratio^(-1/order)))``: the
+    size it would take next, relative to this one. A failing step becomes ``ceil(1 /
+    factor)`` equal steps; a run of passing steps inside one output interval becomes one
+    step when its length is at most every member's factor times its size, over
+    :data:`MERGE_FACTOR`.
+
+    Args:
+        grid: the grid (1-D, monotone).
+        index: the positions of the output times in it.
+        ratios: each step's error ratio (:func:`error_ratios`).
+        order: the method's order.
+
+    Returns:
+        ``(grid, index)``: the new grid (the output times kept exactly) and their positions.
+
+    Example:
+        >>> g, i = regrid(torch.tensor([0.0, 1.0, 2.0]), [0, 2], np.array([4.0, 0.1]), 5)
+        >>> g.tolist(), i
+        ([0.0, 0.5, 1.0, 2.0], [0, 3])
+        >>> g, i = regrid(torch.tensor([0.0, 1.0, 2.0, 3.0]), [0, 3], np.zeros(3), 5)
+        >>> g.tolist(), i  # far below the test: one step
+        ([0.0, 3.0], [0, 1])
+    """
+    factor = _factors(ratios, order)
+    outputs = set(index)
+    g = grid.tolist()
+    points, new_index, i, n = [g[0]], [0], 0, len(g) - 1
+    while i < n:
+        if ratios[i] > 1:
+            pieces = math.ceil(1.0 / factor[i] - 1e-9)
+            points += [g[i] + (g[i + 1] - g[i]) * k / pieces for k in range(1, pieces + 1)]
+            i += 1
+        else:  # the longest run from i that every member allows
+            allowed, j = abs(g[i + 1] - g[i]) * factor[i] / MERGE_FACTOR, i + 1
+            while j < n and j not in outputs and ratios[j] <= 1:
+                allowed = min(allowed, abs(g[j + 1] - g[j]) * factor[j] / MERGE_FACTOR)
+                if abs(g[j + 1] - g[i]) > allowed:
+                    break
+                j += 1
+            points.append(g[j])
+            i = j
+        if i in outputs:
+            new_index.append(len(points) - 1)
+    new = torch.tensor(points, dtype=grid.dtype, device=grid.device)
+    for j, k in zip(index, new_index, strict=True):
+        new[k] = grid[j]  # the output times exactly
+    return new, new_index
+
+
+def solve_adaptive(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor,
+    tableau: Tableau,
+    batch_ndim: int,
+    options: Options,
+) -> tuple[Tensor, Stats]:
+    """``odeint`` with an embedded pair: every step passes torchdiffeq's error test.
+
+    Args:
+        func: the batched drift.
+        y0: the initial state (the user's dtype).
+        t: the output times.
+        tableau: an embedded pair (``tableau.error`` set).
+        batch_ndim: leading dimensions of ``y0`` that index samples.
+        options: the solve's options; ``rtol``/``atol`` (torchdiffeq's defaults 1e-7 and
+            1e-9 where ``None``) set the error test and the sweeps' test alike.
+
+    Returns:
+        ``(ys, stats)``: the states at ``t`` and the statistics of every round (the
+        initial step's two calls and each error estimate count as sweeps).
+
+    Raises:
+        picard.ConvergenceError: no grid passed in :data:`MAX_ROUNDS` rounds.
+
+    Example:
+        >>> from picard.core.options import Options
+        >>> from picard.ode.tableaus import ADAPTIVE
+        >>> t = torch.linspace(0, 1, 3, dtype=torch.float64)
+        >>> ys, stats = solve_adaptive(lambda t, y: -y, torch.ones(1, dtype=torch.float64), t,
+        ...                            ADAPTIVE["dopri5"], 0, Options.of())
+        >>> round(float(ys[-1]), 7), stats.num_steps > 2  # exp(-1)
+        (0.3678794, True)
+    """
+    rtol = 1e-7 if options.rtol is None else options.rtol
+    atol = 1e-9 if options.atol is None else options.atol
+    work = y0.to(working_dtype(y0.dtype))
+    with torch.no_grad():
+        h = initial_step(func, t[0], work.detach(), tableau.order, rtol, atol, y0.dtype)
+    span = float((t[-1] - t[0]).abs())
+    spacing = max(h * INITIAL_GROWTH, span / MAX_INITIAL_STEPS)
+    grid, index = refine_grid(t, spacing)
+    parts: list[Stats] = []
+    samples = math.prod(y0.shape[:batch_ndim])
+    rounds, estimated, prev, settled = 2, 0, None, False  # two sweeps: the initial step
+    for _ in range(MAX_ROUNDS):
+        problem = ODEProblem(func, grid, tableau, y0.dtype, batch_ndim)
+        init = None if prev is None else interpolate(prev[0], prev[1], grid)
+        loose = 1.0 if settled else LOOSE
+        opts = dataclasses.replace(options, init=init, rtol=rtol * loose, atol=atol * loose,
+                                   tol=None)  # fmt: skip
+        sol = _solve(problem, y0, opts, grad=settled)
+        assert sol.ys is not None
+        ys = sol.ys.detach().to(work.dtype)
+        ratios = error_ratios(problem, ys, rtol, atol)
+        parts.append(sol.stats)
+        rounds, estimated = rounds + 1, estimated + problem.num_steps * samples
+        passed = bool((ratios <= 1).all())
+        if passed and settled:
+            return sol.ys[index], _with_estimates(parts, rounds, estimated)
+        new, new_index = regrid(grid, index, ratios, tableau.order)
+        coarse = _mergeable(ratios, tableau.order) < MERGE_FRACTION or len(new) == len(grid)
+        prev = (grid, ys)
+        if passed and coarse:  # solve this grid at the tolerance itself
+            settled = True
+            continue
+        settled, grid, index = False, new, new_index
+    stats = _with_estimates(parts, rounds, estimated)
+    raise ConvergenceError(
+        f"odeint: no grid passed the error test (rtol={rtol:g}, atol={atol:g}) in "
+        f"{MAX_ROUNDS} rounds; the last had {len(grid) - 1} steps",
+        stats=stats,
+        steps_done=0,
+        state=y0,
+    )
+
+
+def _mergeable(ratios: np.ndarray, order: int) -> float:
+    """The fraction of steps that could be twice as long."""
+    return float((_factors(ratios, order) > 2 * MERGE_FACTOR).mean())
+
+
+def _factors(ratios: np.ndarray, order: int) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        factor = np.minimum(GROW, np.maximum(SHRINK, SAFETY * ratios ** (-1.0 / order)))
+    return np.where(ratios > 0, factor, GROW)
+
+
+def _solve(problem: ODEProblem, y0: Tensor, options: Options, grad: bool) -> Solution:
+    if grad:
+        return solve_with(problem, y0, options, save=True)
+    with torch.no_grad():
+        return solve_with(problem, y0.detach(), options, save=True)
+
+
+def _with_estimates(parts: list[Stats], rounds: int, evaluations: int) -> Stats:
+    total = summed(parts)
+    return dataclasses.replace(
+        total, iterations=total.iterations + rounds, evaluations=total.evaluations + evaluations
+    )
+
+
+def _rms(x: Tensor) -> float:
+    return float(x.pow(2).mean().sqrt())
