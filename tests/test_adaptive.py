@@ -114,3 +114,22 @@ def test_diverging_sweeps_continue_step_by_step():
 def test_what_the_adaptive_solve_cannot_take_is_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         picard.odeint(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3), **kwargs)
+
+
+def test_where_sweeps_do_not_pay_it_steps_like_torchdiffeq_and_says_so():
+    """A long horizon of a stiff-ish cubic field: sweeps converge about one step per sweep,
+    so after a budget of one sweep per 4 steps the solve steps one after another."""
+    a = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=F64)
+
+    def f(t, y):
+        return (y**3) @ a
+
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
+    t = torch.linspace(0, 25, 50, dtype=F64)
+    ref = torchdiffeq.odeint(f, y0, t, rtol=1e-12, atol=1e-14)
+    ours, stats = picard.odeint(f, y0, t, return_stats=True)
+    theirs = torchdiffeq.odeint(f, y0, t)
+    assert stats.sequential_steps > 0
+    assert (ours - ref).abs().max() <= 10 * (theirs - ref).abs().max() + 1e-9
+    with pytest.raises(picard.NonFiniteError):  # unless told to raise
+        picard.odeint(f, y0, t, on_nonfinite="raise", max_iters=10_000)

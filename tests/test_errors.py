@@ -257,16 +257,10 @@ CASES = [
         "t must be one-dimensional",
     ),
     (
-        "odeint-t-short",
-        lambda: picard.odeint(ok, Y0, torch.zeros(1), method="euler"),
-        ValueError,
-        "t must hold at least 2 time points, got 1",
-    ),
-    (
         "odeint-t-empty",
         lambda: picard.odeint(ok, Y0, torch.zeros(0), method="euler"),
         ValueError,
-        "t must hold at least 2 time points, got 0",
+        "t must hold at least one time point, got 0",
     ),
     (
         "odeint-t-repeated",

@@ -4,8 +4,9 @@ torchdiffeq steps an embedded Runge–Kutta pair one step at a time, shrinking a
 error estimate fails ``RMS(err / (atol + rtol max(|y_n|, |y_{n+1}|))) <= 1`` and growing
 the next. picard solves a whole grid at once instead, then estimates every step's error
 from the same batched stages (one round of calls), and changes the grid where the test
-says: a failing step is split by the factor torchdiffeq would shrink it by, pairs of steps
-far below the test are merged, and the next solve starts from the last one's trajectory.
+says: a failing step is split by the factor torchdiffeq would shrink it by, runs of steps
+far below the test are merged (once, on the first grid that passes), and the next solve
+starts from the last one's trajectory.
 Rounds before the grid passes run the sweeps at a hundred times the tolerance; the grid
 that passes is solved once more at the tolerance itself (with gradients) and checked
 again. Every step of the returned solution passes torchdiffeq's test, so the answer is as
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor
 
 from picard.core.options import Options
-from picard.errors import ConvergenceError
+from picard.errors import ConvergenceError, NonFiniteError
 from picard.ode.grids import interpolate, refine_grid
 from picard.ode.integrate import ODEProblem, combine
 from picard.ode.tableaus import Tableau
@@ -32,7 +33,14 @@ from picard.problem import call_batched, working_dtype
 from picard.solution import Solution, Stats, summed
 from picard.solver import solve_with
 
-__all__ = ["MAX_ROUNDS", "error_ratios", "initial_step", "regrid", "solve_adaptive"]
+__all__ = [
+    "MAX_ROUNDS",
+    "error_ratios",
+    "initial_step",
+    "regrid",
+    "solve_adaptive",
+    "stepped",
+]
 
 SAFETY, GROW, SHRINK = 0.9, 10.0, 0.2
 """torchdiffeq's step-size factors: safety, largest growth, largest shrink."""
@@ -50,11 +58,21 @@ to 10x a step); failing ones are split."""
 MAX_INITIAL_STEPS = 4096
 """The first grid has at most this many steps (longer spans start coarser)."""
 
+SPLIT_MARGIN = 0.5
+"""When some step fails, every step above this ratio is split too (fewer rounds)."""
+
 MERGE_FACTOR = 1.25
 """Merged steps stay this far inside what torchdiffeq would grow each member to."""
 
 MERGE_FRACTION = 0.5
 """A grid that passes is coarsened first when this fraction of its steps could merge."""
+
+SWEEPS_PER_STEP = 4
+"""A round that needs more than one sweep per this many steps (and at least
+:data:`MIN_BUDGET`) is not paying: the solve steps one step after another instead."""
+
+MIN_BUDGET = 16
+"""Every round may take this many sweeps."""
 
 CHUNK = 1024
 """Steps per batched call when estimating the errors."""
@@ -138,7 +156,7 @@ def error_ratios(problem: ODEProblem, ys: Tensor, rtol: float, atol: float) -> n
                 ks.append(_end_slopes(problem, ys, lo, hi))
             err = combine(ks, weights)
             bound = atol + rtol * torch.maximum(ys[lo:hi].abs(), ys[lo + 1 : hi + 1].abs())
-            ratio = (h * err / bound).pow(2).flatten(1).mean(1).sqrt()
+            ratio = (h * err / bound).pow(2).reshape(hi - lo, -1).mean(1).sqrt()
             out[lo:hi] = ratio.double().cpu().numpy()
     return out
 
@@ -149,7 +167,7 @@ def _end_slopes(problem: ODEProblem, ys: Tensor, lo: int, hi: int) -> Tensor:
 
 
 def regrid(
-    grid: Tensor, index: list[int], ratios: np.ndarray, order: int
+    grid: Tensor, index: list[int], ratios: np.ndarray, order: int, merge: bool = True
 ) -> tuple[Tensor, list[int]]:
     """The next grid: failing steps split, runs of steps far below the test merged.
 
@@ -164,6 +182,8 @@ def regrid(
         index: the positions of the output times in it.
         ratios: each step's error ratio (:func:`error_ratios`).
         order: the method's order.
+        merge: merge runs of passing steps; else split, besides the failing steps, those
+            above :data:`SPLIT_MARGIN` (the next solve moves them a little too).
 
     Returns:
         ``(grid, index)``: the new grid (the output times kept exactly) and their positions.
@@ -181,9 +201,12 @@ def regrid(
     g = grid.tolist()
     points, new_index, i, n = [g[0]], [0], 0, len(g) - 1
     while i < n:
-        if ratios[i] > 1:
-            pieces = math.ceil(1.0 / factor[i] - 1e-9)
+        if ratios[i] > 1 or (not merge and ratios[i] > SPLIT_MARGIN):
+            pieces = max(2, math.ceil(1.0 / factor[i] - 1e-9))
             points += [g[i] + (g[i + 1] - g[i]) * k / pieces for k in range(1, pieces + 1)]
+            i += 1
+        elif not merge:
+            points.append(g[i + 1])
             i += 1
         else:  # the longest run from i that every member allows
             allowed, j = abs(g[i + 1] - g[i]) * factor[i] / MERGE_FACTOR, i + 1
@@ -209,6 +232,7 @@ def solve_adaptive(
     tableau: Tableau,
     batch_ndim: int,
     options: Options,
+    step_on: bool = True,
 ) -> tuple[Tensor, Stats]:
     """``odeint`` with an embedded pair: every step passes torchdiffeq's error test.
 
@@ -220,6 +244,9 @@ def solve_adaptive(
         batch_ndim: leading dimensions of ``y0`` that index samples.
         options: the solve's options; ``rtol``/``atol`` (torchdiffeq's defaults 1e-7 and
             1e-9 where ``None``) set the error test and the sweeps' test alike.
+        step_on: where a round's sweeps meet NaN or Inf, solve by :func:`stepped`
+            instead of raising. Likewise, unless ``options.max_iters`` is set, where a
+            round needs more than one sweep per :data:`SWEEPS_PER_STEP` steps.
 
     Returns:
         ``(ys, stats)``: the states at ``t`` and the statistics of every round (the
@@ -247,29 +274,44 @@ def solve_adaptive(
     grid, index = refine_grid(t, spacing)
     parts: list[Stats] = []
     samples = math.prod(y0.shape[:batch_ndim])
-    rounds, estimated, prev, settled = 2, 0, None, False  # two sweeps: the initial step
+    rounds, estimated, prev = 2, 0, None  # two sweeps: the initial step
+    settled = merged = False
+    budgeted = options.max_iters is None
     for _ in range(MAX_ROUNDS):
         problem = ODEProblem(func, grid, tableau, y0.dtype, batch_ndim)
         init = None if prev is None else interpolate(prev[0], prev[1], grid)
         loose = 1.0 if settled else LOOSE
+        budget = max(MIN_BUDGET, problem.num_steps // SWEEPS_PER_STEP) if budgeted else None
         opts = dataclasses.replace(options, init=init, rtol=rtol * loose, atol=atol * loose,
-                                   tol=None)  # fmt: skip
-        sol = _solve(problem, y0, opts, grad=settled)
+                                   tol=None, max_iters=budget or options.max_iters)  # fmt: skip
+        try:
+            sol = _solve(problem, y0, opts, grad=settled)
+        except (ConvergenceError, NonFiniteError) as e:
+            if not (budgeted if isinstance(e, ConvergenceError) else step_on):
+                raise
+            spent = [*parts, e.stats] if getattr(e, "stats", None) is not None else parts
+            return stepped(func, y0, t, tableau, rtol, atol, h, summed(spent) if spent else None,
+                           rounds)  # fmt: skip
         assert sol.ys is not None
         ys = sol.ys.detach().to(work.dtype)
         ratios = error_ratios(problem, ys, rtol, atol)
         parts.append(sol.stats)
         rounds, estimated = rounds + 1, estimated + problem.num_steps * samples
-        passed = bool((ratios <= 1).all())
+        passed, prev = bool((ratios <= 1).all()), (grid, ys)
         if passed and settled:
             return sol.ys[index], _with_estimates(parts, rounds, estimated)
-        new, new_index = regrid(grid, index, ratios, tableau.order)
-        coarse = _mergeable(ratios, tableau.order) < MERGE_FRACTION or len(new) == len(grid)
-        prev = (grid, ys)
-        if passed and coarse:  # solve this grid at the tolerance itself
-            settled = True
+        if passed:  # coarsen once, where far below the test; else solve it at the tolerance
+            new, new_index = regrid(grid, index, ratios, tableau.order)
+            if (
+                merged
+                or _mergeable(ratios, tableau.order) < MERGE_FRACTION
+                or len(new) == len(grid)
+            ):
+                settled = True
+                continue
+            merged, grid, index = True, new, new_index
             continue
-        settled, grid, index = False, new, new_index
+        grid, index = regrid(grid, index, ratios, tableau.order, merge=False)
     stats = _with_estimates(parts, rounds, estimated)
     raise ConvergenceError(
         f"odeint: no grid passed the error test (rtol={rtol:g}, atol={atol:g}) in "
@@ -278,6 +320,98 @@ def solve_adaptive(
         steps_done=0,
         state=y0,
     )
+
+
+def stepped(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor,
+    tableau: Tableau,
+    rtol: float,
+    atol: float,
+    h: float,
+    spent: Stats | None = None,
+    rounds: int = 0,
+) -> tuple[Tensor, Stats]:
+    """Torchdiffeq's own stepping, one step after another: where sweeps do not pay.
+
+    Each step's stages from its start, its error against the same test, accepted or
+    retried with torchdiffeq's factor; steps end exactly on the output times (torchdiffeq
+    steps past them and interpolates). Gradients flow by autograd through the steps.
+
+    Args:
+        func: the batched drift.
+        y0: the initial state.
+        t: the output times.
+        tableau: an embedded pair.
+        rtol: the relative tolerance.
+        atol: the absolute tolerance.
+        h: the first step's size (positive).
+        spent: the statistics of the sweeps run before (their cost is reported too).
+        rounds: sweeps run besides them (the initial step, error estimates).
+
+    Returns:
+        ``(ys, stats)``; ``stats.sequential_steps`` counts the steps tried here,
+        ``stats.num_steps`` those accepted.
+
+    Example:
+        >>> from picard.ode.tableaus import ADAPTIVE
+        >>> t = torch.linspace(0, 1, 3, dtype=torch.float64)
+        >>> ys, stats = stepped(lambda t, y: -y, torch.ones(1, dtype=torch.float64), t,
+        ...                     ADAPTIVE["dopri5"], 1e-7, 1e-9, 0.1)
+        >>> abs(float(ys[-1]) - 0.36787944) < 1e-6, stats.sequential_steps > 2  # exp(-1)
+        (True, True)
+    """
+    weights = tableau.error
+    assert weights is not None
+    work = working_dtype(y0.dtype)
+    y, out, tried, accepted = y0.to(work), [y0.to(work)], 0, 0
+    sign = 1.0 if bool(t[-1] > t[0]) else -1.0
+    now = float(t[0])
+    for target in t[1:].tolist():
+        while sign * (target - now) > 0:
+            step = min(h, sign * (target - now))
+            last = step == sign * (target - now)
+            hs = torch.tensor(sign * step, dtype=work, device=y.device)
+            ks: list[Tensor] = []
+            for c, row in zip(tableau.c, tableau.a, strict=True):
+                slope = combine(ks, row)
+                ys = y if slope is None else y + hs * slope
+                at = (t[:1] * 0 + now + c * sign * step).to(t.dtype)
+                ks.append(call_batched(func, "func", at, ys[None], y0.dtype)[0])
+            total = combine(ks, tableau.b)
+            assert total is not None
+            new = y + hs * total
+            if len(weights) > len(ks):
+                end = (t[:1] * 0 + (target if last else now + sign * step)).to(t.dtype)
+                ks.append(call_batched(func, "func", end, new[None], y0.dtype)[0])
+            err = hs * combine(ks, weights)
+            bound = atol + rtol * torch.maximum(y.abs(), new.abs())
+            ratio = float((err / bound).detach().pow(2).mean().sqrt())
+            tried += 1
+            if ratio <= 1:
+                y, now, accepted = new, (target if last else now + sign * step), accepted + 1
+            factor = (
+                GROW
+                if ratio == 0
+                else min(GROW, max(SHRINK, SAFETY * ratio ** (-1 / tableau.order)))
+            )
+            h = step * (min(1.0, factor) if ratio > 1 else factor)
+        out.append(y)
+    ys_out = torch.stack(out).to(y0.dtype)
+    base = spent if spent is not None else _empty_stats(len(t) - 1)
+    stats = dataclasses.replace(
+        base,
+        num_steps=accepted,
+        iterations=base.iterations + rounds + tried,
+        sequential_steps=base.sequential_steps + tried,
+    )
+    return ys_out, stats
+
+
+def _empty_stats(n: int) -> Stats:
+    return Stats(num_steps=n, window=1, tol=0.0, iterations=0, evaluations=0, stages=1,
+                 window_starts=())  # fmt: skip
 
 
 def _mergeable(ratios: np.ndarray, order: int) -> float:

@@ -13,7 +13,6 @@ parallel backward pass (:mod:`picard.core.adjoint`).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from picard.ode.batching import batched_form
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.tableaus import METHODS, Tableau, tableau_for
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
+from picard.solution import Stats
 from picard.solver import solve_with
 
 __all__ = ["METHODS", "ODEProblem", "combine", "odeint", "odeint_adjoint"]
@@ -236,8 +236,9 @@ def odeint(
             ``tol`` (fixed-grid methods: default 1e-5, in the units of ``y``; ``0``: the
             sequential solver to float rounding), ``max_iters``, ``accelerate``, ``init``,
             ``verify``. Adaptive methods take ``rtol``/``atol`` instead of ``tol`` and
-            ``init``, and continue step by step where the sweeps meet NaN or Inf
-            (``on_nonfinite="sequential"`` unless given).
+            ``init``; where the sweeps meet NaN or Inf (unless ``on_nonfinite`` is given)
+            or need more than one sweep per 4 steps (unless ``max_iters`` is), they step
+            one step after another, as torchdiffeq does (``stats.sequential_steps``).
 
     Returns:
         ``ys`` of shape ``(len(t), *y0.shape)`` with ``ys[0] = y0``, in ``y0.dtype``; or
@@ -258,6 +259,14 @@ def odeint(
     """
     func = check_callable("func", func)
     y0 = check_state("y0", y0)
+    if isinstance(t, Tensor) and t.ndim == 1 and t.shape[0] <= 1:  # torchdiffeq: no steps
+        if t.shape[0] == 0:
+            raise ValueError("t must hold at least one time point, got 0")
+        if t.device != y0.device:
+            raise ValueError(f"t is on {t.device} but y0 is on {y0.device}; put both on one device")
+        tableau_for(DEFAULT_METHOD if method is None else method, fixed_steps=True)
+        ys = y0[None].clone()
+        return (ys, _no_steps()) if return_stats else ys
     t = check_grid(t, y0)
     if event_fn is not None:
         raise TypeError("event_fn (torchdiffeq's event handling) is not supported by picard")
@@ -277,10 +286,9 @@ def odeint(
                 f"{'tol' if opts.tol is not None else 'init'} (or a step size to run it at "
                 "fixed steps)"
             )
-        if "on_nonfinite" not in solve_options:  # where the sweeps diverge, step on
-            opts = dataclasses.replace(opts, on_nonfinite="sequential")
         drift = batched_form(func, "func", batched, t, y0)
-        ys, stats = solve_adaptive(drift, y0, t, tableau, batch_ndim, opts)
+        step_on = "on_nonfinite" not in solve_options  # where the sweeps diverge
+        ys, stats = solve_adaptive(drift, y0, t, tableau, batch_ndim, opts, step_on=step_on)
         return (ys, stats) if return_stats else ys
     if opts.init is not None and placement is not None:
         raise ValueError("init (a warm start on t) cannot be combined with step_size or a grid")
@@ -291,6 +299,11 @@ def odeint(
     assert sol.ys is not None
     ys = interpolate(grid, sol.ys, t) if placement == "interpolate" else sol.ys
     return (ys, sol.stats) if return_stats else ys
+
+
+def _no_steps() -> Stats:
+    return Stats(num_steps=0, window=0, tol=0.0, iterations=0, evaluations=0, stages=1,
+                 window_starts=())  # fmt: skip
 
 
 def _grid(

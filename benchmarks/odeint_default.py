@@ -1,0 +1,109 @@
+"""Issue 23: torchdiffeq's default call (dopri5, rtol 1e-7, atol 1e-9), picard against
+torchdiffeq, on the issue's cases: a harmonic oscillator at 11 points over [0, 10],
+torchdiffeq's ode_demo field (batch 16, 100 output points) on [0, 1] and [0, 25], and a
+neural ODE (MLP on the cubed state) forward + backward on [0, 1] and [0, 25]. Error: max
+abs against torchdiffeq at rtol 1e-10 (float64 for the oscillator: the exact solution);
+time: median of 5, one thread, both run in turn.
+
+    python benchmarks/odeint_default.py [--out benchmarks/results/odeint_default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchdiffeq
+from harness import write_results
+
+import picard
+
+REPEATS = 5
+
+
+def cases() -> list[tuple[str, Callable[..., Any], torch.Tensor, torch.Tensor, bool]]:
+    """``(name, func, y0, t, backward)``."""
+    torch.manual_seed(0)
+    osc = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    demo = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]])
+    y16 = torch.tensor([[2.0, 0.0]]) + 0.5 * torch.randn(16, 1, 2)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
+
+    def neural(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return net(y**3)
+
+    yn = torch.tensor([[2.0, 0.0]]).repeat(16, 1) + 0.1 * torch.randn(16, 2)
+    out = [("oscillator, [0, 10], float64", lambda t, y: y @ osc.T,
+            torch.tensor([1.0, 0.0], dtype=torch.float64),
+            torch.linspace(0, 10, 11, dtype=torch.float64), False)]  # fmt: skip
+    for span in (1.0, 25.0):
+        out.append((f"ode_demo field, [0, {span:g}]", lambda t, y: (y**3) @ demo, y16,
+                    torch.linspace(0, span, 100), False))  # fmt: skip
+    for span in (1.0, 25.0):
+        out.append((f"neural ODE fwd+bwd, [0, {span:g}]", neural, yn,
+                    torch.linspace(0, span, 100), True))  # fmt: skip
+    return out
+
+
+def run(name: str, func: Any, y0: torch.Tensor, t: torch.Tensor, backward: bool) -> dict:
+    """Both solvers on one case: errors, median seconds, picard's sweeps."""
+    ref = torchdiffeq.odeint(func, y0.double(), t.double(), rtol=1e-10, atol=1e-12)
+    if "oscillator" in name:
+        ref = torch.stack([torch.cos(t), -torch.sin(t)], 1)
+    row: dict[str, Any] = {"case": name}
+    for label, solver in (("torchdiffeq", torchdiffeq.odeint), ("picard", picard.odeint)):
+        times = []
+        for _ in range(REPEATS):
+            x = y0.clone().requires_grad_(backward)
+            start = time.perf_counter()
+            if label == "picard":
+                ys, stats = solver(func, x, t, return_stats=True)
+            else:
+                ys = solver(func, x, t)
+            if backward:
+                ys.pow(2).sum().backward()
+            times.append(time.perf_counter() - start)
+        row[f"{label}_error"] = float((ys.detach().double() - ref.double()).abs().max())
+        row[f"{label}_seconds"] = statistics.median(times)
+        if label == "picard":
+            row["sweeps"], row["steps"] = stats.iterations, stats.num_steps
+            row["stepped"] = stats.sequential_steps
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/odeint_default"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    header = (
+        "| case | torchdiffeq error | picard error | torchdiffeq s | picard s | speed-up | "
+        "picard sweeps | steps | stepped one by one |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    print(header, flush=True)
+    rows, lines = [], []
+    for case in cases():
+        r = run(*case)
+        rows.append(r)
+        lines.append(
+            f"| {r['case']} | {r['torchdiffeq_error']:.1e} | {r['picard_error']:.1e} | "
+            f"{r['torchdiffeq_seconds']:.3f} | {r['picard_seconds']:.3f} | "
+            f"{r['torchdiffeq_seconds'] / r['picard_seconds']:.2f}x | {r['sweeps']} | "
+            f"{r['steps']} | {r['stepped']} |"
+        )
+        print(lines[-1], flush=True)
+    text = (
+        "**Issue 23: torchdiffeq's default call, `odeint(func, y0, t)` "
+        "(`python benchmarks/odeint_default.py`)**\n\n" + header + "\n" + "\n".join(lines) + "\n"
+    )
+    write_results(args.out, rows, text)
+
+
+if __name__ == "__main__":
+    main()
