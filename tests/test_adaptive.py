@@ -133,3 +133,11 @@ def test_where_sweeps_do_not_pay_it_steps_like_torchdiffeq_and_says_so():
     assert (ours - ref).abs().max() <= 10 * (theirs - ref).abs().max() + 1e-9
     with pytest.raises(picard.NonFiniteError):  # unless told to raise
         picard.odeint(f, y0, t, on_nonfinite="raise", max_iters=10_000)
+
+
+def test_times_that_require_grad_are_refused_not_silently_ignored():
+    t = torch.linspace(0, 1, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="t requires grad.*t.detach"):
+        picard.odeint(lambda t, y: -y, torch.ones(2), t)
+    with torch.no_grad():
+        assert picard.odeint(lambda t, y: -y, torch.ones(2), t).shape == (3, 2)

@@ -268,6 +268,11 @@ def odeint(
         ys = y0[None].clone()
         return (ys, _no_steps()) if return_stats else ys
     t = check_grid(t, y0)
+    if t.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "t requires grad, but picard's odeint does not differentiate with respect to the "
+            "times yet (torchdiffeq does): pass t.detach(), or solve with torchdiffeq"
+        )
     if event_fn is not None:
         raise TypeError("event_fn (torchdiffeq's event handling) is not supported by picard")
     if not isinstance(return_stats, bool):
