@@ -137,7 +137,7 @@ def test_where_sweeps_do_not_pay_it_steps_like_torchdiffeq_and_says_so():
 
 def test_times_that_require_grad_are_refused_not_silently_ignored():
     t = torch.linspace(0, 1, 3, requires_grad=True)
-    with pytest.raises(ValueError, match="t requires grad.*t.detach"):
+    with pytest.raises(ValueError, match=r"t requires grad.*t\.detach"):
         picard.odeint(lambda t, y: -y, torch.ones(2), t)
     with torch.no_grad():
         assert picard.odeint(lambda t, y: -y, torch.ones(2), t).shape == (3, 2)
