@@ -51,8 +51,8 @@ def test_every_step_of_the_answer_passes_the_error_test():
     grids = []
     real = picard.ode.adaptive.regrid
 
-    def spy(grid, index, ratios, order):
-        new = real(grid, index, ratios, order)
+    def spy(grid, index, ratios, order, **kw):
+        new = real(grid, index, ratios, order, **kw)
         grids.append(new[0])
         return new
 
@@ -135,9 +135,87 @@ def test_where_sweeps_do_not_pay_it_steps_like_torchdiffeq_and_says_so():
         picard.odeint(f, y0, t, on_nonfinite="raise", max_iters=10_000)
 
 
-def test_times_that_require_grad_are_refused_not_silently_ignored():
-    t = torch.linspace(0, 1, 3, requires_grad=True)
-    with pytest.raises(ValueError, match=r"t requires grad.*t\.detach"):
-        picard.odeint(lambda t, y: -y, torch.ones(2), t)
-    with torch.no_grad():
-        assert picard.odeint(lambda t, y: -y, torch.ones(2), t).shape == (3, 2)
+@pytest.mark.parametrize("method", [None, "rk4"])
+def test_gradients_with_respect_to_the_times(method):
+    """y = y0 e^{-k (t - t0)}: dL/dt_k = <dL/dy_k, f(t_k, y_k)>, dL/dt0 = -<dL/dy0, f(t0, y0)>."""
+    t = torch.tensor([0.2, 0.7, 1.0], dtype=F64, requires_grad=True)
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    kw = {} if method is None else {"method": method, "step_size": 0.001, "tol": 0}
+    ys = picard.odeint(lambda s, y: -0.5 * y, y0, t, **kw)
+    ys[1:].sum().backward()
+    decay = torch.exp(-0.5 * (t.detach() - 0.2))
+    expected = torch.stack([0.5 * 3 * decay[1:].sum(), -0.5 * 3 * decay[1], -0.5 * 3 * decay[2]])
+    torch.testing.assert_close(t.grad, expected, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(y0.grad, decay[1:].sum().expand(2), rtol=1e-6, atol=0)
+
+
+def test_torchdiffeqs_adaptive_options():
+    def f(t, y):
+        return -y * (1 + torch.sin(3 * t))
+
+    y0, t = torch.tensor([1.0, 2.0], dtype=F64), torch.linspace(0, 2, 5, dtype=F64)
+    ref = torchdiffeq.odeint(f, y0, t, rtol=1e-12, atol=1e-14)
+    base = picard.odeint(f, y0, t, return_stats=True)[1].num_steps
+    cases = [
+        {"max_step": 0.01},
+        {"first_step": 1e-3},
+        {"norm": lambda x: x.abs().max()},
+        {"jump_t": torch.tensor([0.3, 1.7])},
+        {"step_t": [0.3]},
+        {"dtype": F64},
+    ]
+    for options in cases:
+        ys, stats = picard.odeint(f, y0, t, options=options, return_stats=True)
+        assert (ys - ref).abs().max() < 1e-7, options
+        if "max_step" in options:
+            assert stats.num_steps >= 200 > base
+    with pytest.raises(ValueError, match="max_num_steps exceeded"):
+        picard.odeint(f, y0, t, options={"max_num_steps": 3})
+    with pytest.raises(ValueError, match=r"options\['norm'\] is an adaptive solver's option"):
+        picard.odeint(f, y0, t, method="euler", options={"norm": lambda x: x})
+    with pytest.raises(TypeError, match=r"options\['norm'\] must be callable"):
+        picard.odeint(f, y0, t, options={"norm": 2})
+
+
+def test_one_time_point_returns_the_initial_state_as_torchdiffeq_does():
+    y0 = torch.tensor([1.0, 2.0])
+    for method in (None, "euler", "rk4"):
+        ys, stats = picard.odeint(lambda t, y: -y, y0, torch.zeros(1), method=method,
+                                  return_stats=True)  # fmt: skip
+        torch.testing.assert_close(ys, torchdiffeq.odeint(lambda t, y: -y, y0, torch.zeros(1)))
+        assert stats.iterations == 0
+    with pytest.raises(ValueError, match="method must be one of"):
+        picard.odeint(lambda t, y: -y, y0, torch.zeros(1), method="rk45")
+
+
+class _Counted(torch.nn.Module):
+    def __init__(self, rejects: bool = True):
+        super().__init__()
+        self.calls = {"step": 0, "accept": 0, "reject": 0}
+        if not rejects:
+            self.callback_accept_step = self.callback_reject_step = None
+
+    def forward(self, t, y):
+        return -y * torch.cos(5 * t)
+
+    def callback_step(self, t0, y0, dt):
+        self.calls["step"] += 1
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.calls["accept"] += 1
+
+    def callback_reject_step(self, t0, y0, dt):
+        self.calls["reject"] += 1
+
+
+def test_torchdiffeqs_step_callbacks():
+    f = _Counted()
+    _, stats = picard.odeint(f, torch.ones(2), torch.tensor([0.0, 2.0]), return_stats=True)
+    assert f.calls["accept"] == stats.num_steps > 0
+    assert f.calls["step"] == f.calls["accept"] + f.calls["reject"]
+    g = _Counted(rejects=False)
+    picard.odeint(g, torch.ones(2), torch.tensor([0.0, 1.0]), method="rk4",
+                  options={"step_size": 0.1})  # fmt: skip
+    assert g.calls["step"] == 10  # as torchdiffeq: one per step
+    with pytest.warns(UserWarning, match="fixed-grid method neither accepts nor rejects"):
+        picard.odeint(_Counted(), torch.ones(2), torch.tensor([0.0, 1.0]), method="euler")

@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from picard.checks import check_nonneg
 from picard.core.options import Options
 from picard.errors import ConvergenceError, NonFiniteError
+from picard.ode.callbacks import Callbacks
 from picard.ode.grids import interpolate, refine_grid
-from picard.ode.integrate import ODEProblem, combine
+from picard.ode.integrate import STEP_OPTIONS, ODEProblem, combine
 from picard.ode.tableaus import Tableau
 from picard.problem import call_batched, working_dtype
 from picard.solution import Solution, Stats, summed
@@ -35,10 +39,13 @@ from picard.solver import solve_with
 
 __all__ = [
     "MAX_ROUNDS",
+    "STEP_OPTIONS",
+    "StepOptions",
     "error_ratios",
     "initial_step",
     "regrid",
     "solve_adaptive",
+    "step_options",
     "stepped",
 ]
 
@@ -76,6 +83,67 @@ MIN_BUDGET = 16
 
 CHUNK = 1024
 """Steps per batched call when estimating the errors."""
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """torchdiffeq's ``options`` for its adaptive solvers, as picard reads them.
+
+    Attributes:
+        first_step: the first step's size (``None``: Hairer's choice).
+        max_step: the longest step allowed.
+        points: times every grid must contain (``step_t`` and ``jump_t``: steps end there).
+        norm: ``norm(tensor) -> scalar`` for the error test (``None``: RMS).
+        max_num_steps: the most steps a grid may have.
+
+    Example:
+        >>> step_options({"max_step": 0.1, "jump_t": torch.tensor([0.5])}).points
+        (0.5,)
+    """
+
+    first_step: float | None = None
+    max_step: float = math.inf
+    points: tuple[float, ...] = ()
+    norm: Callable[[Tensor], Any] | None = None
+    max_num_steps: int = 2**31 - 1
+
+
+def step_options(options: Mapping[str, Any]) -> StepOptions:
+    """:class:`StepOptions` from torchdiffeq's ``options`` (other keys are not read here).
+
+    Args:
+        options: the ``options`` mapping.
+
+    Returns:
+        The checked options.
+
+    Raises:
+        ValueError, TypeError: a bad value (the message names the key).
+
+    Example:
+        >>> o = step_options({"first_step": 0.01, "step_t": [0.5, 0.25]})
+        >>> o.first_step, o.points, o.max_step
+        (0.01, (0.25, 0.5), inf)
+    """
+    first = options.get("first_step")
+    if first is not None:
+        first = check_nonneg("options['first_step']", float(first), positive=True)
+    top = options.get("max_step")
+    if top is not None:
+        top = check_nonneg("options['max_step']", float(top), positive=True)
+    points: list[float] = []
+    for key in ("step_t", "jump_t"):
+        value = options.get(key)
+        if value is not None:
+            points += torch.as_tensor(value).detach().double().reshape(-1).tolist()
+    norm = options.get("norm")
+    if norm is not None and not callable(norm):
+        raise TypeError(f"options['norm'] must be callable, got {type(norm).__name__}")
+    most = int(options.get("max_num_steps", 2**31 - 1))
+    if most < 1:
+        raise ValueError(f"options['max_num_steps'] must be >= 1, got {most}")
+    top = math.inf if top is None else top
+    return StepOptions(first, top, tuple(sorted(set(points))), norm, most)
 
 
 def initial_step(
@@ -120,7 +188,13 @@ def initial_step(
     return min(100 * h0, h1)
 
 
-def error_ratios(problem: ODEProblem, ys: Tensor, rtol: float, atol: float) -> np.ndarray:
+def error_ratios(
+    problem: ODEProblem,
+    ys: Tensor,
+    rtol: float,
+    atol: float,
+    norm: Callable[[Tensor], Any] | None = None,
+) -> np.ndarray:
     """Each step's error estimate against torchdiffeq's test (pass: at most 1).
 
     One batched round: every step's stages from its solved start ``ys[i]`` (and, for a
@@ -131,6 +205,7 @@ def error_ratios(problem: ODEProblem, ys: Tensor, rtol: float, atol: float) -> n
         ys: the solved states on the grid, ``(N + 1, *shape)``, in the working dtype.
         rtol: the relative tolerance.
         atol: the absolute tolerance.
+        norm: the norm of the scaled error, ``norm(tensor) -> scalar`` (``None``: RMS).
 
     Returns:
         ``(N,)``: ``RMS(h Σ e_s k_s / (atol + rtol max(|y_i|, |y_{i+1}|)))`` per step.
@@ -156,8 +231,12 @@ def error_ratios(problem: ODEProblem, ys: Tensor, rtol: float, atol: float) -> n
                 ks.append(_end_slopes(problem, ys, lo, hi))
             err = combine(ks, weights)
             bound = atol + rtol * torch.maximum(ys[lo:hi].abs(), ys[lo + 1 : hi + 1].abs())
-            ratio = (h * err / bound).pow(2).reshape(hi - lo, -1).mean(1).sqrt()
-            out[lo:hi] = ratio.double().cpu().numpy()
+            scaled = h * err / bound
+            if norm is None:
+                ratio = scaled.pow(2).reshape(hi - lo, -1).mean(1).sqrt()
+                out[lo:hi] = ratio.double().cpu().numpy()
+            else:
+                out[lo:hi] = [float(norm(row)) for row in scaled]
     return out
 
 
@@ -167,7 +246,12 @@ def _end_slopes(problem: ODEProblem, ys: Tensor, lo: int, hi: int) -> Tensor:
 
 
 def regrid(
-    grid: Tensor, index: list[int], ratios: np.ndarray, order: int, merge: bool = True
+    grid: Tensor,
+    index: list[int],
+    ratios: np.ndarray,
+    order: int,
+    merge: bool = True,
+    max_step: float = math.inf,
 ) -> tuple[Tensor, list[int]]:
     """The next grid: failing steps split, runs of steps far below the test merged.
 
@@ -179,11 +263,13 @@ def regrid(
 
     Args:
         grid: the grid (1-D, monotone).
-        index: the positions of the output times in it.
+        index: the positions of the times the grid must keep (the output times, and
+            ``step_t``/``jump_t``); no step is merged across them.
         ratios: each step's error ratio (:func:`error_ratios`).
         order: the method's order.
         merge: merge runs of passing steps; else split, besides the failing steps, those
             above :data:`SPLIT_MARGIN` (the next solve moves them a little too).
+        max_step: no merged step is longer.
 
     Returns:
         ``(grid, index)``: the new grid (the output times kept exactly) and their positions.
@@ -209,7 +295,8 @@ def regrid(
             points.append(g[i + 1])
             i += 1
         else:  # the longest run from i that every member allows
-            allowed, j = abs(g[i + 1] - g[i]) * factor[i] / MERGE_FACTOR, i + 1
+            allowed = min(max_step, abs(g[i + 1] - g[i]) * factor[i] / MERGE_FACTOR)
+            j = i + 1
             while j < n and j not in outputs and ratios[j] <= 1:
                 allowed = min(allowed, abs(g[j + 1] - g[j]) * factor[j] / MERGE_FACTOR)
                 if abs(g[j + 1] - g[i]) > allowed:
@@ -233,6 +320,8 @@ def solve_adaptive(
     batch_ndim: int,
     options: Options,
     step_on: bool = True,
+    steps: StepOptions = StepOptions(),
+    callbacks: Callbacks | None = None,
 ) -> tuple[Tensor, Stats]:
     """``odeint`` with an embedded pair: every step passes torchdiffeq's error test.
 
@@ -247,6 +336,9 @@ def solve_adaptive(
         step_on: where a round's sweeps meet NaN or Inf, solve by :func:`stepped`
             instead of raising. Likewise, unless ``options.max_iters`` is set, where a
             round needs more than one sweep per :data:`SWEEPS_PER_STEP` steps.
+        steps: torchdiffeq's adaptive options (:func:`step_options`).
+        callbacks: ``func``'s step callbacks: each round's failing steps are rejected,
+            the final grid's steps accepted.
 
     Returns:
         ``(ys, stats)``: the states at ``t`` and the statistics of every round (the
@@ -267,17 +359,27 @@ def solve_adaptive(
     rtol = 1e-7 if options.rtol is None else options.rtol
     atol = 1e-9 if options.atol is None else options.atol
     work = y0.to(working_dtype(y0.dtype))
-    with torch.no_grad():
-        h = initial_step(func, t[0], work.detach(), tableau.order, rtol, atol, y0.dtype)
+    if steps.first_step is not None:
+        h, rounds = steps.first_step, 0
+    else:
+        with torch.no_grad():
+            h = initial_step(func, t[0], work.detach(), tableau.order, rtol, atol, y0.dtype)
+        rounds = 2  # two sweeps: the initial step's calls
     span = float((t[-1] - t[0]).abs())
-    spacing = max(h * INITIAL_GROWTH, span / MAX_INITIAL_STEPS)
-    grid, index = refine_grid(t, spacing)
+    spacing = min(steps.max_step, max(h * INITIAL_GROWTH, span / MAX_INITIAL_STEPS))
+    nodes, outputs = _nodes(t, steps.points)
+    grid, index = refine_grid(nodes, spacing)
     parts: list[Stats] = []
     samples = math.prod(y0.shape[:batch_ndim])
-    rounds, estimated, prev = 2, 0, None  # two sweeps: the initial step
+    estimated, prev = 0, None
     settled = merged = False
     budgeted = options.max_iters is None
     for _ in range(MAX_ROUNDS):
+        if len(grid) - 1 > steps.max_num_steps:
+            raise ValueError(
+                f"odeint: max_num_steps exceeded: the grid needs {len(grid) - 1} steps, "
+                f"options['max_num_steps'] is {steps.max_num_steps}"
+            )
         problem = ODEProblem(func, grid, tableau, y0.dtype, batch_ndim)
         init = None if prev is None else interpolate(prev[0], prev[1], grid)
         loose = 1.0 if settled else LOOSE
@@ -291,17 +393,23 @@ def solve_adaptive(
                 raise
             spent = [*parts, e.stats] if getattr(e, "stats", None) is not None else parts
             return stepped(func, y0, t, tableau, rtol, atol, h, summed(spent) if spent else None,
-                           rounds)  # fmt: skip
+                           rounds, steps, callbacks)  # fmt: skip
         assert sol.ys is not None
         ys = sol.ys.detach().to(work.dtype)
-        ratios = error_ratios(problem, ys, rtol, atol)
+        ratios = error_ratios(problem, ys, rtol, atol, steps.norm)
         parts.append(sol.stats)
         rounds, estimated = rounds + 1, estimated + problem.num_steps * samples
         passed, prev = bool((ratios <= 1).all()), (grid, ys)
+        if callbacks is not None:
+            for i in np.flatnonzero(ratios > 1).tolist():
+                callbacks.steps(grid[i : i + 2], ys[i : i + 1], accepted=False)
         if passed and settled:
-            return sol.ys[index], _with_estimates(parts, rounds, estimated)
+            if callbacks is not None:
+                callbacks.steps(grid, ys)
+            at = [index[k] for k in outputs]
+            return sol.ys[at], _with_estimates(parts, rounds, estimated)
         if passed:  # coarsen once, where far below the test; else solve it at the tolerance
-            new, new_index = regrid(grid, index, ratios, tableau.order)
+            new, new_index = regrid(grid, index, ratios, tableau.order, max_step=steps.max_step)
             if (
                 merged
                 or _mergeable(ratios, tableau.order) < MERGE_FRACTION
@@ -332,6 +440,8 @@ def stepped(
     h: float,
     spent: Stats | None = None,
     rounds: int = 0,
+    steps: StepOptions = StepOptions(),
+    callbacks: Callbacks | None = None,
 ) -> tuple[Tensor, Stats]:
     """Torchdiffeq's own stepping, one step after another: where sweeps do not pay.
 
@@ -349,6 +459,8 @@ def stepped(
         h: the first step's size (positive).
         spent: the statistics of the sweeps run before (their cost is reported too).
         rounds: sweeps run besides them (the initial step, error estimates).
+        steps: torchdiffeq's adaptive options (:func:`step_options`).
+        callbacks: ``func``'s step callbacks, called as each step is tried.
 
     Returns:
         ``(ys, stats)``; ``stats.sequential_steps`` counts the steps tried here,
@@ -368,9 +480,15 @@ def stepped(
     y, out, tried, accepted = y0.to(work), [y0.to(work)], 0, 0
     sign = 1.0 if bool(t[-1] > t[0]) else -1.0
     now = float(t[0])
-    for target in t[1:].tolist():
+    nodes, outputs = _nodes(t, steps.points)
+    kept = set(outputs)
+    for k, target in enumerate(nodes.tolist()):
+        if k == 0:
+            continue
         while sign * (target - now) > 0:
-            step = min(h, sign * (target - now))
+            if tried >= steps.max_num_steps:
+                raise ValueError(f"odeint: max_num_steps ({steps.max_num_steps}) exceeded")
+            step = min(h, steps.max_step, sign * (target - now))
             last = step == sign * (target - now)
             hs = torch.tensor(sign * step, dtype=work, device=y.device)
             ks: list[Tensor] = []
@@ -387,8 +505,12 @@ def stepped(
                 ks.append(call_batched(func, "func", end, new[None], y0.dtype)[0])
             err = hs * combine(ks, weights)
             bound = atol + rtol * torch.maximum(y.abs(), new.abs())
-            ratio = float((err / bound).detach().pow(2).mean().sqrt())
+            scaled = (err / bound).detach()
+            ratio = float(scaled.pow(2).mean().sqrt() if steps.norm is None else steps.norm(scaled))
             tried += 1
+            if callbacks is not None:
+                span = torch.tensor([now, now + sign * step], dtype=t.dtype, device=t.device)
+                callbacks.steps(span, y[None], accepted=ratio <= 1)
             if ratio <= 1:
                 y, now, accepted = new, (target if last else now + sign * step), accepted + 1
             factor = (
@@ -397,7 +519,8 @@ def stepped(
                 else min(GROW, max(SHRINK, SAFETY * ratio ** (-1 / tableau.order)))
             )
             h = step * (min(1.0, factor) if ratio > 1 else factor)
-        out.append(y)
+        if k in kept:
+            out.append(y)
     ys_out = torch.stack(out).to(y0.dtype)
     base = spent if spent is not None else _empty_stats(len(t) - 1)
     stats = dataclasses.replace(
@@ -412,6 +535,21 @@ def stepped(
 def _empty_stats(n: int) -> Stats:
     return Stats(num_steps=n, window=1, tol=0.0, iterations=0, evaluations=0, stages=1,
                  window_starts=())  # fmt: skip
+
+
+def _nodes(t: Tensor, points: tuple[float, ...]) -> tuple[Tensor, list[int]]:
+    """``t`` with the ``points`` inside its span merged in, and where ``t``'s times are."""
+    lo, hi = sorted((float(t[0]), float(t[-1])))
+    extra = [p for p in points if lo < p < hi and p not in set(t.tolist())]
+    if not extra:
+        return t, list(range(len(t)))
+    forward = bool(t[-1] > t[0])
+    merged = sorted([*t.tolist(), *extra], reverse=not forward)
+    nodes = torch.tensor(merged, dtype=t.dtype, device=t.device)
+    where = {v: k for k, v in enumerate(merged)}
+    outputs = [where[v] for v in t.tolist()]
+    nodes[outputs] = t  # the output times exactly
+    return nodes, outputs
 
 
 def _mergeable(ratios: np.ndarray, order: int) -> float:

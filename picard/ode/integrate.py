@@ -24,18 +24,23 @@ from torch import Tensor
 from picard.checks import check_batch_dims, check_callable, check_grid, check_nonneg, check_state
 from picard.core.options import Options
 from picard.ode.batching import batched_form
+from picard.ode.callbacks import Callbacks
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.tableaus import METHODS, Tableau, tableau_for
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
 from picard.solution import Stats
 from picard.solver import solve_with
 
-__all__ = ["METHODS", "ODEProblem", "combine", "odeint", "odeint_adjoint"]
+__all__ = ["METHODS", "STEP_OPTIONS", "ODEProblem", "combine", "odeint", "odeint_adjoint"]
 
 DEFAULT_METHOD = "dopri5"
 """torchdiffeq's default method: Dormand–Prince 5(4), error-controlled."""
 
 TORCHDIFFEQ_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp")
+
+STEP_OPTIONS = ("first_step", "max_step", "step_t", "jump_t", "norm", "dtype", "max_num_steps")
+"""The keys of torchdiffeq's adaptive ``options`` that ``odeint`` reads (``dtype``, the time
+dtype of torchdiffeq's arithmetic, is accepted: picard's time arithmetic is float64)."""
 """The keys of torchdiffeq's fixed-grid ``options`` that ``odeint`` reads."""
 
 
@@ -268,22 +273,36 @@ def odeint(
         ys = y0[None].clone()
         return (ys, _no_steps()) if return_stats else ys
     t = check_grid(t, y0)
-    if t.requires_grad and torch.is_grad_enabled():
-        raise ValueError(
-            "t requires grad, but picard's odeint does not differentiate with respect to the "
-            "times yet (torchdiffeq does): pass t.detach(), or solve with torchdiffeq"
-        )
+    if t.requires_grad and torch.is_grad_enabled():  # gradients to the times too
+        from picard.ode.times import with_time_gradients
+
+        def again(y: Tensor, times: Tensor) -> Any:
+            return odeint(
+                func, y, times, rtol=rtol, atol=atol, method=method, options=options,
+                event_fn=event_fn, batched=batched, return_stats=return_stats,
+                step_size=step_size, batch_dims=batch_dims, **solve_options,
+            )  # fmt: skip
+
+        drift = batched_form(func, "func", batched, t.detach(), y0)
+        return with_time_gradients(again, drift, y0, t)
     if event_fn is not None:
         raise TypeError("event_fn (torchdiffeq's event handling) is not supported by picard")
     if not isinstance(return_stats, bool):
         raise TypeError(f"return_stats must be a bool, got {type(return_stats).__name__}")
-    grid, placement = _grid(func, y0, t, options, step_size)
     method = DEFAULT_METHOD if method is None else method
+    adaptive = {k: v for k, v in dict(options or {}).items() if k in STEP_OPTIONS}
+    fixed = {k: v for k, v in dict(options or {}).items() if k not in STEP_OPTIONS}
+    grid, placement = _grid(func, y0, t, fixed, step_size)
     tableau = tableau_for(method, fixed_steps=placement is not None)
+    if adaptive and (placement is not None or tableau.error is None):
+        raise ValueError(
+            f"options[{sorted(adaptive)[0]!r}] is an adaptive solver's option; method="
+            f"{method!r} runs at fixed steps here"
+        )
     opts = Options.of(rtol=rtol, atol=atol, **solve_options)
     batch_ndim = check_batch_dims(batch_dims, y0)
     if placement is None and tableau.error is not None:  # torchdiffeq's adaptive steps
-        from picard.ode.adaptive import solve_adaptive
+        from picard.ode.adaptive import solve_adaptive, step_options
 
         if opts.tol is not None or opts.init is not None:
             raise ValueError(
@@ -293,16 +312,24 @@ def odeint(
             )
         drift = batched_form(func, "func", batched, t, y0)
         step_on = "on_nonfinite" not in solve_options  # where the sweeps diverge
-        ys, stats = solve_adaptive(drift, y0, t, tableau, batch_ndim, opts, step_on=step_on)
+        ys, stats = solve_adaptive(
+            drift, y0, t, tableau, batch_ndim, opts, step_on=step_on,
+            steps=step_options(adaptive), callbacks=Callbacks(func, adaptive=True),
+        )  # fmt: skip
         return (ys, stats) if return_stats else ys
     if opts.init is not None and placement is not None:
         raise ValueError("init (a warm start on t) cannot be combined with step_size or a grid")
     drift = batched_form(func, "func", batched, grid, y0)
     problem = ODEProblem(drift, grid, tableau, y0.dtype, batch_ndim)
-    keep = True if placement is None or placement == "interpolate" else placement
-    sol = solve_with(problem, y0, opts, save=keep)
+    callbacks = Callbacks(func, adaptive=False)
+    every = placement is None or placement == "interpolate" or callbacks.any
+    sol = solve_with(problem, y0, opts, save=True if every else placement)
     assert sol.ys is not None
-    ys = interpolate(grid, sol.ys, t) if placement == "interpolate" else sol.ys
+    callbacks.steps(grid, sol.ys)
+    if placement == "interpolate":
+        ys = interpolate(grid, sol.ys, t)
+    else:
+        ys = sol.ys[placement] if every and placement is not None else sol.ys
     return (ys, sol.stats) if return_stats else ys
 
 
@@ -323,7 +350,8 @@ def _grid(
     unknown = sorted(set(options) - set(TORCHDIFFEQ_OPTIONS))
     if unknown:
         raise ValueError(
-            f"options has unknown key {unknown[0]!r}; picard reads {TORCHDIFFEQ_OPTIONS}"
+            f"options has unknown key {unknown[0]!r}; picard reads {TORCHDIFFEQ_OPTIONS} and, "
+            f"for the adaptive methods, {STEP_OPTIONS}"
         )
     if options.get("perturb"):
         raise ValueError("options['perturb'] (torchdiffeq's perturbed times) is not supported")
