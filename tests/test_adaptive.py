@@ -219,3 +219,47 @@ def test_torchdiffeqs_step_callbacks():
     assert g.calls["step"] == 10  # as torchdiffeq: one per step
     with pytest.warns(UserWarning, match="fixed-grid method neither accepts nor rejects"):
         picard.odeint(_Counted(), torch.ones(2), torch.tensor([0.0, 1.0]), method="euler")
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_perturb_evaluates_just_inside_each_step(method):
+    seen = []
+
+    def f(t, y):
+        seen.extend(t.reshape(-1).tolist())
+        return torch.where(t.reshape(-1, *([1] * (y.ndim - 1))) < 0.5, -y, y)  # a jump at 0.5
+
+    y0, t = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    for perturb in (False, True):
+        seen.clear()
+        ys = picard.odeint(f, y0, t, method=method, options={"step_size": 0.5, "perturb": perturb},
+                           batched=True, tol=0)  # fmt: skip
+        expected = torchdiffeq.odeint(f, y0, t, method=method,
+                                      options={"step_size": 0.5, "perturb": perturb})  # fmt: skip
+        torch.testing.assert_close(ys, expected)
+        assert (0.5 in seen) != perturb and (0.0 in seen) != perturb
+    with pytest.raises(ValueError, match=r"perturb.*fixed-grid"):
+        picard.odeint(f, y0, t, options={"perturb": True})
+
+
+def test_tuple_states_as_torchdiffeq_takes_them():
+    net = torch.nn.Linear(3, 3).double()
+
+    def f(t, y):
+        a, b = y
+        return b, -a + 0.1 * net(b)
+
+    a0 = torch.tensor([1.0, 0.0, 0.5], dtype=F64, requires_grad=True)
+    y0, t = (a0, torch.tensor([0.0, 1.0, 0.0], dtype=F64)), torch.linspace(0, 2, 5, dtype=F64)
+    ours, ref = picard.odeint(f, y0, t), torchdiffeq.odeint(f, y0, t)
+    assert isinstance(ours, tuple) and [o.shape for o in ours] == [(5, 3), (5, 3)]
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    got = torch.autograd.grad(ours[0][-1].sum(), [a0, net.weight])
+    expected = torch.autograd.grad(ref[0][-1].sum(), [a0, net.weight])
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(TypeError, match=r"y0\[1\] must be a floating"):
+        picard.odeint(f, (a0, torch.ones(3, dtype=torch.long)), t)
+    with pytest.raises(TypeError, match="func must return a tuple of 2 tensors"):
+        picard.odeint(lambda t, y: y[0], y0, t)

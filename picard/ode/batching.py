@@ -60,7 +60,7 @@ def _wrap(func: Func, make: Callable[[Func], Func]) -> Func:
         )
     else:
         batched = make(func)
-    batched.picard_model = func  # whose parameters gradients flow to
+    batched.picard_model = getattr(func, "picard_model", func)  # whose parameters get gradients
     return batched
 
 

@@ -90,6 +90,9 @@ class ODEProblem(Problem):
             :data:`~picard.ode.tableaus.ADAPTIVE` (run at this grid's steps), or a tableau.
         in_dtype: the dtype ``func`` receives ``y`` in (the user's ``y0.dtype``).
         batch_ndim: leading dimensions of ``y0`` that index independent samples.
+        perturb: torchdiffeq's ``options={"perturb": True}``: a stage at a step's start
+            is evaluated just after it, one at its end just before it (the adjacent
+            floats), so a ``func`` with a jump at a grid time sees the side it steps on.
 
     Example:
         >>> import torch, picard
@@ -105,6 +108,7 @@ class ODEProblem(Problem):
         method: str | Tableau,
         in_dtype: torch.dtype,
         batch_ndim: int = 0,
+        perturb: bool = False,
     ):
         self.func = func
         self.model = getattr(func, "picard_model", func)  # the user's callable, for parameters
@@ -115,7 +119,7 @@ class ODEProblem(Problem):
         self.in_dtype = in_dtype
         self.t = t
         self._dt = t[1:] - t[:-1]
-        self._stage_t = [t[:-1] + c * self._dt if c else t[:-1] for c in self.tableau.c]
+        self._stage_t = [_stage_times(t, c, perturb) for c in self.tableau.c]
 
     def init(self, x0: Tensor) -> _ODEState:
         """The step sizes in the working dtype, shaped to broadcast against a window."""
@@ -208,7 +212,8 @@ def odeint(
     Args:
         func: the drift ``func(t, y)``, for one time and a state of ``y0``'s shape (as for
             torchdiffeq) or for a batch of rows (``t: (M,)``, ``y: (M, *y0.shape)``).
-        y0: initial state, any shape, real floating dtype.
+        y0: initial state, any shape, real floating dtype; or a tuple of them (as for
+            torchdiffeq: ``func`` then takes and returns tuples, and so does the result).
         t: 1-D strictly increasing or decreasing output times on ``y0``'s device.
 
     Other Arguments:
@@ -227,7 +232,9 @@ def odeint(
             torchdiffeq's).
         options: torchdiffeq's fixed-grid options: ``step_size`` (grid ``t[0] + k h``,
             interpolated onto ``t``), ``grid_constructor`` (``f(func, y0, t)`` → grid),
-            ``interp="linear"``; ``perturb`` is not supported. Unknown keys raise.
+            ``interp="linear"``, ``perturb`` (stages at a step's ends evaluated just
+            inside it); the adaptive methods' ``first_step``, ``max_step``, ``step_t``,
+            ``jump_t``, ``norm``, ``max_num_steps``, ``dtype``. Unknown keys raise.
         event_fn: not supported (a ``TypeError`` says so).
         batched: how ``func`` takes rows (:func:`picard.ode.batching.batched_form`):
             ``"auto"`` checks once that a batch of rows equals the rows one by one and
@@ -263,6 +270,20 @@ def odeint(
         0.366
     """
     func = check_callable("func", func)
+    if isinstance(y0, (tuple, list)):  # torchdiffeq's tuple states: one flat state
+        from picard.ode.tuples import flat_state
+
+        if batch_dims:
+            raise ValueError("batch_dims does not combine with a tuple y0")
+        flat, y = flat_state(y0)
+        out = odeint(
+            flat.func(func), y, t, rtol=rtol, atol=atol, method=method, options=options,
+            event_fn=event_fn, batched=batched, return_stats=return_stats,
+            step_size=step_size, **solve_options,
+        )  # fmt: skip
+        ys, stats = out if return_stats else (out, None)
+        parts = flat.split(ys)
+        return (parts, stats) if return_stats else parts
     y0 = check_state("y0", y0)
     if isinstance(t, Tensor) and t.ndim == 1 and t.shape[0] <= 1:  # torchdiffeq: no steps
         if t.shape[0] == 0:
@@ -301,7 +322,10 @@ def odeint(
         )
     opts = Options.of(rtol=rtol, atol=atol, **solve_options)
     batch_ndim = check_batch_dims(batch_dims, y0)
+    perturb = bool(fixed.get("perturb", False))
     if placement is None and tableau.error is not None:  # torchdiffeq's adaptive steps
+        if perturb:
+            raise ValueError("options['perturb'] applies to fixed-grid methods (or a step size)")
         from picard.ode.adaptive import solve_adaptive, step_options
 
         if opts.tol is not None or opts.init is not None:
@@ -319,8 +343,9 @@ def odeint(
         return (ys, stats) if return_stats else ys
     if opts.init is not None and placement is not None:
         raise ValueError("init (a warm start on t) cannot be combined with step_size or a grid")
-    drift = batched_form(func, "func", batched, grid, y0)
-    problem = ODEProblem(drift, grid, tableau, y0.dtype, batch_ndim)
+    probe = _stage_times(grid, 0.0, perturb) if perturb else grid  # never an exact node
+    drift = batched_form(func, "func", batched, probe, y0)
+    problem = ODEProblem(drift, grid, tableau, y0.dtype, batch_ndim, perturb=perturb)
     callbacks = Callbacks(func, adaptive=False)
     every = placement is None or placement == "interpolate" or callbacks.any
     sol = solve_with(problem, y0, opts, save=True if every else placement)
@@ -331,6 +356,15 @@ def odeint(
     else:
         ys = sol.ys[placement] if every and placement is not None else sol.ys
     return (ys, sol.stats) if return_stats else ys
+
+
+def _stage_times(t: Tensor, c: float, perturb: bool) -> Tensor:
+    """The times of a stage at node ``c`` of every step of the grid ``t``."""
+    if c == 0:
+        return torch.nextafter(t[:-1], t[1:]) if perturb else t[:-1]
+    if c == 1 and perturb:
+        return torch.nextafter(t[1:], t[:-1])
+    return t[:-1] + c * (t[1:] - t[:-1])
 
 
 def _no_steps() -> Stats:
@@ -353,8 +387,6 @@ def _grid(
             f"options has unknown key {unknown[0]!r}; picard reads {TORCHDIFFEQ_OPTIONS} and, "
             f"for the adaptive methods, {STEP_OPTIONS}"
         )
-    if options.get("perturb"):
-        raise ValueError("options['perturb'] (torchdiffeq's perturbed times) is not supported")
     if options.get("interp", "linear") != "linear":
         raise ValueError(f"options['interp'] must be 'linear', got {options['interp']!r}")
     given = [k for k in ("step_size", "grid_constructor") if options.get(k) is not None]
