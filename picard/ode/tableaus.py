@@ -226,7 +226,31 @@ ADAPTIVE: dict[str, Tableau] = {
             (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60),
         ),
     ),
-    "dopri8": Tableau(c=_DOPRI8_C, a=_DOPRI8_A, b=_DOPRI8_B, order=8),
+    # Prince & Dormand (1981), RK8(7)13M: the error is against its 7th-order weights.
+    "dopri8": Tableau(
+        c=_DOPRI8_C,
+        a=_DOPRI8_A,
+        b=_DOPRI8_B,
+        order=8,
+        error=_less(
+            _DOPRI8_B,
+            (
+                13451932 / 455176623,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                -808719846 / 976000145,
+                1757004468 / 5645159321,
+                656045339 / 265891186,
+                -3867574721 / 1518517206,
+                465885868 / 322736535,
+                53011238 / 667516719,
+                2 / 45,
+                0.0,
+            ),
+        ),
+    ),
     # Bogacki & Shampine (1989): the 3rd-order solution (the FSAL 4th stage weighs 0).
     "bosh3": Tableau(
         c=(0.0, 1 / 2, 3 / 4),
@@ -260,26 +284,23 @@ def tableau_for(method: object, fixed_steps: bool) -> Tableau:
     Args:
         method: a name of :data:`METHODS` (``"heun"`` means ``"heun2"``) or of
             :data:`ADAPTIVE`.
-        fixed_steps: whether a step size is given (``dopri8``, whose error estimate picard
-            does not have yet, needs one; the other embedded pairs run adaptively
-            without one).
+        fixed_steps: whether a step size is given (an embedded pair without one runs
+            adaptively).
 
     Returns:
         The tableau.
 
     Raises:
         TypeError: ``method`` is not a string.
-        ValueError: an unknown method, or ``dopri8`` without a step size.
+        ValueError: an unknown method.
 
     Example:
         >>> tableau_for("rk4", fixed_steps=False).stages
         4
         >>> tableau_for("dopri5", fixed_steps=False).error is not None  # error-controlled
         True
-        >>> tableau_for("dopri8", fixed_steps=False)
-        Traceback (most recent call last):
-            ...
-        ValueError: method='dopri8' is adaptive in torchdiffeq; picard runs it at fixed steps: ...
+        >>> tableau_for("dopri8", fixed_steps=False).order
+        8
     """
     if not isinstance(method, str):
         raise TypeError(f"method must be a str, got {type(method).__name__}")

@@ -41,7 +41,7 @@ class Flat:
         """A ``(*lead, total)`` tensor as the parts, each ``(*lead, *shape)``."""
         lead = y.shape[:-1]
         pieces = torch.split(y, self.sizes, dim=-1)
-        return tuple(p.reshape(*lead, *s) for p, s in zip(pieces, self.shapes, strict=True))
+        return tuple(p.reshape((*lead, *s)) for p, s in zip(pieces, self.shapes, strict=True))
 
     def func(self, func: Callable[[Tensor, Any], Any]) -> Callable[[Tensor, Tensor], Tensor]:
         """``func`` on tuples as a function of the flat state (its parameters kept)."""
