@@ -135,7 +135,8 @@ def solve_with(
         return solver.forward(saved)
     if on_step is not None:
         raise ValueError("a per-step callback does not combine with gradients")
-    return differentiable(solver, solver.forward(list(range(n + 1))), saved, params)
+    zeros = options.adjoint_params is not None  # each given tensor gets a gradient
+    return differentiable(solver, solver.forward(list(range(n + 1))), saved, params, zeros)
 
 
 def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = False) -> Solution:

@@ -262,3 +262,25 @@ def test_tuple_states_as_torchdiffeq_takes_them():
         picard.odeint(f, (a0, torch.ones(3, dtype=torch.long)), t)
     with pytest.raises(TypeError, match="func must return a tuple of 2 tensors"):
         picard.odeint(lambda t, y: y[0], y0, t)
+
+
+def test_odeint_adjoint_as_torchdiffeqs_adjoint_gives_its_parameters_gradients():
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=F64))
+            self.unused = torch.nn.Linear(2, 2).double()
+
+        def forward(self, t, y):
+            return (y**3) @ self.a
+
+    f, y0 = Field(), torch.tensor([[2.0, 0.0]], dtype=F64, requires_grad=True)
+    t = torch.linspace(0, 1, 5, dtype=F64)
+    ys = picard.odeint_adjoint(f, y0, t, adjoint_options={"norm": "seminorm"})
+    ys.sum().backward()
+    assert torch.equal(f.unused.weight.grad, torch.zeros_like(f.unused.weight))  # not None
+    reference = Field()
+    expected = torch.autograd.grad(torchdiffeq.odeint(reference, y0, t).sum(), reference.a)[0]
+    torch.testing.assert_close(f.a.grad, expected, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="adjoint_method must match"):
+        picard.odeint_adjoint(f, y0, t, adjoint_method="euler")

@@ -123,9 +123,10 @@ class _Job:
         keep: Sequence[int] | None,
         params: list[Tensor],
         solve_adjoint: Callable[[Problem, Tensor, int], Solution],
+        zeros: bool = False,
     ):
         self.problem, self.sol, self.state, self.keep = problem, sol, state, keep
-        self.params, self.solve_adjoint = params, solve_adjoint
+        self.params, self.solve_adjoint, self.zeros = params, solve_adjoint, zeros
         assert sol.ys is not None  # every state was saved
         self.states = sol.ys
 
@@ -172,7 +173,8 @@ class _Job:
                 for t, g in zip(total, grads, strict=True)
             ]
         return [
-            None if t is None else t.to(p.dtype) for t, p in zip(total, self.params, strict=True)
+            (torch.zeros_like(p) if self.zeros else None) if t is None else t.to(p.dtype)
+            for t, p in zip(total, self.params, strict=True)
         ]
 
 
@@ -195,7 +197,11 @@ class Adjoints(Protocol):
 
 
 def differentiable(
-    solver: Adjoints, sol: Solution, keep: Sequence[int] | None, params: Iterable[Tensor]
+    solver: Adjoints,
+    sol: Solution,
+    keep: Sequence[int] | None,
+    params: Iterable[Tensor],
+    zeros: bool = False,
 ) -> Solution:
     """``sol`` (a forward solve that kept every state) with gradients to ``x0`` and ``params``.
 
@@ -205,6 +211,8 @@ def differentiable(
         sol: the forward solution, every state kept (working dtype).
         keep: the state indices the caller asked for (``None``: only the final state).
         params: the parameters gradients flow to.
+        zeros: give a parameter the solve does not use a zero gradient (as torchdiffeq's
+            adjoint gives its ``adjoint_params``), not ``None`` (as autograd).
 
     Returns:
         The solution the caller asked for; ``final`` and ``ys`` are differentiable and
@@ -219,7 +227,7 @@ def differentiable(
         (tensor([0.7290]), 1)
     """
     params = list(params)
-    job = _Job(solver.problem, sol, solver.noise, keep, params, solver.adjoint)
+    job = _Job(solver.problem, sol, solver.noise, keep, params, solver.adjoint, zeros)
     final, kept = _Solve.apply(job, solver.x0, *params)
     return Solution(final=final, ys=None if keep is None else kept, steps=keep, stats=sol.stats)
 

@@ -445,7 +445,9 @@ def odeint_adjoint(
             runs at the forward's tolerance).
         adjoint_atol: as ``adjoint_rtol``, for ``atol``.
         adjoint_method: ``None`` or ``method`` (the backward follows the forward's grid).
-        adjoint_options: ``None`` or ``options``.
+        adjoint_options: ``None``, ``options``, or only a ``norm`` (e.g. torchdiffeq's
+            ``{"norm": "seminorm"}``): picard's backward has no error test of its own, so
+            a norm for it changes nothing.
         adjoint_params: the tensors gradients flow to besides ``y0``.
         **kwargs: further arguments of :func:`odeint`.
 
@@ -465,12 +467,18 @@ def odeint_adjoint(
         ("adjoint_rtol", adjoint_rtol, rtol), ("adjoint_atol", adjoint_atol, atol),
         ("adjoint_method", adjoint_method, method), ("adjoint_options", adjoint_options, options),
     ):  # fmt: skip
+        if name == "adjoint_options" and value is not None and set(value) <= {"norm"}:
+            continue  # the backward has no error test of its own for a norm to act on
         if value is not None and value != same:
             raise ValueError(
                 f"{name} must match the forward's: picard's backward pass solves the adjoint "
                 "recursion of the forward's own steps"
             )
-    params = None if adjoint_params is None else tuple(adjoint_params)
+    # torchdiffeq's adjoint gives every adjoint parameter (by default a module func's
+    # parameters) a gradient, zero where unused; a closure's are found by tracing
+    found = model_parameters(getattr(func, "picard_model", func))
+    given = adjoint_params if adjoint_params is not None else (found or None)
+    params = None if given is None else tuple(given)
     return odeint(
         func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn,
         adjoint_params=params, **kwargs,
