@@ -284,3 +284,25 @@ def test_odeint_adjoint_as_torchdiffeqs_adjoint_gives_its_parameters_gradients()
     torch.testing.assert_close(f.a.grad, expected, rtol=1e-5, atol=1e-8)
     with pytest.raises(ValueError, match="adjoint_method must match"):
         picard.odeint_adjoint(f, y0, t, adjoint_method="euler")
+
+
+def test_odeint_adjoint_gives_unused_parameters_zeros_when_it_steps_too():
+    """The long cubic horizon steps one step after another (autograd through the steps):
+    the unused parameters still get zeros, as torchdiffeq's adjoint gives them."""
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=F64))
+            self.unused = torch.nn.Linear(2, 5).double()
+
+        def forward(self, t, y):
+            return torch.mm(y**3, self.a)
+
+    f, y0 = Field(), torch.tensor([[2.0, 0.0]], dtype=F64, requires_grad=True)
+    ys, stats = picard.odeint_adjoint(f, y0, torch.linspace(0, 25, 10, dtype=F64),
+                                      return_stats=True)  # fmt: skip
+    ys.sum().backward()
+    assert stats.sequential_steps > 0
+    assert torch.equal(f.unused.weight.grad, torch.zeros_like(f.unused.weight))
+    assert f.a.grad is not None and bool(f.a.grad.abs().sum() > 0)

@@ -165,8 +165,10 @@ class _Job:
             hi = min(n, lo + size)
             with torch.enable_grad():
                 inc, _ = self.problem.increments(self.states[lo:hi], lo, self.state, None)
-                grads = torch.autograd.grad(
-                    inc, self.params, grad_outputs=mu[lo:hi], allow_unused=True
+                grads = (
+                    torch.autograd.grad(inc, self.params, grad_outputs=mu[lo:hi], allow_unused=True)
+                    if inc.requires_grad
+                    else (None,) * len(self.params)  # no parameter is used
                 )
             total = [
                 g if t is None else (t if g is None else t + g)

@@ -479,7 +479,33 @@ def odeint_adjoint(
     found = model_parameters(getattr(func, "picard_model", func))
     given = adjoint_params if adjoint_params is not None else (found or None)
     params = None if given is None else tuple(given)
-    return odeint(
+    out = odeint(
         func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn,
         adjoint_params=params, **kwargs,
     )  # fmt: skip
+    wanted = [p for p in params or () if p.requires_grad]
+    if not wanted or not torch.is_grad_enabled():
+        return out
+    return_stats = bool(kwargs.get("return_stats", False))
+    ys, rest = (out[0], out[1:]) if return_stats else (out, ())
+    if isinstance(ys, tuple):
+        ys = tuple(_EveryParameter.apply(y, *wanted) for y in ys)
+    else:
+        ys = _EveryParameter.apply(ys, *wanted)
+    return (ys, *rest) if return_stats else ys
+
+
+class _EveryParameter(torch.autograd.Function):
+    """``ys`` unchanged; every parameter gets a gradient, zero where the solve does not use it.
+
+    torchdiffeq's adjoint gives its ``adjoint_params`` one each; autograd would give none.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, ys: Tensor, *params: Tensor) -> Tensor:
+        ctx.shapes = [(p.shape, p.dtype, p.device) for p in params]
+        return ys.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Any:
+        return (grad, *(torch.zeros(s, dtype=d, device=v) for s, d, v in ctx.shapes))
