@@ -306,3 +306,20 @@ def test_odeint_adjoint_gives_unused_parameters_zeros_when_it_steps_too():
     assert stats.sequential_steps > 0
     assert torch.equal(f.unused.weight.grad, torch.zeros_like(f.unused.weight))
     assert f.a.grad is not None and bool(f.a.grad.abs().sum() > 0)
+
+
+def test_a_norm_sees_a_tuple_state_as_a_tuple_and_callable_adjoint_norms_are_refused():
+    seen = []
+
+    def norm(state):
+        seen.append(type(state))
+        (s,) = state
+        return s.pow(2).mean().sqrt()
+
+    picard.odeint(lambda t, y: (-y[0],), (torch.tensor(1.0),), torch.tensor([0.0, 1.0]),
+                  options={"norm": norm})  # fmt: skip
+    assert seen and set(seen) == {tuple}
+    f = torch.nn.Linear(1, 1)
+    with pytest.raises(ValueError, match="adjoint_options must match"):
+        picard.odeint_adjoint(f, torch.ones(1), torch.tensor([0.0, 1.0]),
+                              adjoint_options={"norm": lambda x: x.abs().max()})  # fmt: skip

@@ -276,6 +276,9 @@ def odeint(
         if batch_dims:
             raise ValueError("batch_dims does not combine with a tuple y0")
         flat, y = flat_state(y0)
+        if options is not None and callable(options.get("norm")):  # torchdiffeq: on the tuple
+            norm = options["norm"]
+            options = {**options, "norm": lambda x: norm(flat.split(x))}
         out = odeint(
             flat.func(func), y, t, rtol=rtol, atol=atol, method=method, options=options,
             event_fn=event_fn, batched=batched, return_stats=return_stats,
@@ -445,9 +448,9 @@ def odeint_adjoint(
             runs at the forward's tolerance).
         adjoint_atol: as ``adjoint_rtol``, for ``atol``.
         adjoint_method: ``None`` or ``method`` (the backward follows the forward's grid).
-        adjoint_options: ``None``, ``options``, or only a ``norm`` (e.g. torchdiffeq's
+        adjoint_options: ``None``, ``options``, or only a named ``norm`` (torchdiffeq's
             ``{"norm": "seminorm"}``): picard's backward has no error test of its own, so
-            a norm for it changes nothing.
+            it changes nothing; a callable norm, which would never be called, raises.
         adjoint_params: the tensors gradients flow to besides ``y0``.
         **kwargs: further arguments of :func:`odeint`.
 
@@ -467,8 +470,13 @@ def odeint_adjoint(
         ("adjoint_rtol", adjoint_rtol, rtol), ("adjoint_atol", adjoint_atol, atol),
         ("adjoint_method", adjoint_method, method), ("adjoint_options", adjoint_options, options),
     ):  # fmt: skip
-        if name == "adjoint_options" and value is not None and set(value) <= {"norm"}:
-            continue  # the backward has no error test of its own for a norm to act on
+        if (
+            name == "adjoint_options"
+            and value is not None
+            and set(value) <= {"norm"}
+            and isinstance(value.get("norm"), str)
+        ):
+            continue  # the backward has no error test of its own for a named norm to act on
         if value is not None and value != same:
             raise ValueError(
                 f"{name} must match the forward's: picard's backward pass solves the adjoint "
