@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 from torch import Tensor
 
-__all__ = ["Solution", "Stats", "summed"]
+__all__ = ["Solution", "Stats", "no_steps", "summed"]
 
 
 @dataclass(frozen=True)
@@ -187,3 +187,17 @@ def summed(parts: Sequence[Stats]) -> Stats:
         changes=[c for s in parts for c in s.changes],
         lane_starts=None if any(ls is None for ls in lanes) else [a for ls in lanes for a in ls],
     )
+
+
+def no_steps() -> Stats:
+    """The statistics of a solve that took no step (nothing swept, nothing evaluated).
+
+    Returns:
+        :class:`Stats` with zero steps, sweeps and evaluations.
+
+    Example:
+        >>> no_steps().iterations, no_steps().num_steps
+        (0, 0)
+    """
+    return Stats(num_steps=0, window=0, tol=0.0, iterations=0, evaluations=0, stages=1,
+                 window_starts=())  # fmt: skip

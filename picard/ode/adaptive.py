@@ -34,7 +34,7 @@ from picard.ode.grids import interpolate, refine_grid
 from picard.ode.integrate import STEP_OPTIONS, ODEProblem, combine
 from picard.ode.tableaus import Tableau
 from picard.problem import call_batched, working_dtype
-from picard.solution import Solution, Stats, summed
+from picard.solution import Solution, Stats, no_steps, summed
 from picard.solver import solve_with
 
 __all__ = [
@@ -513,16 +513,11 @@ def stepped(
                 callbacks.steps(span, y[None], accepted=ratio <= 1)
             if ratio <= 1:
                 y, now, accepted = new, (target if last else now + sign * step), accepted + 1
-            factor = (
-                GROW
-                if ratio == 0
-                else min(GROW, max(SHRINK, SAFETY * ratio ** (-1 / tableau.order)))
-            )
-            h = step * (min(1.0, factor) if ratio > 1 else factor)
+            h = step * float(_factors(np.array([ratio]), tableau.order)[0])
         if k in kept:
             out.append(y)
     ys_out = torch.stack(out).to(y0.dtype)
-    base = spent if spent is not None else _empty_stats(len(t) - 1)
+    base = spent if spent is not None else no_steps()
     stats = dataclasses.replace(
         base,
         num_steps=accepted,
@@ -530,11 +525,6 @@ def stepped(
         sequential_steps=base.sequential_steps + tried,
     )
     return ys_out, stats
-
-
-def _empty_stats(n: int) -> Stats:
-    return Stats(num_steps=n, window=1, tol=0.0, iterations=0, evaluations=0, stages=1,
-                 window_starts=())  # fmt: skip
 
 
 def _nodes(t: Tensor, points: tuple[float, ...]) -> tuple[Tensor, list[int]]:

@@ -28,7 +28,7 @@ from picard.ode.callbacks import Callbacks
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.tableaus import METHODS, Tableau, tableau_for
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
-from picard.solution import Stats
+from picard.solution import no_steps
 from picard.solver import solve_with
 
 __all__ = ["METHODS", "STEP_OPTIONS", "ODEProblem", "combine", "odeint", "odeint_adjoint"]
@@ -295,7 +295,7 @@ def odeint(
             raise ValueError(f"t is on {t.device} but y0 is on {y0.device}; put both on one device")
         tableau_for(DEFAULT_METHOD if method is None else method, fixed_steps=True)
         ys = y0[None].clone()
-        return (ys, _no_steps()) if return_stats else ys
+        return (ys, no_steps()) if return_stats else ys
     t = check_grid(t, y0)
     if t.requires_grad and torch.is_grad_enabled():  # gradients to the times too
         from picard.ode.times import with_time_gradients
@@ -368,11 +368,6 @@ def _stage_times(t: Tensor, c: float, perturb: bool) -> Tensor:
     if c == 1 and perturb:
         return torch.nextafter(t[1:], t[:-1])
     return t[:-1] + c * (t[1:] - t[:-1])
-
-
-def _no_steps() -> Stats:
-    return Stats(num_steps=0, window=0, tol=0.0, iterations=0, evaluations=0, stages=1,
-                 window_starts=())  # fmt: skip
 
 
 def _grid(
