@@ -26,6 +26,7 @@ __all__ = [
     "Recursion",
     "Traits",
     "call_batched",
+    "extend_rows",
     "model_parameters",
     "working_dtype",
 ]
@@ -385,6 +386,21 @@ def call_batched(
             raise TypeError(f"{name} returned dtype {out.dtype}; expected a real floating dtype")
         out = out.to(y.dtype)
     return out
+
+
+def extend_rows(rows: Tensor, before: Tensor | None, k: int) -> Tensor:
+    """A window's per-step ``rows`` after the ``k`` remembered before it (zeros where fewer).
+
+    The ``history`` of :meth:`Problem.increments` and the window's own outputs as one
+    sequence: ``ext[k + j]`` is window row j, ``ext[k - d + j]`` the row d steps before it.
+
+    Example:
+        >>> extend_rows(torch.tensor([3.0, 4.0]), torch.tensor([2.0]), 2).tolist()
+        [0.0, 2.0, 3.0, 4.0]
+    """
+    before = rows[:0] if before is None else before.to(rows.dtype)
+    pad = rows.new_zeros((k - before.shape[0], *rows.shape[1:]))
+    return torch.cat([pad, before, rows])
 
 
 def per_sample_size(shape: torch.Size, batch_ndim: int) -> tuple[int, int]:

@@ -225,7 +225,7 @@ def odeint(
             torchdiffeq's default for the other, 1e-7 or 1e-9). Neither: ``tol``.
         atol: see ``rtol`` (default 1e-9).
         method: ``None`` (``"dopri5"``, torchdiffeq's default), an adaptive pair
-            (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"fehlberg2"``,
+            (``"dopri5"``, ``"dopri8"``, ``"tsit5"``, ``"bosh3"``, ``"fehlberg2"``,
             ``"adaptive_heun"``: steps controlled by ``rtol``/``atol``; at fixed steps with
             a step size), or a fixed-grid method: ``"euler"``, ``"midpoint"``,
             ``"heun2"`` (``"heun"``), ``"heun3"``, ``"rk4"`` (Kutta's 3/8 rule, as

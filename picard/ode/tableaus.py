@@ -200,6 +200,16 @@ _DOPRI8_B = (
 )
 
 
+_TSIT5_B = (
+    0.09646076681806522952,
+    0.01,
+    0.4798896504144995748,
+    1.379008574103741893,
+    -3.290069515436080680,
+    2.324710524099773982,
+)
+
+
 def _less(high: tuple[float, ...], low: tuple[float, ...]) -> tuple[float, ...]:
     """An embedded pair's error weights: the solution's weights less the embedded ones."""
     return tuple(h - lo for h, lo in zip(high, low, strict=True))
@@ -248,6 +258,45 @@ ADAPTIVE: dict[str, Tableau] = {
                 53011238 / 667516719,
                 2 / 45,
                 0.0,
+            ),
+        ),
+    ),
+    # Tsitouras (2011), 5(4): the 5th-order solution (its FSAL 7th stage weighs 0); the
+    # error is against the 4th-order weights. torchdiffeq steps with the 4th-order weights
+    # themselves; both pass the same error test, the 5th-order answer is the nearer.
+    "tsit5": Tableau(
+        c=(0.0, 0.161, 0.327, 0.9, 0.9800255409045096857, 1.0),
+        a=(
+            (),
+            (0.161,),
+            (-0.008480655492356988544, 0.3354806554923569885),
+            (2.897153057105493432, -6.359448489975074843, 4.362295432869581411),
+            (
+                5.325864828439256604,
+                -11.74888356406282788,
+                7.495539342889836208,
+                -0.09249506636175524926,
+            ),
+            (
+                5.861455442946420029,
+                -12.92096931784710929,
+                8.159367898576158643,
+                -0.07158497328140099722,
+                -0.02826905039406838291,
+            ),
+        ),
+        b=_TSIT5_B,
+        order=5,
+        error=_less(
+            (*_TSIT5_B, 0.0),
+            (
+                0.09468075576583945807,
+                0.009183565540343253097,
+                0.4877705284247615708,
+                1.234297566930478986,
+                -2.707712349983525455,
+                1.866628418170587036,
+                1 / 66,
             ),
         ),
     ),

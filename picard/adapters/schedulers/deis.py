@@ -45,7 +45,6 @@ from picard.adapters.schedulers.multistep import (
     check_first_timestep,
     check_order,
     check_vp,
-    extend_rows,
     lambda_of,
     posterior_tol_scale,
     sigma_schedule,
@@ -53,6 +52,7 @@ from picard.adapters.schedulers.multistep import (
     threshold_options,
     vp_signal,
 )
+from picard.problem import extend_rows
 
 __all__ = ["DEFAULTS", "DEISRule", "deis_grid", "from_config"]
 

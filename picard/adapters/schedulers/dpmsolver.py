@@ -51,7 +51,6 @@ from picard.adapters.schedulers.multistep import (
     check_order,
     check_variance,
     check_vp,
-    extend_rows,
     lambda_at,
     lambda_of,
     multistep_weights,
@@ -60,6 +59,7 @@ from picard.adapters.schedulers.multistep import (
     threshold_options,
     vp_signal,
 )
+from picard.problem import extend_rows
 
 __all__ = [
     "ALGORITHM_TYPES",

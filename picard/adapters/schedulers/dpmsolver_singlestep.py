@@ -63,7 +63,6 @@ from picard.adapters.schedulers.multistep import (
     check_solver_type,
     check_variance,
     check_vp,
-    extend_rows,
     lambda_of,
     posterior_tol_scale,
     second_order_d1,
@@ -73,6 +72,7 @@ from picard.adapters.schedulers.multistep import (
     threshold_options,
     vp_signal,
 )
+from picard.problem import extend_rows
 
 __all__ = [
     "ALGORITHM_TYPES",

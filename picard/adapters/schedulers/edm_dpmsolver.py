@@ -49,12 +49,12 @@ from picard.adapters.schedulers.multistep import (
     check_final,
     check_order,
     check_solver_type,
-    extend_rows,
     multistep_weights,
     solver_options,
     threshold_options,
 )
 from picard.adapters.schedulers.sigma_rules import ancestral_tol_scale
+from picard.problem import extend_rows
 
 __all__ = ["DEFAULTS", "EDMDPMSolverRule", "edm_grid", "from_config"]
 

@@ -23,6 +23,7 @@ from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
 from picard.adapters.schedulers.config import read_option
 from picard.adapters.schedulers.flow import flow_tol_scale
+from picard.problem import extend_rows
 
 __all__: list[str] = []
 
@@ -158,16 +159,6 @@ def posterior_tol_scale(sigmas: Tensor, flow: bool = False) -> np.ndarray:
         ab = 1 / (sigmas.double() ** 2 + 1)
         std = schedules.posterior_std(ab[1:-1], ab[2:]).numpy()
     return np.append(std, 0.0)
-
-
-def extend_rows(rows: Tensor, before: Tensor | None, k: int) -> Tensor:
-    """``rows`` after the k remembered before the window (zeros where there are fewer).
-
-    ``ext[k + j]`` is window row j, ``ext[k - d + j]`` the row d steps before it.
-    """
-    before = rows[:0] if before is None else before.to(rows.dtype)
-    pad = rows.new_zeros((k - before.shape[0], *rows.shape[1:]))
-    return torch.cat([pad, before, rows])
 
 
 def base_coefficients(
