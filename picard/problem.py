@@ -394,6 +394,14 @@ def extend_rows(rows: Tensor, before: Tensor | None, k: int) -> Tensor:
     The ``history`` of :meth:`Problem.increments` and the window's own outputs as one
     sequence: ``ext[k + j]`` is window row j, ``ext[k - d + j]`` the row d steps before it.
 
+    Args:
+        rows: the window's outputs, one per step on dim 0.
+        before: the outputs of up to ``k`` steps before the window (``None``: none).
+        k: how many earlier steps the sequence keeps room for.
+
+    Returns:
+        ``(k + len(rows), ...)``, zero-padded in front.
+
     Example:
         >>> extend_rows(torch.tensor([3.0, 4.0]), torch.tensor([2.0]), 2).tolist()
         [0.0, 2.0, 3.0, 4.0]

@@ -355,8 +355,8 @@ CASES = [
     (
         "odeint-event",
         lambda: picard.odeint(ok, Y0, T, event_fn=ok, method="euler"),
-        TypeError,
-        "event_fn",
+        ValueError,
+        r"event_fn with the fixed-grid method 'euler' needs options\['step_size'\]",
     ),
     (
         "odeint-window",
@@ -448,8 +448,18 @@ def test_drift_returning_nan_names_step_time_and_sweep():
         return torch.where((t > 0.55)[:, None], torch.full_like(y, float("nan")), -y)
 
     with pytest.raises(picard.NonFiniteError, match=r"step 6 \(t = 0.6\).* in sweep 1") as info:
-        picard.odeint(f, Y0, T, method="euler")
+        picard.odeint(f, Y0, T, method="euler", on_nonfinite="raise")
     assert info.value.step == 6
+
+
+def test_drift_returning_nan_fails_where_the_sequential_solver_does():
+    def f(t, y):
+        return torch.where((t > 0.55)[:, None], torch.full_like(y, float("nan")), -y)
+
+    # by default a fixed-grid odeint finishes diverging sweeps sequentially: the NaN is
+    # the function's own, so the sequential steps meet it at the same step
+    with pytest.raises(picard.NonFiniteError, match=r"step 6 \(t = 0.6\).*sequentially"):
+        picard.odeint(f, Y0, T, method="euler")
 
 
 def test_sde_diffusion_returning_inf():

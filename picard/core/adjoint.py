@@ -86,7 +86,9 @@ class AdjointProblem(Problem):
         with torch.enable_grad():
             rows = self.states[lo:hi].detach().requires_grad_(True)
             inc, _ = self.forward.increments(rows, lo, self.state, None)
-            (vjp,) = torch.autograd.grad(inc, rows, grad_outputs=mu, allow_unused=True)
+            vjp = None
+            if inc.requires_grad:  # else no step depends on its state (dy/dt = f(t))
+                (vjp,) = torch.autograd.grad(inc, rows, grad_outputs=mu, allow_unused=True)
         vjp = torch.zeros_like(mu) if vjp is None else vjp
         vjp = vjp[: j_hi - lo]
         if self.direct is not None:

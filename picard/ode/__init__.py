@@ -7,7 +7,8 @@ grids of :mod:`~picard.ode.grids`, evaluating the window's rows together or thro
 ``torch.func.vmap`` (:mod:`~picard.ode.batching`).
 """
 
+from picard.ode.events import odeint_event
 from picard.ode.integrate import GUESS_STEPS, METHODS, odeint, odeint_adjoint
 from picard.ode.stochastic import sdeint
 
-__all__ = ["GUESS_STEPS", "METHODS", "odeint", "odeint_adjoint", "sdeint"]
+__all__ = ["GUESS_STEPS", "METHODS", "odeint", "odeint_adjoint", "odeint_event", "sdeint"]

@@ -31,7 +31,8 @@ from picard.core.options import Options
 from picard.errors import ConvergenceError, NonFiniteError
 from picard.ode.callbacks import Callbacks
 from picard.ode.grids import interpolate, refine_grid
-from picard.ode.integrate import STEP_OPTIONS, ODEProblem, combine
+from picard.ode.integrate import STEP_OPTIONS
+from picard.ode.runge_kutta import ODEProblem, combine
 from picard.ode.tableaus import Tableau
 from picard.problem import call_batched, working_dtype
 from picard.solution import Solution, Stats, no_steps, summed

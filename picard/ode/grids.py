@@ -89,16 +89,19 @@ def constructed_grid(
     return grid.to(t.dtype)
 
 
-def interpolate(grid: Tensor, ys: Tensor, t: Tensor) -> Tensor:
+def interpolate(grid: Tensor, ys: Tensor, t: Tensor, slopes: Tensor | None = None) -> Tensor:
     """States at the times ``t`` from states ``ys`` on ``grid``, as torchdiffeq reads them.
 
     On a grid point, the state there; between two, the linear interpolation
-    ``y0 + (t - t0) / (t1 - t0) (y1 - y0)`` of the interval torchdiffeq stepped through.
+    ``y0 + (t - t0) / (t1 - t0) (y1 - y0)`` of the interval torchdiffeq stepped through,
+    or with ``slopes`` (torchdiffeq's ``interp="cubic"``) the cubic Hermite interpolant of
+    the two states and their slopes.
 
     Args:
         grid: the solved grid (1-D, monotone, from ``t[0]`` to ``t[-1]``).
         ys: the states on it, ``(len(grid), ...)``.
         t: the output times.
+        slopes: ``func(grid[k], ys[k])`` per grid point, for the cubic interpolant.
 
     Returns:
         ``(len(t), ...)``.
@@ -123,6 +126,17 @@ def interpolate(grid: Tensor, ys: Tensor, t: Tensor) -> Tensor:
         elif tj == t1:
             out.append(ys[k])
         else:
-            slope = (t[j] - grid[k - 1]) / (grid[k] - grid[k - 1])
-            out.append(ys[k - 1] + slope.to(ys.dtype) * (ys[k] - ys[k - 1]))
+            out.append(_between(grid, ys, slopes, k, t[j]))
     return torch.stack(out)
+
+
+def _between(grid: Tensor, ys: Tensor, slopes: Tensor | None, k: int, at: Tensor) -> Tensor:
+    """The state at ``at`` inside the interval ``grid[k - 1] … grid[k]``."""
+    dt = (grid[k] - grid[k - 1]).to(ys.dtype)
+    s = ((at - grid[k - 1]) / (grid[k] - grid[k - 1])).to(ys.dtype)
+    y0, y1 = ys[k - 1], ys[k]
+    if slopes is None:
+        return y0 + s * (y1 - y0)
+    h00, h10 = (1 + 2 * s) * (1 - s) ** 2, s * (1 - s) ** 2
+    h01, h11 = s * s * (3 - 2 * s), s * s * (s - 1)
+    return h00 * y0 + h10 * dt * slopes[k - 1] + h01 * y1 + h11 * dt * slopes[k]

@@ -14,174 +14,63 @@ parallel backward pass (:mod:`picard.core.adjoint`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from picard.checks import check_batch_dims, check_callable, check_grid, check_nonneg, check_state
+from picard.checks import (
+    check_batch_dims,
+    check_callable,
+    check_grid,
+    check_int,
+    check_nonneg,
+    check_state,
+)
 from picard.core.options import Options
+from picard.ode.adams import ADAMS, MAX_ORDER, AdamsProblem
 from picard.ode.batching import batched_form
 from picard.ode.callbacks import Callbacks
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
-from picard.ode.tableaus import METHODS, Tableau, tableau_for
-from picard.problem import Problem, call_batched, model_parameters, working_dtype
+from picard.ode.implicit import IMPLICIT, ImplicitODEProblem
+from picard.ode.runge_kutta import GUESS_STEPS, ODEProblem, combine, stage_times
+from picard.ode.scipy_solver import solve_scipy
+from picard.ode.tableaus import ADAPTIVE, METHODS, Tableau, tableau_for
+from picard.problem import Problem, call_batched, model_parameters
 from picard.solution import no_steps
 from picard.solver import solve_with
 
-__all__ = ["METHODS", "STEP_OPTIONS", "ODEProblem", "combine", "odeint", "odeint_adjoint"]
+__all__ = [
+    "GUESS_STEPS",
+    "METHODS",
+    "STEP_OPTIONS",
+    "ODEProblem",
+    "combine",
+    "odeint",
+    "odeint_adjoint",
+]
 
 DEFAULT_METHOD = "dopri5"
 """torchdiffeq's default method: Dormand–Prince 5(4), error-controlled."""
 
 TORCHDIFFEQ_OPTIONS = ("step_size", "grid_constructor", "perturb", "interp")
+"""The keys of torchdiffeq's fixed-grid ``options`` that ``odeint`` reads."""
+
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "rk": (),
+    "adams": ("max_order", "max_iters"),
+    "implicit": ("max_iters",),
+    "scipy": ("solver",),  # and scipy's own solve_ivp keywords, passed on
+}
+"""The ``options`` keys each family of methods reads besides the grid's (torchdiffeq's)."""
+
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-7, 1e-9
+"""torchdiffeq's default tolerances."""
 
 STEP_OPTIONS = ("first_step", "max_step", "step_t", "jump_t", "norm", "dtype", "max_num_steps")
 """The keys of torchdiffeq's adaptive ``options`` that ``odeint`` reads (``dtype``, the time
 dtype of torchdiffeq's arithmetic, is accepted: picard's time arithmetic is float64)."""
-"""The keys of torchdiffeq's fixed-grid ``options`` that ``odeint`` reads."""
-
-
-def combine(ks: list[Tensor], coeffs: tuple[float, ...]) -> Tensor | None:
-    """``Σ coeffs[j] * ks[j]`` over the non-zero coefficients (``None`` if all are zero).
-
-    Args:
-        ks: the stages' slopes.
-        coeffs: a weight per slope (extra weights, past ``ks``, are ignored).
-
-    Returns:
-        The weighted sum, or ``None`` when every weight is zero.
-
-    Example:
-        >>> combine([torch.ones(1), torch.full((1,), 2.0)], (0.5, 0.25))
-        tensor([1.])
-    """
-    total: Tensor | None = None
-    for k, c in zip(ks, coeffs, strict=False):
-        if c == 0.0:
-            continue
-        term = k if c == 1.0 else c * k
-        total = term if total is None else total + term
-    return total
-
-
-GUESS_STEPS = 16
-"""How many entering steps the ODE guess extrapolates with the frozen slope."""
-
-
-@dataclass
-class _ODEState:
-    """A solve's step sizes and the newest slope (for guesses)."""
-
-    dt: Tensor
-    slope: list[Tensor] = field(default_factory=list)
-    elapsed: np.ndarray | None = None  # cumulative step sizes (N + 1,), for guesses
-
-
-class ODEProblem(Problem):
-    """``dy/dt = func(t, y)`` on the grid ``t``, stepped by an explicit Runge–Kutta method.
-
-    Args:
-        func: batched drift, ``func(t: (M,), y: (M, *y0.shape)) -> (M, *y0.shape)``.
-        t: the grid (1-D, strictly monotone); N = ``len(t) - 1`` steps.
-        method: a name of :data:`~picard.ode.tableaus.METHODS` or
-            :data:`~picard.ode.tableaus.ADAPTIVE` (run at this grid's steps), or a tableau.
-        in_dtype: the dtype ``func`` receives ``y`` in (the user's ``y0.dtype``).
-        batch_ndim: leading dimensions of ``y0`` that index independent samples.
-        perturb: torchdiffeq's ``options={"perturb": True}``: a stage at a step's start
-            is evaluated just after it, one at its end just before it (the adjacent
-            floats), so a ``func`` with a jump at a grid time sees the side it steps on.
-
-    Example:
-        >>> import torch, picard
-        >>> p = ODEProblem(lambda t, y: -y, torch.linspace(0, 1, 11), "rk4", torch.float32)
-        >>> float(picard.solve(p, torch.ones(1), tol=0).final)  # exp(-1) = 0.36788
-        0.36787...
-    """
-
-    def __init__(
-        self,
-        func: Callable[[Tensor, Tensor], Tensor],
-        t: Tensor,
-        method: str | Tableau,
-        in_dtype: torch.dtype,
-        batch_ndim: int = 0,
-        perturb: bool = False,
-    ):
-        self.func = func
-        self.model = getattr(func, "picard_model", func)  # the user's callable, for parameters
-        self.tableau = method if isinstance(method, Tableau) else tableau_for(method, True)
-        self.num_steps = t.shape[0] - 1
-        self.batch_ndim = batch_ndim
-        self.stages = self.tableau.stages
-        self.in_dtype = in_dtype
-        self.t = t
-        self._dt = t[1:] - t[:-1]
-        self._stage_t = [_stage_times(t, c, perturb) for c in self.tableau.c]
-
-    def init(self, x0: Tensor) -> _ODEState:
-        """The step sizes in the working dtype, shaped to broadcast against a window."""
-        return _ODEState(self._dt.to(working_dtype(x0.dtype)).reshape(-1, *([1] * x0.ndim)))
-
-    def increments(
-        self, x: Tensor, start: int, state: _ODEState, history: Tensor | None
-    ) -> tuple[Tensor, None]:
-        """Runge–Kutta increments ``h_i Σ b_s k_s`` of the steps of ``x`` (s calls)."""
-        h = state.dt[start : start + x.shape[0]]
-        ks = self.slopes(x, start, h)
-        total = combine(ks, self.tableau.b)
-        assert total is not None
-        state.slope[:] = [total[-1]]  # the last row's slope, for guesses
-        return h * total, None
-
-    def slopes(self, x: Tensor, start: int, h: Tensor) -> list[Tensor]:
-        """The stages' slopes ``k_s`` of the steps ``start …`` from the states ``x``.
-
-        Args:
-            x: the states the steps start from, ``(w, *shape)`` in the working dtype.
-            start: the first step's index.
-            h: their step sizes, shaped to broadcast against ``x``.
-
-        Returns:
-            One ``(w, *shape)`` tensor per stage (one batched call of ``func`` each).
-        """
-        stop = start + x.shape[0]
-        ks: list[Tensor] = []
-        for s, row in enumerate(self.tableau.a):
-            slope = combine(ks, row)
-            y = x if slope is None else x + h * slope
-            ks.append(
-                call_batched(self.func, "func", self._stage_t[s][start:stop], y, self.in_dtype)
-            )
-        return ks
-
-    def guess(self, x: Tensor, start: int, count: int, state: _ODEState) -> Tensor | None:
-        """Euler steps from ``x`` with the last call's last slope held fixed (no call).
-
-        A frozen-slope roll-out of the first :data:`GUESS_STEPS` steps entering the
-        window (the rest copy its end: extrapolating far ahead made stiff problems
-        diverge): 3–17% fewer sweeps than copies on the project's test ODEs.
-        """
-        if not state.slope:
-            return None
-        if state.elapsed is None:  # on the host: a few numpy operations per sweep
-            dt = state.dt.reshape(-1).double().cpu().numpy()
-            state.elapsed = np.concatenate([[0.0], np.cumsum(dt)])
-        span = state.elapsed[start + 1 : start + 1 + count] - state.elapsed[start]
-        if count > GUESS_STEPS:
-            span[GUESS_STEPS:] = span[GUESS_STEPS - 1]
-        span_t = torch.from_numpy(span).to(x.device, x.dtype).reshape(-1, *([1] * x.ndim))
-        return torch.addcmul(x, span_t, state.slope[0])
-
-    def step_label(self, step: int) -> str:
-        """Name a step by its index and time."""
-        return f"step {step} (t = {self.t[step].item():g})"
-
-    def parameters(self) -> Iterable[Tensor]:
-        """The drift's parameters (an ``nn.Module`` or a bound method of one)."""
-        return model_parameters(self.model)
 
 
 def odeint(
@@ -279,24 +168,37 @@ def odeint(
         if options is not None and callable(options.get("norm")):  # torchdiffeq: on the tuple
             norm = options["norm"]
             options = {**options, "norm": lambda x: norm(flat.split(x))}
+        flat_event = None
+        if event_fn is not None:
+            user_event = event_fn
+
+            def flat_event(t: Tensor, y: Tensor) -> Tensor:
+                return user_event(t, flat.split(y))
+
         out = odeint(
             flat.func(func), y, t, rtol=rtol, atol=atol, method=method, options=options,
-            event_fn=event_fn, batched=batched, return_stats=return_stats,
+            event_fn=flat_event, batched=batched, return_stats=return_stats,
             step_size=step_size, **solve_options,
         )  # fmt: skip
-        ys, stats = out if return_stats else (out, None)
-        parts = flat.split(ys)
-        return (parts, stats) if return_stats else parts
+        out = out if isinstance(out, tuple) else (out,)
+        ys_at = 1 if event_fn is not None else 0  # (event_t, ys[, stats]) or (ys[, stats])
+        out = (*out[:ys_at], flat.split(out[ys_at]), *out[ys_at + 1 :])
+        return out if len(out) > 1 else out[0]
     y0 = check_state("y0", y0)
     if isinstance(t, Tensor) and t.ndim == 1 and t.shape[0] <= 1:  # torchdiffeq: no steps
         if t.shape[0] == 0:
             raise ValueError("t must hold at least one time point, got 0")
         if t.device != y0.device:
             raise ValueError(f"t is on {t.device} but y0 is on {y0.device}; put both on one device")
-        tableau_for(DEFAULT_METHOD if method is None else method, fixed_steps=True)
+        method_family(DEFAULT_METHOD if method is None else method)
         ys = y0[None].clone()
         return (ys, no_steps()) if return_stats else ys
     t = check_grid(t, y0)
+    if event_fn is not None:  # torchdiffeq's events: t[0] and the direction only
+        return _until_event(
+            func, y0, t, event_fn, rtol, atol, method, dict(options or {}), batched,
+            return_stats, step_size, batch_dims, solve_options,
+        )  # fmt: skip
     if t.requires_grad and torch.is_grad_enabled():  # gradients to the times too
         from picard.ode.times import with_time_gradients
 
@@ -309,16 +211,19 @@ def odeint(
 
         drift = batched_form(func, "func", batched, t.detach(), y0)
         return with_time_gradients(again, drift, y0, t)
-    if event_fn is not None:
-        raise TypeError("event_fn (torchdiffeq's event handling) is not supported by picard")
     if not isinstance(return_stats, bool):
         raise TypeError(f"return_stats must be a bool, got {type(return_stats).__name__}")
     method = DEFAULT_METHOD if method is None else method
-    adaptive = {k: v for k, v in dict(options or {}).items() if k in STEP_OPTIONS}
-    fixed = {k: v for k, v in dict(options or {}).items() if k not in STEP_OPTIONS}
+    family = method_family(method)
+    options = dict(options or {})
+    own = {k: options.pop(k) for k in METHOD_OPTIONS[family] if k in options}
+    if family == "scipy":
+        return _scipy(func, y0, t, rtol, atol, own | options, return_stats, solve_options)
+    adaptive = {k: v for k, v in options.items() if k in STEP_OPTIONS}
+    fixed = {k: v for k, v in options.items() if k not in STEP_OPTIONS}
     grid, placement = _grid(func, y0, t, fixed, step_size)
-    tableau = tableau_for(method, fixed_steps=placement is not None)
-    if adaptive and (placement is not None or tableau.error is None):
+    tableau = tableau_for(method, fixed_steps=placement is not None) if family == "rk" else None
+    if adaptive and (tableau is None or placement is not None or tableau.error is None):
         raise ValueError(
             f"options[{sorted(adaptive)[0]!r}] is an adaptive solver's option; method="
             f"{method!r} runs at fixed steps here"
@@ -326,7 +231,7 @@ def odeint(
     opts = Options.of(rtol=rtol, atol=atol, **solve_options)
     batch_ndim = check_batch_dims(batch_dims, y0)
     perturb = bool(fixed.get("perturb", False))
-    if placement is None and tableau.error is not None:  # torchdiffeq's adaptive steps
+    if tableau is not None and placement is None and tableau.error is not None:  # adaptive
         if perturb:
             raise ValueError("options['perturb'] applies to fixed-grid methods (or a step size)")
         from picard.ode.adaptive import solve_adaptive, step_options
@@ -339,35 +244,178 @@ def odeint(
             )
         drift = batched_form(func, "func", batched, t, y0)
         step_on = "on_nonfinite" not in solve_options  # where the sweeps diverge
+        callbacks = Callbacks(func, adaptive=True)
         ys, stats = solve_adaptive(
             drift, y0, t, tableau, batch_ndim, opts, step_on=step_on,
-            steps=step_options(adaptive), callbacks=Callbacks(func, adaptive=True),
+            steps=step_options(adaptive), callbacks=callbacks,
         )  # fmt: skip
+        ys = callbacks.attach(ys)
         return (ys, stats) if return_stats else ys
     if opts.init is not None and placement is not None:
         raise ValueError("init (a warm start on t) cannot be combined with step_size or a grid")
-    probe = _stage_times(grid, 0.0, perturb) if perturb else grid  # never an exact node
+    if "on_nonfinite" not in solve_options:  # diverging sweeps finish as the sequential solver
+        opts = replace(opts, on_nonfinite="sequential")
+    probe = stage_times(grid, 0.0, perturb) if perturb else grid  # never an exact node
     drift = batched_form(func, "func", batched, probe, y0)
-    problem = ODEProblem(drift, grid, tableau, y0.dtype, batch_ndim, perturb=perturb)
+    problem = _fixed_problem(
+        method, family, tableau, drift, grid, y0.dtype, batch_ndim, perturb, own, rtol, atol
+    )
     callbacks = Callbacks(func, adaptive=False)
     every = placement is None or placement == "interpolate" or callbacks.any
     sol = solve_with(problem, y0, opts, save=True if every else placement)
     assert sol.ys is not None
+    if isinstance(problem, AdamsProblem):
+        problem.warn_unconverged()
     callbacks.steps(grid, sol.ys)
     if placement == "interpolate":
-        ys = interpolate(grid, sol.ys, t)
+        cubic = fixed.get("interp", "linear") == "cubic"
+        slopes = call_batched(drift, "func", grid, sol.ys, y0.dtype) if cubic else None
+        ys = interpolate(grid, sol.ys, t, slopes)
     else:
         ys = sol.ys[placement] if every and placement is not None else sol.ys
+    ys = callbacks.attach(ys)
     return (ys, sol.stats) if return_stats else ys
 
 
-def _stage_times(t: Tensor, c: float, perturb: bool) -> Tensor:
-    """The times of a stage at node ``c`` of every step of the grid ``t``."""
-    if c == 0:
-        return torch.nextafter(t[:-1], t[1:]) if perturb else t[:-1]
-    if c == 1 and perturb:
-        return torch.nextafter(t[1:], t[:-1])
-    return t[:-1] + c * (t[1:] - t[:-1])
+def _until_event(
+    func: Any,
+    y0: Tensor,
+    t: Tensor,
+    event_fn: Any,
+    rtol: float | None,
+    atol: float | None,
+    method: str | None,
+    options: dict[str, Any],
+    batched: bool | str,
+    return_stats: bool,
+    step_size: float | None,
+    batch_dims: int,
+    solve_options: Mapping[str, Any],
+) -> Any:
+    """``odeint(event_fn=...)``: solve until the event (:mod:`picard.ode.events`)."""
+    from picard.ode.events import EventSearch, solve_until_event
+
+    method = DEFAULT_METHOD if method is None else method
+    family = method_family(method)
+    h = options.pop("step_size", None) if step_size is None else step_size
+    cubic = options.pop("interp", "linear") == "cubic"
+    adaptive = family == "rk" and h is None and tableau_for(method, True).error is not None
+    if family == "scipy":
+        raise ValueError(
+            "event_fn is not supported with method='scipy_solver' (nor by torchdiffeq)"
+        )
+    if not adaptive and h is None:
+        raise ValueError(
+            f"event_fn with the fixed-grid method {method!r} needs options['step_size'] "
+            "(as torchdiffeq's)"
+        )
+    step = None if adaptive else check_nonneg("options['step_size']", h, positive=True)
+
+    def solve(y: Tensor, times: Tensor) -> tuple[Tensor, Any]:
+        out = odeint(
+            func, y, times.to(t.dtype), rtol=rtol, atol=atol, method=method, options=options,
+            batched=batched, return_stats=True, batch_dims=batch_dims, **solve_options,
+        )  # fmt: skip
+        return out[0], out[1]
+
+    t64 = t.detach().double()
+    forward = t64.shape[0] < 2 or bool(t64[1] > t64[0])
+    span = abs(float(t64[1] - t64[0])) if t64.shape[0] > 1 else 1.0
+    drift = batched_form(func, "func", batched, t, y0)
+    search = EventSearch(
+        solve, drift, step, cubic, DEFAULT_ATOL if atol is None else atol, span or 1.0
+    )
+    event_t, ys, stats = solve_until_event(search, event_fn, y0, t64[0], 1.0 if forward else -1.0)
+    event_t = event_t.to(t.dtype)
+    return (event_t, ys, stats) if return_stats else (event_t, ys)
+
+
+def method_family(method: object) -> str:
+    """Which kind of solver runs ``method``: a key of :data:`METHOD_OPTIONS`.
+
+    Args:
+        method: a method name.
+
+    Returns:
+        ``"rk"`` (a tableau of :mod:`picard.ode.tableaus`), ``"adams"``
+        (:mod:`picard.ode.adams`), ``"implicit"`` (:mod:`picard.ode.implicit`) or
+        ``"scipy"`` (:mod:`picard.ode.scipy_solver`).
+
+    Raises:
+        TypeError: ``method`` is not a string.
+        ValueError: no method has this name.
+
+    Example:
+        >>> method_family("dopri5"), method_family("implicit_adams"), method_family("gl6")
+        ('rk', 'adams', 'implicit')
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str, got {type(method).__name__}")
+    if method in ADAMS:
+        return "adams"
+    if method in IMPLICIT:
+        return "implicit"
+    if method == "scipy_solver":
+        return "scipy"
+    try:
+        tableau_for(method, fixed_steps=True)
+    except ValueError:
+        names = sorted([*METHODS, "heun", *ADAPTIVE, *ADAMS, *IMPLICIT, "scipy_solver"])
+        raise ValueError(f"method must be one of {names}, got {method!r}") from None
+    return "rk"
+
+
+def _fixed_problem(
+    method: str,
+    family: str,
+    tableau: Tableau | None,
+    drift: Callable[[Tensor, Tensor], Tensor],
+    grid: Tensor,
+    in_dtype: torch.dtype,
+    batch_ndim: int,
+    perturb: bool,
+    own: Mapping[str, Any],
+    rtol: float | None,
+    atol: float | None,
+) -> Problem:
+    """The problem of a fixed-grid method: its family's, with its own options."""
+    if family == "adams":
+        return AdamsProblem(
+            drift, grid, in_dtype, batch_ndim, perturb, implicit=ADAMS[method],
+            max_order=check_int("options['max_order']", own.get("max_order", MAX_ORDER), minimum=1),
+            max_iters=check_int("options['max_iters']", own.get("max_iters", 4), minimum=1),
+            rtol=DEFAULT_RTOL if rtol is None else rtol,
+            atol=DEFAULT_ATOL if atol is None else atol,
+        )  # fmt: skip
+    if family == "implicit":
+        iters = check_int("options['max_iters']", own.get("max_iters", 100), minimum=1)
+        return ImplicitODEProblem(
+            drift, grid, IMPLICIT[method], in_dtype, batch_ndim, perturb, max_iters=iters
+        )
+    assert tableau is not None
+    return ODEProblem(drift, grid, tableau, in_dtype, batch_ndim, perturb=perturb)
+
+
+def _scipy(
+    func: Any,
+    y0: Tensor,
+    t: Tensor,
+    rtol: float | None,
+    atol: float | None,
+    options: dict[str, Any],
+    return_stats: bool,
+    solve_options: Mapping[str, Any],
+) -> Any:
+    """``method="scipy_solver"``: scipy's ``solve_ivp``, one step after another."""
+    if solve_options:
+        raise ValueError(
+            f"{sorted(solve_options)[0]} does not apply to method='scipy_solver', which scipy "
+            "runs sequentially"
+        )
+    rtol = DEFAULT_RTOL if rtol is None else check_nonneg("rtol", rtol)
+    atol = DEFAULT_ATOL if atol is None else check_nonneg("atol", atol)
+    ys, stats = solve_scipy(func, y0, t, rtol, atol, options)
+    return (ys, stats) if return_stats else ys
 
 
 def _grid(
@@ -385,8 +433,10 @@ def _grid(
             f"options has unknown key {unknown[0]!r}; picard reads {TORCHDIFFEQ_OPTIONS} and, "
             f"for the adaptive methods, {STEP_OPTIONS}"
         )
-    if options.get("interp", "linear") != "linear":
-        raise ValueError(f"options['interp'] must be 'linear', got {options['interp']!r}")
+    if options.get("interp", "linear") not in ("linear", "cubic"):
+        raise ValueError(
+            f"options['interp'] must be 'linear' or 'cubic', got {options['interp']!r}"
+        )
     given = [k for k in ("step_size", "grid_constructor") if options.get(k) is not None]
     if step_size is not None:
         given.append("step_size=")
@@ -443,9 +493,10 @@ def odeint_adjoint(
             runs at the forward's tolerance).
         adjoint_atol: as ``adjoint_rtol``, for ``atol``.
         adjoint_method: ``None`` or ``method`` (the backward follows the forward's grid).
-        adjoint_options: ``None``, ``options``, or only a named ``norm`` (torchdiffeq's
-            ``{"norm": "seminorm"}``): picard's backward has no error test of its own, so
-            it changes nothing; a callable norm, which would never be called, raises.
+        adjoint_options: ``None``, ``options``, ``{}``, or only a named ``norm``
+            (torchdiffeq's ``{"norm": "seminorm"}``): picard's backward has no error test
+            of its own, so it changes nothing; a callable norm, which would never be
+            called, raises.
         adjoint_params: the tensors gradients flow to besides ``y0``.
         **kwargs: further arguments of :func:`odeint`.
 
@@ -469,7 +520,7 @@ def odeint_adjoint(
             name == "adjoint_options"
             and value is not None
             and set(value) <= {"norm"}
-            and isinstance(value.get("norm"), str)
+            and (value.get("norm") is None or isinstance(value["norm"], str))
         ):
             continue  # the backward has no error test of its own for a named norm to act on
         if value is not None and value != same:

@@ -24,7 +24,7 @@ from picard.checks import (
 from picard.core.options import Options
 from picard.ode.batching import batched_form
 from picard.ode.grids import interpolate
-from picard.ode.integrate import GUESS_STEPS
+from picard.ode.runge_kutta import GUESS_STEPS
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
 from picard.solver import solve_with
 

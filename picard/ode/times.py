@@ -85,7 +85,11 @@ class _InitialTime(torch.autograd.Function):
 
 
 class _OutputTimes(torch.autograd.Function):
-    """``ys`` unchanged; its backward puts ``<dL/dy_k, f(t_k, y_k)>`` on ``t[k]``, k >= 1."""
+    """``ys`` unchanged; its backward puts ``<dL/dy_k, f(t_k, y_k)>`` on ``t[k]``.
+
+    ``ys[0]`` is ``y0`` whatever ``t[0]``: its term on ``t[0]`` cancels the one
+    :class:`_InitialTime` puts there through ``ys[0]``'s own gradient.
+    """
 
     @staticmethod
     def forward(ctx: Any, ys: Tensor, t: Tensor, drift: Any) -> Tensor:
@@ -100,5 +104,4 @@ class _OutputTimes(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             slopes = _slopes(ctx.drift, t, ys)
             grad_t = (grad * slopes).reshape(t.shape[0], -1).sum(1).to(t.dtype)
-            grad_t[0] = 0
         return grad, grad_t, None

@@ -1,0 +1,183 @@
+"""Explicit Runge–Kutta steps as a problem: every stage one batched call over a window.
+
+:class:`ODEProblem` is ``dy/dt = func(t, y)`` on a grid, stepped by a tableau of
+:mod:`picard.ode.tableaus`; :func:`odeint` (:mod:`picard.ode.integrate`) builds it, and
+the adaptive, Adams and implicit methods reuse its stages, guesses and step sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from picard.ode.tableaus import Tableau, tableau_for
+from picard.problem import Problem, call_batched, model_parameters, working_dtype
+
+__all__ = ["GUESS_STEPS", "ODEProblem", "combine", "stage_times"]
+
+
+def combine(ks: list[Tensor], coeffs: tuple[float, ...]) -> Tensor | None:
+    """``Σ coeffs[j] * ks[j]`` over the non-zero coefficients (``None`` if all are zero).
+
+    Args:
+        ks: the stages' slopes.
+        coeffs: a weight per slope (extra weights, past ``ks``, are ignored).
+
+    Returns:
+        The weighted sum, or ``None`` when every weight is zero.
+
+    Example:
+        >>> combine([torch.ones(1), torch.full((1,), 2.0)], (0.5, 0.25))
+        tensor([1.])
+    """
+    total: Tensor | None = None
+    for k, c in zip(ks, coeffs, strict=False):
+        if c == 0.0:
+            continue
+        term = k if c == 1.0 else c * k
+        total = term if total is None else total + term
+    return total
+
+
+GUESS_STEPS = 16
+"""How many entering steps the ODE guess extrapolates with the frozen slope."""
+
+
+@dataclass
+class _ODEState:
+    """A solve's step sizes and the newest slope (for guesses)."""
+
+    dt: Tensor
+    slope: list[Tensor] = field(default_factory=list)
+    elapsed: np.ndarray | None = None  # cumulative step sizes (N + 1,), for guesses
+
+
+class ODEProblem(Problem):
+    """``dy/dt = func(t, y)`` on the grid ``t``, stepped by an explicit Runge–Kutta method.
+
+    Args:
+        func: batched drift, ``func(t: (M,), y: (M, *y0.shape)) -> (M, *y0.shape)``.
+        t: the grid (1-D, strictly monotone); N = ``len(t) - 1`` steps.
+        method: a name of :data:`~picard.ode.tableaus.METHODS` or
+            :data:`~picard.ode.tableaus.ADAPTIVE` (run at this grid's steps), or a tableau.
+        in_dtype: the dtype ``func`` receives ``y`` in (the user's ``y0.dtype``).
+        batch_ndim: leading dimensions of ``y0`` that index independent samples.
+        perturb: torchdiffeq's ``options={"perturb": True}``: a stage at a step's start
+            is evaluated just after it, one at its end just before it (the adjacent
+            floats), so a ``func`` with a jump at a grid time sees the side it steps on.
+
+    Example:
+        >>> import torch, picard
+        >>> p = ODEProblem(lambda t, y: -y, torch.linspace(0, 1, 11), "rk4", torch.float32)
+        >>> float(picard.solve(p, torch.ones(1), tol=0).final)  # exp(-1) = 0.36788
+        0.36787...
+    """
+
+    def __init__(
+        self,
+        func: Callable[[Tensor, Tensor], Tensor],
+        t: Tensor,
+        method: str | Tableau,
+        in_dtype: torch.dtype,
+        batch_ndim: int = 0,
+        perturb: bool = False,
+    ):
+        self.func = func
+        self.model = getattr(func, "picard_model", func)  # the user's callable, for parameters
+        self.tableau = method if isinstance(method, Tableau) else tableau_for(method, True)
+        self.num_steps = t.shape[0] - 1
+        self.batch_ndim = batch_ndim
+        self.stages = self.tableau.stages
+        self.in_dtype = in_dtype
+        self.t = t
+        self._dt = t[1:] - t[:-1]
+        self._stage_t = [stage_times(t, c, perturb) for c in self.tableau.c]
+
+    def init(self, x0: Tensor) -> _ODEState:
+        """The step sizes in the working dtype, shaped to broadcast against a window."""
+        return _ODEState(self._dt.to(working_dtype(x0.dtype)).reshape(-1, *([1] * x0.ndim)))
+
+    def increments(
+        self, x: Tensor, start: int, state: _ODEState, history: Tensor | None
+    ) -> tuple[Tensor, None]:
+        """Runge–Kutta increments ``h_i Σ b_s k_s`` of the steps of ``x`` (s calls)."""
+        h = state.dt[start : start + x.shape[0]]
+        ks = self.slopes(x, start, h)
+        total = combine(ks, self.tableau.b)
+        assert total is not None
+        state.slope[:] = [total[-1]]  # the last row's slope, for guesses
+        return h * total, None
+
+    def slopes(self, x: Tensor, start: int, h: Tensor) -> list[Tensor]:
+        """The stages' slopes ``k_s`` of the steps ``start …`` from the states ``x``.
+
+        Args:
+            x: the states the steps start from, ``(w, *shape)`` in the working dtype.
+            start: the first step's index.
+            h: their step sizes, shaped to broadcast against ``x``.
+
+        Returns:
+            One ``(w, *shape)`` tensor per stage (one batched call of ``func`` each).
+        """
+        stop = start + x.shape[0]
+        ks: list[Tensor] = []
+        for s, row in enumerate(self.tableau.a):
+            slope = combine(ks, row)
+            y = x if slope is None else x + h * slope
+            ks.append(
+                call_batched(self.func, "func", self._stage_t[s][start:stop], y, self.in_dtype)
+            )
+        return ks
+
+    def guess(self, x: Tensor, start: int, count: int, state: _ODEState) -> Tensor | None:
+        """Euler steps from ``x`` with the last call's last slope held fixed (no call).
+
+        A frozen-slope roll-out of the first :data:`GUESS_STEPS` steps entering the
+        window (the rest copy its end: extrapolating far ahead made stiff problems
+        diverge): 3–17% fewer sweeps than copies on the project's test ODEs.
+        """
+        if not state.slope:
+            return None
+        if state.elapsed is None:  # on the host: a few numpy operations per sweep
+            dt = state.dt.reshape(-1).double().cpu().numpy()
+            state.elapsed = np.concatenate([[0.0], np.cumsum(dt)])
+        span = state.elapsed[start + 1 : start + 1 + count] - state.elapsed[start]
+        if count > GUESS_STEPS:
+            span[GUESS_STEPS:] = span[GUESS_STEPS - 1]
+        span_t = torch.from_numpy(span).to(x.device, x.dtype).reshape(-1, *([1] * x.ndim))
+        return torch.addcmul(x, span_t, state.slope[0])
+
+    def step_label(self, step: int) -> str:
+        """Name a step by its index and time."""
+        return f"step {step} (t = {self.t[step].item():g})"
+
+    def parameters(self) -> Iterable[Tensor]:
+        """The drift's parameters (an ``nn.Module`` or a bound method of one)."""
+        return model_parameters(self.model)
+
+
+def stage_times(t: Tensor, c: float, perturb: bool) -> Tensor:
+    """The times of a stage at node ``c`` of every step of the grid ``t``.
+
+    Args:
+        t: the grid.
+        c: the stage's node (0: the steps' starts, 1: their ends).
+        perturb: torchdiffeq's ``perturb``: a stage at a step's start is evaluated just
+            after it, one at its end just before it (the adjacent floats).
+
+    Returns:
+        One time per step, ``(len(t) - 1,)``.
+
+    Example:
+        >>> stage_times(torch.tensor([0.0, 1.0, 3.0]), 0.5, False).tolist()
+        [0.5, 2.0]
+    """
+    if c == 0:
+        return torch.nextafter(t[:-1], t[1:]) if perturb else t[:-1]
+    if c == 1 and perturb:
+        return torch.nextafter(t[1:], t[:-1])
+    return t[:-1] + c * (t[1:] - t[:-1])
