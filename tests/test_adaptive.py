@@ -328,3 +328,16 @@ def test_a_norm_sees_a_tuple_state_as_a_tuple_and_callable_adjoint_norms_are_ref
     with pytest.raises(ValueError, match="adjoint_options must match"):
         picard.odeint_adjoint(f, torch.ones(1), torch.tensor([0.0, 1.0]),
                               adjoint_options={"norm": lambda x: x.abs().max()})  # fmt: skip
+
+
+def test_min_step_accepts_short_steps_whatever_their_error():
+    f = _oscillator(F64)
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    t = torch.linspace(0, 10, 6, dtype=F64)
+    free, s_free = picard.odeint(f, y0, t, return_stats=True)
+    floor, s_floor = picard.odeint(f, y0, t, options={"min_step": 1.0}, return_stats=True)
+    assert s_floor.num_steps < s_free.num_steps and s_floor.evaluations < s_free.evaluations
+    exact = torch.stack([torch.cos(t), -torch.sin(t)], 1)
+    assert (free - exact).abs().max() < 1e-6 < (floor - exact).abs().max()
+    with pytest.raises(ValueError, match=r"options\['min_step'\]"):
+        picard.odeint(f, y0, t, options={"min_step": -1.0})

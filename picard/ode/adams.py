@@ -94,9 +94,9 @@ class AdamsProblem(ODEProblem):
     Example:
         >>> import torch, picard
         >>> t = torch.linspace(0, 1, 21, dtype=torch.float64)
-        >>> p = AdamsProblem(lambda t, y: -y, t, torch.float64)
+        >>> p = AdamsProblem(lambda t, y: -y, t, torch.float64, implicit=True)
         >>> abs(float(picard.solve(p, torch.ones(1, dtype=torch.float64), tol=0).final)
-        ...     - 0.36787944117) < 1e-8
+        ...     - 0.36787944117) < 1e-8  # exp(-1)
         True
     """
 

@@ -93,6 +93,11 @@ class StepOptions:
     Attributes:
         first_step: the first step's size (``None``: Hairer's choice).
         max_step: the longest step allowed.
+        min_step: the shortest step: a step no longer is accepted whatever its error (as
+            torchdiffeq's), and no step is split below it.
+        safety: the factor of a step's next size ``safety * ratio^(-1/order)``.
+        ifactor: the largest growth of a step.
+        dfactor: the largest shrinking of a step.
         points: times every grid must contain (``step_t`` and ``jump_t``: steps end there).
         norm: ``norm(tensor) -> scalar`` for the error test (``None``: RMS).
         max_num_steps: the most steps a grid may have.
@@ -104,6 +109,10 @@ class StepOptions:
 
     first_step: float | None = None
     max_step: float = math.inf
+    min_step: float = 0.0
+    safety: float = SAFETY
+    ifactor: float = GROW
+    dfactor: float = SHRINK
     points: tuple[float, ...] = ()
     norm: Callable[[Tensor], Any] | None = None
     max_num_steps: int = 2**31 - 1
@@ -130,7 +139,7 @@ def step_options(options: Mapping[str, Any]) -> StepOptions:
     if first is not None:
         first = check_nonneg("options['first_step']", float(first), positive=True)
     top = options.get("max_step")
-    if top is not None:
+    if top is not None and float(top) != math.inf:  # torchdiffeq's default: inf
         top = check_nonneg("options['max_step']", float(top), positive=True)
     points: list[float] = []
     for key in ("step_t", "jump_t"):
@@ -144,7 +153,12 @@ def step_options(options: Mapping[str, Any]) -> StepOptions:
     if most < 1:
         raise ValueError(f"options['max_num_steps'] must be >= 1, got {most}")
     top = math.inf if top is None else top
-    return StepOptions(first, top, tuple(sorted(set(points))), norm, most)
+    low = check_nonneg("options['min_step']", float(options.get("min_step", 0.0)))
+    factors = [
+        check_nonneg(f"options[{key!r}]", float(options.get(key, default)), positive=True)
+        for key, default in (("safety", SAFETY), ("ifactor", GROW), ("dfactor", SHRINK))
+    ]
+    return StepOptions(first, top, low, *factors, tuple(sorted(set(points))), norm, most)
 
 
 def initial_step(
@@ -252,7 +266,7 @@ def regrid(
     ratios: np.ndarray,
     order: int,
     merge: bool = True,
-    max_step: float = math.inf,
+    steps: StepOptions | None = None,
 ) -> tuple[Tensor, list[int]]:
     """The next grid: failing steps split, runs of steps far below the test merged.
 
@@ -270,7 +284,10 @@ def regrid(
         order: the method's order.
         merge: merge runs of passing steps; else split, besides the failing steps, those
             above :data:`SPLIT_MARGIN` (the next solve moves them a little too).
-        max_step: no merged step is longer.
+        steps: torchdiffeq's options: no merged step is longer than ``max_step``; no
+            step is split into pieces shorter than ``min_step`` (but into two, where it is
+            shorter than twice it; such pieces pass the next test); the factor's
+            ``safety``, ``ifactor`` and ``dfactor``.
 
     Returns:
         ``(grid, index)``: the new grid (the output times kept exactly) and their positions.
@@ -283,13 +300,17 @@ def regrid(
         >>> g.tolist(), i  # far below the test: one step
         ([0.0, 3.0], [0, 1])
     """
-    factor = _factors(ratios, order)
+    steps = StepOptions() if steps is None else steps
+    max_step, min_step = steps.max_step, steps.min_step
+    factor = _factors(ratios, order, steps)
     outputs = set(index)
     g = grid.tolist()
     points, new_index, i, n = [g[0]], [0], 0, len(g) - 1
     while i < n:
         if ratios[i] > 1 or (not merge and ratios[i] > SPLIT_MARGIN):
             pieces = max(2, math.ceil(1.0 / factor[i] - 1e-9))
+            if min_step > 0:
+                pieces = max(2, min(pieces, math.floor(abs(g[i + 1] - g[i]) / min_step)))
             points += [g[i] + (g[i + 1] - g[i]) * k / pieces for k in range(1, pieces + 1)]
             i += 1
         elif not merge:
@@ -368,6 +389,7 @@ def solve_adaptive(
         rounds = 2  # two sweeps: the initial step's calls
     span = float((t[-1] - t[0]).abs())
     spacing = min(steps.max_step, max(h * INITIAL_GROWTH, span / MAX_INITIAL_STEPS))
+    spacing = max(spacing, steps.min_step)
     nodes, outputs = _nodes(t, steps.points)
     grid, index = refine_grid(nodes, spacing)
     parts: list[Stats] = []
@@ -398,6 +420,9 @@ def solve_adaptive(
         assert sol.ys is not None
         ys = sol.ys.detach().to(work.dtype)
         ratios = error_ratios(problem, ys, rtol, atol, steps.norm)
+        if steps.min_step > 0:  # torchdiffeq accepts a step of min_step whatever its error
+            short = np.abs(np.diff(grid.double().cpu().numpy())) <= steps.min_step * (1 + 1e-12)
+            ratios = np.where(short, np.minimum(ratios, 1.0), ratios)
         parts.append(sol.stats)
         rounds, estimated = rounds + 1, estimated + problem.num_steps * samples
         passed, prev = bool((ratios <= 1).all()), (grid, ys)
@@ -410,17 +435,17 @@ def solve_adaptive(
             at = [index[k] for k in outputs]
             return sol.ys[at], _with_estimates(parts, rounds, estimated)
         if passed:  # coarsen once, where far below the test; else solve it at the tolerance
-            new, new_index = regrid(grid, index, ratios, tableau.order, max_step=steps.max_step)
+            new, new_index = regrid(grid, index, ratios, tableau.order, steps=steps)
             if (
                 merged
-                or _mergeable(ratios, tableau.order) < MERGE_FRACTION
+                or _mergeable(ratios, tableau.order, steps) < MERGE_FRACTION
                 or len(new) == len(grid)
             ):
                 settled = True
                 continue
             merged, grid, index = True, new, new_index
             continue
-        grid, index = regrid(grid, index, ratios, tableau.order, merge=False)
+        grid, index = regrid(grid, index, ratios, tableau.order, merge=False, steps=steps)
     stats = _with_estimates(parts, rounds, estimated)
     raise ConvergenceError(
         f"odeint: no grid passed the error test (rtol={rtol:g}, atol={atol:g}) in "
@@ -489,7 +514,7 @@ def stepped(
         while sign * (target - now) > 0:
             if tried >= steps.max_num_steps:
                 raise ValueError(f"odeint: max_num_steps ({steps.max_num_steps}) exceeded")
-            step = min(h, steps.max_step, sign * (target - now))
+            step = min(max(h, steps.min_step), steps.max_step, sign * (target - now))
             last = step == sign * (target - now)
             hs = torch.tensor(sign * step, dtype=work, device=y.device)
             ks: list[Tensor] = []
@@ -512,9 +537,9 @@ def stepped(
             if callbacks is not None:
                 span = torch.tensor([now, now + sign * step], dtype=t.dtype, device=t.device)
                 callbacks.steps(span, y[None], accepted=ratio <= 1)
-            if ratio <= 1:
+            if ratio <= 1 or step <= steps.min_step:  # a step of min_step: always accepted
                 y, now, accepted = new, (target if last else now + sign * step), accepted + 1
-            h = step * float(_factors(np.array([ratio]), tableau.order)[0])
+            h = step * float(_factors(np.array([ratio]), tableau.order, steps)[0])
         if k in kept:
             out.append(y)
     ys_out = torch.stack(out).to(y0.dtype)
@@ -543,15 +568,17 @@ def _nodes(t: Tensor, points: tuple[float, ...]) -> tuple[Tensor, list[int]]:
     return nodes, outputs
 
 
-def _mergeable(ratios: np.ndarray, order: int) -> float:
+def _mergeable(ratios: np.ndarray, order: int, steps: StepOptions) -> float:
     """The fraction of steps that could be twice as long."""
-    return float((_factors(ratios, order) > 2 * MERGE_FACTOR).mean())
+    return float((_factors(ratios, order, steps) > 2 * MERGE_FACTOR).mean())
 
 
-def _factors(ratios: np.ndarray, order: int) -> np.ndarray:
+def _factors(ratios: np.ndarray, order: int, steps: StepOptions) -> np.ndarray:
+    """The next step's factor, ``clip(safety ratio^(-1/order), dfactor, ifactor)``."""
     with np.errstate(divide="ignore"):
-        factor = np.minimum(GROW, np.maximum(SHRINK, SAFETY * ratios ** (-1.0 / order)))
-    return np.where(ratios > 0, factor, GROW)
+        raw = steps.safety * ratios ** (-1.0 / order)
+        factor = np.minimum(steps.ifactor, np.maximum(steps.dfactor, raw))
+    return np.where(ratios > 0, factor, steps.ifactor)
 
 
 def _solve(problem: ODEProblem, y0: Tensor, options: Options, grad: bool) -> Solution:

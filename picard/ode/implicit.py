@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from picard.ode.runge_kutta import stage_times
 from picard.problem import Problem, call_batched, model_parameters, per_sample_size, working_dtype
 
 __all__ = ["IMPLICIT", "NEWTON_MAX_SIZE", "ImplicitODEProblem", "ImplicitTableau"]
@@ -160,18 +161,6 @@ class _ImplicitState:
     dt: Tensor
 
 
-def _stage_times(t: Tensor, c: float, perturb: bool) -> Tensor:
-    """The times of a stage at node ``c`` of every step of the grid ``t``.
-
-    With ``perturb``, a stage at a step's end is evaluated at the adjacent float inside it.
-    """
-    if c == 0:
-        return torch.nextafter(t[:-1], t[1:]) if perturb else t[:-1]
-    if c == 1 and perturb:
-        return torch.nextafter(t[1:], t[:-1])
-    return t[:-1] + c * (t[1:] - t[:-1])
-
-
 class ImplicitODEProblem(Problem):
     """``dy/dt = func(t, y)`` on the grid ``t``, stepped by an implicit Runge–Kutta method.
 
@@ -238,8 +227,8 @@ class ImplicitODEProblem(Problem):
         self.tol = tol
         self.t = t
         self._dt = t[1:] - t[:-1]
-        self._start_t = _stage_times(t, 0.0, perturb)
-        self._stage_t = torch.stack([_stage_times(t, c, perturb) for c in tableau.c], 1)
+        self._start_t = stage_times(t, 0.0, perturb)
+        self._stage_t = torch.stack([stage_times(t, c, perturb) for c in tableau.c], 1)
         self._implicit = [s for s, e in enumerate(tableau.explicit) if not e]
         self._explicit = [s for s, e in enumerate(tableau.explicit) if e]
         self._warned = False

@@ -13,6 +13,7 @@ parallel backward pass (:mod:`picard.core.adjoint`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -35,7 +36,7 @@ from picard.ode.callbacks import Callbacks
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.implicit import IMPLICIT, ImplicitODEProblem
 from picard.ode.runge_kutta import GUESS_STEPS, ODEProblem, combine, stage_times
-from picard.ode.scipy_solver import solve_scipy
+from picard.ode.scipy_adjoint import scipy_with_gradients
 from picard.ode.tableaus import ADAPTIVE, METHODS, Tableau, tableau_for
 from picard.problem import Problem, call_batched, model_parameters
 from picard.solution import no_steps
@@ -68,7 +69,10 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-7, 1e-9
 """torchdiffeq's default tolerances."""
 
-STEP_OPTIONS = ("first_step", "max_step", "step_t", "jump_t", "norm", "dtype", "max_num_steps")
+STEP_OPTIONS = (
+    "first_step", "max_step", "min_step", "step_t", "jump_t", "norm", "dtype", "max_num_steps",
+    "safety", "ifactor", "dfactor",
+)  # fmt: skip
 """The keys of torchdiffeq's adaptive ``options`` that ``odeint`` reads (``dtype``, the time
 dtype of torchdiffeq's arithmetic, is accepted: picard's time arithmetic is float64)."""
 
@@ -116,15 +120,26 @@ def odeint(
         method: ``None`` (``"dopri5"``, torchdiffeq's default), an adaptive pair
             (``"dopri5"``, ``"dopri8"``, ``"tsit5"``, ``"bosh3"``, ``"fehlberg2"``,
             ``"adaptive_heun"``: steps controlled by ``rtol``/``atol``; at fixed steps with
-            a step size), or a fixed-grid method: ``"euler"``, ``"midpoint"``,
+            a step size), a fixed-grid method: ``"euler"``, ``"midpoint"``,
             ``"heun2"`` (``"heun"``), ``"heun3"``, ``"rk4"`` (Kutta's 3/8 rule, as
-            torchdiffeq's).
+            torchdiffeq's), the Adams methods ``"explicit_adams"``, ``"implicit_adams"``
+            (``"fixed_adams"``) (:mod:`picard.ode.adams`), the implicit Runge–Kutta
+            methods ``"implicit_euler"``, ``"implicit_midpoint"``, ``"trapezoid"``,
+            ``"radauIIA3"``, ``"gl4"``, ``"radauIIA5"``, ``"gl6"``, ``"sdirk2"``,
+            ``"trbdf2"`` (:mod:`picard.ode.implicit`), or ``"scipy_solver"`` (scipy,
+            sequentially; gradients by the continuous adjoint).
         options: torchdiffeq's fixed-grid options: ``step_size`` (grid ``t[0] + k h``,
             interpolated onto ``t``), ``grid_constructor`` (``f(func, y0, t)`` → grid),
-            ``interp="linear"``, ``perturb`` (stages at a step's ends evaluated just
-            inside it); the adaptive methods' ``first_step``, ``max_step``, ``step_t``,
-            ``jump_t``, ``norm``, ``max_num_steps``, ``dtype``. Unknown keys raise.
-        event_fn: not supported (a ``TypeError`` says so).
+            ``interp`` (``"linear"`` or ``"cubic"``), ``perturb`` (stages at a step's ends
+            evaluated just inside it); the adaptive methods' ``first_step``, ``max_step``,
+            ``min_step``, ``step_t``, ``jump_t``, ``norm``, ``max_num_steps``, ``dtype``,
+            ``safety``, ``ifactor``, ``dfactor``;
+            the Adams methods' ``max_order``, ``max_iters``; the implicit methods'
+            ``max_iters``; scipy's ``solver`` and ``solve_ivp`` keywords. Unknown keys
+            raise.
+        event_fn: torchdiffeq's ``event_fn(t, y)``: solve from ``t[0]`` (in the direction
+            of ``t[1]``) until it reaches zero, and return ``(event_t, ys)`` with ``ys =
+            stack([y0, y(event_t)])`` (:mod:`picard.ode.events`).
         batched: how ``func`` takes rows (:func:`picard.ode.batching.batched_form`):
             ``"auto"`` checks once that a batch of rows equals the rows one by one and
             else vectorises with :func:`torch.func.vmap` (or, where vmap cannot, calls row
@@ -406,7 +421,13 @@ def _scipy(
     return_stats: bool,
     solve_options: Mapping[str, Any],
 ) -> Any:
-    """``method="scipy_solver"``: scipy's ``solve_ivp``, one step after another."""
+    """``method="scipy_solver"``: scipy's ``solve_ivp``, one step after another.
+
+    Gradients (to ``y0`` and ``func``'s parameters, or ``odeint_adjoint``'s
+    ``adjoint_params``) by the continuous adjoint, solved by scipy as well.
+    """
+    solve_options = dict(solve_options)
+    params = solve_options.pop("adjoint_params", None)
     if solve_options:
         raise ValueError(
             f"{sorted(solve_options)[0]} does not apply to method='scipy_solver', which scipy "
@@ -414,7 +435,20 @@ def _scipy(
         )
     rtol = DEFAULT_RTOL if rtol is None else check_nonneg("rtol", rtol)
     atol = DEFAULT_ATOL if atol is None else check_nonneg("atol", atol)
-    ys, stats = solve_scipy(func, y0, t, rtol, atol, options)
+    named = [c for c in ("callback_step", "callback_accept_step", "callback_reject_step")
+             if getattr(func, c, None) is not None]  # fmt: skip
+    if named:  # as torchdiffeq: scipy's steps happen inside scipy
+        warnings.warn(
+            f"func has {named[0]}, but method='scipy_solver' steps inside scipy: it is not called",
+            UserWarning,
+            stacklevel=3,
+        )
+    if params is None and torch.is_grad_enabled():  # those the first slope uses
+        from picard.core.adjoint import used_leaves
+
+        out = func(t[0].detach(), y0.detach())
+        params = used_leaves(out) if isinstance(out, Tensor) and out.requires_grad else ()
+    ys, stats = scipy_with_gradients(func, y0, t, rtol, atol, options, tuple(params or ()))
     return (ys, stats) if return_stats else ys
 
 
