@@ -222,7 +222,7 @@ def test_torchsdes_call_gives_torchsdes_path_and_gradients():
         t0=0.0, t1=1.0, size=(4, 3), dtype=F64, levy_area_approximation="none", entropy=3
     )
     expected = torchsde.sdeint(sde, y0, ts, bm=bm, method="euler", dt=0.01)
-    got = picard.sdeint(sde, y0, ts, bm=bm, dt=0.01, tol=0)
+    got = picard.sdeint(sde, y0, ts, bm=bm, method="euler", dt=0.01, tol=0)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     inputs = [y0, *sde.parameters()]
     w = torch.randn(4, 4, 3, dtype=F64)
@@ -244,7 +244,7 @@ def test_torchsdes_call_without_torchsde():
         return torch.full((2, 3), 0.01, dtype=F64)
 
     with torch.no_grad():
-        got = picard.sdeint(sde, y0, ts, bm=bm, dt=0.1, tol=0)
+        got = picard.sdeint(sde, y0, ts, bm=bm, method="euler", dt=0.1, tol=0)
         y = y0.clone()
         for i in range(5):
             t = torch.tensor(0.1 * i, dtype=F64)
@@ -257,8 +257,9 @@ def test_torchsdes_call_without_torchsde():
 @pytest.mark.parametrize(
     ("change", "error", "match"),
     [
-        (dict(noise_type="general"), ValueError, "noise_type must be 'diagonal'"),
-        (dict(sde_type="stratonovich"), ValueError, "sde_type must be 'ito'"),
+        (dict(noise_type="general"), ValueError, r"diffusion must be of shape \(batch, d, m\)"),
+        (dict(noise_type="colored"), ValueError, "noise_type must be one of"),
+        (dict(sde_type="stratonovich"), ValueError, "'euler' solves ito SDEs"),
     ],
 )
 def test_torchsde_objects_picard_cannot_solve_are_named(change, error, match):
@@ -266,14 +267,20 @@ def test_torchsde_objects_picard_cannot_solve_are_named(change, error, match):
     for k, v in change.items():
         setattr(sde, k, v)
     with pytest.raises(error, match=match):
-        picard.sdeint(sde, torch.ones(1, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64))
+        picard.sdeint(
+            sde, torch.ones(1, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="euler"
+        )
 
 
 def test_torchsde_methods_and_arguments_picard_does_not_take():
     sde = SDE()
     y0, ts = torch.ones(1, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(ValueError, match="'log_ode' is torchsde's; picard does not run it"):
+        picard.sdeint(sde, y0, ts, method="log_ode")
+    with pytest.raises(ValueError, match="method must be one of"):
+        picard.sdeint(sde, y0, ts, method="rk4")
     with pytest.raises(ValueError, match="method must be 'euler'"):
-        picard.sdeint(sde, y0, ts, method="milstein")
+        picard.sdeint(sde.f, sde.g, y0, ts, method="milstein")  # picard's own call
     with pytest.raises(ValueError, match="takes bm, not dW"):
         picard.sdeint(sde, y0, ts, dW=torch.zeros(1000, 1, 3, dtype=F64))
     with pytest.raises(TypeError, match="bm and dt belong to torchsde's call"):

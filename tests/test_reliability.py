@@ -202,9 +202,9 @@ def test_the_fallback_rescues_a_window_too_long_for_the_dynamics():
     with pytest.raises(picard.NonFiniteError):
         picard.odeint(vdp, y0, t, method="rk4", window=1000, tol=1e-10, on_nonfinite="raise")
     exact = picard.odeint(vdp, y0, t, method="rk4", window=1, tol=0)
-    for given in ({"on_nonfinite": "sequential"}, {}):  # odeint's default: sequential
+    for chosen in ({"on_nonfinite": "sequential"}, {}):  # odeint's default: sequential
         ys, stats = picard.odeint(
-            vdp, y0, t, method="rk4", window=1000, tol=1e-10, return_stats=True, **given
+            vdp, y0, t, method="rk4", window=1000, tol=1e-10, return_stats=True, **chosen
         )
         torch.testing.assert_close(ys, exact, rtol=1e-7, atol=1e-7)
         assert 0 < stats.sequential_steps < 1000

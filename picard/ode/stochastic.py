@@ -18,12 +18,10 @@ from picard.checks import (
     check_batch_dims,
     check_callable,
     check_grid,
-    check_nonneg,
     check_state,
 )
 from picard.core.options import Options
 from picard.ode.batching import batched_form
-from picard.ode.grids import interpolate
 from picard.ode.runge_kutta import GUESS_STEPS
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
 from picard.solver import solve_with
@@ -167,7 +165,7 @@ def sdeint(
     dW: Tensor | None = None,
     generator: torch.Generator | None = None,
     bm: Callable[[Tensor, Tensor], Tensor] | None = None,
-    method: str = "euler",
+    method: str | None = None,
     dt: float | None = None,
     batched: bool | str = "auto",
     return_stats: bool = False,
@@ -224,15 +222,23 @@ def sdeint(
         >>> ys.shape
         torch.Size([51, 3])
     """
-    if method != "euler":
+    if isinstance(g, Tensor):  # torchsde's call: sdeint(sde, y0, ts, bm, method=, dt=, ...)
+        from picard.ode.torchsde_call import torchsde_sdeint
+
+        if dW is not None:
+            raise ValueError("torchsde's call takes bm, not dW")
+        if t is not None and bm is not None:
+            raise TypeError("bm given twice (positionally and by name)")
+        return torchsde_sdeint(
+            f, g, y0, t if t is not None else bm, method=method,
+            dt=1e-3 if dt is None else dt, return_stats=return_stats, generator=generator,
+            **solve_options,
+        )  # fmt: skip
+    if method not in (None, "euler"):
         raise ValueError(f"method must be 'euler' (Euler–Maruyama), got {method!r}")
     if not isinstance(return_stats, bool):
         raise TypeError(f"return_stats must be a bool, got {type(return_stats).__name__}")
-    placement = None
-    if _is_sde(f, g):  # torchsde's call: sdeint(sde, y0, ts, ...)
-        f, g, y0, t, dW, placement = _torchsde_call(f, g, y0, dW, bm, dt)
-        batch_dims = 1
-    elif bm is not None or dt is not None:
+    if bm is not None or dt is not None:
         raise TypeError("bm and dt belong to torchsde's call, sdeint(sde, y0, ts, ...)")
     f, g = check_callable("f", f), check_callable("g", g)
     y0 = check_state("y0", y0)
@@ -245,31 +251,7 @@ def sdeint(
     problem = SDEProblem(drift, diffusion, t, dW, y0.dtype, batch_ndim)
     sol = solve_with(problem, y0, opts, save=True)
     assert sol.ys is not None
-    ys = sol.ys if placement is None else interpolate(t, sol.ys, placement)
-    return (ys, sol.stats) if return_stats else ys
-
-
-def _torchsde_call(
-    sde: Any,
-    y0: Any,
-    ts: Any,
-    dW: Tensor | None,
-    bm: Callable[[Tensor, Tensor], Tensor] | None,
-    dt: float | None,
-) -> tuple[Any, Any, Tensor, Tensor, Tensor | None, Tensor]:
-    """The arguments of torchsde's ``sdeint(sde, y0, ts, bm=, dt=)``: ``(f, g, y0, grid, dW, ts)``.
-
-    The grid is torchsde's steps of ``dt`` (default 1e-3) through ``ts``; ``dW`` queries
-    ``bm`` once per step in order (``None`` without ``bm``).
-    """
-    f, g = _torchsde_functions(sde)
-    y0 = check_state("y0", y0)
-    ts = check_grid(ts, y0)
-    if dW is not None:
-        raise ValueError("torchsde's call takes bm, not dW")
-    t = _torchsde_grid(ts, 1e-3 if dt is None else dt)
-    dW = _increments(bm, t, y0) if bm is not None else None
-    return f, g, y0, t, dW, ts
+    return (sol.ys, sol.stats) if return_stats else sol.ys
 
 
 def _checked_increments(
@@ -286,48 +268,6 @@ def _checked_increments(
     if dW is None:
         return brownian_increments(t, y0.shape, y0.dtype, generator)
     _check_dW(dW, y0, t)
-    return dW
-
-
-def _is_sde(f: Any, g: Any) -> bool:
-    """Whether ``sdeint`` got torchsde's call: an object with ``f`` and ``g``, then ``y0``."""
-    return hasattr(f, "f") and hasattr(f, "g") and isinstance(g, Tensor)
-
-
-def _torchsde_functions(sde: Any) -> tuple[Any, Any]:
-    """``sde.f`` and ``sde.g``, checked to be what picard solves (diagonal Itô noise)."""
-    noise = getattr(sde, "noise_type", "diagonal")
-    kind = getattr(sde, "sde_type", "ito")
-    if noise != "diagonal":
-        raise ValueError(f"sde.noise_type must be 'diagonal' (Euler–Maruyama here), got {noise!r}")
-    if kind != "ito":
-        raise ValueError(f"sde.sde_type must be 'ito' (Euler–Maruyama), got {kind!r}")
-    return sde.f, sde.g
-
-
-def _torchsde_grid(ts: Tensor, dt: Any) -> Tensor:
-    """Torchsde's steps: from ``ts[0]`` by ``dt``, accumulated as it accumulates them.
-
-    The last step is cut at ``ts[-1]``.
-    """
-    dt = check_nonneg("dt", dt, positive=True)
-    if not bool(ts[-1] > ts[0]):
-        raise ValueError("torchsde's call needs increasing ts")
-    grid, now, end = [ts[0]], ts[0], ts[-1]
-    while bool(now < end):
-        now = torch.minimum(now + dt, end)
-        grid.append(now)
-    return torch.stack(grid)
-
-
-def _increments(bm: Callable[[Tensor, Tensor], Tensor], t: Tensor, y0: Tensor) -> Tensor:
-    """``bm(t_i, t_{i+1})`` for every step, queried in order (as the sequential loop does)."""
-    if not callable(bm):
-        raise TypeError(f"bm must be callable as bm(ta, tb), got {type(bm).__name__}")
-    steps = [bm(t[i], t[i + 1]) for i in range(t.shape[0] - 1)]
-    dW = torch.stack([torch.as_tensor(s, dtype=y0.dtype, device=y0.device) for s in steps])
-    if dW.shape[1:] != y0.shape:
-        raise ValueError(f"bm returned increments of shape {tuple(dW.shape[1:])}, not y0's")
     return dW
 
 

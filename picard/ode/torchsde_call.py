@@ -1,0 +1,431 @@
+"""torchsde's ``sdeint(sde, y0, ts, bm, method, dt, adaptive, ...)``, solved in parallel sweeps.
+
+The grid is torchsde's: steps of ``dt`` from ``ts[0]``, the last cut at ``ts[-1]``, read back
+onto ``ts`` by linear interpolation. The Brownian object is queried once per step, in order,
+before the sweeps (with the Lévy area where the method needs it), so the parallel path is
+torchsde's path with the same ``bm`` (to within ``tol``; to rounding at ``tol=0``). Without
+``bm``, torchsde's ``BrownianInterval`` is made as torchsde makes it (when torchsde is
+installed; else picard draws the increments, for the methods that need nothing more).
+``adaptive=True`` steps one step after another with torchsde's step-doubling error
+control (``stats.sequential_steps`` says so).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from picard.checks import check_nonneg
+from picard.core.options import Options
+from picard.ode.grids import interpolate
+from picard.ode.sde_functions import SDEFunctions
+from picard.ode.sde_methods import NOT_RUN, SDE_METHODS, SDEMethod, default_method
+from picard.problem import Problem, model_parameters, working_dtype
+from picard.solution import Stats, no_steps
+from picard.solver import solve_with
+
+__all__ = ["TORCHSDE_KEYWORDS", "SchemeProblem", "torchsde_grid", "torchsde_sdeint"]
+
+TORCHSDE_KEYWORDS = (
+    "adaptive", "rtol", "atol", "dt_min", "options", "names", "logqp", "extra",
+    "extra_solver_state",
+)  # fmt: skip
+"""torchsde's ``sdeint`` keywords besides ``bm``, ``method`` and ``dt``."""
+
+EULER_ADAPTIVE_WARNING = (
+    "Numerical solution is not guaranteed to converge to the correct solution when using "
+    "adaptive time-stepping with the Euler--Maruyama method with non-additive noise."
+)
+"""The warning torchsde gives (the same text)."""
+
+
+class SchemeProblem(Problem):
+    """torchsde's SDE on a grid, stepped by one of :data:`SDE_METHODS`.
+
+    Args:
+        fns: the SDE's functions.
+        method: the method.
+        t: the grid.
+        dW: the Brownian increments per step, ``(N, batch, m)``.
+        area: the space-time Lévy areas per step (``None`` unless the method reads them).
+        options: the method's options (``grad_free`` for Milstein).
+
+    Example:
+        >>> import picard
+        >>> class SDE:
+        ...     noise_type, sde_type = "diagonal", "ito"
+        ...     def f(self, t, y): return -y
+        ...     def g(self, t, y): return torch.zeros_like(y)
+        >>> t = torch.linspace(0, 1, 5)
+        >>> p = SchemeProblem(SDEFunctions(SDE()), SDE_METHODS["euler"], t, torch.zeros(4, 1, 1))
+        >>> picard.solve(p, torch.ones(1, 1), tol=0).final  # no noise: Euler, (3/4)^4
+        tensor([[0.3164]])
+    """
+
+    batch_ndim = 1
+
+    def __init__(
+        self,
+        fns: SDEFunctions,
+        method: SDEMethod,
+        t: Tensor,
+        dW: Tensor,
+        area: Tensor | None = None,
+        options: dict[str, Any] | None = None,
+    ):
+        self.fns, self.method, self.t = fns, method, t
+        self.num_steps = t.shape[0] - 1
+        self.stages = method.calls
+        self.dW, self.area, self.options = dW, area, dict(options or {})
+
+    def init(self, x0: Tensor) -> dict[str, Any]:
+        """Step sizes shaped to broadcast, increments in the working dtype."""
+        work = working_dtype(x0.dtype)
+        h = (self.t[1:] - self.t[:-1]).to(work).reshape(-1, 1, 1)
+        area = None if self.area is None else self.area.to(work)
+        return {"h": h, "dW": self.dW.to(work), "area": area}
+
+    def increments(
+        self, x: Tensor, start: int, state: dict[str, Any], history: Tensor | None
+    ) -> tuple[Tensor, None]:
+        """``y_{i+1} - y_i`` of the window's steps, torchsde's step on every row at once."""
+        stop = start + x.shape[0]
+        area = None if state["area"] is None else state["area"][start:stop]
+        new = self.method.step(
+            self.fns, self.t[start:stop].to(x.dtype), state["h"][start:stop], x,
+            state["dW"][start:stop], area, self.options,
+        )  # fmt: skip
+        return new - x, None
+
+    def parameters(self) -> Iterable[Tensor]:
+        """The ``sde`` object's parameters (an ``nn.Module``)."""
+        return model_parameters(self.fns.model)
+
+    def step_label(self, step: int) -> str:
+        """Name a step by its index and time."""
+        return f"step {step} (t = {self.t[step].item():g})"
+
+
+def torchsde_sdeint(
+    sde: Any,
+    y0: Any,
+    ts: Any,
+    bm: Any = None,
+    method: str | None = None,
+    dt: float = 1e-3,
+    adaptive: bool = False,
+    rtol: float = 1e-5,
+    atol: float = 1e-4,
+    dt_min: float = 1e-5,
+    options: dict[str, Any] | None = None,
+    names: dict[str, str] | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: Any = None,
+    *,
+    return_stats: bool = False,
+    generator: torch.Generator | None = None,
+    **solve_options: Any,
+) -> Any:
+    """Torchsde's ``sdeint``: the same call, the same path, in parallel sweeps.
+
+    Args:
+        sde: torchsde's ``sde`` object: ``noise_type``, ``sde_type`` and ``f``/``g`` (or
+            ``f_and_g``, ``g_prod``, ``f_and_g_prod``; ``h`` for ``logqp``).
+        y0: the initial state ``(batch, d)``.
+        ts: the output times (increasing).
+        bm: torchsde's Brownian object, ``bm(ta, tb)`` (``return_U=True`` for ``srk``).
+        method: a name of :data:`~picard.ode.sde_methods.SDE_METHODS`; ``None``:
+            torchsde's default (``srk`` for Itô SDEs but general noise, ``euler`` there,
+            ``midpoint`` for Stratonovich).
+        dt: the step.
+        adaptive: torchsde's step-doubling error control (sequential, as torchsde).
+        rtol: its relative tolerance.
+        atol: its absolute tolerance.
+        dt_min: its smallest step.
+        options: the method's options (``grad_free`` for Milstein).
+        names: torchsde's renaming of the ``sde``'s methods.
+        logqp: also return torchsde's log-ratio increments ``(len(ts) - 1, batch)``.
+        extra: also return the solver's extra state (empty: the methods here keep none).
+        extra_solver_state: the extra state to start from (``None`` or empty).
+        return_stats: also return the :class:`picard.Stats` (last).
+        generator: draws the increments where there is no ``bm`` and no torchsde.
+        **solve_options: the solve's options (``window``, ``tol``, ...).
+
+    Returns:
+        As torchsde: ``ys``, or ``(ys, log_ratio)``, with the extra state after them.
+
+    Raises:
+        ValueError: what torchsde refuses (method, SDE type, noise type, shapes, ...), or a
+            method picard does not run.
+
+    Example:
+        >>> class SDE(torch.nn.Module):
+        ...     noise_type, sde_type = "diagonal", "ito"
+        ...     def f(self, t, y): return -y
+        ...     def g(self, t, y): return 0.1 * torch.ones_like(y)
+        >>> ys = torchsde_sdeint(SDE(), torch.ones(4, 2), torch.tensor([0.0, 0.5, 1.0]),
+        ...                      method="euler", dt=0.05)
+        >>> ys.shape
+        torch.Size([3, 4, 2])
+    """
+    fns = SDEFunctions(sde, names, logqp)
+    if not isinstance(y0, Tensor):
+        raise ValueError("y0 must be a torch.Tensor")
+    if y0.dim() != 2:
+        raise ValueError(
+            f"y0 must be 2-dimensional, (batch, channels); got shape {tuple(y0.shape)}"
+        )
+    ts = _times(ts, y0)
+    dt = check_nonneg("dt", dt, positive=True)
+    method = default_method(fns.sde_type, fns.noise_type) if method is None else method
+    scheme = _method(method, fns, adaptive)
+    if logqp:
+        y0 = torch.cat([y0, y0.new_zeros((y0.shape[0], 1))], dim=1)
+    options = dict(options or {})
+    _check_extra(extra_solver_state)
+    noise = _noise_size(fns, ts, y0, bm)
+    if bm is None:
+        bm = _default_brownian(ts, (y0.shape[0], noise), y0, scheme, adaptive, generator)
+    elif scheme.needs_area and getattr(bm, "levy_area_approximation", "none") == "none":
+        raise ValueError(f"method={method!r} needs a bm with a Lévy area approximation")
+    if adaptive:
+        ys, stats = _adaptive(fns, scheme, y0, ts, bm, dt, rtol, atol, dt_min, options)
+    else:
+        grid = torchsde_grid(ts, dt)
+        if bm is None:  # no torchsde: picard draws the increments, as Euler needs only them
+            h = (grid[1:] - grid[:-1]).abs().sqrt().to(y0.dtype).reshape(-1, 1, 1)
+            shape = (grid.shape[0] - 1, y0.shape[0], noise)
+            dW = torch.randn(shape, generator=generator, dtype=y0.dtype, device=y0.device) * h
+            area = None
+        else:
+            dW, area = _queried(bm, grid, y0, scheme.needs_area)
+            if dW.shape[1:] != (y0.shape[0], noise):
+                raise ValueError(
+                    f"bm returned increments of shape {tuple(dW.shape[1:])}; expected "
+                    f"(batch, noise channels) = {(y0.shape[0], noise)}"
+                )
+        problem = SchemeProblem(fns, scheme, grid, dW, area, options)
+        sol = solve_with(problem, y0, Options.of(**solve_options), save=True)
+        assert sol.ys is not None
+        ys, stats = interpolate(grid, sol.ys, ts), sol.stats
+    out: tuple[Any, ...]
+    if logqp:
+        ys, log_ratio = ys[..., :-1], ys[..., -1]
+        out = (ys, log_ratio[1:] - log_ratio[:-1])
+    else:
+        out = (ys,)
+    if extra:
+        out = (*out, ())
+    if return_stats:
+        out = (*out, stats)
+    return out if len(out) > 1 else out[0]
+
+
+def torchsde_grid(ts: Tensor, dt: float) -> Tensor:
+    """Torchsde's steps: from ``ts[0]`` by ``dt``, accumulated as it accumulates them.
+
+    The last step is cut at ``ts[-1]``.
+
+    Args:
+        ts: the output times (increasing).
+        dt: the step.
+
+    Returns:
+        The grid, from ``ts[0]`` to ``ts[-1]``.
+
+    Example:
+        >>> torchsde_grid(torch.tensor([0.0, 0.25]), 0.1).tolist()
+        [0.0, 0.10000000149011612, 0.20000000298023224, 0.25]
+    """
+    grid, now, end = [ts[0]], ts[0], ts[-1]
+    while bool(now < end):
+        now = torch.minimum(now + dt, end)
+        grid.append(now)
+    return torch.stack(grid)
+
+
+def _times(ts: Any, y0: Tensor) -> Tensor:
+    if not isinstance(ts, Tensor):
+        if not isinstance(ts, (tuple, list)) or not all(isinstance(t, (float, int)) for t in ts):
+            raise ValueError("ts must be a 1-D Tensor or a list/tuple of floats")
+        ts = torch.tensor(ts, dtype=y0.dtype, device=y0.device)
+    if ts.dim() != 1 or ts.shape[0] < 1:
+        raise ValueError(f"ts must be 1-D and non-empty, got shape {tuple(ts.shape)}")
+    if ts.shape[0] > 1 and not bool((ts[1:] > ts[:-1]).all()):
+        raise ValueError("ts must be strictly increasing (as torchsde requires)")
+    return ts
+
+
+def _method(method: Any, fns: SDEFunctions, adaptive: bool) -> SDEMethod:
+    """The method, checked against the SDE as torchsde checks it."""
+    if method in NOT_RUN:
+        raise ValueError(f"method={method!r} is torchsde's; picard does not run it yet")
+    if method not in SDE_METHODS:
+        raise ValueError(
+            f"method must be one of {sorted([*SDE_METHODS, *NOT_RUN])}, got {method!r}"
+        )
+    scheme = SDE_METHODS[method]
+    if adaptive and method == "euler" and fns.noise_type != "additive":  # before, as torchsde
+        warnings.warn(EULER_ADAPTIVE_WARNING, UserWarning, stacklevel=4)
+    if fns.sde_type not in scheme.sde_types:
+        raise ValueError(
+            f"method={method!r} solves {'/'.join(scheme.sde_types)} SDEs; sde.sde_type is "
+            f"{fns.sde_type!r}"
+        )
+    if fns.noise_type not in scheme.noise_types:
+        raise ValueError(
+            f"method={method!r} does not take noise_type={fns.noise_type!r} (it takes "
+            f"{', '.join(scheme.noise_types)})"
+        )
+    return scheme
+
+
+def _check_extra(extra_solver_state: Any) -> None:
+    if extra_solver_state is not None and len(tuple(extra_solver_state)) != 0:
+        raise ValueError(
+            "extra_solver_state: the methods picard runs keep no extra state (pass () or None)"
+        )
+
+
+def _noise_size(fns: SDEFunctions, ts: Tensor, y0: Tensor, bm: Any) -> int:
+    """The Brownian channels, from the diffusion's shape at ``(ts[0], y0)`` or ``bm``'s."""
+    sizes = []
+    if bm is not None and hasattr(bm, "shape"):  # torchsde's Brownian objects (a plain
+        shape = tuple(bm.shape)  # function bm(ta, tb) is checked by its increments)
+        if len(shape) != 2:
+            raise ValueError("bm must be of shape (batch, noise_channels)")
+        if shape[0] != y0.shape[0]:
+            raise ValueError(f"bm has batch {shape[0]}, y0 has {y0.shape[0]}")
+        sizes.append(shape[1])
+    try:
+        with torch.no_grad():
+            g = fns.base.g(ts[0], y0)
+    except ValueError:
+        g = None  # only g_prod: the noise size comes from bm
+    if g is not None:
+        expected = 2 if fns.diagonal else 3
+        if g.dim() != expected or g.shape[:2] != y0.shape:
+            raise ValueError(
+                f"the diffusion must be of shape (batch, d{'' if fns.diagonal else ', m'}) = "
+                f"{(*y0.shape,) + (() if fns.diagonal else ('m',))}, got {tuple(g.shape)}"
+            )
+        sizes.append(g.shape[-1])
+    if not sizes:
+        raise ValueError("cannot infer the noise size: pass bm, or give the sde a g or f_and_g")
+    if any(s != sizes[0] for s in sizes):
+        raise ValueError(f"noise sizes disagree: bm and the diffusion give {sizes}")
+    if fns.noise_type == "scalar" and sizes[0] != 1:
+        raise ValueError(f"scalar noise must have one channel; the diffusion has {sizes[0]}")
+    return sizes[0]
+
+
+def _default_brownian(
+    ts: Tensor, size: tuple[int, int], y0: Tensor, scheme: SDEMethod, adaptive: bool,
+    generator: torch.Generator | None,
+) -> Any:  # fmt: skip
+    """Torchsde's ``BrownianInterval`` as torchsde makes it (``None`` without torchsde)."""
+    try:
+        from torchsde import BrownianInterval
+    except ImportError:
+        if adaptive or scheme.needs_area:
+            raise ValueError(
+                "without torchsde installed, pass bm (this method or adaptive stepping queries "
+                "Brownian motion at arbitrary times)"
+            ) from None
+        return None
+    entropy = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+    return BrownianInterval(
+        t0=ts[0], t1=ts[-1], size=size, dtype=y0.dtype, device=y0.device, entropy=entropy,
+        levy_area_approximation="space-time" if scheme.needs_area else "none",
+    )  # fmt: skip
+
+
+def _query(bm: Any, ta: Tensor, tb: Tensor, area: bool) -> tuple[Tensor, Tensor | None]:
+    if area:
+        w, u = bm(ta, tb, return_U=True)
+        return w, u
+    return bm(ta, tb), None
+
+
+def _queried(bm: Any, grid: Tensor, y0: Tensor, area: bool) -> tuple[Tensor, Tensor | None]:
+    """``bm`` over every step, in order (as the sequential loop queries it)."""
+    if not callable(bm):
+        raise TypeError(f"bm must be callable as bm(ta, tb), got {type(bm).__name__}")
+    steps = [_query(bm, grid[i], grid[i + 1], area) for i in range(grid.shape[0] - 1)]
+    dW = torch.stack([torch.as_tensor(w, dtype=y0.dtype, device=y0.device) for w, _ in steps])
+    areas = None if not area else torch.stack([u for _, u in steps])  # type: ignore[misc]
+    return dW, areas
+
+
+def _adaptive(
+    fns: SDEFunctions, scheme: SDEMethod, y0: Tensor, ts: Tensor, bm: Any, dt: float,
+    rtol: float, atol: float, dt_min: float, options: dict[str, Any],
+) -> tuple[Tensor, Stats]:  # fmt: skip
+    """Torchsde's adaptive stepping, one step after another: a full step against two halves."""
+
+    def step(ta: Tensor, tb: Tensor, y: Tensor) -> Tensor:
+        w, u = _query(bm, ta, tb, scheme.needs_area)
+        h = (tb - ta).to(y.dtype).reshape(1, 1, 1)
+        return scheme.step(fns, ta.reshape(1).to(y.dtype), h, y[None], w[None],
+                           None if u is None else u[None], options)[0]  # fmt: skip
+
+    size, prev_ratio = dt, None
+    prev_t = now = ts[0]
+    prev_y = y = y0
+    out, tried = [y0], 0
+    for target in ts[1:]:
+        while bool(now < target):
+            nxt = torch.minimum(now + size, ts[-1])
+            full = step(now, nxt, y)
+            mid = 0.5 * (now + nxt)
+            halves = step(mid, nxt, step(now, mid, y))
+            tried += 1
+            with torch.no_grad():
+                error = _error(full, halves, rtol, atol)
+                size, prev_ratio = _next_size(error, size, prev_ratio)
+            if size < dt_min:
+                warnings.warn("Hitting minimum allowed step size in adaptive time-stepping.",
+                              stacklevel=3)  # fmt: skip
+                size, prev_ratio = dt_min, None
+            if error <= 1 or size <= dt_min:
+                prev_t, prev_y, now, y = now, y, nxt, halves
+        out.append(_linear(prev_t, prev_y, now, y, target))
+    base = no_steps()
+    stats = Stats(num_steps=tried, window=1, tol=float(rtol), iterations=3 * tried,
+                  evaluations=3 * tried, stages=scheme.calls, sequential_steps=3 * tried,
+                  window_starts=base.window_starts)  # fmt: skip
+    return torch.stack(out), stats
+
+
+def _linear(t0: Tensor, y0: Tensor, t1: Tensor, y1: Tensor, t: Tensor) -> Tensor:
+    if bool(t == t0):
+        return y0
+    if bool(t == t1):
+        return y1
+    return y0 + (t - t0) / (t1 - t0) * (y1 - y0)
+
+
+def _error(full: Tensor, halves: Tensor, rtol: float, atol: float) -> float:
+    """Torchsde's error estimate: the RMS of the difference over the mixed tolerance."""
+    bound = (rtol * torch.maximum(full.abs(), halves.abs()) + atol).clamp_min(1e-7)
+    error = ((full - halves) / bound).pow(2).mean().sqrt().clamp_min(1e-7)
+    if bool(torch.isnan(error)):
+        raise ValueError("NaN in the adaptive error estimate: loosen the tolerances")
+    return float(error)
+
+
+def _next_size(error: float, size: float, prev_ratio: float | None) -> tuple[float, Any]:
+    """Torchsde's step-size controller (a PI controller with safety 0.9, factors 0.2–1.4)."""
+    p, i = (0.0, 1 / 1.5) if error > 1 else (0.13, 1 / 4.5)
+    ratio = 0.9 / error
+    prev_ratio = ratio if prev_ratio is None else prev_ratio
+    factor = ratio**i * (ratio / prev_ratio) ** p
+    low = 0.2
+    if error <= 1:
+        prev_ratio, low = ratio, 1.0
+    return float(size) * min(1.4, max(low, factor)), prev_ratio
