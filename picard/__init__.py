@@ -4,7 +4,7 @@ Solving: :func:`solve`, :func:`sequential`, :class:`Options`, :class:`Solution`,
 :class:`Stats`. Problems: :class:`Problem`, :class:`Recursion`, :class:`Lanes`,
 :class:`Traits`, :func:`map_rows` (how a problem calls its model so that solves can chunk
 and shard the rows). ODEs and SDEs: :func:`odeint`, :func:`odeint_adjoint`,
-:func:`odeint_event`, :func:`sdeint`. Strategies: :class:`Tolerance`,
+:func:`odeint_event`, :func:`sdeint`, :func:`sdeint_adjoint`. Strategies: :class:`Tolerance`,
 :class:`Acceleration`, :class:`Picard`, :class:`Secant` (``accelerate=``). Errors and
 warnings: :class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`,
 :class:`UnsupportedSchedulerError`, :class:`MemoryWarning`, :class:`AccuracyWarning`,
@@ -28,7 +28,7 @@ from picard.errors import (
     UnsupportedSchedulerError,
 )
 from picard.evaluation import map_rows
-from picard.ode import odeint, odeint_adjoint, odeint_event, sdeint
+from picard.ode import odeint, odeint_adjoint, odeint_event, sdeint, sdeint_adjoint
 from picard.problem import Lanes, Problem, Recursion, Traits
 from picard.solution import Solution, Stats
 from picard.solver import DEFAULT_TOL, sequential, solve
@@ -60,6 +60,7 @@ __all__ = [
     "odeint_adjoint",
     "odeint_event",
     "sdeint",
+    "sdeint_adjoint",
     "sequential",
     "solve",
 ]

@@ -29,7 +29,14 @@ from torch.autograd.function import once_differentiable
 from picard.problem import Problem, working_dtype
 from picard.solution import Solution
 
-__all__ = ["AdjointProblem", "Adjoints", "differentiable", "gradient_inputs", "used_leaves"]
+__all__ = [
+    "AdjointProblem",
+    "Adjoints",
+    "differentiable",
+    "every_parameter",
+    "gradient_inputs",
+    "used_leaves",
+]
 
 
 class AdjointProblem(Problem):
@@ -316,3 +323,43 @@ def _traced(problem: Problem, x0: Tensor, state: Any) -> list[Tensor]:
     with torch.enable_grad():
         inc, _ = problem.increments(x0.detach().to(working_dtype(x0.dtype))[None], 0, state, None)
     return used_leaves(inc) if isinstance(inc, Tensor) and inc.requires_grad else []
+
+
+def every_parameter(ys: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """``ys`` unchanged, with a gradient for every parameter (zero where the solve uses none).
+
+    torchdiffeq's and torchsde's adjoints give each of their adjoint parameters a gradient,
+    and their outputs require one whenever a parameter does; autograd alone would give an
+    unused parameter none (and an output that uses no parameter no graph at all).
+
+    Args:
+        ys: a solve's output.
+        params: the parameters (those requiring gradients are connected).
+
+    Returns:
+        ``ys``, connected to ``params``.
+
+    Example:
+        >>> w = torch.zeros(2, requires_grad=True)
+        >>> out = every_parameter(torch.ones(3), [w])
+        >>> out.sum().backward()
+        >>> w.grad
+        tensor([0., 0.])
+    """
+    wanted = [p for p in params if p.requires_grad]
+    if not wanted or not torch.is_grad_enabled():
+        return ys
+    return _EveryParameter.apply(ys, *wanted)
+
+
+class _EveryParameter(torch.autograd.Function):
+    """The autograd function of :func:`every_parameter`."""
+
+    @staticmethod
+    def forward(ctx: Any, ys: Tensor, *params: Tensor) -> Tensor:
+        ctx.shapes = [(p.shape, p.dtype, p.device) for p in params]
+        return ys.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Any:
+        return (grad, *(torch.zeros(s, dtype=d, device=v) for s, d, v in ctx.shapes))

@@ -10,5 +10,14 @@ grids of :mod:`~picard.ode.grids`, evaluating the window's rows together or thro
 from picard.ode.events import odeint_event
 from picard.ode.integrate import GUESS_STEPS, METHODS, odeint, odeint_adjoint
 from picard.ode.stochastic import sdeint
+from picard.ode.torchsde_call import sdeint_adjoint
 
-__all__ = ["GUESS_STEPS", "METHODS", "odeint", "odeint_adjoint", "odeint_event", "sdeint"]
+__all__ = [
+    "GUESS_STEPS",
+    "METHODS",
+    "odeint",
+    "odeint_adjoint",
+    "odeint_event",
+    "sdeint",
+    "sdeint_adjoint",
+]

@@ -29,6 +29,7 @@ from picard.checks import (
     check_nonneg,
     check_state,
 )
+from picard.core.adjoint import every_parameter
 from picard.core.options import Options
 from picard.ode.adams import ADAMS, MAX_ORDER, AdamsProblem
 from picard.ode.batching import batched_form
@@ -577,23 +578,7 @@ def odeint_adjoint(
     return_stats = bool(kwargs.get("return_stats", False))
     ys, rest = (out[0], out[1:]) if return_stats else (out, ())
     if isinstance(ys, tuple):
-        ys = tuple(_EveryParameter.apply(y, *wanted) for y in ys)
+        ys = tuple(every_parameter(y, wanted) for y in ys)
     else:
-        ys = _EveryParameter.apply(ys, *wanted)
+        ys = every_parameter(ys, wanted)
     return (ys, *rest) if return_stats else ys
-
-
-class _EveryParameter(torch.autograd.Function):
-    """``ys`` unchanged; every parameter gets a gradient, zero where the solve does not use it.
-
-    torchdiffeq's adjoint gives its ``adjoint_params`` one each; autograd would give none.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, ys: Tensor, *params: Tensor) -> Tensor:
-        ctx.shapes = [(p.shape, p.dtype, p.device) for p in params]
-        return ys.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Any:
-        return (grad, *(torch.zeros(s, dtype=d, device=v) for s, d, v in ctx.shapes))

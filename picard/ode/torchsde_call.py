@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from picard.checks import check_nonneg
+from picard.core.adjoint import every_parameter
 from picard.core.options import Options
 from picard.ode.grids import interpolate
 from picard.ode.sde_functions import SDEFunctions
@@ -28,7 +29,13 @@ from picard.problem import Problem, model_parameters, working_dtype
 from picard.solution import Stats, no_steps
 from picard.solver import solve_with
 
-__all__ = ["TORCHSDE_KEYWORDS", "SchemeProblem", "torchsde_grid", "torchsde_sdeint"]
+__all__ = [
+    "TORCHSDE_KEYWORDS",
+    "SchemeProblem",
+    "sdeint_adjoint",
+    "torchsde_grid",
+    "torchsde_sdeint",
+]
 
 TORCHSDE_KEYWORDS = (
     "adaptive", "rtol", "atol", "dt_min", "options", "names", "logqp", "extra",
@@ -429,3 +436,93 @@ def _next_size(error: float, size: float, prev_ratio: float | None) -> tuple[flo
     if error <= 1:
         prev_ratio, low = ratio, 1.0
     return float(size) * min(1.4, max(low, factor)), prev_ratio
+
+
+def sdeint_adjoint(
+    sde: Any,
+    y0: Tensor,
+    ts: Any,
+    bm: Any = None,
+    method: str | None = None,
+    adjoint_method: str | None = None,
+    dt: float = 1e-3,
+    adaptive: bool = False,
+    adjoint_adaptive: bool = False,
+    rtol: float = 1e-5,
+    adjoint_rtol: float = 1e-5,
+    atol: float = 1e-4,
+    adjoint_atol: float = 1e-4,
+    dt_min: float = 1e-5,
+    options: dict[str, Any] | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Any = None,
+    names: dict[str, str] | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: Any = None,
+    **solve_options: Any,
+) -> Any:
+    """Torchsde's ``sdeint_adjoint`` call: :func:`torchsde_sdeint`, gradients by picard's adjoint.
+
+    picard's backward pass is the adjoint recursion of the forward's own steps, solved in
+    parallel: the gradients of the discrete path (autograd through the sequential loop
+    gives the same), to ``y0``, ``sde``'s parameters and ``adjoint_params``. torchsde's
+    continuous adjoint solves another SDE backward, with its own method and tolerances:
+    ``adjoint_method``, ``adjoint_adaptive``, ``adjoint_rtol``, ``adjoint_atol`` and
+    ``adjoint_options`` are accepted and have nothing to act on.
+
+    Args:
+        sde: as for :func:`torchsde_sdeint`.
+        y0: as for :func:`torchsde_sdeint`.
+        ts: as for :func:`torchsde_sdeint`.
+        bm: as for :func:`torchsde_sdeint`.
+        method: as for :func:`torchsde_sdeint`.
+        adjoint_method: torchsde's backward method (nothing to act on).
+        dt: as for :func:`torchsde_sdeint`.
+        adaptive: as for :func:`torchsde_sdeint`.
+        adjoint_adaptive: torchsde's (nothing to act on).
+        rtol: as for :func:`torchsde_sdeint`.
+        adjoint_rtol: torchsde's (nothing to act on).
+        atol: as for :func:`torchsde_sdeint`.
+        adjoint_atol: torchsde's (nothing to act on).
+        dt_min: as for :func:`torchsde_sdeint`.
+        options: as for :func:`torchsde_sdeint`.
+        adjoint_options: torchsde's (nothing to act on).
+        adjoint_params: the tensors gradients flow to (default: ``sde``'s parameters).
+        names: as for :func:`torchsde_sdeint`.
+        logqp: as for :func:`torchsde_sdeint`.
+        extra: as for :func:`torchsde_sdeint`.
+        extra_solver_state: as for :func:`torchsde_sdeint`.
+        **solve_options: the solve's options.
+
+    Returns:
+        As :func:`torchsde_sdeint`.
+
+    Example:
+        >>> class SDE(torch.nn.Module):
+        ...     noise_type, sde_type = "diagonal", "ito"
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.k = torch.nn.Parameter(torch.tensor(0.5))
+        ...     def f(self, t, y): return -self.k * y
+        ...     def g(self, t, y): return 0.1 * torch.ones_like(y)
+        >>> sde = SDE()
+        >>> ys = sdeint_adjoint(sde, torch.ones(2, 1), torch.tensor([0.0, 1.0]), method="euler",
+        ...                     dt=0.1)
+        >>> ys[-1].sum().backward()
+        >>> sde.k.grad.shape
+        torch.Size([])
+    """
+    params = tuple(model_parameters(sde) if adjoint_params is None else adjoint_params)
+    if adjoint_params is not None:
+        solve_options["adjoint_params"] = params
+    out = torchsde_sdeint(
+        sde, y0, ts, bm, method=method, dt=dt, adaptive=adaptive, rtol=rtol, atol=atol,
+        dt_min=dt_min, options=options, names=names, logqp=logqp, extra=extra,
+        extra_solver_state=extra_solver_state, **solve_options,
+    )  # fmt: skip
+    # as torchsde's adjoint: every parameter gets a gradient, zero where unused
+    if isinstance(out, Tensor):
+        return every_parameter(out, params)
+    paths = 2 if logqp else 1
+    return (*(every_parameter(o, params) for o in out[:paths]), *out[paths:])

@@ -1,0 +1,149 @@
+"""Issue 24: torchsde's ``sdeint`` call, picard against torchsde, forward + backward.
+
+A latent-SDE-style model (torchsde's examples): drift and diffusion MLPs (4 → 32 → 4,
+softplus/sigmoid), batch 64, ``ts`` at 11 points on [0, 1], ``dt`` 0.01 (100 steps), the
+same ``BrownianInterval`` for both. For each method: the largest difference of picard's
+path (no options) from torchsde's, the loss gradient's relative difference, and the median
+seconds of 5 forward+backward runs of each, one thread, run in turn.
+
+    python benchmarks/sdeint_torchsde.py [--out benchmarks/results/sdeint_torchsde]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchsde
+from harness import write_results
+
+import picard
+
+REPEATS = 5
+CASES = [("ito", "euler"), ("ito", "milstein"), ("ito", "srk"), ("stratonovich", "midpoint"),
+         ("stratonovich", "heun")]  # fmt: skip
+
+
+class Latent(torch.nn.Module):
+    """Drift and diagonal diffusion networks, as torchsde's latent SDE example has."""
+
+    noise_type = "diagonal"
+
+    def __init__(self, sde_type: str):
+        super().__init__()
+        self.sde_type = sde_type
+        torch.manual_seed(0)
+        self.drift = torch.nn.Sequential(
+            torch.nn.Linear(5, 32), torch.nn.Softplus(), torch.nn.Linear(32, 4)
+        )
+        self.diffusion = torch.nn.Sequential(
+            torch.nn.Linear(4, 32), torch.nn.Softplus(), torch.nn.Linear(32, 4), torch.nn.Sigmoid()
+        )
+
+    def f(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        time_feature = torch.sin(t) * torch.ones_like(y[:, :1])
+        return self.drift(torch.cat([y, time_feature], dim=1))
+
+    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 0.3 * self.diffusion(y)
+
+
+class Tape:
+    """A Brownian object that replays increments drawn beforehand, one per step in order.
+
+    Both solvers query each step once, in order, at fixed steps: this takes the
+    ``BrownianInterval``'s own cost (milliseconds a query) out of the comparison.
+    """
+
+    def __init__(self, steps: int, area: bool):
+        gen = torch.Generator().manual_seed(11)
+        self.shape = (64, 4)
+        self.w = 0.1 * torch.randn(steps, 64, 4, generator=gen)
+        self.u = 0.01 * torch.randn(steps, 64, 4, generator=gen) if area else None
+        self.next = 0
+        self.levy_area_approximation = "space-time" if area else "none"
+
+    def __call__(self, ta: Any, tb: Any, return_U: bool = False) -> Any:
+        k, self.next = self.next, self.next + 1
+        scale = float(tb - ta) ** 0.5 / 0.1
+        w = self.w[k] * scale
+        return (w, self.u[k] * scale**3) if return_U else w
+
+
+def run(sde_type: str, method: str, tape: bool) -> dict[str, Any]:
+    """Both solvers on one method: differences and median seconds of forward + backward."""
+    sde = Latent(sde_type)
+    y0 = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    ts = torch.linspace(0, 1, 11)
+    area = "space-time" if method == "srk" else "none"
+    bm_name = "replayed increments" if tape else "BrownianInterval"
+    row: dict[str, Any] = {"method": f"{method} ({sde_type})", "bm": bm_name}
+    results = {}
+    for label, solve in (("torchsde", torchsde.sdeint), ("picard", picard.sdeint)):
+        times = []
+        for _ in range(REPEATS):
+            bm = (
+                Tape(120, method == "srk")
+                if tape
+                else torchsde.BrownianInterval(
+                    0.0, 1.0, (64, 4), entropy=11, levy_area_approximation=area
+                )
+            )
+            sde.zero_grad()
+            start = time.perf_counter()
+            if label == "picard":
+                ys, stats = solve(sde, y0, ts, bm, method=method, dt=0.01, return_stats=True)
+            else:
+                ys = solve(sde, y0, ts, bm, method=method, dt=0.01)
+            ys.square().mean().backward()
+            times.append(time.perf_counter() - start)
+        grads = torch.cat([p.grad.reshape(-1) for p in sde.parameters()])
+        results[label] = (ys.detach(), grads)
+        row[f"{label}_seconds"] = statistics.median(times)
+        if label == "picard":
+            row["sweeps"], row["steps"] = stats.iterations, stats.num_steps
+    (a, ga), (b, gb) = results["torchsde"], results["picard"]
+    row["difference"] = float((a - b).abs().max())
+    row["gradient_difference"] = float((ga - gb).norm() / ga.norm())
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sdeint_torchsde"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for tape in (False, True):
+        for sde_type, method in CASES:
+            rows.append(run(sde_type, method, tape))
+            print(rows[-1], flush=True)
+    header = (
+        "| method | bm | picard − torchsde (path) | gradient, relative | torchsde s | picard s | "
+        "speed-up | sweeps | steps |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [
+        f"| {r['method']} | {r['bm']} | {r['difference']:.1e} | {r['gradient_difference']:.1e} | "
+        f"{r['torchsde_seconds']:.3f} | {r['picard_seconds']:.3f} | "
+        f"{r['torchsde_seconds'] / r['picard_seconds']:.2f}x | {r['sweeps']} | {r['steps']} |"
+        for r in rows
+    ]
+    text = (
+        "**Issue 24: torchsde's call, forward + backward (`python benchmarks/"
+        "sdeint_torchsde.py`)**: a latent-SDE-style model, batch 64, 100 steps of 0.01, "
+        "the same Brownian object for both: torchsde's ``BrownianInterval`` (its queries, "
+        "milliseconds each, dominate both) or increments drawn beforehand and replayed.\n\n"
+        + header
+        + "\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    write_results(args.out, rows, text)
+
+
+if __name__ == "__main__":
+    main()
