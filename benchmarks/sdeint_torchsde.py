@@ -2,7 +2,7 @@
 
 A latent-SDE-style model (torchsde's examples): drift and diffusion MLPs (4 → 32 → 4,
 softplus/sigmoid), batch 64, ``ts`` at 11 points on [0, 1], ``dt`` 0.01 (100 steps), the
-same ``BrownianInterval`` for both. For each method: the largest difference of picard's
+same `BrownianInterval` for both. For each method: the largest difference of picard's
 path (no options) from torchsde's, the loss gradient's relative difference, and the median
 seconds of 5 forward+backward runs of each, one thread, run in turn.
 
@@ -56,7 +56,7 @@ class Tape:
     """A Brownian object that replays increments drawn beforehand, one per step in order.
 
     Both solvers query each step once, in order, at fixed steps: this takes the
-    ``BrownianInterval``'s own cost (milliseconds a query) out of the comparison.
+    `BrownianInterval`'s own cost (milliseconds a query) out of the comparison.
     """
 
     def __init__(self, steps: int, area: bool):
@@ -135,7 +135,7 @@ def main() -> None:
     text = (
         "**Issue 24: torchsde's call, forward + backward (`python benchmarks/"
         "sdeint_torchsde.py`)**: a latent-SDE-style model, batch 64, 100 steps of 0.01, "
-        "the same Brownian object for both: torchsde's ``BrownianInterval`` (its queries, "
+        "the same Brownian object for both: torchsde's `BrownianInterval` (its queries, "
         "milliseconds each, dominate both) or increments drawn beforehand and replayed.\n\n"
         + header
         + "\n"
