@@ -54,6 +54,7 @@ CASES = (
         for method in ("heun", "midpoint", "euler_heun")
     ]
     + [("general", "ito", "euler"), ("diagonal", "stratonovich", "milstein")]
+    + [(noise, "stratonovich", "reversible_heun") for noise in ("diagonal", "general")]
 )
 
 
@@ -135,7 +136,7 @@ def test_logqp_names_and_extra():
     [
         ({"method": "midpoint"}, "'midpoint' solves stratonovich SDEs"),
         ({"method": "srk", "noise": "general"}, "'srk' does not take noise_type='general'"),
-        ({"method": "reversible_heun"}, "picard does not run it"),
+        ({"method": "log_ode"}, "picard does not run it"),
         ({"method": "srk", "area": "none"}, "needs a bm with a Lévy area"),
         ({"method": "euler", "names": {"drift_fn": "f"}}, "names has unknown key"),
     ],
@@ -149,3 +150,27 @@ def test_what_torchsde_refuses_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         picard.sdeint(sde, torch.ones(B, D, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), bm,
                       dt=0.1, **kwargs)  # fmt: skip
+
+
+def test_reversible_heun_runs_backward_to_its_start():
+    sde = _SDE("general", "stratonovich")
+    y0 = torch.full((B, D), 0.3, dtype=F64)
+    ts = torch.linspace(0, 1, 9, dtype=F64)  # steps of 1/8: the grids align exactly
+    bm = torchsde.BrownianInterval(0.0, 1.0, (B, M), dtype=F64, entropy=4)
+
+    class Minus(torch.nn.Module):
+        noise_type, sde_type = "general", "stratonovich"
+
+        def f(self, t, y):
+            return -sde.f(-t, y)
+
+        def g(self, t, y):
+            return -sde.g(-t, y)
+
+    with torch.no_grad():
+        ys, (f, g, z) = picard.sdeint(sde, y0, ts, bm, method="reversible_heun", dt=0.125,
+                                      extra=True, tol=0)  # fmt: skip
+        back = picard.sdeint(Minus(), ys[-1], -ts.flip(0), torchsde.ReverseBrownian(bm),
+                             method="reversible_heun", dt=0.125, extra_solver_state=(-f, -g, z),
+                             tol=0)  # fmt: skip
+    torch.testing.assert_close(back.flip(0), ys, rtol=1e-9, atol=1e-9)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from picard.ode.sde_functions import NOISE_TYPES, SDEFunctions
@@ -33,6 +34,9 @@ class SDEMethod:
         noise_types: the noise types it solves.
         needs_area: it reads the space-time Lévy area (``bm(ta, tb, return_U=True)``).
         calls: calls of the SDE's functions per step (for statistics).
+        carries_z: the state is ``cat([y, z], -1)``: reversible Heun's second state ``z``
+            travels with ``y`` (torchsde's extra solver state, its ``f``, ``g`` recomputed
+            from ``z``).
 
     Example:
         >>> SDE_METHODS["heun"].sde_types, SDE_METHODS["srk"].needs_area
@@ -44,6 +48,7 @@ class SDEMethod:
     noise_types: tuple[str, ...]
     needs_area: bool = False
     calls: int = 1
+    carries_z: bool = False
 
 
 def _euler(fns: SDEFunctions, t: Tensor, h: Tensor, y: Tensor, dW: Tensor, area: Any,
@@ -90,6 +95,16 @@ def _euler_heun(fns: SDEFunctions, t: Tensor, h: Tensor, y: Tensor, dW: Tensor, 
     f, g_prod = fns.f_and_g_prod(t, y, dW)
     g_prod_prime = fns.g_prod(t + h.reshape(-1), y + g_prod, dW)
     return y + h * f + (g_prod + g_prod_prime) * 0.5
+
+
+def _reversible_heun(fns: SDEFunctions, t: Tensor, h: Tensor, x: Tensor, dW: Tensor,
+                     area: Any, options: dict[str, Any]) -> Tensor:  # fmt: skip
+    y, z = x.chunk(2, dim=-1)
+    f0, g0 = fns.f_and_g(t, z)
+    z1 = 2 * y - z + f0 * h + fns.prod(g0, dW)
+    f1, g1 = fns.f_and_g(t + h.reshape(-1), z1)
+    y1 = y + (f0 + f1) * (0.5 * h) + fns.prod(g0 + g1, 0.5 * dW)
+    return torch.cat([y1, z1], dim=-1)
 
 
 # Rößler (2010), "Runge–Kutta methods for the strong approximation of solutions of
@@ -172,10 +187,11 @@ SDE_METHODS: dict[str, SDEMethod] = {
     "heun": SDEMethod(_heun, _STRAT, NOISE_TYPES, calls=2),
     "midpoint": SDEMethod(_midpoint, _STRAT, NOISE_TYPES, calls=2),
     "euler_heun": SDEMethod(_euler_heun, _STRAT, NOISE_TYPES, calls=2),
+    "reversible_heun": SDEMethod(_reversible_heun, _STRAT, NOISE_TYPES, calls=2, carries_z=True),
 }
 """The methods picard runs in parallel sweeps, by torchsde's names."""
 
-NOT_RUN = ("log_ode", "reversible_heun")
+NOT_RUN = ("log_ode",)
 """torchsde's methods picard does not run (a ``ValueError`` says so)."""
 
 

@@ -194,14 +194,15 @@ def torchsde_sdeint(
     if logqp:
         y0 = torch.cat([y0, y0.new_zeros((y0.shape[0], 1))], dim=1)
     options = dict(options or {})
-    _check_extra(extra_solver_state)
+    z0 = _start_z(extra_solver_state, scheme, y0)
     noise = _noise_size(fns, ts, y0, bm)
     if bm is None:
         bm = _default_brownian(ts, (y0.shape[0], noise), y0, scheme, adaptive, generator)
     elif scheme.needs_area and getattr(bm, "levy_area_approximation", "none") == "none":
         raise ValueError(f"method={method!r} needs a bm with a Lévy area approximation")
+    x0 = y0 if z0 is None else torch.cat([y0, z0], dim=-1)
     if adaptive:
-        ys, stats = _adaptive(fns, scheme, y0, ts, bm, dt, rtol, atol, dt_min, options)
+        ys, stats = _adaptive(fns, scheme, x0, ts, bm, dt, rtol, atol, dt_min, options)
     else:
         grid = torchsde_grid(ts, dt)
         if bm is None:  # no torchsde: picard draws the increments, as Euler needs only them
@@ -217,9 +218,15 @@ def torchsde_sdeint(
                     f"(batch, noise channels) = {(y0.shape[0], noise)}"
                 )
         problem = SchemeProblem(fns, scheme, grid, dW, area, options)
-        sol = solve_with(problem, y0, Options.of(**solve_options), save=True)
+        sol = solve_with(problem, x0, Options.of(**solve_options), save=True)
         assert sol.ys is not None
         ys, stats = interpolate(grid, sol.ys, ts), sol.stats
+    state: tuple[Tensor, ...] = ()
+    if z0 is not None:  # torchsde's extra state: f, g at the last z, and z
+        ys, z = ys.chunk(2, dim=-1)
+        end_z = z[-1]
+        f_end, g_end = fns.base.f_and_g(ts[-1], end_z)
+        state = (f_end, g_end, end_z)
     out: tuple[Any, ...]
     if logqp:
         ys, log_ratio = ys[..., :-1], ys[..., -1]
@@ -227,7 +234,7 @@ def torchsde_sdeint(
     else:
         out = (ys,)
     if extra:
-        out = (*out, ())
+        out = (*out, state)
     if return_stats:
         out = (*out, stats)
     return out if len(out) > 1 else out[0]
@@ -292,11 +299,18 @@ def _method(method: Any, fns: SDEFunctions, adaptive: bool) -> SDEMethod:
     return scheme
 
 
-def _check_extra(extra_solver_state: Any) -> None:
-    if extra_solver_state is not None and len(tuple(extra_solver_state)) != 0:
-        raise ValueError(
-            "extra_solver_state: the methods picard runs keep no extra state (pass () or None)"
-        )
+def _start_z(extra_solver_state: Any, scheme: SDEMethod, y0: Tensor) -> Tensor | None:
+    """Reversible Heun's first ``z``: ``extra_solver_state[2]``, else ``y0`` (as torchsde)."""
+    given = () if extra_solver_state is None else tuple(extra_solver_state)
+    if not scheme.carries_z:
+        if given:
+            raise ValueError("extra_solver_state: this method keeps no extra state (pass ())")
+        return None
+    if not given:
+        return y0
+    if len(given) != 3 or given[2].shape != y0.shape:
+        raise ValueError("extra_solver_state must be reversible Heun's (f, g, z), z like y0")
+    return given[2].to(y0.dtype)
 
 
 def _noise_size(fns: SDEFunctions, ts: Tensor, y0: Tensor, bm: Any) -> int:
