@@ -275,7 +275,7 @@ def test_torchsde_objects_picard_cannot_solve_are_named(change, error, match):
 def test_torchsde_methods_and_arguments_picard_does_not_take():
     sde = SDE()
     y0, ts = torch.ones(1, 3, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
-    with pytest.raises(ValueError, match="'log_ode' is torchsde's; picard does not run it"):
+    with pytest.raises(ValueError, match="'log_ode' solves stratonovich SDEs"):
         picard.sdeint(sde, y0, ts, method="log_ode")
     with pytest.raises(ValueError, match="method must be one of"):
         picard.sdeint(sde, y0, ts, method="rk4")

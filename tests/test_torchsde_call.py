@@ -55,6 +55,7 @@ CASES = (
     ]
     + [("general", "ito", "euler"), ("diagonal", "stratonovich", "milstein")]
     + [(noise, "stratonovich", "reversible_heun") for noise in ("diagonal", "general")]
+    + [(noise, "stratonovich", "log_ode") for noise in ("diagonal", "additive", "general")]
 )
 
 
@@ -65,7 +66,7 @@ def test_tol_zero_is_torchsdes_path_and_gradients(noise, sde_type, method):
     sde = _SDE(noise, sde_type)
     y0 = torch.full((B, D), 0.3, dtype=F64, requires_grad=True)
     ts = torch.tensor([0.0, 0.2, 0.5], dtype=F64)
-    area = "space-time" if method == "srk" else "none"
+    area = {"srk": "space-time", "log_ode": "foster"}.get(method, "none")
     paths, grads = [], []
     for solve, extra in ((torchsde.sdeint, {}), (picard.sdeint, {"tol": 0})):
         bm = torchsde.BrownianInterval(0.0, 0.5, (B, _noise(noise)), dtype=F64, entropy=7,
@@ -136,8 +137,8 @@ def test_logqp_names_and_extra():
     [
         ({"method": "midpoint"}, "'midpoint' solves stratonovich SDEs"),
         ({"method": "srk", "noise": "general"}, "'srk' does not take noise_type='general'"),
-        ({"method": "log_ode"}, "picard does not run it"),
-        ({"method": "srk", "area": "none"}, "needs a bm with a Lévy area"),
+        ({"method": "log_ode"}, "'log_ode' solves stratonovich SDEs"),
+        ({"method": "srk", "area": "none"}, "needs a bm with levy_area_approximation"),
         ({"method": "euler", "names": {"drift_fn": "f"}}, "names has unknown key"),
     ],
 )

@@ -91,7 +91,9 @@ class SDEFunctions:
         return g * v if self.diagonal else (g @ v.unsqueeze(-1)).squeeze(-1)
 
 
-_BATCHED = ("f", "g", "f_and_g", "g_prod", "f_and_g_prod", "g_prod_and_gdg_prod")
+_BATCHED = (
+    "f", "g", "f_and_g", "g_prod", "f_and_g_prod", "g_prod_and_gdg_prod", "dg_ga_jvp_column_sum",
+)  # fmt: skip
 
 
 class _Composed:
@@ -149,6 +151,16 @@ class _Composed:
         weights = g * v2 if self.diagonal else g * v2.unsqueeze(-2)
         (gdg,) = pull(weights)
         return self.prod(g, v1), gdg
+
+    def dg_ga_jvp_column_sum(self, t: Tensor, y: Tensor, a: Tensor) -> Tensor:
+        """The log-ODE term ``Σ_{j,k,l} ∂g_{il}/∂y_j g_{jk} A_{kl}`` (general noise)."""
+        g = self.g(t, y)
+        ga = g @ a
+        total = torch.zeros_like(y)
+        for col in range(g.shape[-1]):
+            _, out = torch.func.jvp(lambda x, c=col: self.g(t, x)[..., c], (y,), (ga[..., col],))
+            total = total + out
+        return total
 
 
 class _Logqp(_Composed):

@@ -32,21 +32,25 @@ class SDEMethod:
         step: ``step(fns, t, h, y, dW, area, options) -> y_next`` over rows.
         sde_types: the SDE types it solves.
         noise_types: the noise types it solves.
-        needs_area: it reads the space-time Lévy area (``bm(ta, tb, return_U=True)``).
+        area: the Lévy area it reads: ``"U"``, the space-time one (``bm(ta, tb,
+            return_U=True)``), ``"A"``, the Lévy area itself (``return_A=True``), or
+            ``None``.
+        approximations: the ``bm``'s ``levy_area_approximation`` that give it.
         calls: calls of the SDE's functions per step (for statistics).
         carries_z: the state is ``cat([y, z], -1)``: reversible Heun's second state ``z``
             travels with ``y`` (torchsde's extra solver state, its ``f``, ``g`` recomputed
             from ``z``).
 
     Example:
-        >>> SDE_METHODS["heun"].sde_types, SDE_METHODS["srk"].needs_area
-        (('stratonovich',), True)
+        >>> SDE_METHODS["heun"].sde_types, SDE_METHODS["srk"].area
+        (('stratonovich',), 'U')
     """
 
     step: Step
     sde_types: tuple[str, ...]
     noise_types: tuple[str, ...]
-    needs_area: bool = False
+    area: str | None = None
+    approximations: tuple[str, ...] = ("none", "space-time", "davie", "foster")
     calls: int = 1
     carries_z: bool = False
 
@@ -105,6 +109,20 @@ def _reversible_heun(fns: SDEFunctions, t: Tensor, h: Tensor, x: Tensor, dW: Ten
     f1, g1 = fns.f_and_g(t + h.reshape(-1), z1)
     y1 = y + (f0 + f1) * (0.5 * h) + fns.prod(g0 + g1, 0.5 * dW)
     return torch.cat([y1, z1], dim=-1)
+
+
+def _log_ode(fns: SDEFunctions, t: Tensor, h: Tensor, y: Tensor, dW: Tensor, area: Any,
+             options: dict[str, Any]) -> Tensor:  # fmt: skip
+    """The log-ODE midpoint step: the midpoint step plus the Lévy area's bracket term."""
+    f, g_prod = fns.f_and_g_prod(t, y, dW)
+    half = 0.5 * h
+    t_mid = t + half.reshape(-1)
+    y_mid = y + half * f + 0.5 * g_prod
+    f_mid, g_prod_mid = fns.f_and_g_prod(t_mid, y_mid, dW)
+    y1 = y + h * f_mid + g_prod_mid
+    if fns.noise_type == "general":  # Σ_{j,k,l} ∂g_il/∂y_j g_jk A_kl (0 for the others)
+        y1 = y1 + fns.dg_ga_jvp_column_sum(t_mid, y_mid, area)
+    return y1
 
 
 # Rößler (2010), "Runge–Kutta methods for the strong approximation of solutions of
@@ -178,21 +196,21 @@ def _sra1(fns: SDEFunctions, t: Tensor, h: Tensor, y: Tensor, dW: Tensor, area: 
 
 
 _STRAT = ("stratonovich",)
+_U = ("space-time", "davie", "foster")
+_A = ("davie", "foster")
 _NOT_GENERAL = ("additive", "diagonal", "scalar")
 
 SDE_METHODS: dict[str, SDEMethod] = {
     "euler": SDEMethod(_euler, ("ito",), NOISE_TYPES),
     "milstein": SDEMethod(_milstein, ("ito", "stratonovich"), _NOT_GENERAL, calls=2),
-    "srk": SDEMethod(_srk, ("ito",), _NOT_GENERAL, needs_area=True, calls=8),
+    "srk": SDEMethod(_srk, ("ito",), _NOT_GENERAL, area="U", approximations=_U, calls=8),
+    "log_ode": SDEMethod(_log_ode, _STRAT, NOISE_TYPES, area="A", approximations=_A, calls=3),
     "heun": SDEMethod(_heun, _STRAT, NOISE_TYPES, calls=2),
     "midpoint": SDEMethod(_midpoint, _STRAT, NOISE_TYPES, calls=2),
     "euler_heun": SDEMethod(_euler_heun, _STRAT, NOISE_TYPES, calls=2),
     "reversible_heun": SDEMethod(_reversible_heun, _STRAT, NOISE_TYPES, calls=2, carries_z=True),
 }
 """The methods picard runs in parallel sweeps, by torchsde's names."""
-
-NOT_RUN = ("log_ode",)
-"""torchsde's methods picard does not run (a ``ValueError`` says so)."""
 
 
 def default_method(sde_type: str, noise_type: str) -> str:

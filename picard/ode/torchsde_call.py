@@ -24,7 +24,7 @@ from picard.core.adjoint import every_parameter
 from picard.core.options import Options
 from picard.ode.grids import interpolate
 from picard.ode.sde_functions import SDEFunctions
-from picard.ode.sde_methods import NOT_RUN, SDE_METHODS, SDEMethod, default_method
+from picard.ode.sde_methods import SDE_METHODS, SDEMethod, default_method
 from picard.problem import Problem, model_parameters, working_dtype
 from picard.solution import Stats, no_steps
 from picard.solver import solve_with
@@ -198,8 +198,11 @@ def torchsde_sdeint(
     noise = _noise_size(fns, ts, y0, bm)
     if bm is None:
         bm = _default_brownian(ts, (y0.shape[0], noise), y0, scheme, adaptive, generator)
-    elif scheme.needs_area and getattr(bm, "levy_area_approximation", "none") == "none":
-        raise ValueError(f"method={method!r} needs a bm with a Lévy area approximation")
+    elif getattr(bm, "levy_area_approximation", "none") not in scheme.approximations:
+        raise ValueError(
+            f"method={method!r} needs a bm with levy_area_approximation in "
+            f"{scheme.approximations}, got {getattr(bm, 'levy_area_approximation', 'none')!r}"
+        )
     x0 = y0 if z0 is None else torch.cat([y0, z0], dim=-1)
     if adaptive:
         ys, stats = _adaptive(fns, scheme, x0, ts, bm, dt, rtol, atol, dt_min, options)
@@ -211,7 +214,7 @@ def torchsde_sdeint(
             dW = torch.randn(shape, generator=generator, dtype=y0.dtype, device=y0.device) * h
             area = None
         else:
-            dW, area = _queried(bm, grid, y0, scheme.needs_area)
+            dW, area = _queried(bm, grid, y0, scheme.area)
             if dW.shape[1:] != (y0.shape[0], noise):
                 raise ValueError(
                     f"bm returned increments of shape {tuple(dW.shape[1:])}; expected "
@@ -277,12 +280,8 @@ def _times(ts: Any, y0: Tensor) -> Tensor:
 
 def _method(method: Any, fns: SDEFunctions, adaptive: bool) -> SDEMethod:
     """The method, checked against the SDE as torchsde checks it."""
-    if method in NOT_RUN:
-        raise ValueError(f"method={method!r} is torchsde's; picard does not run it yet")
     if method not in SDE_METHODS:
-        raise ValueError(
-            f"method must be one of {sorted([*SDE_METHODS, *NOT_RUN])}, got {method!r}"
-        )
+        raise ValueError(f"method must be one of {sorted(SDE_METHODS)}, got {method!r}")
     scheme = SDE_METHODS[method]
     if adaptive and method == "euler" and fns.noise_type != "additive":  # before, as torchsde
         warnings.warn(EULER_ADAPTIVE_WARNING, UserWarning, stacklevel=4)
@@ -353,7 +352,7 @@ def _default_brownian(
     try:
         from torchsde import BrownianInterval
     except ImportError:
-        if adaptive or scheme.needs_area:
+        if adaptive or scheme.area:
             raise ValueError(
                 "without torchsde installed, pass bm (this method or adaptive stepping queries "
                 "Brownian motion at arbitrary times)"
@@ -362,24 +361,24 @@ def _default_brownian(
     entropy = int(torch.randint(0, 2**31 - 1, (), generator=generator))
     return BrownianInterval(
         t0=ts[0], t1=ts[-1], size=size, dtype=y0.dtype, device=y0.device, entropy=entropy,
-        levy_area_approximation="space-time" if scheme.needs_area else "none",
+        levy_area_approximation={"U": "space-time", "A": "foster"}.get(scheme.area, "none"),
     )  # fmt: skip
 
 
-def _query(bm: Any, ta: Tensor, tb: Tensor, area: bool) -> tuple[Tensor, Tensor | None]:
-    if area:
-        w, u = bm(ta, tb, return_U=True)
-        return w, u
+def _query(bm: Any, ta: Tensor, tb: Tensor, area: str | None) -> tuple[Tensor, Tensor | None]:
+    if area is not None:  # "U": the space-time Lévy area; "A": the Lévy area
+        w, a = bm(ta, tb, **{f"return_{area}": True})
+        return w, a
     return bm(ta, tb), None
 
 
-def _queried(bm: Any, grid: Tensor, y0: Tensor, area: bool) -> tuple[Tensor, Tensor | None]:
+def _queried(bm: Any, grid: Tensor, y0: Tensor, area: str | None) -> tuple[Tensor, Tensor | None]:
     """``bm`` over every step, in order (as the sequential loop queries it)."""
     if not callable(bm):
         raise TypeError(f"bm must be callable as bm(ta, tb), got {type(bm).__name__}")
     steps = [_query(bm, grid[i], grid[i + 1], area) for i in range(grid.shape[0] - 1)]
     dW = torch.stack([torch.as_tensor(w, dtype=y0.dtype, device=y0.device) for w, _ in steps])
-    areas = None if not area else torch.stack([u for _, u in steps])  # type: ignore[misc]
+    areas = None if area is None else torch.stack([u for _, u in steps])  # type: ignore[misc]
     return dW, areas
 
 
@@ -390,7 +389,7 @@ def _adaptive(
     """Torchsde's adaptive stepping, one step after another: a full step against two halves."""
 
     def step(ta: Tensor, tb: Tensor, y: Tensor) -> Tensor:
-        w, u = _query(bm, ta, tb, scheme.needs_area)
+        w, u = _query(bm, ta, tb, scheme.area)
         h = (tb - ta).to(y.dtype).reshape(1, 1, 1)
         return scheme.step(fns, ta.reshape(1).to(y.dtype), h, y[None], w[None],
                            None if u is None else u[None], options)[0]  # fmt: skip
