@@ -1,4 +1,4 @@
-"""``sdeint``: Euler–Maruyama with diagonal noise, Brownian increments drawn once.
+"""``sdeint``: picard's call (Euler–Maruyama, diagonal noise); torchsde's is routed on.
 
 ``y_{i+1} = y_i + f(t_i, y_i) h_i + g(t_i, y_i) ⊙ ΔW_i`` with ``ΔW_i ~ N(0, |h_i|)``.
 The increments are drawn (or given) before the sweeps and reused by every sweep, so the
@@ -172,19 +172,19 @@ def sdeint(
     batch_dims: int = 0,
     **solve_options: Any,
 ) -> Any:
-    """Solve ``dy = f(t, y) dt + g(t, y) ⊙ dW`` by Euler–Maruyama, in parallel sweeps.
+    """Solve an SDE in parallel sweeps: picard's call or torchsde's.
 
-    Two calls: picard's ``sdeint(f, g, y0, t)`` on the grid ``t``, and torchsde's
-    ``sdeint(sde, y0, ts, bm=None, method="euler", dt=1e-3)`` with an object carrying
-    ``f(t, y)`` and ``g(t, y)``, ``noise_type="diagonal"`` and ``sde_type="ito"`` (its grid
-    and linear interpolation onto ``ts``, as torchsde steps; ``bm`` any ``bm(ta, tb)`` giving
-    increments, such as a torchsde ``BrownianInterval``). The path equals the sequential
-    Euler–Maruyama path driven by the same increments (to within ``tol``; exactly, to
-    rounding, with ``tol=0``); gradients flow to ``y0`` and the parameters of ``f``/``g``.
+    Two calls. picard's ``sdeint(f, g, y0, t)``: ``dy = f(t, y) dt + g(t, y) ⊙ dW`` by
+    Euler–Maruyama on the grid ``t``. torchsde's ``sdeint(sde, y0, ts, bm, method=, dt=,
+    adaptive=, rtol=, atol=, dt_min=, options=, names=, logqp=, extra=,
+    extra_solver_state=)`` with its ``sde`` object: every torchsde method, noise type and
+    SDE type, on torchsde's grid (:func:`picard.ode.torchsde_call.torchsde_sdeint`). The path
+    equals the sequential path driven by the same increments (to within ``tol``; to
+    rounding with ``tol=0``); gradients flow to ``y0`` and the parameters.
 
     Args:
         f: the drift ``f(t, y)`` — or torchsde's ``sde`` object (then ``g`` is ``y0``, ``y0``
-            is ``ts``). Written for one time (torchsde's) or for a batch of rows:
+            is ``ts``, ``t`` is ``bm``). Written for one time or for a batch of rows:
             ``batched="auto"`` checks which, as for :func:`picard.odeint`.
         g: diagonal diffusion, same signature and shape; multiplies ``dW`` elementwise.
         y0: initial state, any shape, real floating dtype.
@@ -196,7 +196,8 @@ def sdeint(
         generator: the random generator for ``dW`` (on ``y0``'s device); not with ``dW``.
         bm: torchsde's Brownian motion ``bm(ta, tb)`` (torchsde's call), queried once per
             step in order before the sweeps.
-        method: ``"euler"`` (Euler–Maruyama); others raise.
+        method: picard's call: ``None`` or ``"euler"`` (Euler–Maruyama); torchsde's: any
+            of its methods (``None``: its default).
         dt: torchsde's step (torchsde's call; default 1e-3).
         batched: ``"auto"``, ``True`` or ``False``, as for :func:`picard.odeint`.
         return_stats: also return the :class:`picard.Stats`.
