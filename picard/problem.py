@@ -66,7 +66,10 @@ def model_parameters(fn: Any) -> list[Tensor]:
     """
     owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
     if isinstance(owner, torch.nn.Module):
-        return list(owner.parameters())
+        try:
+            return list(owner.parameters())
+        except AttributeError:  # a subclass that never called Module.__init__: none
+            return []
     return []
 
 

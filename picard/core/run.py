@@ -176,7 +176,8 @@ class Solver:
     def adjoint(self, adjoint: Problem, start: Tensor, window: int) -> Solution:
         """Solve the backward recursion of gradients, keeping every state.
 
-        Its test is relative to each adjoint's RMS at ``tol`` (``rtol`` for the mixed test).
+        Its test is relative to each adjoint's RMS at ``tol`` (``rtol`` for the mixed test);
+        where its sweeps diverge it does what the forward's ``on_nonfinite`` says.
 
         Args:
             adjoint: the adjoint problem (:class:`picard.core.adjoint.AdjointProblem`).
@@ -192,6 +193,7 @@ class Solver:
             tol=self.tol if weights is None else weights[1],
             relative=True,
             predict=False,
+            on_nonfinite=self.options.on_nonfinite,  # diverging sweeps: as the forward's
         )
         with torch.no_grad():
             return Solver(adjoint, start, back).forward(range(adjoint.num_steps + 1))

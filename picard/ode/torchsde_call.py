@@ -221,6 +221,10 @@ def torchsde_sdeint(
                     f"(batch, noise channels) = {(y0.shape[0], noise)}"
                 )
         problem = SchemeProblem(fns, scheme, grid, dW, area, options)
+        # sweeps that diverge finish one step after another, as torchsde steps
+        solve_options = {"on_nonfinite": "sequential", **solve_options}
+        if scheme.carries_z:  # z's recursion, z' = 2y - z + ..., makes Picard's error grow
+            solve_options.setdefault("window", 1)  # as 2^k: one step a sweep, sequentially
         sol = solve_with(problem, x0, Options.of(**solve_options), save=True)
         assert sol.ys is not None
         ys, stats = interpolate(grid, sol.ys, ts), sol.stats
