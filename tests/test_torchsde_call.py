@@ -107,6 +107,14 @@ def test_adaptive_steps_as_torchsde_steps():
             out.append(solve(sde, y0, ts, bm, method="euler", dt=0.2, adaptive=True,
                              rtol=1e-3, atol=1e-3))  # fmt: skip
     torch.testing.assert_close(out[1], out[0], rtol=1e-12, atol=1e-12)
+    bm = torchsde.BrownianInterval(0.0, 1.0, (B, M), dtype=F64, entropy=5)
+    with torch.no_grad():
+        _, stats = picard.sdeint(sde, y0, ts, bm, method="euler", dt=0.2, adaptive=True,
+                                 rtol=1e-3, atol=1e-3, return_stats=True)  # fmt: skip
+    # sequential: each try is a full step and two halves; the accepted ones are the steps
+    assert stats.sequential_steps == stats.iterations and stats.iterations % 3 == 0
+    assert len(ts) - 1 <= stats.num_steps <= stats.iterations // 3
+    assert stats.evaluations == stats.iterations * B
     with pytest.warns(UserWarning, match="adaptive time-stepping with the Euler--Maruyama"):
         picard.sdeint(_SDE("diagonal", "ito"), y0, ts, method="euler", dt=0.2, adaptive=True)
 

@@ -12,6 +12,7 @@ control (``stats.sequential_steps`` says so).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -401,7 +402,7 @@ def _adaptive(
     size, prev_ratio = dt, None
     prev_t = now = ts[0]
     prev_y = y = y0
-    out, tried = [y0], 0
+    out, tried, accepted = [y0], 0, 0
     for target in ts[1:]:
         while bool(now < target):
             nxt = torch.minimum(now + size, ts[-1])
@@ -418,11 +419,13 @@ def _adaptive(
                 size, prev_ratio = dt_min, None
             if error <= 1 or size <= dt_min:
                 prev_t, prev_y, now, y = now, y, nxt, halves
+                accepted += 1
         out.append(_linear(prev_t, prev_y, now, y, target))
-    base = no_steps()
-    stats = Stats(num_steps=tried, window=1, tol=float(rtol), iterations=3 * tried,
-                  evaluations=3 * tried, stages=scheme.calls, sequential_steps=3 * tried,
-                  window_starts=base.window_starts)  # fmt: skip
+    # each try is three steps (one full, two halves) taken one after another
+    stats = dataclasses.replace(
+        no_steps(), num_steps=accepted, window=1, tol=float(rtol), iterations=3 * tried,
+        evaluations=3 * tried * y0.shape[0], stages=scheme.calls, sequential_steps=3 * tried,
+    )  # fmt: skip
     return torch.stack(out), stats
 
 
