@@ -96,25 +96,29 @@ def test_the_default_tolerance_is_close_in_fewer_sweeps():
     assert stats.iterations < stats.num_steps == 100
 
 
-def test_adaptive_steps_as_torchsde_steps():
+def test_adaptive_every_step_passes_torchsdes_test_in_parallel():
     sde = _SDE("additive", "ito")
     y0 = torch.full((B, D), 0.3, dtype=F64)
     ts = torch.linspace(0, 1, 4, dtype=F64)
     out = []
-    for solve in (torchsde.sdeint, picard.sdeint):
+    for solve, extra in ((torchsde.sdeint, {}), (picard.sdeint, {"return_stats": True})):
         bm = torchsde.BrownianInterval(0.0, 1.0, (B, M), dtype=F64, entropy=5)
         with torch.no_grad():
             out.append(solve(sde, y0, ts, bm, method="euler", dt=0.2, adaptive=True,
-                             rtol=1e-3, atol=1e-3))  # fmt: skip
-    torch.testing.assert_close(out[1], out[0], rtol=1e-12, atol=1e-12)
+                             rtol=1e-3, atol=1e-3, **extra))  # fmt: skip
+    ours, stats = out[1]
     bm = torchsde.BrownianInterval(0.0, 1.0, (B, M), dtype=F64, entropy=5)
     with torch.no_grad():
-        _, stats = picard.sdeint(sde, y0, ts, bm, method="euler", dt=0.2, adaptive=True,
-                                 rtol=1e-3, atol=1e-3, return_stats=True)  # fmt: skip
-    # sequential: each try is a full step and two halves; the accepted ones are the steps
-    assert stats.sequential_steps == stats.iterations and stats.iterations % 3 == 0
-    assert len(ts) - 1 <= stats.num_steps <= stats.iterations // 3
-    assert stats.evaluations == stats.iterations * B
+        fine = torchsde.sdeint(sde, y0, ts, bm, method="euler", dt=1e-4)
+    # the same test as torchsde's, not its grid: errors of the same size as torchsde's
+    assert (ours - fine).abs().max() < 2 * (out[0] - fine).abs().max()
+    assert stats.num_steps > len(ts) - 1 and stats.sequential_steps == 0
+    # its steps: every one passes (a tighter test takes more of them)
+    bm = torchsde.BrownianInterval(0.0, 1.0, (B, M), dtype=F64, entropy=5)
+    with torch.no_grad():
+        _, tight = picard.sdeint(sde, y0, ts, bm, method="euler", dt=0.2, adaptive=True,
+                                 rtol=1e-4, atol=1e-4, return_stats=True)  # fmt: skip
+    assert tight.num_steps > stats.num_steps
     with pytest.warns(UserWarning, match="adaptive time-stepping with the Euler--Maruyama"):
         picard.sdeint(_SDE("diagonal", "ito"), y0, ts, method="euler", dt=0.2, adaptive=True)
 

@@ -6,28 +6,29 @@ before the sweeps (with the Lévy area where the method needs it), so the parall
 torchsde's path with the same ``bm`` (to within ``tol``; to rounding at ``tol=0``). Without
 ``bm``, torchsde's ``BrownianInterval`` is made as torchsde makes it (when torchsde is
 installed; else picard draws the increments, for the methods that need nothing more).
-``adaptive=True`` steps one step after another with torchsde's step-doubling error
-control (``stats.sequential_steps`` says so).
+``adaptive=True`` meets torchsde's step-doubling error test in parallel: each round
+solves a grid's half steps in sweeps, checks every full step against them in one batched
+call, and splits the failing steps.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from picard.checks import check_nonneg
 from picard.core.adjoint import every_parameter
 from picard.core.options import Options
-from picard.ode.grids import interpolate
+from picard.ode.grids import interpolate, refine_grid
 from picard.ode.sde_functions import SDEFunctions
 from picard.ode.sde_methods import SDE_METHODS, SDEMethod, default_method
 from picard.problem import Problem, model_parameters, working_dtype
-from picard.solution import Stats, no_steps
+from picard.solution import Stats, summed
 from picard.solver import solve_with
 
 __all__ = [
@@ -151,7 +152,7 @@ def torchsde_sdeint(
             torchsde's default (``srk`` for Itô SDEs but general noise, ``euler`` there,
             ``midpoint`` for Stratonovich).
         dt: the step.
-        adaptive: torchsde's step-doubling error control (sequential, as torchsde).
+        adaptive: torchsde's step-doubling error control, met in parallel rounds.
         rtol: its relative tolerance.
         atol: its absolute tolerance.
         dt_min: its smallest step.
@@ -206,7 +207,10 @@ def torchsde_sdeint(
         )
     x0 = y0 if z0 is None else torch.cat([y0, z0], dim=-1)
     if adaptive:
-        ys, stats = _adaptive(fns, scheme, x0, ts, bm, dt, rtol, atol, dt_min, options)
+        solve_options = {"on_nonfinite": "sequential", **solve_options}
+        ys, stats = _adaptive(
+            fns, scheme, x0, ts, bm, dt, rtol, atol, dt_min, options, solve_options
+        )
     else:
         grid = torchsde_grid(ts, dt)
         if bm is None:  # no torchsde: picard draws the increments, as Euler needs only them
@@ -387,75 +391,75 @@ def _queried(bm: Any, grid: Tensor, y0: Tensor, area: str | None) -> tuple[Tenso
     return dW, areas
 
 
+MAX_ROUNDS = 30
+"""Grid refinements an adaptive solve may take."""
+
+
 def _adaptive(
-    fns: SDEFunctions, scheme: SDEMethod, y0: Tensor, ts: Tensor, bm: Any, dt: float,
+    fns: SDEFunctions, scheme: SDEMethod, x0: Tensor, ts: Tensor, bm: Any, dt: float,
     rtol: float, atol: float, dt_min: float, options: dict[str, Any],
+    solve_options: dict[str, Any],
 ) -> tuple[Tensor, Stats]:  # fmt: skip
-    """Torchsde's adaptive stepping, one step after another: a full step against two halves."""
+    """Torchsde's error test met in parallel: every step of the final grid passes it.
 
-    def step(ta: Tensor, tb: Tensor, y: Tensor) -> Tensor:
-        w, u = _query(bm, ta, tb, scheme.area)
-        h = (tb - ta).to(y.dtype).reshape(1, 1, 1)
-        return scheme.step(fns, ta.reshape(1).to(y.dtype), h, y[None], w[None],
-                           None if u is None else u[None], options)[0]  # fmt: skip
+    torchsde takes a full step and two half steps, keeps the halves if the scaled RMS of
+    their difference is at most 1, and else retries shorter. Here each round solves the
+    whole grid's half steps in parallel sweeps (the grid with its midpoints), takes every
+    full step in one batched call from the states it reached, and splits the failing steps
+    (torchsde's controller: safety 0.9, shrinking to at most 0.2, order 1.5), until none
+    fails or they reach ``dt_min``. The answer is the final grid's halves, as torchsde keeps
+    them: not torchsde's grid, its test.
+    """
+    from picard.ode.adaptive import StepOptions, regrid
 
-    size, prev_ratio = dt, None
-    prev_t = now = ts[0]
-    prev_y = y = y0
-    out, tried, accepted = [y0], 0, 0
-    for target in ts[1:]:
-        while bool(now < target):
-            nxt = torch.minimum(now + size, ts[-1])
-            full = step(now, nxt, y)
-            mid = 0.5 * (now + nxt)
-            halves = step(mid, nxt, step(now, mid, y))
-            tried += 1
-            with torch.no_grad():
-                error = _error(full, halves, rtol, atol)
-                size, prev_ratio = _next_size(error, size, prev_ratio)
-            if size < dt_min:
-                warnings.warn("Hitting minimum allowed step size in adaptive time-stepping.",
-                              stacklevel=3)  # fmt: skip
-                size, prev_ratio = dt_min, None
-            if error <= 1 or size <= dt_min:
-                prev_t, prev_y, now, y = now, y, nxt, halves
-                accepted += 1
-        out.append(_linear(prev_t, prev_y, now, y, target))
-    # each try is three steps (one full, two halves) taken one after another
-    stats = dataclasses.replace(
-        no_steps(), num_steps=accepted, window=1, tol=float(rtol), iterations=3 * tried,
-        evaluations=3 * tried * y0.shape[0], stages=scheme.calls, sequential_steps=3 * tried,
-    )  # fmt: skip
-    return torch.stack(out), stats
+    control = StepOptions(min_step=dt_min, safety=0.9, ifactor=1.4, dfactor=0.2)
+    grid, index = refine_grid(ts, dt)
+    width = x0.shape[-1] // 2 if scheme.carries_z else x0.shape[-1]  # y's columns
+    parts: list[Stats] = []
+    init = None
+    for _ in range(MAX_ROUNDS):
+        fine = torch.stack([grid[:-1], (grid[:-1] + grid[1:]) / 2], 1).reshape(-1)
+        fine = torch.cat([fine, grid[-1:]])
+        dW, area = _queried(bm, fine, x0, scheme.area)
+        problem = SchemeProblem(fns, scheme, fine, dW, area, options)
+        with torch.no_grad():
+            sol = solve_with(problem, x0, Options.of(**solve_options, init=init), save=True)
+        assert sol.ys is not None
+        parts.append(sol.stats)
+        halves = sol.ys
+        ratios = _step_errors(fns, scheme, grid, halves, bm, x0, width, rtol, atol, options)
+        h = (grid[1:] - grid[:-1]).abs().double().cpu().numpy()
+        ratios = np.where(h <= dt_min * (1 + 1e-12), np.minimum(ratios, 1.0), ratios)
+        if bool((ratios <= 1).all()):
+            break
+        new, index = regrid(grid, index, ratios, 1.5, merge=False, steps=control)  # type: ignore[arg-type]
+        new_fine = torch.stack([new[:-1], (new[:-1] + new[1:]) / 2], 1).reshape(-1)
+        init = interpolate(fine, halves, torch.cat([new_fine, new[-1:]]))
+        grid = new
+    else:
+        raise RuntimeError(f"adaptive: no grid passed torchsde's test in {MAX_ROUNDS} rounds")
+    # the answer, with gradients: the passing grid, warm-started from its own solution
+    sol = solve_with(problem, x0, Options.of(**solve_options, init=halves), save=True)
+    assert sol.ys is not None
+    parts.append(sol.stats)
+    return sol.ys[[2 * i for i in index]], summed(parts)
 
 
-def _linear(t0: Tensor, y0: Tensor, t1: Tensor, y1: Tensor, t: Tensor) -> Tensor:
-    if bool(t == t0):
-        return y0
-    if bool(t == t1):
-        return y1
-    return y0 + (t - t0) / (t1 - t0) * (y1 - y0)
-
-
-def _error(full: Tensor, halves: Tensor, rtol: float, atol: float) -> float:
-    """Torchsde's error estimate: the RMS of the difference over the mixed tolerance."""
-    bound = (rtol * torch.maximum(full.abs(), halves.abs()) + atol).clamp_min(1e-7)
-    error = ((full - halves) / bound).pow(2).mean().sqrt().clamp_min(1e-7)
-    if bool(torch.isnan(error)):
+def _step_errors(
+    fns: SDEFunctions, scheme: SDEMethod, grid: Tensor, halves: Tensor, bm: Any, x0: Tensor,
+    width: int, rtol: float, atol: float, options: dict[str, Any],
+) -> np.ndarray:  # fmt: skip
+    """Torchsde's error of every step: its full step against the two halves taken."""
+    dW, area = _queried(bm, grid, x0, scheme.area)
+    h = (grid[1:] - grid[:-1]).to(halves.dtype).reshape(-1, 1, 1)
+    with torch.no_grad():
+        full = scheme.step(fns, grid[:-1].to(halves.dtype), h, halves[0:-1:2], dW, area, options)
+        a, b = full[..., :width], halves[2::2][..., :width]
+        bound = (rtol * torch.maximum(a.abs(), b.abs()) + atol).clamp_min(1e-7)
+        error = ((a - b) / bound).pow(2).reshape(a.shape[0], -1).mean(1).sqrt().clamp_min(1e-7)
+    if bool(torch.isnan(error).any()):
         raise ValueError("NaN in the adaptive error estimate: loosen the tolerances")
-    return float(error)
-
-
-def _next_size(error: float, size: float, prev_ratio: float | None) -> tuple[float, Any]:
-    """Torchsde's step-size controller (a PI controller with safety 0.9, factors 0.2–1.4)."""
-    p, i = (0.0, 1 / 1.5) if error > 1 else (0.13, 1 / 4.5)
-    ratio = 0.9 / error
-    prev_ratio = ratio if prev_ratio is None else prev_ratio
-    factor = ratio**i * (ratio / prev_ratio) ** p
-    low = 0.2
-    if error <= 1:
-        prev_ratio, low = ratio, 1.0
-    return float(size) * min(1.4, max(low, factor)), prev_ratio
+    return error.double().cpu().numpy()
 
 
 def sdeint_adjoint(
