@@ -289,3 +289,16 @@ def test_jacobian_in_chunks(monkeypatch):
     whole = solve(nonlinear, Y0, GRID, "radauIIA5").ys
     monkeypatch.setattr("picard.ode.implicit.JACOBIAN_ELEMENTS", 1)  # one copy per call
     torch.testing.assert_close(solve(nonlinear, Y0, GRID, "radauIIA5").ys, whole)
+
+
+@pytest.mark.parametrize("name", sorted(IMPLICIT))
+def test_odeint_runs_every_implicit_method(name):
+    # torchdiffeq's call: the method's name, its max_iters option, a step_size grid
+    a = torch.tensor([[0.0, 1.0], [-1.0, -0.1]], dtype=torch.float64)
+    t = torch.linspace(0, 2, 5, dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    ys = picard.odeint(lambda t, y: y @ a.T, y0, t, method=name, options={"step_size": 0.05,
+                       "max_iters": 50, "interp": "cubic"}, tol=0)  # fmt: skip
+    exact = torch.stack([torch.linalg.matrix_exp(a * float(s)) @ y0 for s in t])
+    order = IMPLICIT[name].order
+    assert (ys - exact).abs().max() < (5e-2 if order == 1 else 2e-3)  # h = 0.05
