@@ -88,7 +88,7 @@ class SDEFunctions:
 
     def prod(self, g: Tensor, v: Tensor) -> Tensor:
         """``g v``: elementwise (diagonal noise) or matrix-vector (the others)."""
-        return g * v if self.diagonal else (g @ v.unsqueeze(-1)).squeeze(-1)
+        return self.base.prod(g, v)
 
 
 _BATCHED = (

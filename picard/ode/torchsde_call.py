@@ -32,18 +32,11 @@ from picard.solution import Stats, summed
 from picard.solver import solve_with
 
 __all__ = [
-    "TORCHSDE_KEYWORDS",
     "SchemeProblem",
     "sdeint_adjoint",
     "torchsde_grid",
     "torchsde_sdeint",
 ]
-
-TORCHSDE_KEYWORDS = (
-    "adaptive", "rtol", "atol", "dt_min", "options", "names", "logqp", "extra",
-    "extra_solver_state",
-)  # fmt: skip
-"""torchsde's ``sdeint`` keywords besides ``bm``, ``method`` and ``dt``."""
 
 EULER_ADAPTIVE_WARNING = (
     "Numerical solution is not guaranteed to converge to the correct solution when using "
