@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -48,8 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picard.ode.runge_kutta import stage_times
-from picard.problem import Problem, call_batched, model_parameters, per_sample_size, working_dtype
+from picard.ode.runge_kutta import GridProblem, GridState, stage_times
+from picard.problem import call_batched, per_sample_size
 
 __all__ = ["IMPLICIT", "NEWTON_MAX_SIZE", "ImplicitODEProblem", "ImplicitTableau"]
 
@@ -154,14 +154,7 @@ IMPLICIT: dict[str, ImplicitTableau] = {
 """torchdiffeq's fixed-grid implicit methods by name (orders 1, 2, 2, 3, 4, 5, 6, 2, 2)."""
 
 
-@dataclass
-class _ImplicitState:
-    """A solve's step sizes, shaped ``(N, 1, …)`` to broadcast against a window."""
-
-    dt: Tensor
-
-
-class ImplicitODEProblem(Problem):
+class ImplicitODEProblem(GridProblem):
     """``dy/dt = func(t, y)`` on the grid ``t``, stepped by an implicit Runge–Kutta method.
 
     Each call of :meth:`increments` solves the stage equations of all the window's rows
@@ -216,30 +209,19 @@ class ImplicitODEProblem(Problem):
             tableau = IMPLICIT[tableau]
         if not isinstance(max_iters, int) or max_iters < 1:
             raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
-        self.func = func
-        self.model = getattr(func, "picard_model", func)  # the user's callable, for parameters
+        super().__init__(func, t, in_dtype, batch_ndim)
         self.tableau = tableau
-        self.num_steps = t.shape[0] - 1
-        self.batch_ndim = batch_ndim
         self.stages = tableau.stages
-        self.in_dtype = in_dtype
         self.max_iters = max_iters
         self.tol = tol
-        self.t = t
-        self._dt = t[1:] - t[:-1]
         self._start_t = stage_times(t, 0.0, perturb)
         self._stage_t = torch.stack([stage_times(t, c, perturb) for c in tableau.c], 1)
         self._implicit = [s for s, e in enumerate(tableau.explicit) if not e]
         self._explicit = [s for s, e in enumerate(tableau.explicit) if e]
         self._warned = False
 
-    def init(self, x0: Tensor) -> _ImplicitState:
-        """The step sizes in the working dtype, shaped to broadcast against a window."""
-        dt = self._dt.to(working_dtype(x0.dtype))
-        return _ImplicitState(dt.reshape(-1, *([1] * x0.ndim)))
-
     def increments(
-        self, x: Tensor, start: int, state: _ImplicitState, history: Tensor | None
+        self, x: Tensor, start: int, state: GridState, history: Tensor | None
     ) -> tuple[Tensor, None]:
         """Increments ``h_i Σ b_s K_s`` of the window's steps, their stages solved together.
 
@@ -438,14 +420,6 @@ class ImplicitODEProblem(Problem):
             f"in {self.max_iters} iterations; the gradients may be incorrect"
         )
         return u
-
-    def step_label(self, step: int) -> str:
-        """Name a step by its index and time."""
-        return f"step {step} (t = {self.t[step].item():g})"
-
-    def parameters(self) -> Iterable[Tensor]:
-        """The drift's parameters (an ``nn.Module`` or a bound method of one)."""
-        return model_parameters(self.model)
 
     def guess(self, x: Tensor, start: int, count: int, state: Any) -> Tensor | None:
         """No guess: the entering steps start from copies of the window's last state."""

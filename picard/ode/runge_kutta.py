@@ -17,7 +17,7 @@ from torch import Tensor
 from picard.ode.tableaus import Tableau, tableau_for
 from picard.problem import Problem, call_batched, model_parameters, working_dtype
 
-__all__ = ["GUESS_STEPS", "ODEProblem", "combine", "stage_times"]
+__all__ = ["GUESS_STEPS", "GridProblem", "GridState", "ODEProblem", "combine", "stage_times"]
 
 
 def combine(ks: list[Tensor], coeffs: tuple[float, ...]) -> Tensor | None:
@@ -48,7 +48,7 @@ GUESS_STEPS = 16
 
 
 @dataclass
-class _ODEState:
+class GridState:
     """A solve's step sizes and the newest slope (for guesses)."""
 
     dt: Tensor
@@ -56,7 +56,53 @@ class _ODEState:
     elapsed: np.ndarray | None = None  # cumulative step sizes (N + 1,), for guesses
 
 
-class ODEProblem(Problem):
+class GridProblem(Problem):
+    """What every ODE method on a grid shares: the drift, the grid, its steps and names.
+
+    Subclasses (:class:`ODEProblem`, the implicit methods) add how a step is taken.
+
+    Args:
+        func: batched drift, ``func(t: (M,), y: (M, *y0.shape)) -> (M, *y0.shape)``.
+        t: the grid (1-D, strictly monotone); N = ``len(t) - 1`` steps.
+        in_dtype: the dtype ``func`` receives ``y`` in (the user's ``y0.dtype``).
+        batch_ndim: leading dimensions of ``y0`` that index independent samples.
+
+    Example:
+        >>> import torch
+        >>> p = ODEProblem(lambda t, y: -y, torch.linspace(0, 1, 11), "rk4", torch.float32)
+        >>> isinstance(p, GridProblem), p.num_steps, p.step_label(2)
+        (True, 10, 'step 2 (t = 0.2)')
+    """
+
+    def __init__(
+        self,
+        func: Callable[[Tensor, Tensor], Tensor],
+        t: Tensor,
+        in_dtype: torch.dtype,
+        batch_ndim: int = 0,
+    ):
+        self.func = func
+        self.model = getattr(func, "picard_model", func)  # the user's callable, for parameters
+        self.num_steps = t.shape[0] - 1
+        self.batch_ndim = batch_ndim
+        self.in_dtype = in_dtype
+        self.t = t
+        self._dt = t[1:] - t[:-1]
+
+    def init(self, x0: Tensor) -> GridState:
+        """The step sizes in the working dtype, shaped to broadcast against a window."""
+        return GridState(self._dt.to(working_dtype(x0.dtype)).reshape(-1, *([1] * x0.ndim)))
+
+    def step_label(self, step: int) -> str:
+        """Name a step by its index and time."""
+        return f"step {step} (t = {self.t[step].item():g})"
+
+    def parameters(self) -> Iterable[Tensor]:
+        """The drift's parameters (an ``nn.Module`` or a bound method of one)."""
+        return model_parameters(self.model)
+
+
+class ODEProblem(GridProblem):
     """``dy/dt = func(t, y)`` on the grid ``t``, stepped by an explicit Runge–Kutta method.
 
     Args:
@@ -86,23 +132,13 @@ class ODEProblem(Problem):
         batch_ndim: int = 0,
         perturb: bool = False,
     ):
-        self.func = func
-        self.model = getattr(func, "picard_model", func)  # the user's callable, for parameters
+        super().__init__(func, t, in_dtype, batch_ndim)
         self.tableau = method if isinstance(method, Tableau) else tableau_for(method, True)
-        self.num_steps = t.shape[0] - 1
-        self.batch_ndim = batch_ndim
         self.stages = self.tableau.stages
-        self.in_dtype = in_dtype
-        self.t = t
-        self._dt = t[1:] - t[:-1]
         self._stage_t = [stage_times(t, c, perturb) for c in self.tableau.c]
 
-    def init(self, x0: Tensor) -> _ODEState:
-        """The step sizes in the working dtype, shaped to broadcast against a window."""
-        return _ODEState(self._dt.to(working_dtype(x0.dtype)).reshape(-1, *([1] * x0.ndim)))
-
     def increments(
-        self, x: Tensor, start: int, state: _ODEState, history: Tensor | None
+        self, x: Tensor, start: int, state: GridState, history: Tensor | None
     ) -> tuple[Tensor, None]:
         """Runge–Kutta increments ``h_i Σ b_s k_s`` of the steps of ``x`` (s calls)."""
         h = state.dt[start : start + x.shape[0]]
@@ -133,7 +169,7 @@ class ODEProblem(Problem):
             )
         return ks
 
-    def guess(self, x: Tensor, start: int, count: int, state: _ODEState) -> Tensor | None:
+    def guess(self, x: Tensor, start: int, count: int, state: GridState) -> Tensor | None:
         """Euler steps from ``x`` with the last call's last slope held fixed (no call).
 
         A frozen-slope roll-out of the first :data:`GUESS_STEPS` steps entering the
@@ -150,14 +186,6 @@ class ODEProblem(Problem):
             span[GUESS_STEPS:] = span[GUESS_STEPS - 1]
         span_t = torch.from_numpy(span).to(x.device, x.dtype).reshape(-1, *([1] * x.ndim))
         return torch.addcmul(x, span_t, state.slope[0])
-
-    def step_label(self, step: int) -> str:
-        """Name a step by its index and time."""
-        return f"step {step} (t = {self.t[step].item():g})"
-
-    def parameters(self) -> Iterable[Tensor]:
-        """The drift's parameters (an ``nn.Module`` or a bound method of one)."""
-        return model_parameters(self.model)
 
 
 def stage_times(t: Tensor, c: float, perturb: bool) -> Tensor:
