@@ -139,11 +139,11 @@ def test_img2img_refusals(i2i64):
     kw = {"prompt": "a cat", "image": images(torch.float64, 1), "num_inference_steps": 10,
           "output_type": "latent"}  # fmt: skip
     try:
-        with pytest.raises(NotImplementedError, match=r"strength=0.5 .*DPMSolverMultistep"):
-            parallelize(pipe)(strength=0.5, **kw)
-        ref = pipe(generator=gen(), strength=1.0, **kw).images  # from the first step: fine
-        out = parallelize(pipe, tol=0, window=3)(generator=gen(), strength=1.0, **kw).images
-        assert max_abs(out, ref) < 1e-10
+        for strength in (0.5, 1.0):  # a multistep scheduler warms up again mid-grid
+            ref = pipe(generator=gen(), strength=strength, **kw).images
+            fast = parallelize(pipe, tol=0, window=3)
+            out = fast(generator=gen(), strength=strength, **kw).images
+            assert max_abs(out, ref) < 1e-10
     finally:
         pipe.scheduler = old
     with pytest.raises(ValueError, match=r"strength=0\.05 leaves no step"):

@@ -132,16 +132,26 @@ class UpdateRule(ABC):
     def tail(self, begin: int) -> UpdateRule:
         """The rule of steps ``begin … N-1`` only, as a scheduler set to begin there runs them.
 
-        Used by img2img's ``strength`` and SDEdit. A rule without memory is its own steps,
-        sliced. A multistep rule restarts its warm-up at ``begin`` in diffusers
-        (``set_begin_index``), so slicing is not enough: such rules override this or raise
-        ``NotImplementedError``.
+        Used by img2img's ``strength``, inpainting's and SDXL's ``denoising_start``: the
+        pipeline calls ``scheduler.set_begin_index(begin)`` and steps through
+        ``timesteps[begin:]``. A rule without memory is its own steps, sliced. A multistep
+        scheduler starts that loop with an empty history and counts its warm-up from
+        ``begin`` (while its lower-order final steps still read the position in the whole
+        grid), so slicing is not enough: a rule with memory overrides this method, rebuilds
+        its coefficients as the restarted loop has them and may call ``UpdateRule.tail``
+        on the rebuilt rule to cut it (diffusers' multistep samplers:
+        :class:`picard.adapters.schedulers.multistep.Restarting`). A rule with memory that
+        does not override it raises ``NotImplementedError``.
 
         Args:
             begin: the first step kept.
 
         Returns:
             The rule of the last ``N - begin`` steps.
+
+        Raises:
+            ValueError: ``begin`` outside ``[0, N)``.
+            NotImplementedError: a rule with memory that does not say how it restarts.
 
         Example:
             >>> from diffusers import DDIMScheduler
@@ -154,10 +164,11 @@ class UpdateRule(ABC):
             raise ValueError(f"begin must be in [0, {self.num_steps}), got {begin}")
         if begin == 0:
             return self
-        if self.memory:
+        if self.memory and type(self).tail is UpdateRule.tail:
             raise NotImplementedError(
-                f"{type(self).__name__} is a multistep rule: starting it at step {begin} "
-                "(e.g. img2img's strength < 1) is not supported"
+                f"{type(self).__name__} reads the outputs of earlier steps (memory="
+                f"{self.memory}) and does not define how its loop restarts at step {begin} "
+                "(e.g. img2img's strength < 1): override UpdateRule.tail"
             )
         tail = copy.copy(self)
         tail.num_steps = self.num_steps - begin

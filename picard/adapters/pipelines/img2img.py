@@ -25,7 +25,8 @@ def prepare_img2img(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     ``get_timesteps`` (which sets the scheduler's begin index) and ``prepare_latents`` (the
     image encoded and noised to the first timestep, drawn from the call's generator as the
     pipeline draws it) run as in its ``__call__``; the loop's first step is
-    :attr:`Prepared.begin`.
+    :attr:`Prepared.begin`, where every supported scheduler starts as the pipeline's loop
+    does (multistep ones with their warm-up again).
 
     Args:
         pipe: the pipeline.
@@ -35,7 +36,6 @@ def prepare_img2img(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         The prepared call.
 
     Raises:
-        NotImplementedError: ``strength < 1`` with a multistep scheduler.
         ValueError: a ``strength`` that leaves no step.
 
     Example:

@@ -237,7 +237,6 @@ def inpaint_call(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     Raises:
         TypeError: an ``AsymmetricAutoencoderKL`` (its decoder reads the image and mask), or
             ``callback_on_step_end`` with a 4-channel UNet.
-        NotImplementedError: ``strength < 1`` with a multistep scheduler.
         ValueError: bad inputs, as the pipeline raises them.
 
     Example:

@@ -21,7 +21,6 @@ from picard.adapters.pipelines.spec import Prepared, guided, on, sample_rows
 
 __all__ = [
     "Prompts",
-    "check_tail",
     "encode",
     "finisher",
     "guidance_embedding",
@@ -274,54 +273,14 @@ def finisher(
     return finish
 
 
-def check_tail(pipe: Any, num_inference_steps: int, begin: int, strength: float) -> None:
-    """Refuse ``strength`` when picard cannot start the scheduler's rule at step ``begin``.
-
-    Multistep rules restart their warm-up where a scheduler set by ``set_begin_index``
-    begins; picard's rules do not (yet) reproduce that.
-
-    Args:
-        pipe: the pipeline (its scheduler is read).
-        num_inference_steps: N, the grid's steps.
-        begin: the first step the loop runs.
-        strength: the call's ``strength`` (for the message).
-
-    Raises:
-        NotImplementedError: naming ``strength`` and the scheduler.
-
-    Example:
-        >>> from diffusers import DPMSolverMultistepScheduler
-        >>> from picard.models.tiny import tiny_stable_diffusion
-        >>> check_tail(tiny_stable_diffusion(), 10, 2, 0.8)  # DDPM: any strength
-        >>> pipe = tiny_stable_diffusion(scheduler=DPMSolverMultistepScheduler())
-        >>> check_tail(pipe, 10, 2, 0.8)
-        Traceback (most recent call last):
-        ...
-        NotImplementedError: strength=0.8 (< 1) is not supported with DPMSolverMultistepScheduler...
-    """
-    from picard.adapters.schedulers import rule_for
-
-    if begin == 0:
-        return
-    try:
-        rule_for(pipe.scheduler, num_inference_steps).tail(begin)
-    except NotImplementedError:
-        name = type(pipe.scheduler).__name__
-        raise NotImplementedError(
-            f"strength={strength} (< 1) is not supported with {name}: the loop would start "
-            f"at step {begin} of {num_inference_steps}, and picard's {name} rule is multistep "
-            "(it cannot start mid-grid); use strength=1.0 or a one-step scheduler (DDIM, "
-            "DDPM, Euler, ...)"
-        ) from None
-
-
 def strength_grid(
     pipe: Any, steps: int, strength: float, device: torch.device
 ) -> tuple[Tensor, int]:
     """The loop's timesteps from ``strength``, and its first step, as img2img pipelines set them.
 
     The pipeline's ``set_timesteps`` then ``get_timesteps`` (which sets the scheduler's
-    begin index); then :func:`check_tail`.
+    begin index). Every supported scheduler starts there as the pipeline's loop does,
+    multistep ones with their warm-up again (:meth:`picard.adapters.rule.UpdateRule.tail`).
 
     Args:
         pipe: the pipeline (its scheduler is set).
@@ -334,7 +293,6 @@ def strength_grid(
 
     Raises:
         ValueError: a ``strength`` that leaves no step.
-        NotImplementedError: ``strength < 1`` with a multistep scheduler.
 
     Example:
         >>> from picard.models.tiny_sd_variants import tiny_sd_img2img
@@ -346,9 +304,7 @@ def strength_grid(
     timesteps, left = pipe.get_timesteps(steps, strength, device)
     if left < 1:
         raise ValueError(f"strength={strength} leaves no step of {steps}: nothing to denoise")
-    begin = len(pipe.scheduler.timesteps) - len(timesteps)
-    check_tail(pipe, steps, begin, strength)
-    return timesteps, begin
+    return timesteps, len(pipe.scheduler.timesteps) - len(timesteps)
 
 
 def unet_prepared(

@@ -205,9 +205,9 @@ def prepare_sdxl_img2img(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     (``strength``, or ``denoising_start`` — the loop then starts at that step of the
     grid, :attr:`Prepared.begin`), ``prepare_latents`` (the image encoded and noised to
     the first step, from the call's generator) and ``_get_add_time_ids`` (with the
-    aesthetic scores for a UNet that ``requires_aesthetics_score``). A multistep
-    scheduler cannot start past the grid's first step: ``strength < 1`` (or
-    ``denoising_start``) with one raises ``NotImplementedError`` when the call is solved.
+    aesthetic scores for a UNet that ``requires_aesthetics_score``). Every supported
+    scheduler starts at :attr:`Prepared.begin` as the pipeline's loop does after
+    ``set_begin_index``, multistep ones with their warm-up again.
 
     Args:
         pipe: the pipeline.

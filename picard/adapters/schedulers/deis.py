@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
 from picard.adapters.schedulers.dpmsolver import step_orders
 from picard.adapters.schedulers.multistep import (
+    Restarting,
     alpha_sigma,
     check_first_timestep,
     check_order,
@@ -182,7 +182,7 @@ def _step_coefficients(order: int, sigmas: Tensor, i: int) -> tuple[float, ...]:
     return 0.0, float(alpha_t), inv_a, float(b0), float(b1), float(b2)
 
 
-class DEISRule(UpdateRule):
+class DEISRule(Restarting):
     """DEIS (log-ρ multistep, orders 1–3) on the grid of ``num_inference_steps`` steps.
 
     Supports ``solver_order`` 1–3, ``lower_order_final``, ``timestep_spacing`` (+
@@ -193,10 +193,13 @@ class DEISRule(UpdateRule):
 
     ``memory = solver_order - 1``: the ε_θ of earlier steps. ``tol_scale[i]`` is the DDPM
     posterior std between the grid's sigmas at i + 1 and i + 2 (VP units), 0 for the last.
+    :meth:`tail` warms up again where the loop begins (:class:`Restarting`).
 
     Args:
         config: a ``DEISMultistepScheduler`` configuration (mapping).
         num_inference_steps: N.
+        begin_index: the step diffusers' loop begins at (``set_begin_index``): the orders
+            warm up from there (the rule still covers the whole grid; :meth:`tail` cuts it).
 
     Attributes:
         orders: (N,) the order of each step's update.
@@ -212,8 +215,11 @@ class DEISRule(UpdateRule):
 
     signal_keys = ("alpha", "sigma")
 
-    def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
+    def __init__(
+        self, config: Mapping[str, Any], num_inference_steps: int, *, begin_index: int = 0
+    ):
         self.config = config = _full_config(config)
+        self.num_inference_steps = num_inference_steps
         timesteps, sigmas = deis_grid(config, num_inference_steps)
         check_first_timestep(timesteps, num_inference_steps)
         n = len(timesteps)
@@ -227,6 +233,7 @@ class DEISRule(UpdateRule):
                 "final_sigmas_type": "sigma_min",  # no zero final sigma, no euler_at_final
             },
             n,
+            begin_index,
         )
         sig = torch.from_numpy(sigmas)
         names = ("cx", "k", "inv_a", "b0", "b1", "b2")
@@ -244,6 +251,16 @@ class DEISRule(UpdateRule):
         self.noise_draws = np.zeros(n, dtype=bool)
         self.memory = self.solver_order - 1
         self.tol_scale = posterior_tol_scale(sig)
+
+    def restart(self, begin_index: int) -> DEISRule:
+        """The rule of steps ``begin_index …`` as diffusers' loop set to begin there runs them.
+
+        Example:
+            >>> DEISRule({"solver_order": 3}, 8).restart(3).orders.tolist()
+            [1, 2, 3, 2, 1]
+        """
+        rule = DEISRule(self.config, self.num_inference_steps, begin_index=begin_index)
+        return rule.cut(begin_index)
 
     def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """ε_θ as diffusers forms it: x̂_0 (thresholded if asked), then ``(x − α x̂_0)/σ``.

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
 from picard.adapters.schedulers.config import read_option
 from picard.adapters.schedulers.multistep import (
+    Restarting,
     alpha_sigma,
     base_coefficients,
     check_final,
@@ -175,18 +175,22 @@ def solver_grid(
     return timesteps.astype(np.int64), sigmas
 
 
-def step_orders(config: Mapping[str, Any], num_steps: int) -> np.ndarray:
+def step_orders(config: Mapping[str, Any], num_steps: int, begin_index: int = 0) -> np.ndarray:
     """The order diffusers' ``step`` uses at each of ``num_steps`` steps.
 
-    Warm-up: step i has at most order i + 1. ``lower_order_final`` (only below 15 steps)
-    lowers the last two steps to orders 1 and 2; ``euler_at_final`` or a zero final sigma
-    makes the last step first order.
+    Warm-up: step i has at most order i + 1 — or i − ``begin_index`` + 1 when the loop
+    begins at ``begin_index`` (``set_begin_index``: the history starts empty there).
+    ``lower_order_final`` (only below 15 steps) lowers the last two steps of the whole
+    grid to orders 1 and 2; ``euler_at_final`` or a zero final sigma makes the last step
+    first order.
 
     Args:
         config: a ``DPMSolverMultistepScheduler`` configuration (mapping); reads
             ``solver_order``, ``lower_order_final``, ``euler_at_final`` and
             ``final_sigmas_type``.
         num_steps: the number of steps N of the grid.
+        begin_index: the step the loop begins at (the steps before it, never run, are
+            given order 1).
 
     Returns:
         int64 ``(N,)``: the order (1, 2 or 3) of each step.
@@ -196,6 +200,8 @@ def step_orders(config: Mapping[str, Any], num_steps: int) -> np.ndarray:
         [1, 2, 3, 3, 2, 1]
         >>> step_orders({"final_sigmas_type": "sigma_min"}, 20).tolist()[-3:]  # no lowering
         [2, 2, 2]
+        >>> step_orders({"solver_order": 3}, 6, begin_index=2).tolist()
+        [1, 1, 1, 2, 2, 1]
     """
     order = int(read_option(config, "solver_order", 2))
     few = bool(read_option(config, "lower_order_final", True)) and num_steps < 15
@@ -206,7 +212,7 @@ def step_orders(config: Mapping[str, Any], num_steps: int) -> np.ndarray:
     )
     out = np.empty(num_steps, dtype=np.int64)
     for i in range(num_steps):
-        done = min(i, order)  # diffusers' lower_order_nums
+        done = min(max(i - begin_index, 0), order)  # diffusers' lower_order_nums
         if order == 1 or done < 1 or (i == num_steps - 1 and euler_last):
             out[i] = 1
         elif order == 2 or done < 2 or (i == num_steps - 2 and few):
@@ -232,7 +238,7 @@ def _step_coefficients(
     return cx, c0, c01, c12, cz
 
 
-class DPMSolverRule(UpdateRule):
+class DPMSolverRule(Restarting):
     """DPM-Solver(++) multistep on the grid of ``num_inference_steps`` steps.
 
     Supports ``algorithm_type`` in :data:`ALGORITHM_TYPES` (except order 3 with
@@ -250,9 +256,14 @@ class DPMSolverRule(UpdateRule):
     latent's units — and 0 for the last state. The ``sde-`` types draw their noise at
     every step in float32 (``noise_dtype``), as diffusers does for any latent dtype.
 
+    :meth:`tail` starts the rule mid-grid as diffusers' loop after ``set_begin_index``
+    (img2img's ``strength``): the warm-up again from there (:class:`Restarting`).
+
     Args:
         config: a ``DPMSolverMultistepScheduler`` configuration (mapping).
         num_inference_steps: N.
+        begin_index: the step diffusers' loop begins at (``set_begin_index``): the orders
+            warm up from there (the rule still covers the whole grid; :meth:`tail` cuts it).
 
     Attributes:
         orders: (N,) the order of each step's update (see :func:`step_orders`).
@@ -268,8 +279,11 @@ class DPMSolverRule(UpdateRule):
 
     signal_keys = ("alpha", "sigma")
 
-    def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
+    def __init__(
+        self, config: Mapping[str, Any], num_inference_steps: int, *, begin_index: int = 0
+    ):
         self.config = config = _with_defaults(config)
+        self.num_inference_steps = num_inference_steps
         timesteps, sigmas = solver_grid(config, num_inference_steps)
         check_first_timestep(timesteps, num_inference_steps)
         self.algorithm_type: str = read_option(config, "algorithm_type", "dpmsolver++")
@@ -278,7 +292,7 @@ class DPMSolverRule(UpdateRule):
         self._threshold = threshold_options(config)
         n = len(timesteps)
         heun = read_option(config, "solver_type", "midpoint") == "heun"
-        self.orders = step_orders(config, n)
+        self.orders = step_orders(config, n, begin_index)
         sig = torch.from_numpy(sigmas)
         steps = np.array(
             [
@@ -300,6 +314,16 @@ class DPMSolverRule(UpdateRule):
         self.memory = self.solver_order - 1
         self.output_channels = 1 if read_option(config, "variance_type") is None else 2
         self.tol_scale = posterior_tol_scale(sig)
+
+    def restart(self, begin_index: int) -> DPMSolverRule:
+        """The rule of steps ``begin_index …`` as diffusers' loop set to begin there runs them.
+
+        Example:
+            >>> DPMSolverRule({"solver_order": 2}, 6).restart(3).orders.tolist()
+            [1, 2, 1]
+        """
+        rule = DPMSolverRule(self.config, self.num_inference_steps, begin_index=begin_index)
+        return rule.cut(begin_index)
 
     def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """The model outputs as the solver integrates them: x_θ (``++`` types) or ε_θ.

@@ -50,11 +50,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
 from picard.adapters.schedulers.multistep import (
     DPM_ALGORITHM_ALIASES,
     DPM_SOLVER_ALIASES,
+    Restarting,
     alpha_sigma,
     base_coefficients,
     check_final,
@@ -256,7 +256,7 @@ def _entry_coefficients(
     return cx, c0, cmid, cend, cz
 
 
-class DPMSolverSinglestepRule(UpdateRule):
+class DPMSolverSinglestepRule(Restarting):
     """DPM-Solver(++) single-step: one step of the rule per diffusers loop entry.
 
     Supports ``algorithm_type`` in :data:`ALGORITHM_TYPES`, ``solver_order`` 1–3 (with
@@ -272,12 +272,21 @@ class DPMSolverSinglestepRule(UpdateRule):
     between the grid's sigmas at i + 1 and i + 2 (VP units), 0 for the last state.
     ``sde-dpmsolver++`` draws noise at every entry, in the latent's dtype.
 
+    :meth:`tail` starts mid-grid as diffusers' loop after ``set_begin_index``: its
+    stored outputs start empty there, so an entry of order j with fewer than j outputs
+    since the loop began takes the order it has outputs for (diffusers lowers it "for
+    img2img"), and a group restarts at the loop's first entry (:class:`Restarting`).
+
     Args:
         config: a ``DPMSolverSinglestepScheduler`` configuration (mapping).
         num_inference_steps: N.
+        begin_index: the entry diffusers' loop begins at (``set_begin_index``): entry i
+            has at most order i − begin_index + 1 (the rule still covers the whole grid;
+            :meth:`tail` cuts it).
 
     Attributes:
-        orders: (N,) each entry's order (see :func:`order_list`).
+        orders: (N,) each entry's order (see :func:`order_list`), lowered after
+            ``begin_index``.
         sigmas: (N + 1,) the float32 σ̃ grid (see :func:`singlestep_grid`).
         coefficients: ``alpha``, ``sigma`` (of each entry's state, to convert the model
             output), ``lag`` (entries back to the group's start) and the update weights
@@ -291,8 +300,11 @@ class DPMSolverSinglestepRule(UpdateRule):
 
     signal_keys = ("alpha", "sigma")
 
-    def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
+    def __init__(
+        self, config: Mapping[str, Any], num_inference_steps: int, *, begin_index: int = 0
+    ):
         self.config = config = _full_config(config)
+        self.num_inference_steps = num_inference_steps
         timesteps, sigmas = singlestep_grid(config, num_inference_steps)
         check_first_timestep(timesteps, num_inference_steps, "schedule")
         n = len(timesteps)
@@ -301,7 +313,10 @@ class DPMSolverSinglestepRule(UpdateRule):
         self.solver_order = int(config["solver_order"])
         self._threshold = threshold_options(config)
         heun = config["solver_type"] == "heun"
-        self.orders = order_list(config, n)
+        # diffusers' step lowers the order while model_outputs[-order] is None: an entry has
+        # at most as many outputs as entries run since the loop began
+        since = np.maximum(np.arange(n) - begin_index, 0)
+        self.orders = np.minimum(order_list(config, n), since + 1)
         sig = torch.from_numpy(sigmas)
         weights = np.array(
             [
@@ -323,6 +338,19 @@ class DPMSolverSinglestepRule(UpdateRule):
         self.memory = self.solver_order - 1
         self.output_channels = 1 if config["variance_type"] is None else 2
         self.tol_scale = posterior_tol_scale(sig)
+
+    def restart(self, begin_index: int) -> DPMSolverSinglestepRule:
+        """The rule of entries ``begin_index …`` as diffusers' loop set to begin there runs them.
+
+        Example:
+            >>> rule = DPMSolverSinglestepRule({"solver_order": 3}, 8)
+            >>> rule.orders.tolist(), rule.restart(2).orders.tolist()
+            ([1, 2, 3, 1, 2, 3, 1, 1], [1, 1, 2, 3, 1, 1])
+        """
+        rule = DPMSolverSinglestepRule(
+            self.config, self.num_inference_steps, begin_index=begin_index
+        )
+        return rule.cut(begin_index)
 
     def convert(self, x: Tensor, out: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """The model outputs as the solver integrates them: x_θ (``++`` types) or ε_θ.

@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
 from picard.adapters.schedulers.dpmsolver import step_orders
 from picard.adapters.schedulers.edm_euler import EDM_EULER_DEFAULTS
 from picard.adapters.schedulers.multistep import (
     DPM_ALGORITHM_ALIASES,
     DPM_SOLVER_ALIASES,
+    Restarting,
     base_coefficients,
     check_final,
     check_order,
@@ -180,7 +180,7 @@ def _preconditioning(config: Mapping[str, Any], sigma: Tensor) -> tuple[float, f
     return float(c_in), float(c_skip), float(c_out)
 
 
-class EDMDPMSolverRule(UpdateRule):
+class EDMDPMSolverRule(Restarting):
     """EDM-preconditioned DPM-Solver++ multistep on the grid of ``num_inference_steps`` steps.
 
     Supports ``sigma_schedule`` karras/exponential (``sigma_min``, ``sigma_max``,
@@ -197,9 +197,13 @@ class EDMDPMSolverRule(UpdateRule):
     fixed through the signal coefficients ``(1/c_skip, −c_out/c_skip)``, with which
     ``(x − σ F)/α`` is ``c_skip x + c_out F``.
 
+    :meth:`tail` warms up again where the loop begins (:class:`Restarting`).
+
     Args:
         config: an ``EDMDPMSolverMultistepScheduler`` configuration (mapping).
         num_inference_steps: N.
+        begin_index: the step diffusers' loop begins at (``set_begin_index``): the orders
+            warm up from there (the rule still covers the whole grid; :meth:`tail` cuts it).
 
     Attributes:
         orders: (N,) the order of each step's update.
@@ -213,8 +217,11 @@ class EDMDPMSolverRule(UpdateRule):
         ([1, 2, 3, 2, 1], 80.006, torch.float32)
     """
 
-    def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
+    def __init__(
+        self, config: Mapping[str, Any], num_inference_steps: int, *, begin_index: int = 0
+    ):
         self.config = config = _full_config(config)
+        self.num_inference_steps = num_inference_steps
         timesteps, sigmas = edm_grid(config, num_inference_steps)
         if int((timesteps == timesteps[0]).sum()) > 1:
             raise ValueError(
@@ -228,7 +235,7 @@ class EDMDPMSolverRule(UpdateRule):
         self.solver_order = int(config["solver_order"])
         self._threshold = threshold_options(config)
         heun = config["solver_type"] == "heun"
-        self.orders = step_orders(config, n)
+        self.orders = step_orders(config, n, begin_index)
         names = ("cx", "c0", "c01", "c12", "cz")
         weights = np.array(
             [
@@ -254,6 +261,16 @@ class EDMDPMSolverRule(UpdateRule):
         self.noise_draws = np.full(n, self.algorithm_type == "sde-dpmsolver++")
         self.memory = self.solver_order - 1
         self.tol_scale = ancestral_tol_scale(sigmas, n)
+
+    def restart(self, begin_index: int) -> EDMDPMSolverRule:
+        """The rule of steps ``begin_index …`` as diffusers' loop set to begin there runs them.
+
+        Example:
+            >>> EDMDPMSolverRule({"solver_order": 3}, 8).restart(3).orders.tolist()
+            [1, 2, 3, 2, 1]
+        """
+        rule = EDMDPMSolverRule(self.config, self.num_inference_steps, begin_index=begin_index)
+        return rule.cut(begin_index)
 
     def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """``precondition_inputs``: ``c_in(σ_i) x``, as ``scale_model_input``.

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
 from picard.adapters.schedulers.sigma_rules import (
     VPDenoiser,
@@ -260,6 +261,34 @@ class TwoStageRule(VPDenoiser):
     """
 
     memory = 1
+
+    def tail(self, begin: int) -> UpdateRule:
+        """The entries ``begin …``: the loop's own from a first-stage entry, sliced.
+
+        A pipeline begins at ``t_start · order`` (``set_begin_index``), a first-stage
+        entry, where diffusers' step finds no stored stage and each second stage reads its
+        own first stage's, as in the whole loop. Beginning at a second-stage entry would
+        make diffusers take it as a first stage of a shifted grid: not reproduced.
+
+        Args:
+            begin: the first entry kept.
+
+        Returns:
+            The rule of the entries from ``begin`` on.
+
+        Raises:
+            NotImplementedError: ``begin`` is a second-stage entry.
+
+        Example:
+            >>> HeunRule({}, 3).tail(2).coefficients["first"].tolist()
+            [1.0, 0.0, 1.0]
+        """
+        if 0 < begin < self.num_steps and self.coefficients["first"][begin] < 0.5:
+            raise NotImplementedError(
+                f"{type(self).__name__} cannot begin at entry {begin}, the second model call "
+                "of a step; begin at a step's first call (an even entry)"
+            )
+        return super().tail(begin)
 
     def _finish(self, sigma_in: Tensor, first: Tensor, epsilon_signal: bool = True) -> None:
         """Fill the coefficients every two-stage rule reads."""

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
+from picard.adapters.schedulers.multistep import Restarting
 from picard.adapters.schedulers.sigma_rules import check_grid, convert_config_sigmas
 
 __all__ = ["LMS_DEFAULTS", "LMSRule", "from_config", "lms_coefficients", "lms_grid"]
@@ -168,7 +168,7 @@ def lms_coefficients(sigmas: Tensor, steps: int, order: int) -> np.ndarray:
     return _coefficients(s.tobytes(), int(steps), int(order))
 
 
-class LMSRule(UpdateRule):
+class LMSRule(Restarting):
     """LMS (k-diffusion's ``sample_lms``), as ``LMSDiscreteScheduler`` steps it.
 
     Supports the beta schedules of :func:`picard.adapters.schedulers.schedules.betas`, the three
@@ -178,10 +178,19 @@ class LMSRule(UpdateRule):
     ``tol_scale[i]`` the ancestral std ``σ_↑(σ_{i+1}, σ_{i+2})`` (VE units, 0 last);
     ``signal_keys`` ``(1, σ)`` for epsilon prediction (the VE latent ``x = x_0 + σ ε``).
 
+    Started mid-grid (:meth:`tail`, as diffusers' loop after ``set_begin_index``), the
+    derivative list starts empty: step i still computes the weights of order
+    min(i + 1, ``order``) from its position in the whole grid, but ``zip`` pairs them with
+    the derivatives it has, so a step j steps after the loop began uses the first j + 1
+    weights only (:class:`Restarting`).
+
     Args:
         config: an ``LMSDiscreteScheduler`` configuration (mapping).
         num_inference_steps: N.
         order: the order of the multistep (``step``'s ``order`` argument).
+        begin_index: the step diffusers' loop begins at (``set_begin_index``): later
+            steps drop the weights of derivatives from before it (the rule still covers
+            the whole grid; :meth:`tail` cuts it).
 
     Attributes:
         sigmas: diffusers' ``scheduler.sigmas`` (float32, ending at 0).
@@ -193,13 +202,22 @@ class LMSRule(UpdateRule):
         (5, 2, (5, 3))
     """
 
-    def __init__(self, config: Mapping[str, Any], num_inference_steps: int, order: int = 4):
+    per_step = ()
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        num_inference_steps: int,
+        order: int = 4,
+        *,
+        begin_index: int = 0,
+    ):
         if isinstance(order, bool) or not isinstance(order, int | np.integer):
             raise TypeError(f"order must be an int, got {type(order).__name__}")
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
         full = _checked(config)
-        self.config = full
+        self.config, self.num_inference_steps = full, num_inference_steps
         self.prediction_type = full["prediction_type"]
         self.order = int(order)
         timesteps, sigmas = lms_grid(full, num_inference_steps)
@@ -211,13 +229,16 @@ class LMSRule(UpdateRule):
         spread = full["timestep_spacing"] in ("linspace", "trailing")
         self.init_noise_sigma = float(top if spread else (top**2 + 1) ** 0.5)
         self.weights = lms_coefficients(sigmas, m, self.order)
+        # diffusers zips the weights with the derivatives since the loop began: the others drop
+        since = np.maximum(np.arange(m) - begin_index, 0)[:, None]
+        used = np.where(np.arange(self.order)[None, :] <= since, self.weights, 0.0)
         sigma = sigmas[:m]
         self.coefficients = {
             "sigma": sigma.double().numpy(),
             "input_scale": ((sigma**2 + 1) ** 0.5).double().numpy(),
             "c_out": (-sigma / (sigma**2 + 1) ** 0.5).double().numpy(),
             "c_skip_inv": (sigma**2 + 1).double().numpy(),
-            **{f"lms{j}": self.weights[:, j].copy() for j in range(self.order)},
+            **{f"lms{j}": used[:, j].copy() for j in range(self.order)},
         }
         if self.prediction_type == "epsilon":
             self.coefficients["unit"] = np.ones(m)
@@ -227,6 +248,17 @@ class LMSRule(UpdateRule):
         s = sigmas.double()
         std = schedules.ancestral_std(s[1:m], s[2 : m + 1]).numpy()
         self.tol_scale = np.append(np.nan_to_num(std, nan=0.0), 0.0)
+
+    def restart(self, begin_index: int) -> LMSRule:
+        """The rule of steps ``begin_index …`` as diffusers' loop set to begin there runs them.
+
+        Example:
+            >>> tail = LMSRule({}, 6, order=3).restart(2)
+            >>> [int((tail.coefficients[f"lms{j}"] != 0).sum()) for j in range(3)]
+            [4, 3, 2]
+        """
+        rule = LMSRule(self.config, self.num_inference_steps, self.order, begin_index=begin_index)
+        return rule.cut(begin_index)
 
     def model_input(self, x: Tensor, c: Mapping[str, Tensor]) -> Tensor:
         """``scale_model_input``: ``x / √(σ_i² + 1)``."""

@@ -7,11 +7,13 @@ their configs, refuse what they do not reproduce, turn the VE grid σ̃ into the
 earlier steps, all alike; the helpers here do it once. The DPM-Solver weights (the D0,
 D1 and D2 terms of Lu et al. 2022a/b) are computed as diffusers computes them: in
 float32, on 0-d tensors, one step at a time. The names here are the rule modules' shared
-helpers, not picard's API (``__all__`` is empty).
+helpers, not picard's API (``__all__`` is empty). :class:`Restarting` is how they start
+mid-grid (img2img's ``strength``): as diffusers' loop set by ``set_begin_index`` does.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -249,7 +251,74 @@ def multistep_weights(
     return (d1 * (1 + q) + d2 * p) * inv_r0, -(d1 * q + d2 * p) * inv_r1
 
 
-class PredictorCorrector(UpdateRule):
+class Restarting(UpdateRule):
+    """A rule with memory whose loop restarts where a scheduler set to begin mid-grid begins.
+
+    diffusers' img2img, inpainting and SDXL pipelines call ``set_begin_index(begin)`` and
+    step through ``timesteps[begin:]``: a multistep scheduler starts that loop with an
+    empty history, so its warm-up (the lower orders while few earlier outputs exist) counts
+    from ``begin``, while the choices that read the position in the whole grid (the
+    lower-order final steps) still read it there. :meth:`tail` rebuilds the rule as that
+    loop runs it (:meth:`restart`) instead of slicing it.
+
+    Attributes:
+        first_step: the step of diffusers' whole grid that this rule's step 0 is (0, or
+            where :meth:`tail` started it).
+        per_step: the names of the per-step attributes (besides the coefficients) that
+            :meth:`cut` slices with them.
+    """
+
+    first_step: int = 0
+    per_step: tuple[str, ...] = ("orders",)  # per-step arrays besides the coefficients
+
+    def tail(self, begin: int) -> UpdateRule:
+        """The rule of steps ``begin …``, as the loop of a scheduler set to begin there runs them.
+
+        Args:
+            begin: the first step kept (of this rule's steps).
+
+        Returns:
+            The rebuilt rule of the last ``num_steps - begin`` steps (this rule's last
+            step kept: a head stays a head).
+
+        Example:
+            >>> from picard.adapters.schedulers.dpmsolver import DPMSolverRule
+            >>> rule = DPMSolverRule({"solver_order": 3}, 10)
+            >>> rule.orders.tolist()
+            [1, 2, 3, 3, 3, 3, 3, 3, 2, 1]
+            >>> tail = rule.tail(4)  # the warm-up again, from step 4
+            >>> tail.first_step, tail.orders.tolist(), tail.timesteps.tolist()[:2]
+            (4, [1, 2, 3, 3, 2, 1], [599, 500])
+        """
+        if not 0 < begin < self.num_steps:
+            return super().tail(begin)  # begin 0: the rule itself; else the range error
+        return self.restart(self.first_step + begin).head(self.num_steps - begin)
+
+    @abstractmethod
+    def restart(self, begin_index: int) -> UpdateRule:
+        """The rule of the grid's steps ``begin_index …``, as diffusers' loop runs them.
+
+        That is, after ``set_begin_index(begin_index)``; its ``first_step`` is ``begin_index``.
+        """
+
+    def cut(self, begin_index: int) -> UpdateRule:
+        """This rule, built for a loop that begins at ``begin_index``, cut to start there.
+
+        Args:
+            begin_index: the step the loop begins at (the rule's warm-up counts from it).
+
+        Returns:
+            The rule of steps ``begin_index …`` (``first_step = begin_index``).
+        """
+        rule = UpdateRule.tail(self, begin_index)
+        assert isinstance(rule, Restarting)
+        rule.first_step = begin_index
+        for name in self.per_step:
+            setattr(rule, name, getattr(self, name)[begin_index:])
+        return rule
+
+
+class PredictorCorrector(Restarting):
     """UniPC and SA-Solver: a predictor and a corrector over converted outputs.
 
     The state is the uncorrected sample the model sees at each entry; the memory holds

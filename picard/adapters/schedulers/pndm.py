@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters.rule import UpdateRule
 from picard.adapters.schedulers import schedules
 from picard.adapters.schedulers.config import read_option
+from picard.adapters.schedulers.multistep import Restarting
 
 __all__ = ["Entry", "PNDMRule", "from_config", "pndm_plan"]
 
@@ -120,17 +120,22 @@ def _grid(config: Mapping[str, Any], n: int) -> tuple[np.ndarray, np.ndarray]:
     return prk, base[:-3][::-1].copy()
 
 
-def pndm_plan(config: Mapping[str, Any], num_inference_steps: int) -> list[Entry]:
+def pndm_plan(config: Mapping[str, Any], num_inference_steps: int, begin: int = 0) -> list[Entry]:
     """Diffusers' PNDM loop, entry by entry: what each ``step`` call combines.
 
-    Replays ``step_prk``/``step_plms`` on entry indices instead of tensors.
+    Replays ``step_prk``/``step_plms`` on entry indices instead of tensors. A loop over
+    ``timesteps[begin:]`` (img2img's ``strength``: PNDM has no ``set_begin_index``)
+    starts the state machine afresh there — ``counter`` 0, no stored outputs — while
+    ``step_prk`` still reads the whole grid's Runge–Kutta timesteps by its counter.
 
     Args:
         config: a ``PNDMScheduler`` configuration (mapping).
         num_inference_steps: N (1 … ``num_train_timesteps``; at least 4 for PRK).
+        begin: the first entry of ``scheduler.timesteps`` the loop runs.
 
     Returns:
-        One :class:`Entry` per element of diffusers' ``scheduler.timesteps``.
+        One :class:`Entry` per element of diffusers' ``scheduler.timesteps[begin:]``
+        (entry indices counted from ``begin``).
 
     Example:
         >>> plan = pndm_plan({"skip_prk_steps": True, "steps_offset": 1}, 3)
@@ -148,15 +153,19 @@ def pndm_plan(config: Mapping[str, Any], num_inference_steps: int) -> list[Entry
     ets: list[int] = []
     cur: int | None = None
     plan = []
-    for i, timestep in enumerate(np.concatenate([prk, plms]).astype(np.int64).tolist()):
+    entries = np.concatenate([prk, plms]).astype(np.int64).tolist()
+    if not 0 <= begin < len(entries):
+        raise ValueError(f"begin must be in [0, {len(entries)}), got {begin}")
+    for i, timestep in enumerate(entries[begin:]):
         if i < len(prk) and not skip:
             e, cur = _prk_entry(i, timestep, prk, total // n // 2, ets, cur)
         else:
             e, cur = _plms_entry(i, timestep, ratio, ets, cur)
         if e.t >= total:
             raise ValueError(
-                f"PNDM's entry {i} would use timestep {e.t} >= num_train_timesteps={total} "
-                f"(num_inference_steps={n}); use another spacing or step count"
+                f"PNDM's entry {begin + i} would use timestep {e.t} >= "
+                f"num_train_timesteps={total} (num_inference_steps={n}); use another spacing "
+                "or step count"
             )
         plan.append(e)
     return plan
@@ -221,7 +230,7 @@ def _phi(ab: Tensor, final: Tensor, t: int, prev: int) -> tuple[float, float, fl
     )
 
 
-class PNDMRule(UpdateRule):
+class PNDMRule(Restarting):
     """PNDM (PRK warm-up + PLMS, or S-PNDM) on diffusers' loop entries.
 
     Supports ``skip_prk_steps`` both ways, the three ``timestep_spacing`` values with
@@ -234,11 +243,15 @@ class PNDMRule(UpdateRule):
     PLMS entry combines the outputs of the three PRK steps' first calls); the stored
     outputs are ``cat([model output, state], dim=2)``. ``tol_scale[i]`` is the DDPM
     posterior std of a stride-δ step from the timestep the model sees at entry i + 1
-    (0 for the last state). ``signal_keys``: √ᾱ, √(1−ᾱ) at that timestep.
+    (0 for the last state). ``signal_keys``: √ᾱ, √(1−ᾱ) at that timestep. :meth:`tail`
+    replays the state machine afresh from its first entry, as diffusers' loop over a
+    tail of the timesteps runs it (:func:`pndm_plan`).
 
     Args:
         config: a ``PNDMScheduler`` configuration (mapping).
         num_inference_steps: N.
+        begin_index: the first loop entry run (img2img's ``strength``); the rule has the
+            entries from there on (``first_step``).
 
     Attributes:
         plan: the :class:`Entry` of each loop entry.
@@ -255,11 +268,15 @@ class PNDMRule(UpdateRule):
     """
 
     signal_keys = ("sqrt_alpha", "sqrt_beta")
+    per_step = ()
 
-    def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
-        self.config = config
+    def __init__(
+        self, config: Mapping[str, Any], num_inference_steps: int, *, begin_index: int = 0
+    ):
+        self.config, self.num_inference_steps = config, num_inference_steps
+        self.first_step = begin_index
         self.prediction_type = read_option(config, "prediction_type", "epsilon")
-        self.plan = plan = pndm_plan(config, num_inference_steps)
+        self.plan = plan = pndm_plan(config, num_inference_steps, begin_index)
         total = int(read_option(config, "num_train_timesteps", 1000))
         ab = schedules.alphas_cumprod(config)
         final = torch.tensor(1.0) if read_option(config, "set_alpha_to_one", False) else ab[0]
@@ -289,6 +306,17 @@ class PNDMRule(UpdateRule):
         a_prev = torch.where(prev >= 0, ab[prev.clamp(min=0)], final)
         std = schedules.posterior_std(a_model.double(), a_prev.double()).numpy()
         self.tol_scale = np.append(std[1:], 0.0)
+
+    def restart(self, begin_index: int) -> PNDMRule:
+        """The rule of entries ``begin_index …`` as diffusers' loop over them runs them.
+
+        Example:
+            >>> rule = PNDMRule({"skip_prk_steps": True, "steps_offset": 1}, 4)
+            >>> tail = rule.restart(3)
+            >>> tail.timesteps.tolist(), tail.plan[1].terms  # the Heun-like start again
+            ([251, 1], [(1, 1.0), (0, 1.0)])
+        """
+        return PNDMRule(self.config, self.num_inference_steps, begin_index=begin_index)
 
     def update(
         self,

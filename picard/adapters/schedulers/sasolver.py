@@ -203,16 +203,21 @@ def sasolver_grid(
     return np.asarray(timesteps).astype(np.int64), out.astype(np.float32)
 
 
-def step_orders(config: Mapping[str, Any], num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+def step_orders(
+    config: Mapping[str, Any], num_steps: int, begin_index: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The orders of diffusers' SA-Predictor at each entry, and of the next corrector.
 
     Warm-up: entry i has predictor order ≤ i + 1 and sets the corrector order ≤ i + 2 of
-    entry i + 1; ``lower_order_final`` caps them at N − i and N − i + 1.
+    entry i + 1 (counted from ``begin_index`` when the loop begins there:
+    ``set_begin_index``); ``lower_order_final`` caps them at N − i and N − i + 1.
 
     Args:
         config: a ``SASolverScheduler`` configuration (``predictor_order``,
             ``corrector_order``, ``lower_order_final``).
         num_steps: N.
+        begin_index: the entry the loop begins at (those before it, never run, get the
+            first entry's orders).
 
     Returns:
         ``(predictor, corrector)``: int64 ``(N,)`` each; ``corrector[i]`` is the order of
@@ -222,11 +227,14 @@ def step_orders(config: Mapping[str, Any], num_steps: int) -> tuple[np.ndarray, 
         >>> p, c = step_orders({"predictor_order": 3, "corrector_order": 4}, 6)
         >>> p.tolist(), c.tolist()
         ([1, 2, 3, 3, 2, 1], [2, 3, 4, 4, 3, 2])
+        >>> p, c = step_orders({"predictor_order": 3, "corrector_order": 4}, 6, begin_index=3)
+        >>> p.tolist(), c.tolist()
+        ([1, 1, 1, 1, 2, 1], [2, 2, 2, 2, 3, 2])
     """
     config = _full(config)
     pred, corr = int(config["predictor_order"]), int(config["corrector_order"])
     i = np.arange(num_steps)
-    done = np.minimum(i, max(pred, corr - 1))  # diffusers' lower_order_nums
+    done = np.minimum(np.maximum(i - begin_index, 0), max(pred, corr - 1))  # lower_order_nums
     if config["lower_order_final"]:
         cap_p, cap_c = np.minimum(pred, num_steps - i), np.minimum(corr, num_steps - i + 1)
     else:
@@ -367,13 +375,20 @@ class SASolverRule(PredictorCorrector):
     prediction). Refused (``ValueError``), as diffusers' step fails there:
     ``variance_type`` and thresholding with noise prediction.
 
+    :meth:`tail` starts mid-grid as diffusers' loop after ``set_begin_index``: no
+    correction at the first entry, the orders warming up again (:class:`Restarting`).
+
     Args:
         config: a ``SASolverScheduler`` configuration (mapping).
         num_inference_steps: N.
+        begin_index: the entry diffusers' loop begins at (``set_begin_index``): the orders
+            warm up from there and the corrector starts after it (the rule still covers
+            the whole grid; :meth:`tail` cuts it).
 
     Attributes:
         orders: (N,) the SA-Predictor's order at each entry.
-        corrector_orders: (N,) the order of the SA-Corrector at each entry (0 at entry 0).
+        corrector_orders: (N,) the order of the SA-Corrector at each entry (0 at the
+            loop's first entry).
         taus: the N values τ_i = ``tau_func(t_i)``.
         sigmas: (N + 1,) the float32 σ̃ grid (see :func:`sasolver_grid`).
         coefficients: ``alpha``, ``sigma``, ``sigma_raw`` (σ̃ for ``flow_prediction``),
@@ -386,18 +401,27 @@ class SASolverRule(PredictorCorrector):
         ([1, 2, 3, 2, 1], [0, 2, 3, 3, 3], 3)
     """
 
-    def __init__(self, config: Mapping[str, Any], num_inference_steps: int):
+    per_step = ("orders", "corrector_orders", "taus")
+
+    def __init__(
+        self, config: Mapping[str, Any], num_inference_steps: int, *, begin_index: int = 0
+    ):
         self.config = config = _full(config)
+        self.num_inference_steps = num_inference_steps
         timesteps, grid = sasolver_grid(config, num_inference_steps)
         n = len(timesteps)
         check_first_timestep(timesteps, num_inference_steps)
         self._setup(config, timesteps, grid, config["algorithm_type"] == "data_prediction")
         tau_func: Callable[[Any], Any] = config["tau_func"] or default_tau
         self.taus = [tau_func(t) for t in self.timesteps]  # 0-d int64 tensors, as the loop's
-        self.orders, corr = step_orders(config, n)
+        self.orders, corr = step_orders(config, n, begin_index)
         self.corrector_orders = np.concatenate([[0], corr[:-1]]).astype(np.int64)
+        self.corrector_orders[: begin_index + 1] = 0
         lags = [int(self.orders.max()) - 1]
-        lags += [max(int(c) - 1, int(p)) for c, p in zip(corr[:-1], self.orders[:-1], strict=True)]
+        lags += [
+            max(int(c) - 1, int(p))
+            for c, p in zip(self.corrector_orders[1:], self.orders[:-1], strict=True)
+        ]
         self.memory = max(lags)
         self.coefficients = self._coefficients()
         self.noise_draws = np.ones(n, dtype=bool)
@@ -412,8 +436,8 @@ class SASolverRule(PredictorCorrector):
         previous: list[float] = []
         for i in range(n):
             self._signal_at(co, i)
-            if i > 0:  # the corrector of the step i − 1 -> i, with τ_{i−1}
-                order = int(self.corrector_orders[i])
+            order = int(self.corrector_orders[i])
+            if order:  # the corrector of the step i − 1 -> i, with τ_{i−1}
                 _, _, weights = _step(sig, flow, x0, i - 1, i, order, self.taus[i - 1], True)
                 for j, w in enumerate(weights):
                     co[f"d{j}"][i] += w
@@ -433,6 +457,17 @@ class SASolverRule(PredictorCorrector):
             ),
         )
         return {name: v for name, v in co.items() if name[0] not in "pd" or v.any()}
+
+    def restart(self, begin_index: int) -> SASolverRule:
+        """The rule of entries ``begin_index …`` as diffusers' loop set to begin there runs them.
+
+        Example:
+            >>> tail = SASolverRule({"predictor_order": 3, "corrector_order": 3}, 8).restart(4)
+            >>> tail.orders.tolist(), tail.corrector_orders.tolist()
+            ([1, 2, 2, 1], [0, 2, 3, 3])
+        """
+        rule = SASolverRule(self.config, self.num_inference_steps, begin_index=begin_index)
+        return rule.cut(begin_index)
 
     def update(
         self,

@@ -266,16 +266,19 @@ def unipc_grid(
     return np.asarray(timesteps).astype(np.int64), out
 
 
-def step_orders(config: Mapping[str, Any], num_steps: int) -> np.ndarray:
+def step_orders(config: Mapping[str, Any], num_steps: int, begin_index: int = 0) -> np.ndarray:
     """The UniP order diffusers' ``step`` uses at each of ``num_steps`` entries.
 
-    Warm-up: entry i has at most order i + 1; ``lower_order_final`` (at any N, unlike
-    DPM-Solver) caps entry i at N − i. The corrector at entry i has the order of entry i − 1.
+    Warm-up: entry i has at most order i + 1 — or i − ``begin_index`` + 1 when the loop
+    begins at ``begin_index`` (``set_begin_index``); ``lower_order_final`` (at any N,
+    unlike DPM-Solver) caps entry i at N − i. The corrector at entry i has the order of
+    entry i − 1.
 
     Args:
         config: a ``UniPCMultistepScheduler`` configuration (``solver_order``,
             ``lower_order_final``).
         num_steps: N.
+        begin_index: the entry the loop begins at (those before it, never run, get 1).
 
     Returns:
         int64 ``(N,)``: the order of each entry's predictor.
@@ -285,13 +288,15 @@ def step_orders(config: Mapping[str, Any], num_steps: int) -> np.ndarray:
         [1, 2, 3, 3, 2, 1]
         >>> step_orders({"solver_order": 3, "lower_order_final": False}, 4).tolist()
         [1, 2, 3, 3]
+        >>> step_orders({"solver_order": 3}, 6, begin_index=3).tolist()
+        [1, 1, 1, 1, 2, 1]
     """
     config = _full(config)
     order = int(config["solver_order"])
     final = bool(config["lower_order_final"])
     steps = np.arange(num_steps)
     cap = np.minimum(order, num_steps - steps) if final else np.full(num_steps, order)
-    return np.minimum(cap, steps + 1).astype(np.int64)
+    return np.minimum(cap, np.maximum(steps - begin_index, 0) + 1).astype(np.int64)
 
 
 class _BH:
@@ -377,11 +382,17 @@ class UniPCRule(PredictorCorrector):
     corrector); ``tol_scale[i]`` is the DDPM posterior std of step i + 1 between its grid
     points (flow sigmas: the flow latent's ancestral std), 0 for the last state.
 
+    :meth:`tail` starts mid-grid as diffusers' loop after ``set_begin_index``: no
+    correction at the first entry, the orders warming up again (:class:`Restarting`).
+
     Args:
         config: a ``UniPCMultistepScheduler`` configuration (mapping).
         num_inference_steps: N.
         sigmas: custom flow sigmas (``use_flow_sigmas``), as passed to ``set_timesteps``.
         mu: the dynamic shift (``use_dynamic_shifting``).
+        begin_index: the entry diffusers' loop begins at (``set_begin_index``): the orders
+            warm up from there and the corrector starts after it (the rule still covers
+            the whole grid; :meth:`tail` cuts it).
 
     Attributes:
         orders: (N,) the predictor's order at each entry (see :func:`step_orders`).
@@ -404,8 +415,10 @@ class UniPCRule(PredictorCorrector):
         *,
         sigmas: Sequence[float] | np.ndarray | None = None,
         mu: float | None = None,
+        begin_index: int = 0,
     ):
         self.config = config = _full(config)
+        self.num_inference_steps, self._grid_options = num_inference_steps, (sigmas, mu)
         timesteps, grid = unipc_grid(config, num_inference_steps, sigmas=sigmas, mu=mu)
         n = len(timesteps)
         check_first_timestep(timesteps, num_inference_steps)
@@ -419,8 +432,8 @@ class UniPCRule(PredictorCorrector):
             )
         self._setup(config, timesteps, grid, bool(config["predict_x0"]))
         disabled = {int(v) for v in config["disable_corrector"]}
-        self.orders = step_orders(config, n)
-        self.corrects = np.array([i > 0 and i - 1 not in disabled for i in range(n)])
+        self.orders = step_orders(config, n, begin_index)
+        self.corrects = np.array([i > begin_index and i - 1 not in disabled for i in range(n)])
         self._pred_lags = int(self.orders.max()) - 1
         corr_orders = self.orders[:-1][self.corrects[1:]]
         self._corr_lags = int(corr_orders.max()) - 1 if len(corr_orders) else -1
@@ -428,6 +441,22 @@ class UniPCRule(PredictorCorrector):
         self.coefficients = self._coefficients(timesteps)
         self.tol_scale = posterior_tol_scale(self.sigmas, self.flow)
         self.noise_draws = np.zeros(n, dtype=bool)
+
+    per_step = ("orders", "corrects")
+
+    def restart(self, begin_index: int) -> UniPCRule:
+        """The rule of entries ``begin_index …`` as diffusers' loop set to begin there runs them.
+
+        Example:
+            >>> tail = UniPCRule({"solver_order": 3}, 8).restart(4)
+            >>> tail.orders.tolist(), tail.corrects.tolist()
+            ([1, 2, 2, 1], [False, True, True, True])
+        """
+        sigmas, mu = self._grid_options
+        rule = UniPCRule(
+            self.config, self.num_inference_steps, sigmas=sigmas, mu=mu, begin_index=begin_index
+        )
+        return rule.cut(begin_index)
 
     def _coefficients(self, timesteps: np.ndarray) -> dict[str, np.ndarray]:
         """Every entry's conversion, predictor and corrector scalars (float64 arrays)."""
