@@ -230,3 +230,19 @@ def test_sample_pipeline_folders_of_every_input_kind(tmp_path, capsys, build, ex
     if "--image" in extra:  # the inputs are required, named
         code, _, err = run([a for a in args if a not in extra and a not in files.values()], capsys)
         assert code == 2 and "needs --image" in err
+
+
+def test_pipeline_outputs_of_video_and_audio_are_written_as_arrays(tmp_path):
+    from types import SimpleNamespace
+
+    from picard.cli.common import CLIError
+    from picard.cli.sample import _output
+
+    frames = SimpleNamespace(images=None, frames=torch.zeros(1, 3, 3, 4, 4))
+    assert _output(frames, "WanPipeline", tmp_path / "v.pt").shape == (1, 3, 3, 4, 4)
+    audio = SimpleNamespace(audios=torch.zeros(1, 2, 64))
+    assert _output(audio, "StableAudioPipeline", tmp_path / "a.npy").shape == (1, 2, 64)
+    with pytest.raises(CLIError, match="returns frames: write them with --out ending .pt"):
+        _output(frames, "WanPipeline", tmp_path / "v.png")
+    with pytest.raises(CLIError, match="returned no images, frames or audios"):
+        _output(SimpleNamespace(), "X", tmp_path / "x.pt")

@@ -283,7 +283,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     out = runner(**inputs, num_inference_steps=steps, generator=gen, output_type="pt")
-    images = torch.as_tensor(out.images)
+    images = _output(out, kind, args.out)
     stats = (
         ""
         if args.sequential or runner.stats is None
@@ -299,6 +299,23 @@ def _pipeline(args: argparse.Namespace) -> int:
         _write(images, args.out, None)
     print(f"wrote {args.out}")
     return 0
+
+
+def _output(out: Any, kind: str, path: Path) -> torch.Tensor:
+    """The pipeline output's samples: images, video frames or audio waveforms.
+
+    Video and audio are written as arrays only (``--out`` ending ``.pt`` or ``.npy``).
+    """
+    for field in ("images", "frames", "audios"):
+        value = getattr(out, field, None)
+        if value is not None:
+            break
+    else:
+        raise CLIError(f"{kind} returned no images, frames or audios")
+    samples = torch.as_tensor(value)
+    if field != "images" and path.suffix not in (".pt", ".npy"):
+        raise CLIError(f"{kind} returns {field}: write them with --out ending .pt or .npy")
+    return samples
 
 
 def _inputs(args: argparse.Namespace, kind: str, inputs: str) -> dict[str, Any]:
