@@ -246,3 +246,16 @@ def test_pipeline_outputs_of_video_and_audio_are_written_as_arrays(tmp_path):
         _output(frames, "WanPipeline", tmp_path / "v.png")
     with pytest.raises(CLIError, match="returned no images, frames or audios"):
         _output(SimpleNamespace(), "X", tmp_path / "x.pt")
+
+
+def test_samples_per_prompt_take_the_pipelines_own_name():
+    from picard.cli.sample import _per_prompt
+
+    class Video:
+        def __call__(self, prompt=None, num_videos_per_prompt=1): ...
+
+    class Audio:
+        def __call__(self, prompt=None, num_waveforms_per_prompt=1): ...
+
+    assert _per_prompt(Video()) == "num_videos_per_prompt"
+    assert _per_prompt(Audio()) == "num_waveforms_per_prompt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import tempfile
 import time
@@ -273,7 +274,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     found = runner_for(pipe)
     if found is None:
         raise CLIError(f"pipeline {kind} is not supported; supported: {', '.join(PIPELINES)}")
-    inputs = _inputs(args, kind, found[1].inputs)
+    inputs = _inputs(args, kind, found[1].inputs, _per_prompt(pipe))
     steps = args.steps or 50
     gen = torch.Generator().manual_seed(args.seed)
     runner = (
@@ -318,13 +319,24 @@ def _output(out: Any, kind: str, path: Path) -> torch.Tensor:
     return samples
 
 
-def _inputs(args: argparse.Namespace, kind: str, inputs: str) -> dict[str, Any]:
+def _per_prompt(pipe: Any) -> str:
+    """The name of the pipeline call's samples-per-prompt argument (images, videos, audio)."""
+    names = inspect.signature(pipe.__call__).parameters
+    for name in ("num_images_per_prompt", "num_videos_per_prompt", "num_waveforms_per_prompt"):
+        if name in names:
+            return name
+    return "num_images_per_prompt"
+
+
+def _inputs(
+    args: argparse.Namespace, kind: str, inputs: str, per_prompt: str = "num_images_per_prompt"
+) -> dict[str, Any]:
     """The pipeline call's inputs from the command line, by what the pipeline takes."""
     if inputs == "none":
         return {"batch_size": args.count}
     if inputs == "class":
         return {"class_labels": [args.class_label] * args.count}
-    call: dict[str, Any] = {"prompt": args.prompt, "num_images_per_prompt": args.count}
+    call: dict[str, Any] = {"prompt": args.prompt, per_prompt: args.count}
     for part, name, path in (("image", "image", args.image), ("mask", "mask_image", args.mask)):
         if part in inputs:
             if path is None:

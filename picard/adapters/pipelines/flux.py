@@ -6,6 +6,10 @@ guidance-distilled models (a per-row guidance tensor) and, with ``true_cfg_scale
 negative prompt, a second, negative-prompt row. The grid is the pipeline's:
 ``sigmas = linspace(1, 1/N, N)`` (or the call's) with ``mu`` from the image's sequence
 length. The finish unpacks, undoes the VAE's scaling and shift, and decodes.
+
+``FluxKontextPipeline`` joins its image's packed latents to every row's tokens (their ids
+after the latents'); ``FluxFillPipeline`` joins the masked image's latents and the mask to
+every row's channels, and starts at the step ``strength`` gives.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from picard.adapters.pipelines.preamble import prompt_count
 from picard.adapters.pipelines.sd3 import check_stateless, check_unchanged, grid, images_of
 from picard.adapters.pipelines.spec import Prepared, on, sample_rows
 
-__all__ = ["prepare_flux"]
+__all__ = ["prepare_flux", "prepare_flux_fill", "prepare_flux_kontext"]
 
 
 def prepare_flux(pipe: Any, a: Mapping[str, Any]) -> Prepared:
@@ -93,6 +98,202 @@ def prepare_flux(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     )
 
 
+def prepare_flux_kontext(pipe: Any, a: Mapping[str, Any]) -> Prepared:
+    """Prepare a ``FluxKontextPipeline`` call: as :func:`prepare_flux`, with the image's tokens.
+
+    The size is fitted to ``max_area`` and the image resized (to a preferred Kontext
+    resolution with ``_auto_resize``) and encoded by the pipeline's own code; its packed
+    latents join every row's tokens (their ids after the latents' ids), and the model's
+    output is cut back to the latents' tokens, as in the pipeline's loop.
+
+    Args:
+        pipe: the pipeline.
+        a: the call's arguments, defaults filled in.
+
+    Returns:
+        The prepared call.
+
+    Example:
+        >>> from picard.adapters.pipelines.preamble import call_arguments
+        >>> from picard.models.tiny_image_audio import flux_prompt_embeds, tiny_flux_kontext
+        >>> pipe = tiny_flux_kontext()
+        >>> a = call_arguments(pipe, torch.rand(1, 3, 16, 16), height=16, width=16,
+        ...     max_area=256, _auto_resize=False, num_inference_steps=4,
+        ...     **flux_prompt_embeds(pipe, ["a cat"]))
+        >>> p = prepare_flux_kontext(pipe, a)
+        >>> p.latents.shape, p.denoiser(None)(p.latents, p.timesteps[:1]).shape
+        (torch.Size([1, 16, 16]), torch.Size([1, 16, 16]))
+    """
+    check_stateless(pipe, a)
+    height, width, multiple = _kontext_size(pipe, a)
+    pipe.check_inputs(
+        a["prompt"], a["prompt_2"], height, width, negative_prompt=a["negative_prompt"],
+        negative_prompt_2=a["negative_prompt_2"], prompt_embeds=a["prompt_embeds"],
+        negative_prompt_embeds=a["negative_prompt_embeds"],
+        pooled_prompt_embeds=a["pooled_prompt_embeds"],
+        negative_pooled_prompt_embeds=a["negative_pooled_prompt_embeds"],
+        callback_on_step_end_tensor_inputs=a["callback_on_step_end_tensor_inputs"],
+        max_sequence_length=a["max_sequence_length"],
+    )  # fmt: skip
+    attention = {} if a["joint_attention_kwargs"] is None else a["joint_attention_kwargs"]
+    pipe._guidance_scale, pipe._joint_attention_kwargs = a["guidance_scale"], attention
+    pipe._current_timestep, pipe._interrupt = None, False
+    device, true_cfg = pipe._execution_device, _true_cfg(a)
+    cond = _encode(pipe, a, device, "")
+    negative = _encode(pipe, a, device, "negative_") if true_cfg else None
+    image = _kontext_image(pipe, a["image"], a["_auto_resize"], multiple)
+    latents, image_latents, ids, image_ids = pipe.prepare_latents(
+        image, images_of(a, cond[0]), pipe.transformer.config.in_channels // 4, height, width,
+        cond[0].dtype, device, a["generator"], a["latents"],
+    )  # fmt: skip
+    extra = None
+    if image_ids is not None:
+        ids, extra = torch.cat([ids, image_ids], dim=0), (1, image_latents)
+    timesteps, steps, options = _grid(pipe, a, latents, device)
+    pipe._num_timesteps = len(timesteps)
+    pipe.scheduler.set_begin_index(0)
+    config = pipe.transformer.config
+    model = _Model(a, cond, negative, ids, config.guidance_embeds, extra)
+    return Prepared(
+        latents=latents,
+        num_inference_steps=steps,
+        timesteps=timesteps,
+        denoiser=lambda dev: model.on(pipe.transformer, attention, dev),
+        device=pipe.transformer.device,
+        finish=lambda x: _finish(pipe, a, x, height, width),
+        generator=a["generator"],
+        rows_per_evaluation=2 if true_cfg else 1,
+        grid_options=options,
+    )
+
+
+def _kontext_size(pipe: Any, a: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Kontext's height and width, fitted to ``max_area`` as the pipeline fits them."""
+    height = a["height"] or pipe.default_sample_size * pipe.vae_scale_factor
+    width = a["width"] or pipe.default_sample_size * pipe.vae_scale_factor
+    ratio, multiple = width / height, pipe.vae_scale_factor * 2
+    width = round((a["max_area"] * ratio) ** 0.5) // multiple * multiple
+    height = round((a["max_area"] / ratio) ** 0.5) // multiple * multiple
+    return height, width, multiple
+
+
+def _kontext_image(pipe: Any, image: Any, auto_resize: bool, multiple: int) -> Any:
+    """The pipeline's preprocessing of Kontext's image (latents pass through)."""
+    from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
+    if image is None or (isinstance(image, Tensor) and image.size(1) == pipe.latent_channels):
+        return image
+    first = image[0] if isinstance(image, list) else image
+    image_height, image_width = pipe.image_processor.get_default_height_width(first)
+    ratio = image_width / image_height
+    if auto_resize:
+        _, image_width, image_height = min(
+            (abs(ratio - w / h), w, h) for w, h in PREFERRED_KONTEXT_RESOLUTIONS
+        )
+    image_width, image_height = (
+        image_width // multiple * multiple,
+        image_height // multiple * multiple,
+    )
+    image = pipe.image_processor.resize(image, image_height, image_width)
+    return pipe.image_processor.preprocess(image, image_height, image_width)
+
+
+def prepare_flux_fill(pipe: Any, a: Mapping[str, Any]) -> Prepared:
+    """Prepare a ``FluxFillPipeline`` call: prompts, the masked image and mask, strength.
+
+    The pipeline's own ``check_inputs``, ``encode_prompt``, grid (its default sigmas and
+    ``mu`` from the image size), ``get_timesteps`` (``strength``: the solve starts at its
+    step), ``prepare_latents`` and ``prepare_mask_latents`` run as in its ``__call__``;
+    each row's latents get their sample's masked image latents and mask as channels.
+
+    Args:
+        pipe: the pipeline.
+        a: the call's arguments, defaults filled in.
+
+    Returns:
+        The prepared call.
+
+    Raises:
+        ValueError: a ``strength`` that leaves no step (as the pipeline).
+
+    Example:
+        >>> from picard.adapters.pipelines.preamble import call_arguments
+        >>> from picard.models.tiny_image_audio import flux_prompt_embeds, tiny_flux_fill
+        >>> pipe = tiny_flux_fill()
+        >>> a = call_arguments(pipe, image=torch.rand(1, 3, 16, 16),
+        ...     mask_image=torch.ones(1, 1, 16, 16), height=16, width=16, strength=0.5,
+        ...     num_inference_steps=4, **flux_prompt_embeds(pipe, ["a cat"]))
+        >>> p = prepare_flux_fill(pipe, a)
+        >>> p.latents.shape, p.begin, len(p.timesteps)
+        (torch.Size([1, 16, 16]), 2, 2)
+    """
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    check_stateless(pipe, a)
+    height = a["height"] or pipe.default_sample_size * pipe.vae_scale_factor
+    width = a["width"] or pipe.default_sample_size * pipe.vae_scale_factor
+    pipe.check_inputs(
+        a["prompt"], a["prompt_2"], a["strength"], height, width,
+        prompt_embeds=a["prompt_embeds"], pooled_prompt_embeds=a["pooled_prompt_embeds"],
+        callback_on_step_end_tensor_inputs=a["callback_on_step_end_tensor_inputs"],
+        max_sequence_length=a["max_sequence_length"], image=a["image"],
+        mask_image=a["mask_image"], masked_image_latents=a["masked_image_latents"],
+    )  # fmt: skip
+    attention = a["joint_attention_kwargs"]
+    pipe._guidance_scale, pipe._joint_attention_kwargs = a["guidance_scale"], attention
+    pipe._interrupt = False
+    init_image = pipe.image_processor.preprocess(a["image"], height=height, width=width)
+    init_image = init_image.to(dtype=torch.float32)
+    device = pipe._execution_device
+    cond = _encode(pipe, a, device, "")
+    images = images_of(a, cond[0])
+    n, sigmas, config = a["num_inference_steps"], a["sigmas"], pipe.scheduler.config
+    sigmas = np.linspace(1.0, 1 / n, n) if sigmas is None else sigmas
+    mu = calculate_shift(
+        (int(height) // pipe.vae_scale_factor // 2) * (int(width) // pipe.vae_scale_factor // 2),
+        config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5), config.get("max_shift", 1.15),
+    )  # fmt: skip
+    _, n, steps, options = grid(pipe, n, device, sigmas, mu)
+    timesteps, left = pipe.get_timesteps(n, a["strength"], device)
+    if left < 1:
+        raise ValueError(
+            f"After adjusting the num_inference_steps by strength parameter: {a['strength']}, "
+            f"the number of pipeline steps is {left} which is < 1 and not appropriate for this "
+            "pipeline."
+        )
+    channels = pipe.vae.config.latent_channels
+    latents, ids = pipe.prepare_latents(
+        init_image, timesteps[:1].repeat(images), images, channels, height, width,
+        cond[0].dtype, device, a["generator"], a["latents"],
+    )  # fmt: skip
+    masked = a["masked_image_latents"]
+    if masked is not None:
+        masked = masked.to(latents.device)
+    else:
+        mask_image = pipe.mask_processor.preprocess(a["mask_image"], height=height, width=width)
+        masked_image = (init_image * (1 - mask_image)).to(device=device, dtype=cond[0].dtype)
+        height, width = init_image.shape[-2:]
+        mask, masked = pipe.prepare_mask_latents(
+            mask_image, masked_image, prompt_count(a), channels, a["num_images_per_prompt"],
+            height, width, cond[0].dtype, device, a["generator"],
+        )  # fmt: skip
+        masked = torch.cat((masked, mask), dim=-1)
+    pipe._num_timesteps = len(timesteps)
+    model = _Model(a, cond, None, ids, pipe.transformer.config.guidance_embeds, (2, masked))
+    return Prepared(
+        latents=latents,
+        num_inference_steps=steps,
+        timesteps=timesteps,
+        denoiser=lambda dev: model.on(pipe.transformer, attention, dev),
+        device=pipe.transformer.device,
+        finish=lambda x: _finish(pipe, a, x, height, width),
+        generator=a["generator"],
+        grid_options=options,
+        begin=len(pipe.scheduler.timesteps) - len(timesteps),
+    )
+
+
 def _true_cfg(a: Mapping[str, Any]) -> bool:
     """Whether the pipeline runs true classifier-free guidance (checking as it does)."""
     has_negative = a["negative_prompt"] is not None or (
@@ -156,15 +357,19 @@ class _Model:
         negative: tuple[Tensor, Tensor, Tensor] | None,
         image_ids: Tensor,
         guidance_embeds: bool,
+        extra: tuple[int, Tensor] | None = None,
     ):
         self.cond, self.negative, self.image_ids = cond, negative, image_ids
-        self.true_scale, self.guidance = a["true_cfg_scale"], a["guidance_scale"]
+        self.true_scale = a.get("true_cfg_scale", 1.0)
+        self.guidance = a["guidance_scale"]
         self.guidance_embeds = guidance_embeds
+        self.extra = extra  # (dim, per-sample tensor) joined to the rows' latents
 
     def on(self, transformer: Any, attention: Any, dev: torch.device | None) -> Any:
         """The call ``(x, t, samples) -> velocity`` with the transformer on ``dev``."""
         model, ids = on(dev, transformer), on(dev, self.image_ids)
         cond, negative = on(dev, self.cond), on(dev, self.negative)
+        extra = None if self.extra is None else (self.extra[0], on(dev, self.extra[1]))
 
         def run(x: Tensor, t: Tensor, embeds: tuple[Tensor, Tensor, Tensor]) -> Tensor:
             guidance = None
@@ -180,6 +385,12 @@ class _Model:
 
         def call(x: Tensor, t: Tensor, samples: Tensor | None = None) -> Tensor:
             s = sample_rows(samples, x.shape[0], cond[0].shape[0], x.device)
+            tokens = x.shape[1]
+            if extra is not None:  # Kontext's image tokens, Fill's masked image channels
+                x = torch.cat([x, extra[1][s]], dim=extra[0])
+            return velocity(x, t, s)[:, :tokens]
+
+        def velocity(x: Tensor, t: Tensor, s: Tensor) -> Tensor:
             t = t.to(x.dtype) / 1000  # as the pipeline passes it
             if negative is None:
                 return run(x, t, (cond[0][s], cond[1][s], cond[2]))

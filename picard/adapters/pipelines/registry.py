@@ -70,8 +70,8 @@ PIPELINES: dict[str, Runner] = {
         "picard.adapters.pipelines.img2img:prepare_img2img",
         "text+image",
         "prompts and embeddings, negative prompts, guidance, image tensors/PIL/latents, "
-        "strength (one-step schedulers below 1), clip_skip, LoRA scale, LCM guidance "
-        "embedding, callback_on_step_end (latents)",
+        "strength (every scheduler: multistep ones warm up again), clip_skip, LoRA scale, "
+        "LCM guidance embedding, callback_on_step_end (latents)",
         _COMMON_REFUSED,
     ),
     "StableDiffusionInpaintPipeline": Runner(
@@ -79,8 +79,8 @@ PIPELINES: dict[str, Runner] = {
         "text+image+mask",
         "9-channel inpainting UNets and 4-channel UNets (the known region blended back "
         "after each step); prompts and embeddings, negative prompts, guidance, images, "
-        "masks, masked_image_latents, strength (one-step schedulers below 1), "
-        "padding_mask_crop, clip_skip, LoRA scale, LCM guidance embedding, "
+        "masks, masked_image_latents, strength (every scheduler: multistep ones warm up "
+        "again), padding_mask_crop, clip_skip, LoRA scale, LCM guidance embedding, "
         "callback_on_step_end (latents)",
         _COMMON_REFUSED,
     ),
@@ -104,9 +104,9 @@ PIPELINES: dict[str, Runner] = {
     "StableDiffusionXLImg2ImgPipeline": Runner(
         "picard.adapters.pipelines.sdxl:prepare_sdxl_img2img",
         "text+image",
-        "as StableDiffusionXLPipeline, with image, strength and denoising_start (memoryless "
-        "schedulers past the first step), aesthetic scores; denoising_end only where it keeps "
-        "every step",
+        "as StableDiffusionXLPipeline, with image, strength and denoising_start (every "
+        "scheduler: multistep ones warm up again), aesthetic scores; denoising_end only "
+        "where it keeps every step",
         _COMMON_REFUSED,
     ),
     "StableDiffusion3Pipeline": Runner(
@@ -148,6 +148,101 @@ PIPELINES: dict[str, Runner] = {
         "class",
         "class ids, guidance (on eps), learned sigma; schedulers that do not scale the model "
         "input; stochastic ones without guidance (their noise from torch's global generator)",
+    ),
+    "FluxKontextPipeline": Runner(
+        "picard.adapters.pipelines.flux:prepare_flux_kontext",
+        "text+image",
+        "as FluxPipeline, with an image (or its latents) whose tokens join every row, "
+        "max_area, _auto_resize",
+        (
+            "ip_adapter_image",
+            "ip_adapter_image_embeds",
+            "negative_ip_adapter_image",
+            "negative_ip_adapter_image_embeds",
+        ),
+    ),
+    "FluxFillPipeline": Runner(
+        "picard.adapters.pipelines.flux:prepare_flux_fill",
+        "text+image+mask",
+        "prompts or embeddings, guidance embedding, image and mask (or masked_image_latents), "
+        "strength, custom sigmas, dynamic shift, joint_attention_kwargs (LoRA scale), "
+        "callback_on_step_end (latents)",
+    ),
+    "SanaPipeline": Runner(
+        "picard.adapters.pipelines.sana:prepare_sana",
+        "text",
+        "prompts or prompt_embeds with their attention masks, negative ones, guidance, "
+        "custom timesteps/sigmas, eta, resolution binning, learned sigma, attention_kwargs "
+        "(LoRA scale), callback_on_step_end (latents); flow-matching Euler and UniPC (flow "
+        "sigmas), not DPMSolverMultistepScheduler with use_flow_sigmas",
+    ),
+    "Lumina2Pipeline": Runner(
+        "picard.adapters.pipelines.lumina2:prepare_lumina2",
+        "text",
+        "prompts or prompt_embeds with their attention masks, negative ones, system_prompt, "
+        "guidance with cfg_normalization and cfg_trunc_ratio (by step index), custom sigmas, "
+        "attention_kwargs, callback_on_step_end (latents)",
+    ),
+    "CogView4Pipeline": Runner(
+        "picard.adapters.pipelines.cogview4:prepare_cogview4",
+        "text",
+        "prompts or embeddings, negative ones, guidance, custom timesteps/sigmas, dynamic "
+        "shift, size conditions (original_size, crops_coords_top_left), latents of any "
+        "dtype, attention_kwargs",
+        ("callback_on_step_end",),
+    ),
+    "QwenImagePipeline": Runner(
+        "picard.adapters.pipelines.qwenimage:prepare_qwenimage",
+        "text",
+        "prompts or prompt_embeds with their masks, negative ones, normalized true_cfg_scale, "
+        "guidance embedding (distilled models), custom sigmas, dynamic shift, "
+        "attention_kwargs, callback_on_step_end (latents)",
+    ),
+    "WanPipeline": Runner(
+        "picard.adapters.pipelines.wan:prepare_wan",
+        "text",
+        "Wan 2.1, and Wan 2.2's two experts (boundary_ratio, guidance_scale_2) and "
+        "expand_timesteps; prompts or embeddings, negative prompts, guidance, frames and size "
+        "rounded as the pipeline rounds them, attention_kwargs, callback_on_step_end (latents)",
+    ),
+    "CogVideoXPipeline": Runner(
+        "picard.adapters.pipelines.cogvideox:prepare_cogvideox",
+        "text",
+        "prompts or embeddings, negative prompts, guidance and use_dynamic_cfg, rotary "
+        "embeddings, temporal patches (CogVideoX 1.5), attention_kwargs, callback_on_step_end "
+        "(latents); CogVideoXDDIMScheduler (CogVideoXDPMScheduler only with "
+        "on_unsupported='sequential')",
+        ("timesteps",),
+    ),
+    "LTXPipeline": Runner(
+        "picard.adapters.pipelines.ltx:prepare_ltx",
+        "text",
+        "prompts or embeddings with their attention masks, negative ones, guidance (and "
+        "rescale), frame_rate, the decoder's timestep conditioning (decode_timestep, "
+        "decode_noise_scale), attention_kwargs, callback_on_step_end (latents)",
+        ("timesteps",),
+    ),
+    "AnimateDiffPipeline": Runner(
+        "picard.adapters.pipelines.animatediff:prepare_animatediff",
+        "text",
+        "prompts or embeddings, negative prompts, guidance, eta, clip_skip, LoRA scale, "
+        "decode_chunk_size, callback_on_step_end (latents); not FreeInit or FreeNoise",
+        ("ip_adapter_image", "ip_adapter_image_embeds"),
+    ),
+    "HunyuanVideoPipeline": Runner(
+        "picard.adapters.pipelines.hunyuan_video:prepare_hunyuan_video",
+        "text",
+        "prompts (Llama with its prompt_template, CLIP pooled) or embeddings with their "
+        "attention masks, guidance embedding, true_cfg_scale with negative prompts, custom "
+        "sigmas, attention_kwargs, callback_on_step_end (latents)",
+    ),
+    "StableAudioPipeline": Runner(
+        "picard.adapters.pipelines.stable_audio:prepare_stable_audio",
+        "text",
+        "prompts or prompt_embeds with attention masks, negative ones, guidance, audio "
+        "start/end, num_waveforms_per_prompt, initial_audio_waveforms, eta; "
+        "EDMDPMSolverMultistepScheduler (not the released CosineDPMSolverMultistepScheduler)",
+        ("callback",),
     ),
 }
 """Pipeline class names :func:`~picard.adapters.diffusers.parallelize` runs, and how."""

@@ -6,7 +6,7 @@
 - :mod:`~picard.adapters.schedulers.multistep` — what the multistep solvers share.
 - ``ddpm``, ``ddim``, ``pndm``, ``lms``, ``dpmsolver``, ``dpmsolver_singlestep``, ``deis``,
   ``edm_dpmsolver``, ``euler``, ``edm_euler``, ``heun``, ``kdpm2``, ``flow``, ``flow_heun``,
-  ``lcm``, ``tcd``, ``unipc``, ``sasolver`` — one sampler each.
+  ``lcm``, ``tcd``, ``unipc``, ``sasolver``, ``cogvideox_ddim`` — one sampler each.
 """
 
 from __future__ import annotations

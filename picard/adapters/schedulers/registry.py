@@ -167,6 +167,10 @@ SCHEDULERS: dict[str, Sampler] = {
         "picard.adapters.schedulers.edm_euler:from_config",
         "karras and exponential sigma schedules, sigma_data, epsilon/v_prediction, churn",
     ),
+    "CogVideoXDDIMScheduler": Sampler(
+        "picard.adapters.schedulers.cogvideox_ddim:from_config",
+        f"{_VP}; snr_shift_scale; zero-terminal-SNR rescaling of ᾱ (CogVideoX's)",
+    ),
 }
 """Scheduler class names picard reproduces, and how (see :class:`Sampler`)."""
 
