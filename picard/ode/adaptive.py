@@ -11,7 +11,10 @@ Rounds before the grid passes run the sweeps at a hundred times the tolerance; t
 that passes is solved once more at the tolerance itself (with gradients) and checked
 again. Every step of the returned solution passes torchdiffeq's test, so the answer is as
 accurate as torchdiffeq's at the same ``rtol``/``atol`` (not the same grid: the same
-test). The initial step is Hairer's choice, as torchdiffeq makes it.
+test). The initial step is Hairer's choice, as torchdiffeq makes it. As in torchdiffeq,
+steps do not stop at the output times: those are read off the steps that hold them
+(:mod:`picard.ode.dense`), so a hundred outputs over a span that needs ten steps cost
+about ten.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from picard.checks import check_nonneg
 from picard.core.options import Options
 from picard.errors import ConvergenceError, NonFiniteError
 from picard.ode.callbacks import Callbacks
+from picard.ode.dense import dense_output
 from picard.ode.grids import interpolate, refine_grid
 from picard.ode.integrate import STEP_OPTIONS
 from picard.ode.runge_kutta import ODEProblem, combine
@@ -272,13 +276,13 @@ def regrid(
 
     A step's factor is torchdiffeq's, ``min(10, max(0.2, 0.9 ratio^(-1/order)))``: the
     size it would take next, relative to this one. A failing step becomes ``ceil(1 /
-    factor)`` equal steps; a run of passing steps inside one output interval becomes one
+    factor)`` equal steps; a run of passing steps between two kept times becomes one
     step when its length is at most every member's factor times its size, over
     :data:`MERGE_FACTOR`.
 
     Args:
         grid: the grid (1-D, monotone).
-        index: the positions of the times the grid must keep (the output times, and
+        index: the positions of the times the grid must keep (the span's ends and
             ``step_t``/``jump_t``); no step is merged across them.
         ratios: each step's error ratio (:func:`error_ratios`).
         order: the method's order.
@@ -290,7 +294,7 @@ def regrid(
             ``safety``, ``ifactor`` and ``dfactor``.
 
     Returns:
-        ``(grid, index)``: the new grid (the output times kept exactly) and their positions.
+        ``(grid, index)``: the new grid (the kept times exactly) and their positions.
 
     Example:
         >>> g, i = regrid(torch.tensor([0.0, 1.0, 2.0]), [0, 2], np.array([4.0, 0.1]), 5)
@@ -390,7 +394,7 @@ def solve_adaptive(
     span = float((t[-1] - t[0]).abs())
     spacing = min(steps.max_step, max(h * INITIAL_GROWTH, span / MAX_INITIAL_STEPS))
     spacing = max(spacing, steps.min_step)
-    nodes, outputs = _nodes(t, steps.points)
+    nodes = _nodes(t, steps.points)
     grid, index = refine_grid(nodes, spacing)
     parts: list[Stats] = []
     samples = math.prod(y0.shape[:batch_ndim])
@@ -432,8 +436,8 @@ def solve_adaptive(
         if passed and settled:
             if callbacks is not None:
                 callbacks.steps(grid, ys)
-            at = [index[k] for k in outputs]
-            return sol.ys[at], _with_estimates(parts, rounds, estimated)
+            ys_out = dense_output(func, tableau, grid, sol.ys, t, y0.dtype)
+            return ys_out, _with_estimates(parts, rounds + 1, estimated)
         if passed:  # coarsen once, where far below the test; else solve it at the tolerance
             new, new_index = regrid(grid, index, ratios, tableau.order, steps=steps)
             if (
@@ -472,8 +476,10 @@ def stepped(
     """Torchdiffeq's own stepping, one step after another: where sweeps do not pay.
 
     Each step's stages from its start, its error against the same test, accepted or
-    retried with torchdiffeq's factor; steps end exactly on the output times (torchdiffeq
-    steps past them and interpolates). Gradients flow by autograd through the steps.
+    retried with torchdiffeq's factor; steps end exactly on ``step_t``/``jump_t`` and the
+    span's end, and the output times are read off the steps that hold them
+    (:func:`~picard.ode.dense.dense_output`), as torchdiffeq reads them. Gradients flow
+    by autograd through the steps.
 
     Args:
         func: the batched drift.
@@ -503,11 +509,11 @@ def stepped(
     weights = tableau.error
     assert weights is not None
     work = working_dtype(y0.dtype)
-    y, out, tried, accepted = y0.to(work), [y0.to(work)], 0, 0
+    y, path, tried, accepted = y0.to(work), [y0.to(work)], 0, 0
     sign = 1.0 if bool(t[-1] > t[0]) else -1.0
     now = float(t[0])
-    nodes, outputs = _nodes(t, steps.points)
-    kept = set(outputs)
+    nodes = _nodes(t, steps.points)
+    ends = [nodes[0]]
     for k, target in enumerate(nodes.tolist()):
         if k == 0:
             continue
@@ -539,10 +545,11 @@ def stepped(
                 callbacks.steps(span, y[None], accepted=ratio <= 1)
             if ratio <= 1 or step <= steps.min_step:  # a step of min_step: always accepted
                 y, now, accepted = new, (target if last else now + sign * step), accepted + 1
+                path.append(y)
+                ends.append(nodes[k] if last else t[0] * 0 + now)
             h = step * float(_factors(np.array([ratio]), tableau.order, steps)[0])
-        if k in kept:
-            out.append(y)
-    ys_out = torch.stack(out).to(y0.dtype)
+    grid = torch.stack(ends).to(t.dtype)
+    ys_out = dense_output(func, tableau, grid, torch.stack(path), t, y0.dtype).to(y0.dtype)
     base = spent if spent is not None else no_steps()
     stats = dataclasses.replace(
         base,
@@ -553,19 +560,17 @@ def stepped(
     return ys_out, stats
 
 
-def _nodes(t: Tensor, points: tuple[float, ...]) -> tuple[Tensor, list[int]]:
-    """``t`` with the ``points`` inside its span merged in, and where ``t``'s times are."""
+def _nodes(t: Tensor, points: tuple[float, ...]) -> Tensor:
+    """The span of ``t`` with the ``points`` inside it merged in: where steps must end.
+
+    Output times between them are read off the steps (:func:`~picard.ode.dense.dense_output`).
+    """
     lo, hi = sorted((float(t[0]), float(t[-1])))
-    extra = [p for p in points if lo < p < hi and p not in set(t.tolist())]
-    if not extra:
-        return t, list(range(len(t)))
     forward = bool(t[-1] > t[0])
-    merged = sorted([*t.tolist(), *extra], reverse=not forward)
-    nodes = torch.tensor(merged, dtype=t.dtype, device=t.device)
-    where = {v: k for k, v in enumerate(merged)}
-    outputs = [where[v] for v in t.tolist()]
-    nodes[outputs] = t  # the output times exactly
-    return nodes, outputs
+    extra = sorted({p for p in points if lo < p < hi}, reverse=not forward)
+    nodes = torch.tensor([float(t[0]), *extra, float(t[-1])], dtype=t.dtype, device=t.device)
+    nodes[0], nodes[-1] = t[0], t[-1]  # the ends exactly
+    return nodes
 
 
 def _mergeable(ratios: np.ndarray, order: int, steps: StepOptions) -> float:
