@@ -341,3 +341,37 @@ def test_min_step_accepts_short_steps_whatever_their_error():
     assert (free - exact).abs().max() < 1e-6 < (floor - exact).abs().max()
     with pytest.raises(ValueError, match=r"options\['min_step'\]"):
         picard.odeint(f, y0, t, options={"min_step": -1.0})
+
+
+@pytest.mark.parametrize("stepping", [False, True], ids=["sweeps", "stepped"])
+def test_output_times_are_read_off_the_steps_and_cost_none(stepping):
+    # torchdiffeq steps past its output times and reads them off its steps; so does picard
+    f = _oscillator(F64)
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    dense, coarse = torch.linspace(0, 4, 401, dtype=F64), torch.linspace(0, 4, 2, dtype=F64)
+    opts = {"max_iters": 1} if stepping else {}  # one sweep per round: step by step
+    if stepping:
+        opts = {}
+        real = picard.ode.adaptive.SWEEPS_PER_STEP
+        picard.ode.adaptive.SWEEPS_PER_STEP = 10**9  # every round is over budget
+    try:
+        ys, stats = picard.odeint(f, y0, dense, rtol=1e-8, atol=1e-10, return_stats=True, **opts)
+        _, few = picard.odeint(f, y0, coarse, rtol=1e-8, atol=1e-10, return_stats=True, **opts)
+    finally:
+        if stepping:
+            picard.ode.adaptive.SWEEPS_PER_STEP = real
+    assert stats.num_steps < 100 and abs(stats.num_steps - few.num_steps) <= few.num_steps // 4
+    assert (stats.sequential_steps > 0) == stepping
+    exact = torch.stack([torch.cos(dense), -torch.sin(dense)], 1)
+    assert (ys - exact).abs().max() < 1e-7  # as torchdiffeq's at these tolerances
+
+
+def test_gradients_flow_through_the_outputs_read_between_steps():
+    y0 = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    k = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    t = torch.linspace(0, 1, 11, dtype=F64)
+    ys, stats = picard.odeint(lambda t, y: -k * y, y0, t, return_stats=True)
+    assert stats.num_steps < 10  # the outputs lie between steps
+    ys[5].sum().backward()  # y(0.5) = y0 e^{-k/2}
+    torch.testing.assert_close(y0.grad, torch.exp(-k.detach() / 2).expand(2), rtol=1e-6, atol=0)
+    torch.testing.assert_close(k.grad, -1.5 * torch.exp(-k.detach() / 2), rtol=1e-5, atol=0)

@@ -5,6 +5,7 @@
 - :mod:`picard.adapters.rule` — what an update rule is; the problem that runs one.
 - :mod:`picard.adapters.pipelines` — diffusers pipelines run in parallel.
 - :mod:`picard.adapters.diffusers` — ``from_scheduler`` and ``parallelize``.
+- :mod:`picard.adapters.lerobot` — lerobot's DiffusionPolicy sampled in parallel.
 """
 
 from __future__ import annotations
