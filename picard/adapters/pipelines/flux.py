@@ -17,12 +17,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from picard.adapters.pipelines.preamble import prompt_count
-from picard.adapters.pipelines.sd3 import check_stateless, check_unchanged, grid, images_of
+from picard.adapters.pipelines.sd3 import (
+    check_stateless,
+    check_unchanged,
+    images_of,
+    shifted_grid,
+)
 from picard.adapters.pipelines.spec import Prepared, on, sample_rows
 
 __all__ = ["prepare_flux", "prepare_flux_fill", "prepare_flux_kontext"]
@@ -82,7 +86,7 @@ def prepare_flux(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         images_of(a, cond[0]), pipe.transformer.config.in_channels // 4, height, width,
         cond[0].dtype, device, a["generator"], a["latents"],
     )  # fmt: skip
-    timesteps, steps, options = _grid(pipe, a, latents, device)
+    timesteps, _, steps, options = shifted_grid(pipe, a, latents.shape[1], device, flow_sigmas=True)
     pipe._num_timesteps = len(timesteps)
     model = _Model(a, cond, negative, image_ids, pipe.transformer.config.guidance_embeds)
     return Prepared(
@@ -149,7 +153,7 @@ def prepare_flux_kontext(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     extra = None
     if image_ids is not None:
         ids, extra = torch.cat([ids, image_ids], dim=0), (1, image_latents)
-    timesteps, steps, options = _grid(pipe, a, latents, device)
+    timesteps, _, steps, options = shifted_grid(pipe, a, latents.shape[1], device, flow_sigmas=True)
     pipe._num_timesteps = len(timesteps)
     pipe.scheduler.set_begin_index(0)
     config = pipe.transformer.config
@@ -227,8 +231,6 @@ def prepare_flux_fill(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         >>> p.latents.shape, p.begin, len(p.timesteps)
         (torch.Size([1, 16, 16]), 2, 2)
     """
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
     check_stateless(pipe, a)
     height = a["height"] or pipe.default_sample_size * pipe.vae_scale_factor
     width = a["width"] or pipe.default_sample_size * pipe.vae_scale_factor
@@ -247,14 +249,9 @@ def prepare_flux_fill(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     device = pipe._execution_device
     cond = _encode(pipe, a, device, "")
     images = images_of(a, cond[0])
-    n, sigmas, config = a["num_inference_steps"], a["sigmas"], pipe.scheduler.config
-    sigmas = np.linspace(1.0, 1 / n, n) if sigmas is None else sigmas
-    mu = calculate_shift(
-        (int(height) // pipe.vae_scale_factor // 2) * (int(width) // pipe.vae_scale_factor // 2),
-        config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-        config.get("base_shift", 0.5), config.get("max_shift", 1.15),
-    )  # fmt: skip
-    _, n, steps, options = grid(pipe, n, device, sigmas, mu)
+    scale = pipe.vae_scale_factor * 2
+    tokens = (int(height) // scale) * (int(width) // scale)
+    _, n, steps, options = shifted_grid(pipe, a, tokens, device)
     timesteps, left = pipe.get_timesteps(n, a["strength"], device)
     if left < 1:
         raise ValueError(
@@ -323,28 +320,6 @@ def _encode(
         max_sequence_length=a["max_sequence_length"],
         lora_scale=None if attention is None else attention.get("scale", None),
     )  # fmt: skip
-
-
-def _grid(
-    pipe: Any, a: Mapping[str, Any], latents: Tensor, device: torch.device
-) -> tuple[Tensor, int, dict[str, Any]]:
-    """The pipeline's sigmas and ``mu``, through its ``retrieve_timesteps``."""
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-    n, sigmas = a["num_inference_steps"], a["sigmas"]
-    sigmas = np.linspace(1.0, 1 / n, n) if sigmas is None else sigmas
-    config = pipe.scheduler.config
-    if hasattr(config, "use_flow_sigmas") and config.use_flow_sigmas:
-        sigmas = None
-    mu = calculate_shift(
-        latents.shape[1],
-        config.get("base_image_seq_len", 256),
-        config.get("max_image_seq_len", 4096),
-        config.get("base_shift", 0.5),
-        config.get("max_shift", 1.15),
-    )
-    timesteps, _, steps, options = grid(pipe, n, device, sigmas, mu)
-    return timesteps, steps, options
 
 
 class _Model:

@@ -14,11 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from picard.adapters.pipelines.sd3 import check_stateless, check_unchanged, grid, images_of
+from picard.adapters.pipelines.sd3 import (
+    check_stateless,
+    check_unchanged,
+    images_of,
+    shifted_grid,
+)
 from picard.adapters.pipelines.spec import Prepared, on, sample_rows
 
 __all__ = ["prepare_lumina2", "rescaled", "step_index"]
@@ -118,7 +122,7 @@ def prepare_lumina2(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         images, pipe.transformer.config.in_channels, height, width, cond.dtype, device,
         a["generator"], a["latents"],
     )  # fmt: skip
-    timesteps, steps, options = _grid(pipe, a, latents, device)
+    timesteps, _, steps, options = shifted_grid(pipe, a, latents.shape[1], device)
     pipe._num_timesteps = len(timesteps)
     pipe.scheduler.set_begin_index(0)
     guided_steps = None
@@ -143,23 +147,6 @@ def prepare_lumina2(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         rows_per_evaluation=2 if cfg else 1,
         grid_options=options,
     )
-
-
-def _grid(
-    pipe: Any, a: Mapping[str, Any], latents: Tensor, device: torch.device
-) -> tuple[Tensor, int, dict[str, Any]]:
-    """The pipeline's sigmas and ``mu`` (of ``latents.shape[1]``), via ``retrieve_timesteps``."""
-    from diffusers.pipelines.lumina2.pipeline_lumina2 import calculate_shift
-
-    n, sigmas, config = a["num_inference_steps"], a["sigmas"], pipe.scheduler.config
-    sigmas = np.linspace(1.0, 1 / n, n) if sigmas is None else sigmas
-    mu = calculate_shift(
-        latents.shape[1], config.get("base_image_seq_len", 256),
-        config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-        config.get("max_shift", 1.15),
-    )  # fmt: skip
-    timesteps, _, steps, options = grid(pipe, n, device, sigmas, mu)
-    return timesteps, steps, options
 
 
 class _Model:

@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from picard.adapters.pipelines.lumina2 import rescaled
-from picard.adapters.pipelines.sd3 import check_stateless, grid, images_of
+from picard.adapters.pipelines.sd3 import check_stateless, images_of, shifted_grid
 from picard.adapters.pipelines.spec import Prepared, on, sample_rows
 
 __all__ = ["prepare_qwenimage"]
@@ -76,7 +75,7 @@ def prepare_qwenimage(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         cond[0].dtype, device, a["generator"], a["latents"],
     )  # fmt: skip
     shape = (1, height // pipe.vae_scale_factor // 2, width // pipe.vae_scale_factor // 2)
-    timesteps, steps, options = _grid(pipe, a, latents, device)
+    timesteps, _, steps, options = shifted_grid(pipe, a, latents.shape[1], device)
     pipe._num_timesteps = len(timesteps)
     guidance_embeds = pipe.transformer.config.guidance_embeds
     if guidance_embeds and a["guidance_scale"] is None:
@@ -106,23 +105,6 @@ def _encode(
         num_images_per_prompt=a["num_images_per_prompt"],
         max_sequence_length=a["max_sequence_length"],
     )  # fmt: skip
-
-
-def _grid(
-    pipe: Any, a: Mapping[str, Any], latents: Tensor, device: torch.device
-) -> tuple[Tensor, int, dict[str, Any]]:
-    """The pipeline's sigmas and ``mu``, through its ``retrieve_timesteps``."""
-    from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
-
-    n, sigmas, config = a["num_inference_steps"], a["sigmas"], pipe.scheduler.config
-    sigmas = np.linspace(1.0, 1 / n, n) if sigmas is None else sigmas
-    mu = calculate_shift(
-        latents.shape[1], config.get("base_image_seq_len", 256),
-        config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-        config.get("max_shift", 1.15),
-    )  # fmt: skip
-    timesteps, _, steps, options = grid(pipe, n, device, sigmas, mu)
-    return timesteps, steps, options
 
 
 class _Model:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -141,6 +142,45 @@ def grid(
         options["sigmas"] = sigmas
         steps = len(sigmas)
     return timesteps, n, steps, options
+
+
+def shifted_grid(
+    pipe: Any, a: Mapping[str, Any], tokens: int, device: torch.device, flow_sigmas: bool = False
+) -> tuple[Tensor, int, int, dict[str, Any]]:
+    """:func:`grid` as Flux, Lumina 2 and QwenImage call ``retrieve_timesteps``.
+
+    Their sigmas are ``linspace(1, 1/N, N)`` unless the call gives some, and ``mu`` is
+    diffusers' ``calculate_shift`` of the image's token count with the scheduler's
+    ``base/max_image_seq_len`` and ``base/max_shift`` (defaults 256, 4096, 0.5, 1.15).
+
+    Args:
+        pipe: the pipeline.
+        a: the call's arguments (``num_inference_steps``, ``sigmas``).
+        tokens: the image's sequence length, ``mu``'s argument.
+        device: where the timesteps go.
+        flow_sigmas: pass no sigmas when the scheduler's ``use_flow_sigmas`` is set (Flux).
+
+    Returns:
+        As :func:`grid`.
+
+    Example:
+        >>> from picard.models.tiny_sd3_flux import tiny_flux
+        >>> a = {"num_inference_steps": 4, "sigmas": None}
+        >>> t, n, steps, options = shifted_grid(tiny_flux(), a, 16, torch.device("cpu"))
+        >>> n, steps, sorted(options)
+        (4, 4, ['mu', 'sigmas'])
+    """
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    n, sigmas, config = a["num_inference_steps"], a["sigmas"], pipe.scheduler.config
+    sigmas = np.linspace(1.0, 1 / n, n) if sigmas is None else sigmas
+    if flow_sigmas and config.get("use_flow_sigmas", False):
+        sigmas = None
+    mu = calculate_shift(
+        tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5), config.get("max_shift", 1.15),
+    )  # fmt: skip
+    return grid(pipe, n, device, sigmas, mu)
 
 
 def _shift(pipe: Any, latents: Tensor, mu: float | None) -> float | None:
