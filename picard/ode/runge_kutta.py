@@ -49,7 +49,19 @@ GUESS_STEPS = 16
 
 @dataclass
 class GridState:
-    """A solve's step sizes and the newest slope (for guesses)."""
+    """What a solve on a grid holds: its step sizes, and the newest slope (for guesses).
+
+    Attributes:
+        dt: the step sizes in the working dtype, ``(N, 1, …)`` to broadcast against a window.
+        slope: the last call's last slope (empty before the first call).
+        elapsed: cumulative step sizes ``(N + 1,)`` on the host, filled when first needed.
+
+    Example:
+        >>> import torch
+        >>> p = ODEProblem(lambda t, y: -y, torch.linspace(0, 1, 5), "euler", torch.float32)
+        >>> p.init(torch.ones(2)).dt.shape
+        torch.Size([4, 1])
+    """
 
     dt: Tensor
     slope: list[Tensor] = field(default_factory=list)

@@ -119,5 +119,17 @@ class CogVideoXDDIMRule(UpdateRule):
 
 
 def from_config(config: Mapping[str, Any], num_inference_steps: int) -> CogVideoXDDIMRule:
-    """The rule of a ``CogVideoXDDIMScheduler`` config (it takes no step options)."""
+    """The rule of a ``CogVideoXDDIMScheduler`` config (it takes no step options).
+
+    Args:
+        config: a ``CogVideoXDDIMScheduler`` configuration (mapping).
+        num_inference_steps: N.
+
+    Returns:
+        The rule.
+
+    Example:
+        >>> from_config({"timestep_spacing": "trailing"}, 4).num_steps
+        4
+    """
     return CogVideoXDDIMRule(config, num_inference_steps)
