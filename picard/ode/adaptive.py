@@ -32,6 +32,7 @@ from torch import Tensor
 from picard.checks import check_nonneg
 from picard.core.options import Options
 from picard.errors import ConvergenceError, NonFiniteError
+from picard.ode.batching import call_one_row
 from picard.ode.callbacks import Callbacks
 from picard.ode.dense import dense_output
 from picard.ode.grids import interpolate, refine_grid
@@ -527,14 +528,14 @@ def stepped(
             for c, row in zip(tableau.c, tableau.a, strict=True):
                 slope = combine(ks, row)
                 ys = y if slope is None else y + hs * slope
-                at = (t[:1] * 0 + now + c * sign * step).to(t.dtype)
-                ks.append(call_batched(func, "func", at, ys[None], y0.dtype)[0])
+                at = (t[0] * 0 + now + c * sign * step).to(t.dtype)
+                ks.append(call_one_row(func, "func", at, ys, y0.dtype))
             total = combine(ks, tableau.b)
             assert total is not None
             new = y + hs * total
             if len(weights) > len(ks):
-                end = (t[:1] * 0 + (target if last else now + sign * step)).to(t.dtype)
-                ks.append(call_batched(func, "func", end, new[None], y0.dtype)[0])
+                end = (t[0] * 0 + (target if last else now + sign * step)).to(t.dtype)
+                ks.append(call_one_row(func, "func", end, new, y0.dtype))
             err = hs * combine(ks, weights)
             bound = atol + rtol * torch.maximum(y.abs(), new.abs())
             scaled = (err / bound).detach()

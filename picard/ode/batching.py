@@ -24,7 +24,7 @@ from torch import Tensor
 from picard.errors import PerformanceWarning
 from picard.evaluation import Replicable, module_device, replicate
 
-__all__ = ["BATCHED", "batch_function", "batched_form"]
+__all__ = ["BATCHED", "batch_function", "batched_form", "call_one_row"]
 
 BATCHED = (True, False, "auto")
 """Values of ``batched``."""
@@ -61,6 +61,7 @@ def _wrap(func: Func, make: Callable[[Func], Func]) -> Func:
     else:
         batched = make(func)
     batched.picard_model = getattr(func, "picard_model", func)  # whose parameters get gradients
+    batched.picard_one_row = func  # the user's own call on one row (for one-step solvers)
     return batched
 
 
@@ -190,3 +191,35 @@ def _agrees(got: Tensor | None, expected: Tensor, rows: Tensor) -> bool:
     eps = torch.finfo(expected.dtype).eps if expected.is_floating_point() else 0.0
     scale = float(expected.abs().max()) + float(rows.abs().max()) + 1.0
     return bool((got - expected).abs().max() <= 1e3 * eps * scale)
+
+
+def call_one_row(func: Func, name: str, t: Tensor, y: Tensor, in_dtype: torch.dtype) -> Tensor:
+    """``func`` on one time ``t: ()`` and one state ``y``, as a step-by-step solver calls it.
+
+    A batched form of a one-row function (:func:`batch_function`) is bypassed: the user's
+    own function is called directly, as torchdiffeq calls it, without vectorising one row.
+
+    Args:
+        func: the batched call (as :func:`batched_form` returns it).
+        name: how messages name it.
+        t: the time, 0-d.
+        y: the state, in the working dtype.
+        in_dtype: the dtype ``func`` receives ``y`` in.
+
+    Returns:
+        ``func(t, y)`` in ``y``'s dtype, shaped like ``y``.
+
+    Example:
+        >>> f = batch_function(lambda t, y: t * y, "func")
+        >>> call_one_row(f, "func", torch.tensor(2.0), torch.ones(3), torch.float32)
+        tensor([2., 2., 2.])
+    """
+    from picard.problem import call_batched
+
+    one = getattr(func, "picard_one_row", None)
+    if one is None:
+        return call_batched(func, name, t.reshape(1), y[None], in_dtype)[0]
+    out = one(t, y.to(in_dtype))
+    if not isinstance(out, Tensor) or out.shape != y.shape:
+        return call_batched(func, name, t.reshape(1), y[None], in_dtype)[0]  # its checks
+    return out.to(y.dtype)
