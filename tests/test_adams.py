@@ -88,3 +88,21 @@ def test_the_problem_has_memory_and_batches_samples():
     both = picard.solve(p, y0, tol=0).final
     alone = picard.solve(AdamsProblem(lambda t, y: -y, t, F64, implicit=True), y0[1], tol=0).final
     torch.testing.assert_close(both[1], alone, rtol=1e-14, atol=0)
+
+
+def test_the_runge_kutta_startup_calls_func_once_per_stage():
+    # the startup rows' first stage is the slope f(t_n, y_n) the Adams rows need anyway
+    from picard.ode.adams import AdamsProblem
+
+    calls = []
+
+    def f(t, y):
+        calls.append(y.shape[0])
+        return -y
+
+    problem = AdamsProblem(f, torch.linspace(0, 1, 4, dtype=torch.float64), torch.float64)
+    sol = picard.solve(problem, torch.ones(1, dtype=torch.float64), tol=0, window=3)
+    # f, then rk4's three other stages per sweep (5 per sweep when stage 1 repeated f)
+    assert len(calls) <= 4 * sol.stats.iterations + 1
+    one = picard.solve(problem, torch.ones(1, dtype=torch.float64), tol=0, window=1)
+    torch.testing.assert_close(sol.final, one.final, rtol=1e-14, atol=0)

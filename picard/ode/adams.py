@@ -147,8 +147,7 @@ class AdamsProblem(ODEProblem):
             dy = self._correct(x, dy, h, ext, start, w)
         if start < self._startup:  # Runge–Kutta steps until there are enough slopes
             m = min(w, self._startup - start)
-            ks = self.slopes(x[:m], start, h[:m])
-            ks[0] = f[:m]
+            ks = self.slopes(x[:m], start, h[:m], first=f[:m])
             rk = combine(ks, self.tableau.b)
             assert rk is not None
             dy = torch.cat([h[:m] * rk, dy[m:]])

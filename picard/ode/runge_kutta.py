@@ -160,20 +160,24 @@ class ODEProblem(GridProblem):
         state.slope[:] = [total[-1]]  # the last row's slope, for guesses
         return h * total, None
 
-    def slopes(self, x: Tensor, start: int, h: Tensor) -> list[Tensor]:
+    def slopes(self, x: Tensor, start: int, h: Tensor, first: Tensor | None = None) -> list[Tensor]:
         """The stages' slopes ``k_s`` of the steps ``start …`` from the states ``x``.
 
         Args:
             x: the states the steps start from, ``(w, *shape)`` in the working dtype.
             start: the first step's index.
             h: their step sizes, shaped to broadcast against ``x``.
+            first: the first stage's slopes when already known (``f(t_n, y_n)``), saving
+                its call.
 
         Returns:
             One ``(w, *shape)`` tensor per stage (one batched call of ``func`` each).
         """
         stop = start + x.shape[0]
-        ks: list[Tensor] = []
+        ks: list[Tensor] = [] if first is None else [first]
         for s, row in enumerate(self.tableau.a):
+            if s < len(ks):
+                continue
             slope = combine(ks, row)
             y = x if slope is None else x + h * slope
             ks.append(
