@@ -11,15 +11,13 @@ time: median of 15, one thread, the two interleaved (after one warm-up round).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchdiffeq
-from harness import write_results
+from harness import interleaved, write_results
 
 import picard
 
@@ -57,26 +55,31 @@ def run(name: str, func: Any, y0: torch.Tensor, t: torch.Tensor, backward: bool)
     else:  # in the case's dtype (float32: its rounding is far below the errors compared)
         ref = torchdiffeq.odeint(func, y0, t, rtol=1e-10, atol=1e-12).detach()
     row: dict[str, Any] = {"case": name}
-    solvers = (("torchdiffeq", torchdiffeq.odeint), ("picard", picard.odeint))
-    times: dict[str, list[float]] = {label: [] for label, _ in solvers}
-    for repeat in range(REPEATS + 1):  # interleaved; the first round warms up
-        for label, solver in solvers:
-            x = y0.clone().requires_grad_(backward)
-            start = time.perf_counter()
+
+    def solve(label: str) -> Callable[[torch.Tensor], Any]:
+        def call(x: torch.Tensor) -> Any:
             if label == "picard":
-                ys, stats = solver(func, x, t, return_stats=True)
+                ys, stats = picard.odeint(func, x, t, return_stats=True)
             else:
-                ys = solver(func, x, t)
+                ys, stats = torchdiffeq.odeint(func, x, t), None
             if backward:
                 ys.pow(2).sum().backward()
-            if repeat:
-                times[label].append(time.perf_counter() - start)
-            row[f"{label}_error"] = float((ys.detach().double() - ref.double()).abs().max())
-            if label == "picard":
-                row["sweeps"], row["steps"] = stats.iterations, stats.num_steps
-                row["stepped"] = stats.sequential_steps
-    for label, _ in solvers:
-        row[f"{label}_seconds"] = statistics.median(times[label])
+            return ys, stats
+
+        return call
+
+    medians, results = interleaved(
+        {label: solve(label) for label in ("torchdiffeq", "picard")},
+        REPEATS,
+        setup=lambda label: y0.clone().requires_grad_(backward),
+    )
+    for label, (ys, _) in results.items():
+        row[f"{label}_error"] = float((ys.detach().double() - ref.double()).abs().max())
+        row[f"{label}_seconds"] = medians[label]
+    stats = results["picard"][1]
+    row["sweeps"], row["steps"], row["stepped"] = (
+        stats.iterations, stats.num_steps, stats.sequential_steps,
+    )  # fmt: skip
     return row
 
 

@@ -6,8 +6,9 @@ their defaults; the adaptive ones rtol 1e-7, atol 1e-9. For each method: picard'
 at its default against torchdiffeq's answer (or, for the methods the installed
 torchdiffeq lacks, against picard's own sequential loop, ``window=1``, ``tol=0``), the
 error against a dopri8 reference at rtol 1e-12, and the median wall-clock of 5 runs of
-each, one thread, run in turn. Then events: ``event_fn`` (the first sample's position
-falls to half its start) with dopri5 and with rk4 at ``step_size`` 0.01.
+each, one thread, the two interleaved after a warm-up round. Then events: ``event_fn``
+(the first sample's position falls to half its start) with dopri5 and with rk4 at
+``step_size`` 0.01.
 
     python benchmarks/odeint_methods.py [--out benchmarks/results/odeint_methods]
 """
@@ -15,15 +16,14 @@ falls to half its start) with dopri5 and with rk4 at ``step_size`` 0.01.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchdiffeq
-from harness import write_results
+from harness import interleaved, write_results
 from torchdiffeq._impl.odeint import SOLVERS
 
 import picard
@@ -42,14 +42,10 @@ def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.stack([v, -(1 + 0.5 * torch.sin(t)) * x - 0.2 * v], -1)
 
 
-def timed(call: Callable[[], Any]) -> tuple[Any, float]:
-    """The result of ``call`` and its median seconds over :data:`REPEATS` runs."""
-    times, out = [], None
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        out = call()
-        times.append(time.perf_counter() - start)
-    return out, statistics.median(times)
+def timed(theirs: Callable[[], Any], ours: Callable[[], Any]) -> tuple[Any, float, Any, float]:
+    """Both calls' results and median seconds over :data:`REPEATS` interleaved rounds."""
+    medians, out = interleaved({"theirs": lambda _: theirs(), "ours": lambda _: ours()}, REPEATS)
+    return out["theirs"], medians["theirs"], out["ours"], medians["ours"]
 
 
 def method_rows(y0: torch.Tensor, t: torch.Tensor, ref: torch.Tensor) -> list[dict]:
@@ -59,13 +55,11 @@ def method_rows(y0: torch.Tensor, t: torch.Tensor, ref: torch.Tensor) -> list[di
         theirs_known = method in SOLVERS or method == "tsit5"
         known = method if method in SOLVERS else "dopri5"  # 0.2.5 predates tsit5
         if theirs_known:
-            theirs, their_s = timed(lambda m=known: torchdiffeq.odeint(field, y0, t, method=m))
+            reference = partial(torchdiffeq.odeint, field, y0, t, method=known)
         else:
-            theirs, their_s = timed(
-                lambda m=method: picard.odeint(field, y0, t, method=m, window=1, tol=0)
-            )
-        (ours, stats), our_s = timed(
-            lambda m=method: picard.odeint(field, y0, t, method=m, return_stats=True)
+            reference = partial(picard.odeint, field, y0, t, method=method, window=1, tol=0)
+        theirs, their_s, (ours, stats), our_s = timed(
+            reference, partial(picard.odeint, field, y0, t, method=method, return_stats=True)
         )
         rows.append({
             "method": method,
@@ -95,9 +89,9 @@ def event_rows(y0: torch.Tensor) -> list[dict]:
     rows = []
     for method, options in (("dopri5", {}), ("rk4", {"step_size": 0.01})):
         kw = {"method": method, "options": options, "event_fn": event}
-        (their_t, theirs), their_s = timed(lambda kw=kw: torchdiffeq.odeint(field, y0, t, **kw))
-        (our_t, ours, stats), our_s = timed(
-            lambda kw=kw: picard.odeint(field, y0, t, return_stats=True, **kw)
+        (their_t, theirs), their_s, (our_t, ours, stats), our_s = timed(
+            partial(torchdiffeq.odeint, field, y0, t, **kw),
+            partial(picard.odeint, field, y0, t, return_stats=True, **kw),
         )
         rows.append({
             "method": f"event_fn, {method}" + (" (step 0.01)" if options else ""),

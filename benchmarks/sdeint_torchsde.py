@@ -4,7 +4,8 @@ A latent-SDE-style model (torchsde's examples): drift and diffusion MLPs (4 → 
 softplus/sigmoid), batch 64, ``ts`` at 11 points on [0, 1], ``dt`` 0.01 (100 steps), the
 same `BrownianInterval` for both. For each method: the largest difference of picard's
 path (no options) from torchsde's, the loss gradient's relative difference, and the median
-seconds of 5 forward+backward runs of each, one thread, run in turn.
+seconds of 5 forward+backward runs of each, one thread, the two interleaved after a
+warm-up round.
 
     python benchmarks/sdeint_torchsde.py [--out benchmarks/results/sdeint_torchsde]
 """
@@ -12,14 +13,13 @@ seconds of 5 forward+backward runs of each, one thread, run in turn.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchsde
-from harness import write_results
+from harness import interleaved, write_results
 
 import picard
 
@@ -82,30 +82,36 @@ def run(sde_type: str, method: str, tape: bool) -> dict[str, Any]:
     area = "space-time" if method == "srk" else "none"
     bm_name = "replayed increments" if tape else "BrownianInterval"
     row: dict[str, Any] = {"method": f"{method} ({sde_type})", "bm": bm_name}
-    results = {}
-    for label, solve in (("torchsde", torchsde.sdeint), ("picard", picard.sdeint)):
-        times = []
-        for _ in range(REPEATS):
-            bm = (
-                Tape(120, method == "srk")
-                if tape
-                else torchsde.BrownianInterval(
-                    0.0, 1.0, (64, 4), entropy=11, levy_area_approximation=area
-                )
-            )
-            sde.zero_grad()
-            start = time.perf_counter()
+
+    def brownian(label: str) -> Any:
+        sde.zero_grad()
+        if tape:
+            return Tape(120, method == "srk")
+        return torchsde.BrownianInterval(0.0, 1.0, (64, 4), entropy=11,
+                                         levy_area_approximation=area)  # fmt: skip
+
+    def solve(label: str) -> Callable[[Any], Any]:
+        def call(bm: Any) -> Any:
+            stats = None
             if label == "picard":
-                ys, stats = solve(sde, y0, ts, bm, method=method, dt=0.01, return_stats=True)
+                ys, stats = picard.sdeint(sde, y0, ts, bm, method=method, dt=0.01,
+                                          return_stats=True)  # fmt: skip
             else:
-                ys = solve(sde, y0, ts, bm, method=method, dt=0.01)
+                ys = torchsde.sdeint(sde, y0, ts, bm, method=method, dt=0.01)
             ys.square().mean().backward()
-            times.append(time.perf_counter() - start)
-        grads = torch.cat([p.grad.reshape(-1) for p in sde.parameters()])
-        results[label] = (ys.detach(), grads)
-        row[f"{label}_seconds"] = statistics.median(times)
-        if label == "picard":
-            row["sweeps"], row["steps"] = stats.iterations, stats.num_steps
+            grads = torch.cat([p.grad.reshape(-1) for p in sde.parameters()])
+            return ys.detach(), grads, stats
+
+        return call
+
+    medians, out = interleaved(
+        {label: solve(label) for label in ("torchsde", "picard")}, REPEATS, setup=brownian
+    )
+    results = {label: (ys, grads) for label, (ys, grads, _) in out.items()}
+    for label in results:
+        row[f"{label}_seconds"] = medians[label]
+    stats = out["picard"][2]
+    row["sweeps"], row["steps"] = stats.iterations, stats.num_steps
     (a, ga), (b, gb) = results["torchsde"], results["picard"]
     row["difference"] = float((a - b).abs().max())
     row["gradient_difference"] = float((ga - gb).norm() / ga.norm())
@@ -119,25 +125,34 @@ def adaptive(sde_type: str, method: str) -> dict[str, Any]:
     ts = torch.linspace(0, 1, 11)
     area = "space-time" if method == "srk" else "none"
     row: dict[str, Any] = {"method": f"{method} ({sde_type}), adaptive"}
-    paths = {}
-    for label, solve, kw in (
-        ("reference", torchsde.sdeint, {"dt": 1e-4}),
-        ("torchsde", torchsde.sdeint, {"dt": 0.05, "adaptive": True}),
-        ("picard", picard.sdeint, {"dt": 0.05, "adaptive": True, "return_stats": True}),
-    ):
-        times = []
-        for _ in range(1 if label == "reference" else REPEATS):
-            bm = torchsde.BrownianInterval(0.0, 1.0, (64, 4), entropy=11,
-                                           levy_area_approximation=area)  # fmt: skip
-            start = time.perf_counter()
+    calls = {
+        "reference": (torchsde.sdeint, {"dt": 1e-4}),
+        "torchsde": (torchsde.sdeint, {"dt": 0.05, "adaptive": True}),
+        "picard": (picard.sdeint, {"dt": 0.05, "adaptive": True, "return_stats": True}),
+    }
+
+    def brownian(label: str) -> Any:
+        return torchsde.BrownianInterval(0.0, 1.0, (64, 4), entropy=11,
+                                         levy_area_approximation=area)  # fmt: skip
+
+    def solve(label: str) -> Callable[[Any], Any]:
+        fn, kw = calls[label]
+
+        def call(bm: Any) -> Any:
             with torch.no_grad():
-                out = solve(sde, y0, ts, bm, method=method, rtol=1e-3, atol=1e-3, **kw)
-            times.append(time.perf_counter() - start)
-        if label == "picard":
-            out, stats = out
-            row["sweeps"], row["steps"] = stats.iterations, stats.num_steps
-        paths[label] = out
-        row[f"{label}_seconds"] = statistics.median(times)
+                return fn(sde, y0, ts, bm, method=method, rtol=1e-3, atol=1e-3, **kw)
+
+        return call
+
+    _, reference = interleaved({"reference": solve("reference")}, 1, brownian, warmup=0)
+    medians, paths = interleaved(
+        {label: solve(label) for label in ("torchsde", "picard")}, REPEATS, setup=brownian
+    )
+    paths["reference"] = reference["reference"]
+    paths["picard"], stats = paths["picard"]
+    row["sweeps"], row["steps"] = stats.iterations, stats.num_steps
+    for label in ("torchsde", "picard"):
+        row[f"{label}_seconds"] = medians[label]
     for label in ("torchsde", "picard"):
         row[f"{label}_error"] = float((paths[label] - paths["reference"]).abs().max())
     return row

@@ -43,3 +43,21 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert all(r["relative_rms_error"] < 0.05 for r in rows)
     saved = json.loads((tmp_path / "g.json").read_text())
     assert len(saved) == len(rows) and (tmp_path / "g.md").exists()
+
+
+def test_interleaved_timing_alternates_the_runs_and_skips_the_warmup():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from harness import interleaved
+
+    order: list[str] = []
+    medians, results = interleaved(
+        {"a": lambda p: order.append(p) or "A", "b": lambda p: order.append(p) or "B"},
+        2,
+        setup=lambda label: label,
+        warmup=1,
+    )
+    assert order == ["a", "b"] * 3 and results == {"a": "A", "b": "B"}
+    assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())

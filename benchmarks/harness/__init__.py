@@ -11,9 +11,11 @@ in :mod:`picard.cli`, and the scripts import it from there: the ParaDiGMS loop
 
 - :func:`seeded_start` (:mod:`harness.seeds`): a run's starting latent and generator.
 - :func:`write_results` (:mod:`harness.results`): a benchmark's ``.json`` and ``.md``.
+- :func:`interleaved` (:mod:`harness.timing`): competing runs' median seconds, side by side.
 """
 
 from harness.results import write_results
 from harness.seeds import seeded_start
+from harness.timing import interleaved
 
-__all__ = ["seeded_start", "write_results"]
+__all__ = ["interleaved", "seeded_start", "write_results"]
