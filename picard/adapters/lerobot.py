@@ -17,7 +17,7 @@ lerobot's loop draws it, after ``x_T``.
 
 picard never imports lerobot: it reads the policy it is given (``policy.diffusion`` with
 ``unet``, ``noise_scheduler``, ``num_inference_steps``, ``config.horizon`` and
-``config.action_feature``), which lerobot 0.4 to 0.6 all have.
+``config.action_feature``), which lerobot 0.4.4 and 0.6.1 both have (tested with 0.4.4).
 """
 
 from __future__ import annotations
