@@ -360,10 +360,29 @@ class DiffusionProblem(Problem):
             for k, v in self.rule.coefficients.items()
         }
         timesteps = self.rule.timesteps.to(x0.device)
-        return _State(coefficients, timesteps, self._noise(x0), x0.dtype, x0.shape[0])
+        return _State(coefficients, timesteps, self.noise(x0), x0.dtype, x0.shape[0])
 
-    def _noise(self, x0: Tensor) -> Noise | None:
-        """All the noise of the solve, drawn now as the sequential sampler draws it."""
+    def noise(self, x0: Tensor) -> Noise | None:
+        """All the noise of the solve, drawn now as the sequential sampler draws it.
+
+        A problem whose noise is drawn elsewhere (k-diffusion's samplers draw theirs from
+        the caller's noise sampler) overrides this to return it; anything with Noise's
+        ``window(start, stop)`` and ``rows(steps, samples)`` serves.
+
+        Args:
+            x0: the starting latent (its shape, device and dtype).
+
+        Returns:
+            The noise, or ``None`` when the rule draws none.
+
+        Example:
+            >>> import torch
+            >>> from diffusers import DDPMScheduler
+            >>> from picard.adapters.diffusers import from_scheduler
+            >>> problem = from_scheduler(DDPMScheduler(), lambda x, t: 0.1 * x, 4)
+            >>> problem.noise(torch.zeros(2, 1, 3, 3)).window(0, 4).shape
+            torch.Size([4, 2, 1, 3, 3])
+        """
         draws = self.rule.noise_draws
         if not draws.any():
             return None

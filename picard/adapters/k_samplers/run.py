@@ -152,7 +152,8 @@ class KProblem(DiffusionProblem):
         """A diffusion sampler whose accepted errors may grow :data:`AMPLIFICATION` times."""
         return replace(super().traits(), amplification=AMPLIFICATION)
 
-    def _noise(self, x0: Tensor) -> PreDrawn | None:
+    def noise(self, x0: Tensor) -> PreDrawn | None:  # type: ignore[override]
+        """The noise drawn before the solve, from the caller's noise sampler."""
         return self.drawn
 
     def increments(
