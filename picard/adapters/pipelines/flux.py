@@ -89,17 +89,8 @@ def prepare_flux(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     timesteps, _, steps, options = shifted_grid(pipe, a, latents.shape[1], device, flow_sigmas=True)
     pipe._num_timesteps = len(timesteps)
     model = _Model(a, cond, negative, image_ids, pipe.transformer.config.guidance_embeds)
-    return Prepared(
-        latents=latents,
-        num_inference_steps=steps,
-        timesteps=timesteps,
-        denoiser=lambda dev: model.on(pipe.transformer, attention, dev),
-        device=pipe.transformer.device,
-        finish=lambda x: _finish(pipe, a, x, height, width),
-        generator=a["generator"],
-        rows_per_evaluation=2 if true_cfg else 1,
-        grid_options=options,
-    )
+    return _prepared(pipe, a, model, attention, latents, timesteps, steps, options,
+                     (height, width), rows=2 if true_cfg else 1)  # fmt: skip
 
 
 def prepare_flux_kontext(pipe: Any, a: Mapping[str, Any]) -> Prepared:
@@ -158,17 +149,8 @@ def prepare_flux_kontext(pipe: Any, a: Mapping[str, Any]) -> Prepared:
     pipe.scheduler.set_begin_index(0)
     config = pipe.transformer.config
     model = _Model(a, cond, negative, ids, config.guidance_embeds, extra)
-    return Prepared(
-        latents=latents,
-        num_inference_steps=steps,
-        timesteps=timesteps,
-        denoiser=lambda dev: model.on(pipe.transformer, attention, dev),
-        device=pipe.transformer.device,
-        finish=lambda x: _finish(pipe, a, x, height, width),
-        generator=a["generator"],
-        rows_per_evaluation=2 if true_cfg else 1,
-        grid_options=options,
-    )
+    return _prepared(pipe, a, model, attention, latents, timesteps, steps, options,
+                     (height, width), rows=2 if true_cfg else 1)  # fmt: skip
 
 
 def _kontext_size(pipe: Any, a: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -278,6 +260,26 @@ def prepare_flux_fill(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         masked = torch.cat((masked, mask), dim=-1)
     pipe._num_timesteps = len(timesteps)
     model = _Model(a, cond, None, ids, pipe.transformer.config.guidance_embeds, (2, masked))
+    begin = len(pipe.scheduler.timesteps) - len(timesteps)
+    return _prepared(pipe, a, model, attention, latents, timesteps, steps, options,
+                     (height, width), begin=begin)  # fmt: skip
+
+
+def _prepared(
+    pipe: Any,
+    a: Mapping[str, Any],
+    model: _Model,
+    attention: Any,
+    latents: Tensor,
+    timesteps: Tensor,
+    steps: int,
+    options: dict[str, Any],
+    size: tuple[int, int],
+    rows: int = 1,
+    begin: int = 0,
+) -> Prepared:
+    """The prepared call of a Flux family: its model's rows, decode and grid."""
+    height, width = size
     return Prepared(
         latents=latents,
         num_inference_steps=steps,
@@ -286,8 +288,9 @@ def prepare_flux_fill(pipe: Any, a: Mapping[str, Any]) -> Prepared:
         device=pipe.transformer.device,
         finish=lambda x: _finish(pipe, a, x, height, width),
         generator=a["generator"],
+        rows_per_evaluation=rows,
         grid_options=options,
-        begin=len(pipe.scheduler.timesteps) - len(timesteps),
+        begin=begin,
     )
 
 
