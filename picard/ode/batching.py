@@ -23,6 +23,7 @@ from torch import Tensor
 
 from picard.errors import PerformanceWarning
 from picard.evaluation import Replicable, module_device, replicate
+from picard.problem import call_batched
 
 __all__ = ["BATCHED", "batch_function", "batched_form", "call_one_row"]
 
@@ -214,8 +215,6 @@ def call_one_row(func: Func, name: str, t: Tensor, y: Tensor, in_dtype: torch.dt
         >>> call_one_row(f, "func", torch.tensor(2.0), torch.ones(3), torch.float32)
         tensor([2., 2., 2.])
     """
-    from picard.problem import call_batched
-
     one = getattr(func, "picard_one_row", None)
     if one is None:
         return call_batched(func, name, t.reshape(1), y[None], in_dtype)[0]
