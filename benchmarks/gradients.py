@@ -8,7 +8,10 @@ against a target trajectory at every step. Each solver runs the same call:
 - ``torchdiffeq``: ``torchdiffeq.odeint`` + autograd through its loop;
 - ``torchdiffeq adjoint``: ``torchdiffeq.odeint_adjoint`` (its continuous adjoint);
 - ``picard``: ``picard.odeint`` with no options (``batched="auto"`` finds that the func is
-  batch-agnostic; the backward pass is the parallel adjoint recursion);
+  batch-agnostic; the state is small, so the backward pass solves the adjoint recursion
+  from per-sample Jacobians, :mod:`picard.core.dense_adjoint`);
+- ``picard, backward by sweeps``: the same with the Jacobians turned off
+  (``DENSE_MAX = 0``): the backward pass is the adjoint recursion's parallel sweeps;
 - ``picard adjoint``: ``picard.odeint_adjoint``, torchdiffeq's signature (same pass);
 - ``picard window=W`` (``--window W``): ``picard.odeint(..., window=W, method="euler")``.
 
@@ -41,7 +44,9 @@ import picard
 from picard.ode.batching import batched_form
 
 N, BATCH = 1000, 16
-SOLVERS = ("torchdiffeq", "torchdiffeq adjoint", "picard", "picard adjoint")
+SOLVERS = (
+    "torchdiffeq", "torchdiffeq adjoint", "picard", "picard adjoint", "picard, backward by sweeps"
+)  # fmt: skip
 
 
 class ODEFunc(torch.nn.Module):
@@ -88,10 +93,21 @@ def run(name: str, func, y0, t, target) -> tuple[float, list[torch.Tensor], dict
         ys, stats = picard.odeint(func, y0, t, return_stats=True, window=window, method="euler")
     elif name == "picard":
         ys, stats = picard.odeint(func, y0, t, return_stats=True, method="euler")
+    elif name == "picard, backward by sweeps":  # the state is small: force the sweeps
+        from picard.core import dense_adjoint
+
+        saved, dense_adjoint.DENSE_MAX = dense_adjoint.DENSE_MAX, 0
+        try:
+            ys, stats = picard.odeint(func, y0, t, return_stats=True, method="euler")
+            loss = (ys - target).abs().mean()
+            grads = torch.autograd.grad(loss, params)
+        finally:
+            dense_adjoint.DENSE_MAX = saved
     else:
         ys, stats = picard.odeint_adjoint(func, y0, t, return_stats=True, method="euler")
-    loss = (ys - target).abs().mean()
-    grads = torch.autograd.grad(loss, params)
+    if name != "picard, backward by sweeps":
+        loss = (ys - target).abs().mean()
+        grads = torch.autograd.grad(loss, params)
     seconds = time.perf_counter() - start
     if name.startswith("picard"):
         (back,) = stats.backward
@@ -209,7 +225,7 @@ def main() -> None:
     probe_ms = 1e3 * statistics.median(probe)
     lines += [
         "",
-        f'The `batched="auto"` probe (3 rows one at a time, vmapped and together) took '
+        f'The `batched="auto"` probe (5 rows one at a time, vmapped and together) took '
         f"{probe_ms:.2f} ms, {100 * probe_ms / 1e3 / statistics.median(times['picard']):.1f}% "
         "of picard's forward + backward.",
     ]

@@ -42,7 +42,8 @@ class Stats:
             closer to the sequential result. ``None`` without ``verify``.
         backward: with gradients, the :class:`Stats` of each backward pass run through the
             solve (``loss.backward()``), appended as they run: the adjoint recursion's
-            sweeps and evaluations (:mod:`picard.core.adjoint`).
+            sweeps and evaluations (:mod:`picard.core.adjoint`); for small states, its
+            rounds of Jacobian products (:mod:`picard.core.dense_adjoint`).
         cost: with ``window="auto"``, the sweep times its choice read, model rows per call →
             seconds per sweep (measured on this device, or stored from an earlier solve of
             the same model, shape, dtype and device); empty otherwise.

@@ -135,11 +135,11 @@ def test_modules_and_multidimensional_states():
     y0 = torch.randn(3, 4)
     ys = picard.odeint(f, y0, torch.linspace(0, 1, 11), window=4, tol=0, method="euler")
     assert ys.shape == (11, 3, 4)
-    # batched="auto" probes three rows one at a time, vmapped (vmap shows one row) and
+    # batched="auto" probes five rows one at a time, vmapped (vmap shows one row) and
     # together, then solves batched
-    assert seen[:5] == [((), (3, 4))] * 4 + [((3,), (3, 3, 4))]
+    assert seen[:7] == [((), (3, 4))] * 6 + [((5,), (5, 3, 4))]
     # with autograd on, one traced row finds what gradients flow to; then the windows
-    assert seen[5:7] == [((1,), (1, 3, 4)), ((4,), (4, 3, 4))]
+    assert seen[7:9] == [((1,), (1, 3, 4)), ((4,), (4, 3, 4))]
     with torch.no_grad():
         expected = torchdiffeq.odeint(
             lambda t, y: net(y), y0, torch.linspace(0, 1, 11), method="euler"

@@ -14,7 +14,9 @@ sweep recomputes a window of forward increments with autograd on, in one batched
 and takes one batched VJP. Memory: the forward trajectory's states (O(N × state)) and one
 window's activations, never every step's. At ``tol = 0`` the gradients are autograd's
 through the sequential loop (to rounding); at ``tol > 0`` the backward solve stops where
-each adjoint's RMS change is below ``tol`` times its RMS.
+each adjoint's RMS change is below ``tol`` times its RMS. Where a sample's state is small
+and the rule has no memory, the recursion is solved exactly from per-sample Jacobians
+instead (:mod:`picard.core.dense_adjoint`), at any ``tol``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from picard.core.dense_adjoint import dense_applies, solve_dense
 from picard.problem import Problem, working_dtype
 from picard.solution import Solution
 
@@ -152,15 +155,22 @@ class _Job:
             start = start + direct[n]
             direct = direct[:n]
         adjoint = AdjointProblem(self.problem, states, self.state, direct)
-        window = n if self.problem.memory else None
-        back = self.solve_adjoint(adjoint, start, window or 0)
+        if dense_applies(adjoint):  # small states: exact, parameters from the same calls
+            back, sums = solve_dense(adjoint, start, self.params)
+        else:
+            window = n if self.problem.memory else None
+            back, sums = self.solve_adjoint(adjoint, start, window or 0), None
         self.sol.stats.backward.append(back.stats)
         assert back.ys is not None
-        mu = back.ys[:n].flip(0)  # μ_0 … μ_{N-1}, forward order
         dx0 = back.ys[n]  # μ_{-1}: the recursion's last step adds ∂L/∂x_0
-        return dx0.to(states.dtype), self._parameter_grads(mu, back.stats.window)
+        if sums is None:
+            sums = self._parameter_sums(back.ys[:n].flip(0), back.stats.window)  # μ_0 … μ_{N-1}
+        return dx0.to(states.dtype), [
+            (torch.zeros_like(p) if self.zeros else None) if t is None else t.to(p.dtype)
+            for t, p in zip(sums, self.params, strict=True)
+        ]
 
-    def _parameter_grads(self, mu: Tensor, window: int) -> list[Tensor | None]:
+    def _parameter_sums(self, mu: Tensor, window: int) -> list[Tensor | None]:
         """``Σ_i (∂Δ_i/∂θ)ᵀ μ_i``, one batched VJP per window of rows.
 
         A multistep problem's rows are taken all at once (they are coupled).
@@ -183,10 +193,7 @@ class _Job:
                 g if t is None else (t if g is None else t + g)
                 for t, g in zip(total, grads, strict=True)
             ]
-        return [
-            (torch.zeros_like(p) if self.zeros else None) if t is None else t.to(p.dtype)
-            for t, p in zip(total, self.params, strict=True)
-        ]
+        return total
 
 
 class Adjoints(Protocol):

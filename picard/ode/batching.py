@@ -32,6 +32,9 @@ BATCHED = (True, False, "auto")
 
 Func = Callable[[Tensor, Tensor], Tensor]
 
+PROBE_ROWS = 5
+"""Rows of the ``batched="auto"`` probe."""
+
 
 def batch_function(func: Func, name: str) -> Func:
     """Wrap a one-row ``func(t, y)`` so that it takes a batch of rows (:func:`torch.func.vmap`).
@@ -94,8 +97,8 @@ def _rows(func: Func) -> Func:
 def batched_form(func: Func, name: str, batched: Any, t: Tensor, y0: Tensor) -> Func:
     """``func`` as a batched call, by ``batched`` (``True``, ``False`` or ``"auto"``).
 
-    With ``"auto"``, probes ``func`` once on a few distinct rows built from ``t[:3]`` and
-    ``y0`` (see the module docstring): the probe costs two small batched calls (direct
+    With ``"auto"``, probes ``func`` once on a few distinct rows built from times spread
+    over ``t`` and ``y0`` (see the module docstring): the probe costs two small batched calls (direct
     and vmapped) and one call per probed row.
 
     Args:
@@ -146,13 +149,19 @@ def batched_form(func: Func, name: str, batched: Any, t: Tensor, y0: Tensor) -> 
 
 
 def _probe_rows(t: Tensor, y0: Tensor) -> tuple[Tensor, Tensor]:
-    """A few distinct rows: the first grid times, ``y0`` perturbed differently in each."""
-    k = min(3, t.shape[0])
+    """A few distinct rows: times spread over the grid, ``y0`` perturbed differently in each.
+
+    Five rows, at the grid's first, last and evenly spaced times between: a time-dependent
+    term that vanishes near the start, or a row count equal to a state dimension (which
+    broadcasting would hide), cannot make a wrong batched call agree.
+    """
+    k = min(PROBE_ROWS, t.shape[0])
     gen = torch.Generator(device="cpu").manual_seed(0)
     noise = torch.randn((k, *y0.shape), generator=gen, dtype=torch.float64)
     scale = y0.detach().abs().double().mean().cpu() + 1.0
     rows = y0.detach().unsqueeze(0) + (0.1 * scale * noise).to(y0.dtype).to(y0.device)
-    return t[:k], rows
+    at = torch.linspace(0, t.shape[0] - 1, k).round().long().to(t.device)
+    return t[at], rows
 
 
 def _try(func: Func, times: Tensor, rows: Tensor) -> tuple[Tensor | None, Exception | None]:
