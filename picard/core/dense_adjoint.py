@@ -12,6 +12,9 @@ at once. Where ``d`` is small (:data:`DENSE_MAX`) that round of calls replaces t
 sweeps of the backward solve, and the gradients are autograd's through the sequential
 loop to rounding, at any ``tol``. Steps are taken in chunks from the last one back, so
 that the Jacobians held at once stay under :data:`MAX_ENTRIES`; each chunk is one round.
+A chunk's call holds its steps' activations, as autograd through the sequential loop
+holds every step's (the Picard sweeps hold one window's: bounding chunks by the window
+made the backward slower than the sweeps on a CPU).
 """
 
 from __future__ import annotations
