@@ -12,7 +12,7 @@ import torch
 import torchdiffeq
 
 import picard
-from picard.core import dense_adjoint
+from picard.core import jacobians
 
 F64 = torch.float64
 
@@ -53,7 +53,7 @@ def test_rows_mapped_on_their_own_need_few_products_and_give_autograd_gradients(
     (back,) = stats.backward
     # one state of 8 × 3 (batch_dims=0): three colours and the check, not 24 products
     assert back.acceleration == {"jacobian_products": 4, "fallbacks": 0}
-    assert back.iterations == 3  # two probe steps and one chunk of all 40 steps
+    assert back.iterations == 2  # one probe call (two steps) and one chunk of all 40 steps
 
 
 def test_a_coupling_the_probes_miss_is_caught_by_the_check():
@@ -85,9 +85,9 @@ def test_coupled_rows_take_one_product_per_entry():
     assert stats.backward[0].acceleration["jacobian_products"] == 8
 
 
-@pytest.mark.parametrize("dense_max", [0, dense_adjoint.DENSE_MAX])
+@pytest.mark.parametrize("dense_max", [0, jacobians.DENSE_MAX])
 def test_picard_and_dense_backward_solves_agree(monkeypatch, dense_max):
-    monkeypatch.setattr(dense_adjoint, "DENSE_MAX", dense_max)
+    monkeypatch.setattr(jacobians, "DENSE_MAX", dense_max)
     net = field(4)
     y0 = torch.randn(5, 4, generator=torch.Generator().manual_seed(5), dtype=F64)
     t = torch.linspace(0, 1.5, 31, dtype=F64)
@@ -105,7 +105,7 @@ def test_picard_and_dense_backward_solves_agree(monkeypatch, dense_max):
 
 def test_large_states_and_multistep_rules_keep_the_picard_backward():
     # a per-sample state above DENSE_MAX
-    y0 = torch.randn(2, dense_adjoint.DENSE_MAX + 1, dtype=F64, requires_grad=True)
+    y0 = torch.randn(2, jacobians.DENSE_MAX + 1, dtype=F64, requires_grad=True)
     rule = picard.Recursion(lambda i, x: -0.05 * torch.tanh(x), 20, batch_dims=1)
     sol = picard.solve(rule, y0, tol=0)
     sol.final.sum().backward()
@@ -120,7 +120,7 @@ def test_large_states_and_multistep_rules_keep_the_picard_backward():
 
 
 def test_chunks_hold_few_jacobians_and_a_state_free_field(monkeypatch):
-    monkeypatch.setattr(dense_adjoint, "MAX_ENTRIES", 2 * 9 * 7)  # 7 steps of 2 × 3 × 3
+    monkeypatch.setattr(jacobians, "MAX_ENTRIES", 2 * 9 * 7)  # 7 steps of 2 × 3 × 3
     rule = picard.Recursion(lambda i, x: 0.1 * torch.sin(x + i.reshape(-1, 1, 1)), 30, batch_dims=1)
     x0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
     ref = torch.autograd.grad(picard.sequential(rule, x0).final.pow(2).sum(), x0)

@@ -5,16 +5,15 @@ Without memory the adjoint recursion (:mod:`picard.core.adjoint`) is linear,
     μ_{j-1} = ∂L/∂x_j + (I + J_j)ᵀ μ_j,        J_j = ∂Δ_j/∂x_j at the converged x_j,
 
 so once every ``J_j`` is known it needs no further model call: Newton on it converges in
-one step (DEER, Lim et al., ICLR 2024, for a linear recursion). Samples are independent
-(``batch_ndim``), so ``J_j`` is one ``d × d`` block per sample, ``d`` the per-sample state
-size: ``d`` vector–Jacobian products of one batched forward call give every step's blocks
-at once. Where ``d`` is small (:data:`DENSE_MAX`) that round of calls replaces the Picard
+one step (DEER, Lim et al., ICLR 2024, for a linear recursion). Where a sample's state is
+small (:data:`picard.core.jacobians.DENSE_MAX`), one batched call gives every step's
+Jacobian (:class:`~picard.core.jacobians.Jacobians`); that round replaces the Picard
 sweeps of the backward solve, and the gradients are autograd's through the sequential
 loop to rounding, at any ``tol``. Steps are taken in chunks from the last one back, so
-that the Jacobians held at once stay under :data:`MAX_ENTRIES`; each chunk is one round.
-A chunk's call holds its steps' activations, as autograd through the sequential loop
-holds every step's (the Picard sweeps hold one window's: bounding chunks by the window
-made the backward slower than the sweeps on a CPU).
+that the Jacobians held at once stay under :data:`~picard.core.jacobians.MAX_ENTRIES`;
+each chunk is one round. A chunk's call holds its steps' activations, as autograd
+through the sequential loop holds every step's (the Picard sweeps hold one window's:
+bounding chunks by the window made the backward slower than the sweeps on a CPU).
 """
 
 from __future__ import annotations
@@ -25,30 +24,26 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from picard.core import jacobians
+from picard.core.jacobians import Jacobians, small_state
 from picard.problem import per_sample_size
 from picard.solution import Solution, Stats
 
 if TYPE_CHECKING:
     from picard.core.adjoint import AdjointProblem
 
-__all__ = ["DENSE_MAX", "MAX_ENTRIES", "dense_applies", "solve_dense"]
-
-DENSE_MAX = 64
-"""The largest per-sample state size whose adjoint is solved from dense Jacobians."""
-
-MAX_ENTRIES = 2**22
-"""Jacobian entries held at once (steps × samples × d²): sets the chunk of steps."""
+__all__ = ["dense_applies", "solve_dense"]
 
 
 def dense_applies(problem: AdjointProblem) -> bool:
-    """Whether :func:`solve_dense` solves ``problem``: no memory, per-sample size ≤ DENSE_MAX.
+    """Whether :func:`solve_dense` solves ``problem``: a small state, no memory.
 
     Args:
         problem: the adjoint problem of a solve.
 
     Returns:
         ``True`` where its rule reads no earlier step and a sample has at most
-        :data:`DENSE_MAX` numbers.
+        :data:`~picard.core.jacobians.DENSE_MAX` numbers.
 
     Example:
         >>> import torch, picard
@@ -58,8 +53,7 @@ def dense_applies(problem: AdjointProblem) -> bool:
         >>> dense_applies(AdjointProblem(rule, xs, None, None))
         True
     """
-    _, size = per_sample_size(problem.states.shape[1:], problem.batch_ndim)
-    return not problem.coupled and size <= DENSE_MAX
+    return not problem.coupled and small_state(problem.forward, problem.states.shape[1:])
 
 
 def solve_dense(
@@ -92,18 +86,18 @@ def solve_dense(
     forward, states, n = problem.forward, problem.states, problem.num_steps
     shape = states.shape[1:]
     samples, size = per_sample_size(shape, problem.batch_ndim)
-    chunk = max(1, min(n, MAX_ENTRIES // (samples * size * size)))
+    chunk = max(1, min(n, jacobians.MAX_ENTRIES // (samples * size * size)))
     mus = states.new_empty((n + 1, samples, size, 1))  # columns for bmm
     mus[0] = start.to(states.dtype).reshape(samples, size, 1)
     direct = None if problem.direct is None else problem.direct.reshape(n, samples, size, 1)
     eye = torch.eye(size, dtype=states.dtype, device=states.device)
     starts: list[int] = []
     total: list[Tensor | None] = [None] * len(params)
-    columns = _Columns(problem, samples, size)
+    columns = Jacobians(forward, problem.state, states)
     for hi in range(n, 0, -chunk):
         lo = max(0, hi - chunk)
         starts.append(n - hi)
-        rows, inc = columns.rows(lo, hi)  # rows[k, j, s, a] = J_j[s, k, a]
+        rows, inc = columns.at(states[lo:hi], lo)  # rows[k, j, s, a] = J_j[s, k, a]
         # μ_{j-1} = (I + J_jᵀ) μ_j + ∂L/∂x_j: one batched product per step, written in place
         step = eye if rows is None else eye + rows.permute(1, 2, 3, 0)  # (.., S, a, k)
         step = step.expand(hi - lo, samples, size, size)
@@ -133,119 +127,3 @@ def solve_dense(
         acceleration={"jacobian_products": columns.products, "fallbacks": columns.fallbacks},
     )
     return Solution(final=mus[n], ys=mus, steps=range(n + 1), stats=stats), total
-
-
-def _vjps(
-    problem: AdjointProblem, lo: int, hi: int, vectors: Tensor
-) -> tuple[Tensor | None, Tensor | None]:
-    """``vᵀ ∂Δ_j/∂x_j`` for each vector ``v`` (``(m, hi - lo, *shape)``), steps ``lo … hi-1``.
-
-    One batched forward call and ``m`` products. Returns them (``None`` when no step
-    depends on its state) and the increments, their graph kept (``None`` without one).
-    """
-    with torch.enable_grad():
-        rows = problem.states[lo:hi].detach().requires_grad_(True)
-        inc, _ = problem.forward.increments(rows, lo, problem.state, None)
-        if not inc.requires_grad:  # dy/dt = f(t): no graph
-            return None, None
-        try:
-            (out,) = torch.autograd.grad(
-                inc, rows, grad_outputs=vectors, is_grads_batched=True, retain_graph=True,
-                allow_unused=True,
-            )  # fmt: skip
-        except RuntimeError:  # an op vmap cannot batch: one product at a time
-            each = [
-                torch.autograd.grad(
-                    inc, rows, grad_outputs=v, retain_graph=True, allow_unused=True
-                )[0]
-                for v in vectors
-            ]
-            out = None if each[0] is None else torch.stack(each)
-    return (None if out is None else out.detach()), inc
-
-
-class _Columns:
-    """Which products give a chunk's Jacobian rows: one per row, or one per colour.
-
-    Rows ``k`` and ``l`` of a per-sample Jacobian that share no column (read off the
-    Jacobians at a few probe steps) are recovered from one product ``(e_k + e_l)ᵀ J``
-    (Curtis, Powell and Reid's compression): a func that maps each row of ``y`` on its
-    own needs as many products as one row has entries, not the whole state. Every
-    compressed chunk carries one more product with a random vector, checked against the
-    recovered rows: a mismatch (a dependence the probes missed) recomputes that chunk with
-    one product per row, so the Jacobians are exact either way.
-    """
-
-    def __init__(self, problem: AdjointProblem, samples: int, size: int):
-        self.problem, self.samples, self.size = problem, samples, size
-        self.shape = problem.states.shape[1:]
-        states = problem.states
-        self.eye = torch.eye(size, dtype=states.dtype, device=states.device)
-        self.colors: Tensor | None = None
-        self.rounds = 0  # rounds of batched calls spent besides one per chunk
-        n = problem.num_steps
-        if size > 2:
-            probes = sorted({n // 2, n - 1})
-            full = [self._full(j, j + 1)[0] for j in probes]
-            if all(f is not None for f in full):
-                pattern = torch.stack([f.ne(0).any(1).any(1) for f in full]).any(0)  # (d, d)
-                colors = _greedy_colors(pattern)
-                if int(colors.max()) + 2 < size:  # fewer products, the check included
-                    self.colors, self.pattern = colors, pattern
-            self.rounds = len(probes)
-        self.products = size if self.colors is None else int(self.colors.max()) + 2
-        self.fallbacks = 0
-
-    def rows(self, lo: int, hi: int) -> tuple[Tensor | None, Tensor | None]:
-        """``J_j[s, k, :]`` for steps ``lo … hi-1``, as ``(d, hi - lo, S, d)`` (``None``: 0).
-
-        And the chunk's increments with their graph (``None`` without one).
-        """
-        if self.colors is None:
-            return self._full(lo, hi)
-        count, d, s = hi - lo, self.size, self.samples
-        seeds = torch.zeros(
-            int(self.colors.max()) + 1, d, dtype=self.eye.dtype, device=self.eye.device
-        )
-        seeds[self.colors, torch.arange(d)] = 1.0
-        gen = torch.Generator().manual_seed(lo)
-        check = torch.randn(count, s, d, generator=gen, dtype=torch.float64).to(self.eye)
-        vectors = torch.cat([seeds[:, None, None, :].expand(-1, count, s, d), check[None]])
-        out, inc = _vjps(self.problem, lo, hi, vectors.reshape(len(vectors), count, *self.shape))
-        if out is None:
-            return None, inc
-        out = out.reshape(len(vectors), count, s, d)
-        rows = out[self.colors] * self.pattern[:, None, None, :]  # (d, count, s, d)
-        expected = torch.einsum("kcsa,csk->csa", rows, check)
-        scale = torch.einsum("kcsa,csk->csa", rows.abs(), check.abs()) + out[-1].abs()
-        eps = torch.finfo(out.dtype).eps
-        if bool(((expected - out[-1]).abs() <= 64 * d * eps * scale).all()):
-            return rows, inc
-        self.fallbacks += 1
-        self.rounds += 1
-        return self._full(lo, hi)
-
-    def _full(self, lo: int, hi: int) -> tuple[Tensor | None, Tensor | None]:
-        count = hi - lo
-        basis = self.eye.reshape(self.size, 1, 1, self.size)
-        basis = basis.expand(self.size, count, self.samples, self.size)
-        out, inc = _vjps(self.problem, lo, hi, basis.reshape(self.size, count, *self.shape))
-        if out is None:
-            return None, inc
-        return out.reshape(self.size, count, self.samples, self.size), inc
-
-
-def _greedy_colors(pattern: Tensor) -> Tensor:
-    """A colour per row of ``pattern`` (``(d, d)`` bool); rows of a colour share no column."""
-    colors: list[int] = []
-    used: list[Tensor] = []  # the columns each colour's rows cover
-    for row in pattern:
-        for c, cover in enumerate(used):
-            if not bool((cover & row).any()):
-                colors.append(c)
-                used[c] = cover | row
-                break
-        else:
-            colors.append(len(used))
-            used.append(row.clone())
-    return torch.tensor(colors, device=pattern.device)
