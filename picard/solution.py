@@ -52,7 +52,10 @@ class Stats:
             order (flattened over the batch dimensions); ``None`` without ``verify``.
         verifications: the verification solves run (``verify=``), each warm-started
             from the previous trajectory at a hundredth of its tolerance; their sweeps and
-            evaluations are counted in ``iterations`` and ``evaluations``.
+            evaluations are counted in ``iterations`` and ``evaluations``. For a small
+            state checked by Newton steps (:mod:`picard.core.newton`), 1 (2 where the solve
+            missed the target), their rounds counted as sweeps and
+            ``acceleration["newton_steps"]`` the steps.
 
     Example:
         >>> import torch, picard

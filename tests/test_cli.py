@@ -242,7 +242,7 @@ def test_pipeline_outputs_of_video_and_audio_are_written_as_arrays(tmp_path):
     assert _output(frames, "WanPipeline", tmp_path / "v.pt").shape == (1, 3, 3, 4, 4)
     audio = SimpleNamespace(audios=torch.zeros(1, 2, 64))
     assert _output(audio, "StableAudioPipeline", tmp_path / "a.npy").shape == (1, 2, 64)
-    with pytest.raises(CLIError, match="returns frames: write them with --out ending .pt"):
+    with pytest.raises(CLIError, match=r"returns frames: write them with --out ending \.pt"):
         _output(frames, "WanPipeline", tmp_path / "v.png")
     with pytest.raises(CLIError, match="returned no images, frames or audios"):
         _output(SimpleNamespace(), "X", tmp_path / "x.pt")

@@ -3,6 +3,7 @@ and the tolerance's default meaning (relative to each state's RMS for diffusion 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -25,7 +26,9 @@ import picard
 from picard.adapters.diffusers import from_scheduler
 from picard.adapters.schedulers import schedules
 from picard.cli import fidelity
-from picard.core.verify import MAX_VERIFICATIONS, REFINEMENT, relative_error
+from picard.core import jacobians, newton, verify
+from picard.core.newton import MAX_NEWTON
+from picard.core.verify import MAX_VERIFICATIONS, REFINEMENT, relative_error, relative_errors
 
 
 def _chain(rule, x0, window, tol, relative, verifications):
@@ -52,8 +55,9 @@ def test_estimate_is_within_3x_of_the_true_error(problem, window, tol, batch):
     fn, _ = linear_rule(n, dim, seed, gain)
     x0 = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     rule = picard.Recursion(fn, n, batch_dims=1)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, pytest.MonkeyPatch.context() as mp:
         warnings.simplefilter("always")
+        mp.setattr(jacobians, "DENSE_MAX", 0)  # re-solving, not Newton's check
         sol = picard.solve(rule, x0, window=window, tol=tol, relative=True, verify=True)
     stats = sol.stats
     assert 1 <= stats.verifications <= MAX_VERIFICATIONS
@@ -82,7 +86,84 @@ def test_tol_zero_needs_no_verification():
     assert torch.equal(sol.final, picard.solve(rule, x0, window=5, tol=0).final)
 
 
-def test_a_smaller_target_refines_more_and_an_unreachable_one_warns():
+@given(problems, st.integers(1, 70), st.sampled_from([1e-6, 1e-4, 1e-2]), st.integers(1, 3))
+def test_newton_check_of_small_states(problem, window, tol, batch):
+    """Small states are verified by Newton steps on the whole trajectory: over random
+    linear recursions the estimate is within 3x of the default's true error (where that
+    error is above rounding), the returned samples are the sequential ones to rounding,
+    and the check costs at most the Newton steps and the probe in rounds of calls."""
+    n, dim, seed, gain = problem
+    fn, _ = linear_rule(n, dim, seed, gain)
+    x0 = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    rule = picard.Recursion(fn, n, batch_dims=1)
+    plain = picard.solve(rule, x0, window=window, tol=tol, relative=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (verify, newton):  # whatever the cost model says
+            mp.setattr(module, "newton_pays", lambda *args: True)
+        sol = picard.solve(rule, x0, window=window, tol=tol, relative=True, verify=True)
+    stats, exact = sol.stats, sequential_loop(fn, x0, n)[-1]
+    steps = stats.acceleration["newton_steps"]
+    assert 1 <= steps <= MAX_NEWTON and stats.verifications == 1
+    assert stats.iterations - plain.stats.iterations <= steps + 1
+    true = relative_errors(plain.final, exact, 1)
+    estimate = torch.tensor(stats.sample_errors, dtype=torch.float64)
+    big = true > 1e-11
+    assert bool((estimate[big] <= 3 * true[big]).all() and (true[big] <= 3 * estimate[big]).all())
+    assert relative_error(sol.final, exact, 1) <= 1e-10
+
+
+def test_newton_falls_back_where_autograd_cannot_see_the_model():
+    """A model run under ``torch.no_grad()`` hides its Jacobian: the corrections stop
+    contracting like Newton's and verification re-solves, reaching the target all the same."""
+
+    def fn(steps, x):
+        with torch.no_grad():
+            pull = torch.sin(3 * x)
+        return 0.05 * pull
+
+    rule = picard.Recursion(fn, num_steps=60)
+    x0 = torch.ones(2, dtype=torch.float64)
+    sol = picard.solve(rule, x0, window=20, tol=1e-3, verify=True)
+    exact = picard.sequential(rule, x0).final
+    assert "newton_steps" not in sol.stats.acceleration and sol.stats.verifications >= 1
+    assert relative_error(sol.final, exact, 0) <= 1e-3
+
+
+def test_newton_check_warns_at_an_unreachable_target(monkeypatch):
+    for module in (verify, newton):
+        monkeypatch.setattr(module, "newton_pays", lambda *args: True)
+    rule = picard.Recursion(lambda i, x: 0.05 * torch.sin(3 * x), num_steps=60)
+    x0 = torch.ones(2, dtype=torch.float64)
+    once = picard.solve(rule, x0, window=20, tol=1e-3, verify=True)
+    exact = picard.sequential(rule, x0).final
+    assert once.stats.error_estimate <= 1e-3 and relative_error(once.final, exact, 0) < 1e-13
+    with pytest.warns(picard.AccuracyWarning, match="Newton steps the error estimate"):
+        picard.solve(rule, x0, window=20, tol=1e-3, verify=1e-300)
+
+
+def test_newton_is_chosen_where_its_modeled_cost_pays():
+    """Three rounds of every step's rows (products counted twice) against re-solving at
+    0.7 of the solve's sweeps, in modeled times: on a CPU Newton pays only against many
+    sweeps of small windows; a GPU batches far more rows."""
+    stats = picard.solve(picard.Recursion(lambda i, x: -0.1 * x, 50), torch.ones(1)).stats
+    stats = dataclasses.replace(stats, iterations=20, window=64)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # only the device type is read
+    assert not newton.newton_pays(stats, 8, 16, cpu) and newton.newton_pays(stats, 8, 16, gpu)
+    assert not newton.newton_pays(stats, 64, 16, gpu)  # 105,600 rows a round
+    slow = dataclasses.replace(stats, iterations=48, window=4)  # many sweeps of small windows
+    assert newton.newton_pays(slow, 1, 2, cpu)
+    # the mixture's 16 numbers a sample: re-solved on this CPU, no Newton steps
+    gmm = fidelity.mixture()
+    base = DDPMScheduler(clip_sample=False)
+    den = gmm.denoiser(schedules.alphas_cumprod(base.config))
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sol = picard.solve(from_scheduler(DDIMScheduler.from_config(base.config), den, 50), x,
+                       verify=True)  # fmt: skip
+    assert "newton_steps" not in sol.stats.acceleration
+
+
+def test_a_smaller_target_refines_more_and_an_unreachable_one_warns(monkeypatch):
+    monkeypatch.setattr(jacobians, "DENSE_MAX", 0)  # re-solving, not Newton's check
     rule = picard.Recursion(lambda i, x: 0.05 * torch.sin(3 * x), num_steps=60)
     x0 = torch.ones(2, dtype=torch.float64)
     once = picard.solve(rule, x0, window=20, tol=1e-3, verify=True)
@@ -105,7 +186,8 @@ def test_saved_states_come_from_the_returned_solution():
     assert torch.equal(full.ys[[0, 7, 30]], sol.ys) and full.ys.shape == (31, 2)
 
 
-def test_budgets_cover_the_verification_too():
+def test_budgets_cover_the_verification_too(monkeypatch):
+    monkeypatch.setattr(jacobians, "DENSE_MAX", 0)  # re-solving, not Newton's check
     rule = picard.Recursion(lambda i, x: 0.05 * torch.sin(3 * x), num_steps=60)
     x0 = torch.ones(2, dtype=torch.float64)
     first = picard.solve(rule, x0, window=20, tol=1e-3).stats

@@ -107,7 +107,9 @@ def solve_dense(
                 torch.bmm(step[j - lo], mus[k - 1], out=mus[k])
             else:
                 torch.baddbmm(direct[j], step[j - lo], mus[k - 1], out=mus[k])
-        if params and inc is not None:  # μ_lo … μ_{hi-1} are states n-1-lo … n-hi
+        if (
+            params and inc is not None and inc.requires_grad
+        ):  # μ_lo … μ_{hi-1} are states n-1-lo … n-hi
             mu = mus[n - hi : n - lo].flip(0).reshape(hi - lo, *shape)
             grads = torch.autograd.grad(inc, params, grad_outputs=mu, allow_unused=True)
             total = [

@@ -102,7 +102,7 @@ class Jacobians:
         Returns:
             ``(rows, inc)``: ``rows[k, j, s, a] = ∂Δ_{lo+j}[s, k]/∂x[s, a]``, shaped
             ``(d, m, S, d)`` (``None`` when no increment depends on its state), and the
-            increments with their graph kept (``None`` without one).
+            increments, with their graph kept where they have one.
         """
         if self.colors is None:
             return self._full(states, lo)
@@ -148,13 +148,13 @@ def _vjps(
     """``vᵀ ∂Δ_j/∂x_j`` for each vector ``v`` (``(m, steps, *shape)``) at ``states``.
 
     One batched forward call and ``m`` products. Returns them (``None`` when no step
-    depends on its state) and the increments, their graph kept (``None`` without one).
+    depends on its state) and the increments, their graph kept where they have one.
     """
     with torch.enable_grad():
         rows = states.detach().requires_grad_(True)
         inc, _ = problem.increments(rows, lo, noise, None)
         if not inc.requires_grad:  # dy/dt = f(t): no graph
-            return None, None
+            return None, inc
         try:
             (out,) = torch.autograd.grad(
                 inc, rows, grad_outputs=vectors, is_grads_batched=True, retain_graph=True,

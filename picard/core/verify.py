@@ -9,6 +9,10 @@ a tenth of the tolerance was not enough: up to 25x off on stiff linear ones). Wh
 estimate exceeds the target, the refined solution is refined again, at most
 :data:`MAX_VERIFICATIONS` times. As with an embedded Runge–Kutta pair, the tighter solution
 is the one returned.
+
+Small states without memory are checked by Newton steps on the whole trajectory instead
+(:mod:`picard.core.newton`): each a round of batched calls, usually two or three in all,
+falling back to the solves above where the corrections do not contract.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from picard.core.newton import newton_applies, newton_pays, newton_verified
 from picard.core.options import Options
 from picard.errors import AccuracyWarning, ConvergenceError
-from picard.problem import Problem
+from picard.problem import Problem, per_sample_size
 from picard.solution import Solution, Stats, summed
 
 __all__ = [
@@ -52,8 +57,10 @@ class Runs(Protocol):
     """
 
     problem: Problem
+    x0: Tensor
     options: Options
     tol: float
+    noise: Any
 
     def run(
         self,
@@ -148,6 +155,13 @@ def verified(solver: Runs, saved: Sequence[int] | None) -> Solution:
         return solver.run(keep=every, tol=tol, init=init, max_iters=iters, max_evaluations=evals)
 
     sol = run(tol, options.init, max_iters, max_evaluations)
+    if tol > 0 and max_evaluations is None and _newton_may_pay(solver, sol):
+        left = None if max_iters is None else max_iters - sol.stats.iterations
+        checked = newton_verified(solver.problem, solver.noise, sol, target, left)
+        if isinstance(checked, Solution):  # small states: Newton's corrections, few rounds
+            return _kept(checked, saved, checked.stats)
+        spent = dataclasses.replace(sol.stats, iterations=sol.stats.iterations + checked)
+        sol = Solution(final=sol.final, ys=sol.ys, steps=sol.steps, stats=spent)
     parts = [sol.stats]
     estimate, per_sample = 0.0, None
     while tol > 0 and len(parts) <= MAX_VERIFICATIONS:
@@ -182,6 +196,15 @@ def verified(solver: Runs, saved: Sequence[int] | None) -> Solution:
     if per_sample is not None:
         stats = dataclasses.replace(stats, sample_errors=tuple(per_sample.tolist()))
     return _kept(sol, saved, stats)
+
+
+def _newton_may_pay(solver: Runs, sol: Solution) -> bool:
+    """Small states without memory, where Newton pays with the fewest products (two)."""
+    x0 = solver.x0
+    if not newton_applies(solver.problem, x0, solver.options):
+        return False
+    samples, size = per_sample_size(x0.shape, solver.problem.batch_ndim)
+    return newton_pays(sol.stats, samples, min(size, 2), x0.device)
 
 
 def _evaluations(parts: Sequence[Stats]) -> int:

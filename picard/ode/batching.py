@@ -98,8 +98,8 @@ def batched_form(func: Func, name: str, batched: Any, t: Tensor, y0: Tensor) -> 
     """``func`` as a batched call, by ``batched`` (``True``, ``False`` or ``"auto"``).
 
     With ``"auto"``, probes ``func`` once on a few distinct rows built from times spread
-    over ``t`` and ``y0`` (see the module docstring): the probe costs two small batched calls (direct
-    and vmapped) and one call per probed row.
+    over ``t`` and ``y0`` (see the module docstring): the probe costs two small batched
+    calls (direct and vmapped) and one call per probed row.
 
     Args:
         func: the user's function.
