@@ -5,8 +5,8 @@ Solving: :func:`solve`, :func:`sequential`, :class:`Options`, :class:`Solution`,
 :class:`Traits`, :func:`map_rows` (how a problem calls its model so that solves can chunk
 and shard the rows). ODEs and SDEs: :func:`odeint`, :func:`odeint_adjoint`,
 :func:`odeint_event`, :func:`sdeint`, :func:`sdeint_adjoint`. Strategies: :class:`Tolerance`,
-:class:`Acceleration`, :class:`Picard`, :class:`Secant` (``accelerate=``). Errors and
-warnings: :class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`,
+:class:`Acceleration`, :class:`Picard`, :class:`Secant`, :class:`Newton` (``accelerate=``).
+Errors and warnings: :class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`,
 :class:`UnsupportedSchedulerError`, :class:`MemoryWarning`, :class:`AccuracyWarning`,
 :class:`SequentialWarning`, :class:`PerformanceWarning`.
 """
@@ -14,7 +14,7 @@ warnings: :class:`NonFiniteError`, :class:`ConvergenceError`, :class:`RankError`
 import importlib as _importlib
 import sys as _sys
 
-from picard.core.acceleration import ACCELERATIONS, Acceleration, Picard, Secant
+from picard.core.acceleration import ACCELERATIONS, Acceleration, Newton, Picard, Secant
 from picard.core.options import Options
 from picard.core.tolerance import Tolerance
 from picard.errors import (
@@ -41,6 +41,7 @@ __all__ = [
     "ConvergenceError",
     "Lanes",
     "MemoryWarning",
+    "Newton",
     "NonFiniteError",
     "Options",
     "PerformanceWarning",

@@ -30,6 +30,7 @@ __all__ = [
     "AUTO_ACCELERATIONS",
     "SECANT_MIN_WINDOW",
     "Acceleration",
+    "Newton",
     "Picard",
     "Run",
     "Secant",
@@ -186,7 +187,43 @@ class Secant:
         return _SecantRun(self.clip, self.min_window, self.slopes, self.tighten)
 
 
-ACCELERATIONS: dict[str, type] = {"secant": Secant}
+@dataclass(frozen=True)
+class Newton:
+    """Newton steps on the whole trajectory instead of sweeps (DEER), for small states.
+
+    Each step is one round of calls: every step's increment and per-sample Jacobian
+    (:mod:`picard.core.newton`); a handful of steps where Picard needs many sweeps, each
+    far heavier than a sweep (all steps' rows and their vector–Jacobian products). Taken
+    for problems without memory whose samples have at most
+    :data:`picard.core.jacobians.DENSE_MAX` numbers, in one process; where the steps
+    stop converging (corrections growing twice running, or NaN/Inf), the solve starts
+    over by plain Picard sweeps, and ``Stats.acceleration`` says ``newton_fallbacks``
+    (the Newton rounds are counted in the sweeps). Other problems run plain Picard.
+
+    On this project's CPU it was never faster than the sweeps (each round evaluates every
+    step with its products): from a warm start it took 2–3 rounds where the sweeps took
+    31, in about the same time; from a cold start over long oscillating horizons it
+    diverged and fell back. It is meant for devices that batch rows well.
+
+    Attributes:
+        max_steps: the most Newton steps before the sweeps take over.
+
+    Example:
+        >>> acceleration_of("newton")
+        Newton(max_steps=12)
+    """
+
+    max_steps: int = 12
+
+    def __post_init__(self) -> None:
+        check_int("max_steps", self.max_steps, minimum=1)
+
+    def begin(self, columns: int) -> Run:
+        """The sweeps' worker where Newton's steps do not run: plain Picard's."""
+        return Picard().begin(columns)
+
+
+ACCELERATIONS: dict[str, type] = {"secant": Secant, "newton": Newton}
 """``accelerate=`` names and the class each builds (with its defaults)."""
 
 SECANT_MIN_WINDOW = 128

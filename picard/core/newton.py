@@ -22,14 +22,18 @@ gives up and verification re-solves at finer tolerances instead.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from picard.core import jacobians
+from picard.core.arrays import TORCH
 from picard.core.jacobians import Jacobians, small_state
+from picard.core.tolerance import Tolerance
 from picard.core.window import MODELED_CAPACITY, ModeledCost
 from picard.errors import AccuracyWarning
 from picard.problem import Problem
@@ -238,3 +242,83 @@ def newton_verified(
         acceleration={**sol.stats.acceleration, "newton_steps": steps},
     )
     return Solution(final=ys[-1], ys=ys, steps=sol.steps, stats=stats)
+
+
+def newton_solve(
+    problem: Problem,
+    x0: Tensor,
+    noise: Any,
+    tolerance: Tolerance,
+    init: Tensor | None,
+    keep: Sequence[int] | None,
+    max_steps: int,
+) -> Solution | tuple[Tensor, int, int]:
+    """A solve by Newton steps on the whole trajectory (``accelerate="newton"``).
+
+    From ``init`` (or every state at ``x0``), Newton steps run until every state's last
+    correction meets ``tolerance`` (as a sweep's change must), each step one round of
+    calls. They stop early where the corrections grow twice running or turn non-finite.
+
+    Args:
+        problem: the problem (a small state, no memory: :func:`newton_applies`).
+        x0: the initial state (working dtype).
+        noise: what ``problem.init(x0)`` returned.
+        tolerance: the test at the solve's ``tol``.
+        init: a guess of every state, or ``None``.
+        keep: the state indices to keep (``None``: only the final state).
+        max_steps: the most Newton steps.
+
+    Returns:
+        The solution (``stats.iterations`` its rounds, ``acceleration["newton_steps"]``
+        its steps); or, where it stopped early, ``(trajectory, rounds, steps)``: the
+        trajectory with the smallest correction so far (the sweeps that take over start
+        from their own guesses instead: from a poor one they took 929 sweeps for 1000
+        steps where their own guesses took 88).
+
+    Example:
+        >>> import torch, picard
+        >>> rule = picard.Recursion(lambda i, x: 0.1 * torch.sin(x), 40)
+        >>> x0 = torch.ones(1, dtype=torch.float64)
+        >>> sol = picard.solve(rule, x0, accelerate="newton")  # from every state at x0
+        >>> sol.stats.iterations, picard.solve(rule, x0).stats.iterations  # sweeps: 14
+        (7, 14)
+        >>> float((sol.final - picard.sequential(rule, x0).final).abs()) < 1e-14
+        True
+    """
+    n = problem.num_steps
+    ys = x0.expand(n + 1, *x0.shape).clone() if init is None else init.to(x0.dtype).clone()
+    ys[0] = x0
+    jac = Jacobians(problem, noise, ys)
+    spent, steps, best, rising = 0, 0, (math.inf, ys), 0
+    previous = math.inf
+    while steps < max_steps:
+        new, rounds = newton_step(problem, noise, ys, jac)
+        spent, steps = spent + rounds, steps + 1
+        if not bool(torch.isfinite(new).all()):
+            break
+        shaped = (n, jac.samples, jac.size)
+        change = tolerance.measure(TORCH, new[1:].reshape(shaped), ys[1:].reshape(shaped))
+        worst = change.max(axis=1, keepdims=True)
+        units = float(tolerance.in_units(worst, slice(0, n)).max())
+        ys = new
+        if units < best[0]:
+            best = (units, ys)
+        if bool(tolerance.converged(worst, slice(0, n)).all()):
+            stats = Stats(
+                num_steps=n,
+                window=n,
+                tol=tolerance.value,
+                iterations=spent + jac.rounds,
+                evaluations=steps * n * jac.samples,
+                stages=problem.stages,
+                window_starts=(0,) * (spent + jac.rounds),
+                rows_per_evaluation=problem.rows_per_evaluation,
+                acceleration={"newton_steps": steps, "jacobian_products": jac.products},
+            )
+            kept = None if keep is None else ys[list(keep)]
+            return Solution(final=ys[-1], ys=kept, steps=keep, stats=stats)
+        rising = rising + 1 if units > previous else 0
+        if rising == 2:
+            break
+        previous = units
+    return best[1], spent + jac.rounds, steps

@@ -10,6 +10,7 @@ adjoint recursion with :meth:`Solver.adjoint`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,10 +19,11 @@ import torch
 from torch import Tensor
 
 from picard.checks import check_int
-from picard.core.acceleration import Picard, resolve_acceleration
+from picard.core.acceleration import Newton, Picard, resolve_acceleration
 from picard.core.budget import Budget
 from picard.core.guess import guess_for
 from picard.core.loop import Strategies, sweep
+from picard.core.newton import newton_applies, newton_solve
 from picard.core.options import Options
 from picard.core.plans import Windows
 from picard.core.tolerance import Tolerance
@@ -129,6 +131,24 @@ class Solver:
         """
         problem, x0, options = self.problem, self.x0, self.options
         n, dtype = problem.num_steps, working_dtype(x0.dtype)
+        newton = None
+        if (
+            isinstance(self.acceleration, Newton)
+            and self.on_step is None
+            and newton_applies(problem, x0, options)
+        ):
+            test = self.tolerance.at(self.tol if tol is None else tol)
+            got = newton_solve(
+                problem, x0.to(dtype), self.noise, test, init, keep, self.acceleration.max_steps
+            )
+            if isinstance(got, Solution):
+                if self.progress is not None:
+                    self.progress(n, n)
+                return _in_dtype(got, x0.dtype)
+            _, rounds, steps = got  # the sweeps take over, from their own guesses
+            newton = (rounds, steps * n * self.samples)
+            if max_iters is not None:
+                max_iters = max(1, max_iters - rounds)
         strategies = Strategies(
             self.tolerance.at(self.tol if tol is None else tol),
             options.acceptance,
@@ -146,7 +166,16 @@ class Solver:
         plan = Windows(
             problem, x0, keep, control.cap, per_sample=options.per_sample, on_step=self.on_step
         )
-        return sweep(problem, x0, plan, control, strategies, self.noise, self.progress)
+        sol = sweep(problem, x0, plan, control, strategies, self.noise, self.progress)
+        if newton is None:
+            return sol
+        stats = dataclasses.replace(
+            sol.stats,
+            iterations=sol.stats.iterations + newton[0],
+            evaluations=sol.stats.evaluations + newton[1],
+            acceleration={**sol.stats.acceleration, "newton_fallbacks": 1},
+        )
+        return Solution(final=sol.final, ys=sol.ys, steps=sol.steps, stats=stats)
 
     def forward(self, keep: Sequence[int] | None) -> Solution:
         """The solve the options ask for: one run, or verified runs (``verify=``).
@@ -197,6 +226,12 @@ class Solver:
         )
         with torch.no_grad():
             return Solver(adjoint, start, back).forward(range(adjoint.num_steps + 1))
+
+
+def _in_dtype(sol: Solution, dtype: torch.dtype) -> Solution:
+    """``sol`` with its states in ``dtype`` (the sweeps return the caller's dtype too)."""
+    ys = None if sol.ys is None else sol.ys.to(dtype)
+    return Solution(final=sol.final.to(dtype), ys=ys, steps=sol.steps, stats=sol.stats)
 
 
 def _check_init(init: Tensor, n: int, x0: Tensor) -> None:
