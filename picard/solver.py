@@ -27,7 +27,7 @@ from picard.errors import NonFiniteError
 from picard.problem import Problem, per_sample_size, working_dtype
 from picard.solution import Solution, Stats
 
-__all__ = ["DEFAULT_TOL", "sequential", "solve", "solve_with"]
+__all__ = ["DEFAULT_TOL", "sequential", "solve", "solve_with", "with_gradients"]
 
 DEFAULT_TOL = Problem.default_tol
 """Default tolerance of ODEs, SDEs and recursions (:attr:`picard.Problem.default_tol`)."""
@@ -185,6 +185,45 @@ def sequential(problem: Problem, x0: Tensor, *, save: bool | Sequence[int] = Fal
         n, 1, 0.0, n, n * samples, problem.stages, tuple(range(n)), problem.rows_per_evaluation
     )
     return solution(x, None if saver is None else saver.ys_t, saved, stats, x0.dtype)
+
+
+def with_gradients(problem: Problem, x0: Tensor, options: Options, sol: Solution) -> Solution:
+    """``sol``, a solve of ``problem`` run without autograd, made differentiable.
+
+    What :func:`solve_with` returns with gradients, without solving again: a front end
+    that found the trajectory under ``torch.no_grad()`` (an adaptive grid's last round)
+    attaches the backward pass to it.
+
+    Args:
+        problem: the recursion.
+        x0: the initial state (as given: gradients flow to it if it requires them).
+        options: the checked options (the backward solve's ``tol`` and window).
+        sol: its solution, every state kept (``save=True``).
+
+    Returns:
+        ``sol`` itself where nothing requires gradients (or under ``torch.no_grad()``),
+        else the same states, differentiable, every state kept.
+
+    Example:
+        >>> import torch, picard
+        >>> rule = picard.Recursion(lambda i, x: -0.1 * x, 3)
+        >>> x0 = torch.ones(1, requires_grad=True)
+        >>> with torch.no_grad():
+        ...     sol = picard.solve(rule, x0, tol=0, save=True)
+        >>> out = with_gradients(rule, x0, picard.Options.of(tol=0), sol)
+        >>> out.final.backward()
+        >>> x0.grad  # 0.9³
+        tensor([0.7290])
+    """
+    if not torch.is_grad_enabled() or options.distributed or options.devices:
+        return sol
+    n = problem.num_steps
+    solver = Solver(problem, x0, options)
+    params = gradient_inputs(problem, x0, solver.noise, options.adjoint_params)
+    if params is None:
+        return sol
+    zeros = options.adjoint_params is not None
+    return differentiable(solver, sol, list(range(n + 1)), params, zeros)
 
 
 def _no_gradients_across_devices(problem: Problem, x0: Tensor) -> None:

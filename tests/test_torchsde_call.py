@@ -96,6 +96,32 @@ def test_the_default_tolerance_is_close_in_fewer_sweeps():
     assert stats.iterations < stats.num_steps == 100
 
 
+def test_adaptive_gradients_attach_to_the_passing_grid_without_solving_again():
+    """The passing grid's solution carries the backward pass: gradients equal central
+    differences of the adaptive answer (the grid stays put for so small a change)."""
+    sde = _SDE("diagonal", "ito")
+    ts = torch.linspace(0, 1, 4, dtype=F64)
+
+    def answer(y0):
+        bm = torchsde.BrownianInterval(0.0, 1.0, (B, M), dtype=F64, entropy=7)
+        return picard.sdeint(sde, y0, ts, bm, method="milstein", dt=0.2, adaptive=True,
+                             rtol=1e-3, atol=1e-3, tol=1e-12, return_stats=True)  # fmt: skip
+
+    y0 = torch.full((B, D), 0.3, dtype=F64, requires_grad=True)
+    ys, stats = answer(y0)
+    (grad,) = torch.autograd.grad(ys[-1].sum(), y0)
+    assert len(stats.backward) == 1
+    eps, numeric = 1e-6, torch.zeros_like(y0)
+    with torch.no_grad():
+        for i in range(B):
+            for j in range(D):
+                up, down = y0.detach().clone(), y0.detach().clone()
+                up[i, j] += eps
+                down[i, j] -= eps
+                numeric[i, j] = (answer(up)[0][-1].sum() - answer(down)[0][-1].sum()) / (2 * eps)
+    assert float((grad - numeric).abs().max()) < 1e-6
+
+
 def test_adaptive_every_step_passes_torchsdes_test_in_parallel():
     sde = _SDE("additive", "ito")
     y0 = torch.full((B, D), 0.3, dtype=F64)

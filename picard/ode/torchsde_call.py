@@ -29,7 +29,7 @@ from picard.ode.sde_functions import SDEFunctions
 from picard.ode.sde_methods import SDE_METHODS, SDEMethod, default_method
 from picard.problem import Problem, model_parameters, working_dtype
 from picard.solution import Stats, summed
-from picard.solver import solve_with
+from picard.solver import solve_with, with_gradients
 
 __all__ = [
     "SchemeProblem",
@@ -431,10 +431,9 @@ def _adaptive(
         grid = new
     else:
         raise RuntimeError(f"adaptive: no grid passed torchsde's test in {MAX_ROUNDS} rounds")
-    # the answer, with gradients: the passing grid, warm-started from its own solution
-    sol = solve_with(problem, x0, Options.of(**solve_options, init=halves), save=True)
+    # the answer, with gradients attached to the passing grid's solution (no solve again)
+    sol = with_gradients(problem, x0, Options.of(**solve_options), sol)
     assert sol.ys is not None
-    parts.append(sol.stats)
     return sol.ys[[2 * i for i in index]], summed(parts)
 
 
