@@ -59,8 +59,9 @@ class Options:
             :attr:`picard.Traits.kind` — for diffusion samplers the
             secant update on windows of 128 steps or more (``picard.Secant(min_window=128)``),
             plain Picard otherwise. ``None``: plain Picard, as ParaDiGMS; a name of
-            :data:`picard.ACCELERATIONS` (``"secant"``) or an object following the
-            :class:`picard.Acceleration` protocol.
+            :data:`picard.ACCELERATIONS` (``"secant"``; ``"newton"``: Newton steps on the
+            whole trajectory for small states, :class:`picard.Newton`) or an object
+            following the :class:`picard.Acceleration` protocol.
         acceptance: which states a sweep makes final: ``"converged-prefix"`` (the default,
             :class:`picard.core.acceptance.ConvergedPrefix`: the converged prefix only, at least
             one state), ``"first-unconverged"`` (ParaDiGMS's rule, which also takes the
