@@ -44,6 +44,7 @@ from picard.solution import Solution, Stats, no_steps, summed
 from picard.solver import solve_with
 
 __all__ = [
+    "FEW_STEPS",
     "MAX_ROUNDS",
     "STEP_OPTIONS",
     "StepOptions",
@@ -63,6 +64,11 @@ MAX_ROUNDS = 32
 
 LOOSE = 100.0
 """The rounds before the grid passes run the sweeps at ``rtol`` and ``atol`` times this."""
+
+FEW_STEPS = 2
+"""Spans whose first grid has at most this many steps are stepped one by one
+(:func:`stepped`): the sweeps, their error estimates and the final solve at the tolerance
+took 7 rounds for one step of an event search's Newton iterate, stepping 3."""
 
 INITIAL_GROWTH = 10.0
 """The first grid's steps are the initial step times this (torchdiffeq's steps grow by up
@@ -397,6 +403,8 @@ def solve_adaptive(
     spacing = max(spacing, steps.min_step)
     nodes = _nodes(t, steps.points)
     grid, index = refine_grid(nodes, spacing)
+    if len(grid) - 1 <= FEW_STEPS:  # a span of a step or two: sweeps cannot pay
+        return stepped(func, y0, t, tableau, rtol, atol, h, None, rounds, steps, callbacks)
     parts: list[Stats] = []
     samples = math.prod(y0.shape[:batch_ndim])
     estimated, prev = 0, None

@@ -330,7 +330,7 @@ def _until_event(
     def solve(y: Tensor, times: Tensor) -> tuple[Tensor, Any]:
         out = odeint(
             func, y, times.to(t.dtype), rtol=rtol, atol=atol, method=method, options=options,
-            batched=batched, return_stats=True, batch_dims=batch_dims, **solve_options,
+            batched=probed, return_stats=True, batch_dims=batch_dims, **solve_options,
         )  # fmt: skip
         return out[0], out[1]
 
@@ -338,6 +338,7 @@ def _until_event(
     forward = t64.shape[0] < 2 or bool(t64[1] > t64[0])
     span = abs(float(t64[1] - t64[0])) if t64.shape[0] > 1 else 1.0
     drift = batched_form(func, "func", batched, t, y0)
+    probed = True if drift is func else batched  # found batched once: not again per solve
     search = EventSearch(
         solve, drift, step, cubic, DEFAULT_ATOL if atol is None else atol, span or 1.0
     )
