@@ -9,6 +9,11 @@ Two models built from their configs with random weights (nothing downloaded):
   63M parameters, horizon 16, 2 action dims) in float16: DDPM-100 (squared-cosine
   schedule, clipped samples, as DiffusionPolicy), batch 1.
 
+Then small states, where picard's per-sample Jacobians apply (seconds in all): a neural
+ODE's forward and backward with the Jacobian backward against the backward by sweeps,
+and on the 16-D mixture ``verify=True`` by Newton steps against re-solving, each side by
+side (``small_states``; its own table).
+
 For each: diffusers' sequential loop and ``picard`` (default options: tol 0.01 relative to
 each latent's RMS),
 CUDA-synchronised wall-clock (median of repeats), sweeps, evaluations, and the final
@@ -253,6 +258,104 @@ HEADER = (
 )
 
 
+SMALL_HEADER = (
+    "| case | picard default: s, sweeps | the other way: how, s, sweeps | note |\n|---|---|---|---|"
+)
+
+
+def small_states(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Small states on the device: the Jacobian backward and Newton's check, side by side.
+
+    - a neural ODE (MLP 2 → 64 → 2 of ``y³``, batch 16; 1000 Euler steps on [0, 1])
+      forward + backward, the backward by per-sample Jacobians (the default) and by sweeps
+      (``DENSE_MAX = 0``);
+    - DDIM-200 on the 16-D four-mode mixture (exact score, 64 samples), ``verify=True``:
+      by Newton steps (forced) and by re-solving (what the cost model picks on a CPU).
+    """
+    import picard
+    from picard.core import jacobians, newton, verify
+
+    device = torch.device(args.device)
+    steps = 100 if args.smoke else 1000
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2)).to(
+        device
+    )
+    y0 = torch.randn(16, 2, device=device)
+    t = torch.linspace(0, 1, steps + 1, device=device)
+
+    def neural() -> Any:
+        x = y0.clone().requires_grad_(True)
+        ys, stats = picard.odeint(
+            lambda t, y: net(y**3), x, t, method="euler", batched=True, return_stats=True
+        )
+        ys.square().mean().backward()
+        return stats
+
+    def by_sweeps() -> Any:
+        saved, jacobians.DENSE_MAX = jacobians.DENSE_MAX, 0
+        try:
+            return neural()
+        finally:
+            jacobians.DENSE_MAX = saved
+
+    rows = []
+    a, t_a = _timed(neural, args.repeats, device)
+    b, t_b = _timed(by_sweeps, args.repeats, device)
+    rows.append({
+        "case": f"neural ODE fwd+bwd, Euler-{steps}", "default_s": t_a,
+        "default_sweeps": f"{a.iterations} / {a.backward[0].iterations}",
+        "other": "backward by sweeps", "other_s": t_b,
+        "other_sweeps": f"{b.iterations} / {b.backward[0].iterations}", "note": "fwd / bwd",
+    })  # fmt: skip
+
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from picard.adapters.diffusers import from_scheduler
+    from picard.adapters.schedulers import schedules
+    from picard.cli import fidelity
+
+    gmm = fidelity.mixture()
+    base = DDPMScheduler(clip_sample=False)
+    den64 = gmm.denoiser(schedules.alphas_cumprod(base.config))
+    sched = DDIMScheduler.from_config(base.config)
+    n = 50 if args.smoke else 200
+
+    def den(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        return den64(x.double().cpu(), tt.cpu()).to(x)
+
+    def checked(force: bool) -> Any:
+        gens = [torch.Generator().manual_seed(s) for s in range(64)]
+        x = torch.cat([torch.randn(1, 16, generator=g) for g in gens]).to(device)
+        problem = from_scheduler(sched, den, n, generator=gens)
+        if not force:
+            return picard.solve(problem, x, verify=True)
+        saved = newton.newton_pays, verify.newton_pays
+        newton.newton_pays = verify.newton_pays = lambda *args: True
+        try:
+            return picard.solve(problem, x, verify=True)
+        finally:
+            newton.newton_pays, verify.newton_pays = saved
+
+    picked, t_p = _timed(lambda: checked(False), args.repeats, device)
+    forced, t_f = _timed(lambda: checked(True), args.repeats, device)
+    how = "Newton" if "newton_steps" in picked.stats.acceleration else "re-solve"
+    rows.append({
+        "case": f"verify=True, DDIM-{n} on the mixture ({how} picked)", "default_s": t_p,
+        "default_sweeps": str(picked.stats.iterations), "other": "Newton forced",
+        "other_s": t_f, "other_sweeps": str(forced.stats.iterations),
+        "note": f"estimates {picked.stats.error_estimate:.2e} / {forced.stats.error_estimate:.2e}",
+    })  # fmt: skip
+    return rows
+
+
+def _small_line(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['case']} | {r['default_s']:.3f}, {r['default_sweeps']} | {r['other']}, "
+        f"{r['other_s']:.3f}, {r['other_sweeps']} | {r['note']} |"
+    )
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -266,7 +369,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         torch.set_num_threads(1)
     print(HEADER, flush=True)
     rows = run(args)
-    write_results(args.out, rows, "\n".join([HEADER, *map(_line, rows)]) + "\n")
+    small = small_states(args)
+    print(SMALL_HEADER, *map(_small_line, small), sep="\n", flush=True)
+    text = "\n".join([HEADER, *map(_line, rows), "", SMALL_HEADER, *map(_small_line, small)])
+    write_results(args.out, [*rows, *small], text + "\n")
     return rows
 
 

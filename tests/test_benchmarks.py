@@ -42,7 +42,8 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert all(r["sweeps"] <= int(r["sampler"].split("-")[1]) for r in rows)
     assert all(r["relative_rms_error"] < 0.05 for r in rows)
     saved = json.loads((tmp_path / "g.json").read_text())
-    assert len(saved) == len(rows) and (tmp_path / "g.md").exists()
+    assert len(saved) == len(rows) + 2 and (tmp_path / "g.md").exists()  # + small states
+    assert "backward by sweeps" in (tmp_path / "g.md").read_text()
 
 
 def test_interleaved_timing_alternates_the_runs_and_skips_the_warmup():
