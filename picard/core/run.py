@@ -145,10 +145,9 @@ class Solver:
                 if self.progress is not None:
                     self.progress(n, n)
                 return _in_dtype(got, x0.dtype)
-            _, rounds, steps = got  # the sweeps take over, from their own guesses
-            newton = (rounds, steps * n * self.samples)
+            newton = got  # (rounds, evaluations) spent; the sweeps start from their guesses
             if max_iters is not None:
-                max_iters = max(1, max_iters - rounds)
+                max_iters = max(1, max_iters - newton[0])
         strategies = Strategies(
             self.tolerance.at(self.tol if tol is None else tol),
             options.acceptance,

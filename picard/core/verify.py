@@ -160,7 +160,12 @@ def verified(solver: Runs, saved: Sequence[int] | None) -> Solution:
         checked = newton_verified(solver.problem, solver.noise, sol, target, left)
         if isinstance(checked, Solution):  # small states: Newton's corrections, few rounds
             return _kept(checked, saved, checked.stats)
-        spent = dataclasses.replace(sol.stats, iterations=sol.stats.iterations + checked)
+        rounds, evaluations = checked  # spent before the corrections stopped
+        spent = dataclasses.replace(
+            sol.stats,
+            iterations=sol.stats.iterations + rounds,
+            evaluations=sol.stats.evaluations + evaluations,
+        )
         sol = Solution(final=sol.final, ys=sol.ys, steps=sol.steps, stats=spent)
     parts = [sol.stats]
     estimate, per_sample = 0.0, None
