@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import seeded_start, write_results
+from harness import backward_by_sweeps, newton_check, seeded_start, write_results
 
 from picard.cli.runs import make_scheduler, sample_in_parallel, sample_sequentially
 
@@ -273,7 +273,6 @@ def small_states(args: argparse.Namespace) -> list[dict[str, Any]]:
       by Newton steps (forced) and by re-solving (what the cost model picks on a CPU).
     """
     import picard
-    from picard.core import jacobians, newton, verify
 
     device = torch.device(args.device)
     steps = 100 if args.smoke else 1000
@@ -293,11 +292,8 @@ def small_states(args: argparse.Namespace) -> list[dict[str, Any]]:
         return stats
 
     def by_sweeps() -> Any:
-        saved, jacobians.DENSE_MAX = jacobians.DENSE_MAX, 0
-        try:
+        with backward_by_sweeps():
             return neural()
-        finally:
-            jacobians.DENSE_MAX = saved
 
     rows = []
     a, t_a = _timed(neural, args.repeats, device)
@@ -330,12 +326,8 @@ def small_states(args: argparse.Namespace) -> list[dict[str, Any]]:
         problem = from_scheduler(sched, den, n, generator=gens)
         if not force:
             return picard.solve(problem, x, verify=True)
-        saved = newton.newton_pays, verify.newton_pays
-        newton.newton_pays = verify.newton_pays = lambda *args: True
-        try:
+        with newton_check():
             return picard.solve(problem, x, verify=True)
-        finally:
-            newton.newton_pays, verify.newton_pays = saved
 
     picked, t_p = _timed(lambda: checked(False), args.repeats, device)
     forced, t_f = _timed(lambda: checked(True), args.repeats, device)

@@ -94,15 +94,12 @@ def run(name: str, func, y0, t, target) -> tuple[float, list[torch.Tensor], dict
     elif name == "picard":
         ys, stats = picard.odeint(func, y0, t, return_stats=True, method="euler")
     elif name == "picard, backward by sweeps":  # the state is small: force the sweeps
-        from picard.core import jacobians
+        from harness import backward_by_sweeps
 
-        saved, jacobians.DENSE_MAX = jacobians.DENSE_MAX, 0
-        try:
+        with backward_by_sweeps():
             ys, stats = picard.odeint(func, y0, t, return_stats=True, method="euler")
             loss = (ys - target).abs().mean()
             grads = torch.autograd.grad(loss, params)
-        finally:
-            jacobians.DENSE_MAX = saved
     else:
         ys, stats = picard.odeint_adjoint(func, y0, t, return_stats=True, method="euler")
     if name != "picard, backward by sweeps":

@@ -19,13 +19,12 @@ from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
-from harness import write_results
+from harness import newton_check, write_results
 
 import picard
 from picard.adapters.diffusers import from_scheduler
 from picard.adapters.schedulers import schedules
 from picard.cli import fidelity
-from picard.core import newton, verify
 from picard.core.verify import relative_errors
 
 CASES = [(DDIMScheduler, 50), (DDIMScheduler, 200), (DDPMScheduler, 100), (DDPMScheduler, 1000),
@@ -34,12 +33,8 @@ CASES = [(DDIMScheduler, 50), (DDIMScheduler, 200), (DDPMScheduler, 100), (DDPMS
 
 def forced(run: Any) -> Any:
     """``run()`` with Newton's check taken whatever its modeled cost."""
-    saved = newton.newton_pays, verify.newton_pays
-    newton.newton_pays = verify.newton_pays = lambda *args: True
-    try:
+    with newton_check():
         return run()
-    finally:
-        newton.newton_pays, verify.newton_pays = saved
 
 
 def case(cls: Any, n: int) -> dict[str, Any]:

@@ -12,10 +12,13 @@ in :mod:`picard.cli`, and the scripts import it from there: the ParaDiGMS loop
 - :func:`seeded_start` (:mod:`harness.seeds`): a run's starting latent and generator.
 - :func:`write_results` (:mod:`harness.results`): a benchmark's ``.json`` and ``.md``.
 - :func:`interleaved` (:mod:`harness.timing`): competing runs' median seconds, side by side.
+- :func:`backward_by_sweeps`, :func:`newton_check` (:mod:`harness.forcing`): one of
+  picard's automatic choices forced, for side-by-side runs.
 """
 
+from harness.forcing import backward_by_sweeps, newton_check
 from harness.results import write_results
 from harness.seeds import seeded_start
 from harness.timing import interleaved
 
-__all__ = ["interleaved", "seeded_start", "write_results"]
+__all__ = ["backward_by_sweeps", "interleaved", "newton_check", "seeded_start", "write_results"]
