@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -88,6 +89,8 @@ class Stats:
     backward: list[Stats] = field(default_factory=list, repr=False, compare=False)
     cost: Mapping[int, float] = field(default_factory=dict, compare=False)
     sample_errors: tuple[float, ...] | None = field(default=None, compare=False)
+    # The sweeps' record behind estimated_errors (picard.core.estimate.Defects), read when asked.
+    defects: Any = field(default=None, repr=False, compare=False)
 
     @property
     def accelerated(self) -> int:
@@ -108,6 +111,19 @@ class Stats:
     def model_rows(self) -> int:
         """Rows passed to the model in all: ``evaluations * stages * rows_per_evaluation``."""
         return self.evaluations * self.stages * self.rows_per_evaluation
+
+    @cached_property
+    def estimated_errors(self) -> tuple[float, ...] | None:
+        """Each sample's estimated distance from its sequential result, at no model call.
+
+        RMS distance relative to its RMS, in batch order (flattened over the batch
+        dimensions), from the sweeps' own changes (:mod:`picard.core.estimate`): the
+        defects the accepted states leave, summed by size. Later steps that amplify errors
+        (a sample passing near the boundary between two modes) can make the true distance
+        many times larger; ``verify=`` measures it instead (:attr:`sample_errors`).
+        ``None`` where no sweep ran (Newton's steps).
+        """
+        return None if self.defects is None else self.defects.errors()
 
     @cached_property
     def residuals(self) -> tuple[float, ...]:

@@ -28,6 +28,7 @@ from torch import Tensor
 from picard.core.acceleration import Acceleration, Picard
 from picard.core.acceptance import AcceptAll, Acceptance
 from picard.core.budget import SEQUENTIAL_FINISH, Budget
+from picard.core.estimate import Defects
 from picard.core.guess import Copy, Guess
 from picard.core.plans import Plan
 from picard.core.tolerance import Tolerance
@@ -74,12 +75,17 @@ class Strategies:
 class Log:
     """What the sweeps did and cost, for :class:`picard.Stats`.
 
+    Args:
+        defects: the per-sample error estimate the sweeps feed
+            (:mod:`picard.core.estimate`), or ``None`` for none.
+
     Example:
         >>> Log().stats  # filled by the loop; ``stats(...)`` builds the Stats
         <bound method Log.stats of ...>
     """
 
-    def __init__(self) -> None:
+    def __init__(self, defects: Defects | None = None) -> None:
+        self.defects = defects  # the per-sample error estimate, fed every sweep
         self.starts: list[int] = []  # per sweep, the first step not final
         self.changes: list[np.ndarray] = []  # per sweep, the worst squared change per row
         self.lane_starts: list[np.ndarray] | None = None  # per-sample windows: their starts
@@ -95,6 +101,8 @@ class Log:
             return len(self.starts)
         self.starts.append(sweep_.front)
         self.changes.append(sweep_.change)  # (w, lanes)
+        if self.defects is not None:
+            self.defects.add(sweep_)
         if not plan.shared:
             self.lane_starts = [] if self.lane_starts is None else self.lane_starts
             self.lane_starts.append(sweep_.starts)
@@ -118,6 +126,7 @@ class Log:
             lane_starts=self.lane_starts,
             inv_scale=tolerance.inv_scale,
             cost={} if report is None else report(),
+            defects=self.defects,
         )
 
 
@@ -166,7 +175,7 @@ def sweep(
         picard.NonFiniteError: a sweep met NaN/Inf with ``on_nonfinite="raise"``, or a step
             taken sequentially did.
     """
-    log = Log()
+    log = Log(Defects(problem.num_steps, plan.samples))
     stopped = _loop(problem, plan, controller, strategies, state, log, progress)
     if stopped == "budget" and strategies.budget.on_budget == "raise":
         stats = log.stats(problem, controller, strategies.tolerance)
@@ -223,7 +232,7 @@ def _sweeps(
     lengths_of, evaluate, commit, width = plan.lengths, plan.sweep, plan.commit, controller.width
     after = controller.after if controller.adapts else None
     acceptance, update, converged = s.acceptance, run.update, tolerance.converged
-    stride_of = acceptance.stride
+    stride_of, defects = acceptance.stride, log.defects
     max_iters, metered = budget.max_iters, budget.max_evaluations is not None
     sweeps = 0
     while plan.running:
@@ -244,6 +253,8 @@ def _sweeps(
             held = update(this, stride)
             if held is not None:  # the acceleration holds states back
                 stride = held
+        if defects is not None and not finishing:
+            defects.accept(stride)
         commit(this, stride)
         if after is not None:
             after(stride, lengths)

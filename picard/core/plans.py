@@ -54,6 +54,8 @@ class Plan(Protocol):
     """Steps remain."""
     active: int
     """Samples evaluated per window step (the acceleration's columns)."""
+    samples: int
+    """The batch's samples (its batch dimensions flattened)."""
 
     def front(self) -> int:
         """The first step not final (the slowest lane's)."""
