@@ -12,7 +12,9 @@ algorithm at its tol 0.1 (window 64). Mixtures with an exact score, float64:
   :data:`HELD_OUT`), with sample seeds ``7000 + s``, never run while choosing it.
 
 Samplers: DPM-Solver++ 2M-25 and 2M-50, UniPC-25, DDIM-50 and DDIM-200 (diffusers' DDPM
-betas, no clipping).
+betas, no clipping). ``per_sample=True`` gives each sample its own window, so each sample's
+iterates are those of solving it alone (a batch of one): no other sample holds its
+window back.
 
     python benchmarks/final_error.py [--sets tuned held-out] [--out benchmarks/results/final_error]
 """
@@ -56,6 +58,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "ParaDiGMS tol 0.1, window 64": METHODS["ParaDiGMS tol 0.1"] | {"window": 64},
     "picard, no options": {},
     "picard, window 64": {"window": 64},
+    "picard, per sample (each as if alone)": {"per_sample": True},
 }
 HEADER = (
     "| set | mixture | sampler | run | sweeps | sweeps / steps | evals/step | worst sample | "

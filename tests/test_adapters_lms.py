@@ -124,7 +124,7 @@ def test_default_tolerance_is_close_and_faster():
     x = start_latent(sched, 40)
     ref = sequential(sched, den, 40, x, order=4)
     sol = solve(sched, den, 40, x)
-    assert sol.stats.iterations < 20  # 14 here (14 for N = 50, too)
+    assert sol.stats.iterations < 25  # 21 here (14 when changes were accepted at tol / 10)
     assert max_abs(sol.final, ref) < 1e-2  # ~6e-3 here (data std 0.5)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 import picard
 from picard.adapters.diffusers import from_scheduler
@@ -38,6 +38,30 @@ def test_every_final_sample_is_within_tol_with_no_options():
     assert moved == 0
     assert float(per.max()) <= DEFAULT_DIFFUSION_TOL  # 2.0e-3 here
     assert sol.stats.iterations <= 0.6 * 50  # 19 here
+
+
+@pytest.mark.parametrize(
+    ("mixture_index", "sampler", "steps", "seed"),
+    [(1, "dpmsolver++2m", 50, 1033), (2, "ddim", 200, 2035)],
+)
+def test_a_boundary_sample_alone_stays_in_its_mode(mixture_index, sampler, steps, seed):
+    """A batch of one: no other sample holds the window back, so each of its states is
+    accepted exactly at the test. These two samples pass near a boundary between modes (the
+    tuned mixtures 1 and 2, samples 33 and 35); accepting changes at tol / 10 ended them in
+    the other mode (0.75 and 1.1 away)."""
+    gmm, base = mixture(mixture_index), DDPMScheduler(clip_sample=False)
+    cls = DPMSolverMultistepScheduler if sampler == "dpmsolver++2m" else DDIMScheduler
+    sched = cls.from_config(base.config)
+    eps = gmm.denoiser(schedules.alphas_cumprod(base.config))
+
+    def solve(**kw):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(1, 16, generator=gen, dtype=torch.float64)
+        return picard.solve(from_scheduler(sched, eps, steps, generator=[gen]), x, **kw)
+
+    ref, sol = solve(window=1, tol=0).final, solve()
+    assert int(gmm.component(sol.final)) == int(gmm.component(ref))
+    assert float((sol.final - ref).norm() / ref.norm()) <= DEFAULT_DIFFUSION_TOL
 
 
 def test_each_step_at_tol_sends_the_boundary_sample_to_another_mode():

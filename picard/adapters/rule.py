@@ -36,16 +36,21 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 DEFAULT_DIFFUSION_TOL = 0.01
 """Diffusion samplers' default tolerance: the RMS change of a state relative to its RMS."""
 
-DIFFUSION_AMPLIFICATION = 10.0
+DIFFUSION_AMPLIFICATION = 30.0
 """How much a diffusion sampler's later steps may amplify an error accepted at a step.
 
-The relative test accepts each state's change at ``tol / 10``, so that ``tol`` bounds every
+The relative test accepts each state's change at ``tol / 30``, so that ``tol`` bounds every
 final sample's RMS distance to its sequential sample relative to its RMS. Measured
 (``benchmarks/results/final_error.md``): accepting changes at ``tol`` itself, errors of
 1e-8 to 1e-4 accepted early grew to another mode (error 1.1) on samples whose trajectory
 passes near the boundary between two modes (downstream amplification 30–600, nonlinear
-beyond a distance of about 1e-3); at ``tol / 10`` every sample of the held-out mixtures
-ended within ``0.7 tol``.
+beyond a distance of about 1e-3). At ``tol / 10`` a batch of 64 kept every sample within
+``0.7 tol`` (the other samples hold a shared window back, so most states end far below
+the test), but two of those samples solved alone — every state accepted exactly at the
+test — still ended in the other mode (0.75 and 1.1 away; ``per_sample=True`` solves each
+sample as if alone). At ``tol / 30`` every sample of 45 mixture cases, 20 on mixtures never
+run while choosing it and the digits UNet stayed within ``0.94 tol`` alone and ``0.25 tol``
+in batches, for 0–2 more sweeps and 5–10% more evaluations than at ``tol / 10``.
 """
 
 PARADIGMS_TOL = 0.1

@@ -125,10 +125,10 @@ class Secant:
     iterates converge about linearly where plain Picard's converge faster than
     geometrically, so the same change between sweeps leaves a larger error (tested at
     ``tol`` itself, 0.4–8.5x plain Picard's final error). At a tenth its error bound is a
-    tenth of plain Picard's, and its error was no larger than plain Picard's in all 21
-    cases of ``benchmarks/pareto.py`` (2–60x smaller), still in 33–58% fewer sweeps on
-    DDPM-1000 with windows of 256 steps or more; over 400 random linear recursions it was
-    larger in 5 (at most 1.75x).
+    tenth of plain Picard's, and its error was smaller than plain Picard's in 20 of the 21
+    cases of ``benchmarks/pareto.py`` at tol 0.01 (1.9–270x; 0.66x in one), still in
+    32–62% fewer sweeps on DDPM-1000 with windows of 256 steps or more; over 400 random
+    linear recursions it was larger in 5 (at most 1.75x).
 
     Rows with no history yet (every row of the first sweep, the steps entering a
     sliding window) start from the problem's slopes (:class:`picard.Traits`) — for
@@ -236,10 +236,10 @@ AUTO_ACCELERATIONS: dict[str, Callable[[], Acceleration]] = {
 
 Diffusion samplers take the secant update on windows of :data:`SECANT_MIN_WINDOW` steps or
 more. Measured at tol 0.01 against plain Picard (``benchmarks/pareto.py``: DDPM-1000 on the
-mixture, the 2-D model and the digits UNet; DDIM-200/50): 33–38% fewer sweeps at window 256
-and 52–58% with the whole grid on DDPM-1000, 0–29% on whole-grid DDIM, with a 2–60x smaller
-error (it tests at a tenth of tol); at window 64 it took 3–6 sweeps more, so it starts at
-128 steps.
+mixture, the 2-D model and the digits UNet; DDIM-200/50): 32–45% fewer sweeps at window 256
+and 59% with the whole grid on DDPM-1000, 0–23% on whole-grid DDIM, with an error smaller
+in 20 of 21 cases (it tests at a tenth of tol); at window 16 it took 1–22 sweeps more and at
+64 as many or up to 3 fewer, so it starts at 128 steps.
 """
 
 

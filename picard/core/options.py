@@ -46,7 +46,7 @@ class Options:
         tol: the tolerance of the convergence test (:class:`picard.Tolerance`): step i has
             converged when the RMS change of state ``i + 1`` between two sweeps is at most
             ``tol / amplification`` times that state's RMS (``relative``, per sample;
-            :attr:`picard.Traits.amplification`, 10 for diffusion samplers, so that ``tol``
+            :attr:`picard.Traits.amplification`, 30 for diffusion samplers, so that ``tol``
             bounds each final sample's error relative to its RMS) or ``tol *
             problem.scale()[i]`` (worst sample). ``0`` reproduces the sequential recursion to
             float rounding. ``None``: ``problem.default_tolerance(relative)`` (1e-5 for

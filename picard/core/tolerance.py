@@ -3,7 +3,7 @@
 Step i has converged when the RMS change of state ``i + 1`` between two sweeps is small:
 
 - ``relative``: at most ``tol / amplification`` times that state's RMS, per sample, where
-  ``amplification`` (:attr:`picard.Traits.amplification`; 10 for diffusion samplers) is
+  ``amplification`` (:attr:`picard.Traits.amplification`; 30 for diffusion samplers) is
   how much later steps may amplify an error accepted at a step: ``tol`` bounds the final
   state's error relative to its RMS. For Gaussian data a sampler maps a relative
   perturbation at any step to the same relative perturbation of the sample ("How it
