@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from final_error import SAMPLERS, SAMPLES, cases
+from final_error import SAMPLERS, cases, solver
 from harness import write_results
 
 import picard
 from picard.adapters.diffusers import from_scheduler
-from picard.adapters.schedulers import schedules
 from picard.models import load
 
 RUNS: dict[str, dict[str, Any]] = {
@@ -65,21 +64,10 @@ def compare(sol: picard.Solution, ref: torch.Tensor) -> dict[str, Any]:
 
 def mixtures(sets: list[str]) -> list[dict[str, Any]]:
     """The mixture cases of ``sets``, one row per mixture, sampler and run."""
-    rows, base = [], DDPMScheduler(clip_sample=False)
+    rows = []
     for label, name, gmm, first in cases([s for s in sets if s != "nets"]):
-        dim = gmm.means.shape[1]
-        for sampler, cls, n, extra in SAMPLERS:
-            sched = cls.from_config(base.config, **extra)
-            eps = gmm.denoiser(schedules.alphas_cumprod(base.config))
-
-            def solve(
-                sched: Any = sched, eps: Any = eps, n: int = n, first: int = first,
-                dim: int = dim, **kw: Any,
-            ) -> Any:  # fmt: skip
-                gens = [torch.Generator().manual_seed(first + s) for s in range(SAMPLES)]
-                x = torch.cat([torch.randn(1, dim, generator=g, dtype=torch.float64) for g in gens])
-                return picard.solve(from_scheduler(sched, eps, n, generator=gens), x, **kw)
-
+        for case in SAMPLERS:
+            sampler, solve = case[0], solver(gmm, first, case)
             ref = solve(window=1, tol=0).final
             for run, opts in RUNS.items():
                 row = {"set": label, "case": name, "sampler": sampler, "run": run}

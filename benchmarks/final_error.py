@@ -22,6 +22,7 @@ window back.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +87,28 @@ def cases(sets: list[str]) -> list[tuple[str, str, GaussianMixture, int]]:
     return out
 
 
+def solver(gmm: GaussianMixture, first: int, sampler: tuple) -> Callable[..., picard.Solution]:
+    """``solve(**options)`` for one of :data:`SAMPLERS` on ``gmm``: ``SAMPLES`` samples, sample
+    ``s`` drawn (and its noise) from its own generator seeded ``first + s``, float64."""
+    _, cls, n, extra = sampler
+    base = DDPMScheduler(clip_sample=False)
+    sched = cls.from_config(base.config, **extra)
+    eps = gmm.denoiser(schedules.alphas_cumprod(base.config))
+    dim = gmm.means.shape[1]
+
+    def solve(**kw: Any) -> picard.Solution:
+        gens = [torch.Generator().manual_seed(first + s) for s in range(SAMPLES)]
+        x = torch.cat([torch.randn(1, dim, generator=g, dtype=torch.float64) for g in gens])
+        return picard.solve(from_scheduler(sched, eps, n, generator=gens), x, **kw)
+
+    return solve
+
+
 def study(label: str, name: str, gmm: GaussianMixture, first: int) -> list[dict[str, Any]]:
     """Every sampler and run on one mixture; one row each."""
-    rows, base = [], DDPMScheduler(clip_sample=False)
-    dim = gmm.means.shape[1]
-    for sampler, cls, n, extra in SAMPLERS:
-        sched = cls.from_config(base.config, **extra)
-        eps = gmm.denoiser(schedules.alphas_cumprod(base.config))
-
-        def solve(sched: Any = sched, eps: Any = eps, n: int = n, **kw: Any) -> picard.Solution:
-            gens = [torch.Generator().manual_seed(first + s) for s in range(SAMPLES)]
-            x = torch.cat([torch.randn(1, dim, generator=g, dtype=torch.float64) for g in gens])
-            return picard.solve(from_scheduler(sched, eps, n, generator=gens), x, **kw)
-
+    rows = []
+    for case in SAMPLERS:
+        sampler, n, solve = case[0], case[2], solver(gmm, first, case)
         ref = solve(window=1, tol=0).final
         for run, opts in RUNS.items():
             sol = solve(**opts)
