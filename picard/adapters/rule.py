@@ -50,7 +50,9 @@ the test), but two of those samples solved alone — every state accepted exactl
 test — still ended in the other mode (0.75 and 1.1 away; ``per_sample=True`` solves each
 sample as if alone). At ``tol / 30`` every sample of 45 mixture cases, 20 on mixtures never
 run while choosing it and the digits UNet stayed within ``0.94 tol`` alone and ``0.25 tol``
-in batches, for 0–2 more sweeps and 5–10% more evaluations than at ``tol / 10``.
+in batches, for 0–2 more sweeps and 5–10% more evaluations than at ``tol / 10``. k-diffusion's
+sampler calls had taken 30 before (``benchmarks/k_diffusion.py``, the digits model, 50
+Karras steps: with 10, Heun, DPM-2 and LMS ended 1–2e-2 from the sequential sample).
 """
 
 PARADIGMS_TOL = 0.1

@@ -24,19 +24,13 @@ from picard.adapters.k_samplers.table import Table, TableRule
 from picard.adapters.rule import DiffusionProblem
 from picard.checks import check_state
 from picard.core.options import Options
-from picard.problem import Lanes, Traits, working_dtype
+from picard.problem import Lanes, working_dtype
 from picard.solution import Solution
 from picard.solver import solve_with
 
-__all__ = ["AMPLIFICATION", "KProblem", "check_sigmas", "checked_input", "rows_of", "sample"]
+__all__ = ["KProblem", "check_sigmas", "checked_input", "rows_of", "sample"]
 
 Model = Callable[..., Tensor]
-
-AMPLIFICATION = 30.0
-"""How much later steps may amplify an error accepted at a step (the relative test accepts
-changes at ``tol / 30``). Measured (``benchmarks/k_diffusion.py``, the digits model, 50
-Karras steps): with the diffusers adapters' 10, Heun, DPM-2 and LMS ended 1–2e-2 from the
-sequential sample at ``tol = 0.01``; with 30, within 5e-3, for 1–5 more sweeps."""
 
 
 def rows_of(value: Any, samples: Tensor, batch: int) -> Any:
@@ -147,10 +141,6 @@ class KProblem(DiffusionProblem):
         if self.record:
             self._calls.append((x, out))
         return out
-
-    def traits(self) -> Traits:
-        """A diffusion sampler whose accepted errors may grow :data:`AMPLIFICATION` times."""
-        return replace(super().traits(), amplification=AMPLIFICATION)
 
     def noise(self, x0: Tensor) -> PreDrawn | None:  # type: ignore[override]
         """The noise drawn before the solve, from the caller's noise sampler."""
