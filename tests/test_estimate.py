@@ -91,3 +91,15 @@ def test_verify_keeps_its_own_estimate_beside_the_sweeps_one():
     )
     assert sol.stats.sample_errors is not None and sol.stats.estimated_errors is not None
     assert max(sol.stats.estimated_errors) < sol.stats.error_estimate
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_folding_as_the_solve_goes_gives_the_same_estimate(per_sample, monkeypatch):
+    """Long solves of many samples fold the sweeps' records into running sums (bounded
+    memory); the estimate is the one folding once at the end gives."""
+    from picard.core.estimate import Defects
+
+    once, _ = _ddim(per_sample)
+    monkeypatch.setattr(Defects, "FOLD_AT", 1)
+    folded, _ = _ddim(per_sample)
+    assert once.stats.estimated_errors == folded.stats.estimated_errors

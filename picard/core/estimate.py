@@ -52,11 +52,21 @@ class Defects:
         (3, '6.6e-05 against 4.0e-05')
     """
 
+    FOLD_AT = 1 << 20
+    """Numbers kept before the records are folded into the running sums (memory stays bounded)."""
+
     def __init__(self, num_steps: int, samples: int):
         self.samples, self.last = samples, num_steps
-        self.records: list[tuple[Any, ...]] = []  # per sweep, what errors() reads
+        self.records: list[tuple[Any, ...]] = []  # per sweep, not yet folded
         self.kept: tuple[Any, Any, Any] | None = None  # the last sweep's record in the making
         self.floor2 = 0.0
+        self.held = 0  # numbers in ``records``
+        self.folded = 0  # sweeps folded so far
+        self.total, self.waiting = np.zeros(samples), np.zeros(samples)
+        self.last_gain2 = np.ones(samples)  # per sample: the last squared gain measured
+        # Per state and sample: the squared change in the last sweep, and that sweep's number.
+        self.change2 = np.zeros((num_steps + 2, samples))
+        self.seen = np.full((num_steps + 2, samples), -1, dtype=np.int64)
 
     def add(self, sweep: Sweep) -> None:
         """Keep a sweep's squared changes, measured before an acceleration rewrites them."""
@@ -86,21 +96,27 @@ class Defects:
         else:
             record = (sweep.lanes, sweep.starts, sweep.lengths, stride.copy(), c2, r2, n2)
         self.records.append(record)
+        self.held += c2.shape[0] * c2.shape[1]
+        if self.held > self.FOLD_AT:  # a long solve of many samples: fold as it goes
+            self._fold()
 
     def errors(self) -> tuple[float, ...]:
         """Each sample's estimated relative distance from its sequential result.
 
         Defects whose sample never had a gain measured take 1.
         """
-        n, samples = self.last, self.samples
-        total, waiting = np.zeros(samples), np.zeros(samples)
-        last_gain2 = np.ones(samples)  # per sample: the last squared gain measured
-        # Per state and sample: the squared change in the last sweep, and that sweep's number.
-        change2 = np.zeros((n + 2, samples))
-        seen = np.full((n + 2, samples), -1, dtype=np.int64)
+        self._fold()
+        return tuple((self.total + np.sqrt(self.last_gain2) * self.waiting).tolist())
+
+    def _fold(self) -> None:
+        """Add the kept sweeps' defects to the running sums, in order, and drop them."""
+        n, total, waiting, last_gain2 = self.last, self.total, self.waiting, self.last_gain2
+        change2, seen = self.change2, self.seen
         host = None
         tiny = np.finfo(np.float64).tiny
-        for k, (lanes, starts, lengths, stride, c2, r2, n2) in enumerate(self.records):
+        for k, (lanes, starts, lengths, stride, c2, r2, n2) in enumerate(
+            self.records, start=self.folded
+        ):
             if host is None:
                 host = np.asarray if isinstance(c2, np.ndarray) else (lambda a: a.cpu().numpy())
             c2 = host(c2)
@@ -138,7 +154,8 @@ class Defects:
             valid = rows < lengths[None, :]
             change2[states[valid], col[valid]] = c2[valid]
             seen[states[valid], col[valid]] = k
-        return tuple((total + np.sqrt(last_gain2) * waiting).tolist())
+        self.folded += len(self.records)
+        self.records, self.held = [], 0
 
 
 def _gains(
