@@ -73,7 +73,7 @@ class Defects:
         if not self.floor2:  # a change of a few hundred units of rounding measures nothing
             eps = torch.finfo(sweep.ops.tensor(sweep.new).dtype).eps
             self.floor2 = (256 * eps) ** 2
-        d = sweep.new - sweep.old  # (w, columns, size)
+        d = sweep.new - sweep.old if sweep.delta is None else sweep.delta  # (w, columns, size)
         self.kept = (sweep, d, sweep.ops.sq_norms(d))
 
     def accept(self, stride: np.ndarray) -> None:

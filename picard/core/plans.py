@@ -210,7 +210,8 @@ class Windows:
         self._kept = (new, out)
         shape = (w, self.columns, -1)
         new3, old3 = new.reshape(shape), self.xs[lo + 1 : lo + w + 1].reshape(shape)
-        change = tol.measure(ops, new3, old3)
+        delta = new3 - old3
+        change = tol.measure(ops, new3, old3, delta)
         worst = change if self.columns == 1 else change.max(axis=1, keepdims=True)
         return Sweep(
             ops,
@@ -228,6 +229,7 @@ class Windows:
             w * self.columns,
             start,
             self.n,
+            delta,
         )
 
     def _gathered(
@@ -261,7 +263,8 @@ class Windows:
         new = ops.cumsum(inc_a) + x[:1]
         shape = (*rows.shape, -1)
         new3, old3 = new.reshape(shape), self.xs[r + 1, c].reshape(shape)
-        change = np.where(valid, tol.measure(ops, new3, old3), 0.0)
+        delta = new3 - old3
+        change = np.where(valid, tol.measure(ops, new3, old3, delta), 0.0)
         self._kept = (new, out, rows, valid)
         last = change[lengths - 1, np.arange(len(lengths))]  # a cumsum carries NaN/Inf there
         return Sweep(
@@ -280,6 +283,7 @@ class Windows:
             int(lengths.sum()),
             int(self.start.min()),
             self.n,
+            delta,
         )
 
     def non_finite(self, sweep: Sweep, number: int, where: str | None) -> NonFiniteError:

@@ -38,6 +38,8 @@ class Sweep:
         new: ``(w, columns, size)`` the Picard values of the next states, ``x[0] + Σ inc``;
             an acceleration may rewrite the rows that are not final.
         old: ``(w, columns, size)`` the previous values of those next states.
+        delta: ``new - old`` as the sweep measured it, before an acceleration rewrote
+            ``new`` (``None`` where the sweep was built without it).
         change: ``(w, lanes)`` the tolerance's squared measure of ``new - old`` (worst
             sample of a lane), on the host.
         steps: the steps of ``change``'s rows: a slice (one shared window) or a
@@ -72,6 +74,7 @@ class Sweep:
         "_x",
         "acceptance",
         "change",
+        "delta",
         "evaluations",
         "finite",
         "front",
@@ -102,12 +105,14 @@ class Sweep:
         evaluations: int = 0,
         front: int = 0,
         num_steps: int = 0,
+        delta: Any = None,
     ):
         self.ops, self.lanes, self._starts, self.lengths = ops, lanes, starts, lengths
         self._x, self._inc, self.new, self.old = x, inc, new, old
         self.change, self.steps, self.tolerance = change, steps, tolerance
         self.finite, self.evaluations, self.front = finite, evaluations, front
         self.num_steps = num_steps
+        self.delta = delta
         self.acceptance: Any = None
 
     @property

@@ -129,22 +129,24 @@ class Tolerance:
             return self
         return Tolerance(value, self.relative, self.scale, self.weights)
 
-    def measure(self, ops: Arrays, new: Any, old: Any) -> np.ndarray:
+    def measure(self, ops: Arrays, new: Any, old: Any, delta: Any = None) -> np.ndarray:
         """The squared change of each state of a window, per column, on the host.
 
         Args:
             ops: the arrays' operations.
             new: the states' new values, ``(w, columns, size)``.
             old: their previous values, shaped alike.
+            delta: ``new - old`` where the caller has it already.
 
         Returns:
             ``(w, columns)``: ``|new - old|²``; relative: ``|new - old|² / |new|²``; mixed:
             ``|(new - old) / (atol + rtol |new|)|²``.
         """
+        delta = new - old if delta is None else delta
         if self.weights is not None:
             atol, rtol = self.weights
-            return ops.host(ops.sq_norms((new - old) / (atol + rtol * abs(new))))
-        change = ops.sq_norms(new - old)
+            return ops.host(ops.sq_norms(delta / (atol + rtol * abs(new))))
+        change = ops.sq_norms(delta)
         if self.relative:  # on the device: still one synchronisation per sweep
             change = change / ops.nonzero(ops.sq_norms(new))
         return ops.host(change)
