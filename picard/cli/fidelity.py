@@ -6,7 +6,9 @@ Samplers: DDPM-100/1000, DDIM-50/200, DPM-Solver++ 2M-25, Euler-50 (VP ε-model)
 flow-matching Euler-50 (exact velocity). For each: the ParaDiGMS algorithm (plain
 Picard, noise-scaled test) at tol 0.1 and 0.01, picard with the noise-scaled test at 0.1
 (its default before the relative test), picard's default (tol 0.01 relative to each
-state's RMS), and the default with ``verify=True``.
+state's RMS), and the default with ``verify=True``; first, the sequential sampler itself
+with its noise multiplied by ``1 + 1e-15 ε`` (a few float64 ulps): how far rounding alone
+moves its samples, the floor under every method's error.
 Columns: sweeps, evaluations per step, the final samples' RMS distance to the sequential
 ones relative to the samples' RMS (batch and worst sample), how many samples land in a
 different mode than the sequential sampler puts them, and for ``verify``: the error
@@ -63,6 +65,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "picard default (tol 0.01)": {},
     "picard default + verify": {"verify": True},
 }
+ROUNDING = "sequential, noise × (1 + 1e-15 ε)"
+"""The row of the sequential sampler itself, its noise perturbed by a few float64 ulps."""
 HEADER = (
     "| clip_sample | sampler | method | sweeps | evals/step | rel. RMS err | worst sample | "
     "mode changes | estimate / true error |\n|---|---|---|---:|---:|---:|---:|---:|---:|"
@@ -120,9 +124,11 @@ def run(
     Example:
         >>> rows = run(samples=2, log=lambda line: None, samplers=SAMPLERS[2:3])
         >>> len(rows), rows[0]["sampler"], rows[0]["mode_changes"]
-        (10, 'ddim-50', 0)
-        >>> sorted({r["method"] for r in rows}) == sorted(METHODS), {r["clip_sample"] for r in rows}
-        (True, {False, True})
+        (12, 'ddim-50', 0)
+        >>> sorted({r["method"] for r in rows}) == sorted([ROUNDING, *METHODS])
+        True
+        >>> {r["clip_sample"] for r in rows}
+        {False, True}
     """
     gmm = mixture()
     rows = []
@@ -137,17 +143,23 @@ def run(
                 sched = cls.from_config(base.config, **extra)
                 eps = gmm.denoiser(schedules.alphas_cumprod(base.config))
 
-            def solve(sched: Any = sched, eps: Any = eps, n: int = n, **kw: Any) -> Any:
+            def solve(
+                sched: Any = sched, eps: Any = eps, n: int = n, perturb: float = 0.0, **kw: Any
+            ) -> Any:
                 gens = [torch.Generator().manual_seed(s) for s in range(samples)]
                 x = torch.cat([torch.randn(1, 16, generator=g, dtype=torch.float64) for g in gens])
+                if perturb:  # the sampler's own sensitivity to rounding
+                    g = torch.Generator().manual_seed(samples)
+                    x = x * (1 + perturb * torch.randn(x.shape, generator=g, dtype=x.dtype))
                 problem = from_scheduler(sched, eps, n, generator=gens)
                 sigma = float(getattr(problem.rule, "init_noise_sigma", 1.0))
                 return picard.solve(problem, x * sigma, **kw)
 
             ref = solve(window=1, tol=0).final
             scale = ref.pow(2).mean().sqrt()
-            for method, opts in METHODS.items():
-                sol = solve(window=min(n, 64), **opts)
+            floor = {ROUNDING: {"window": 1, "tol": 0, "perturb": 1e-15}}
+            for method, opts in {**floor, **METHODS}.items():
+                sol = solve(**{"window": min(n, 64), **opts})
                 estimate = sol.stats.error_estimate
                 if estimate is not None:  # the solve it estimates: verify's next to last
                     est = solve(window=min(n, 64), save=True)
