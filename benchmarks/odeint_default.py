@@ -3,7 +3,10 @@ torchdiffeq, on the issue's cases: a harmonic oscillator at 11 points over [0, 1
 torchdiffeq's ode_demo field (batch 16, 100 output points) on [0, 1] and [0, 25], and a
 neural ODE (MLP on the cubed state) forward + backward on [0, 1] and [0, 25]. Error: max
 abs against torchdiffeq at rtol 1e-10 (the oscillator: against the exact solution);
-time: median of 15, one thread, the two interleaved (after one warm-up round).
+time: median of 15, one thread, the two interleaved (after one warm-up round). Repeated
+calls learn whether the sweeps or the steps are faster (:mod:`picard.ode.paths`): the
+warm-up runs the sweeps, the first timed call steps, the others run the faster; the
+columns after the speed-up are the last call's.
 
     python benchmarks/odeint_default.py [--out benchmarks/results/odeint_default]
 """

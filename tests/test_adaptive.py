@@ -407,3 +407,36 @@ def test_a_short_span_is_stepped_with_torchdiffeqs_own_steps(backwards):
     assert len(theirs.accepted) >= 8
     # torchdiffeq steps past the span's end and reads it off; picard ends a step on it
     assert ours.accepted[: len(theirs.accepted)] == pytest.approx(theirs.accepted, rel=1e-6)
+
+
+def test_a_repeated_call_tries_the_sweeps_then_the_steps_and_keeps_the_faster():
+    """picard.ode.paths: the first call of a drift and span runs the sweeps, the second
+    steps, each timed; both pass the test. Under deterministic algorithms nothing is timed
+    and every call gives bitwise the same answer."""
+    from picard.ode.adaptive import StepOptions
+    from picard.ode.paths import path_choice
+    from picard.ode.tableaus import ADAPTIVE
+
+    f = _oscillator(F64)
+    y0, t = torch.tensor([1.0, 0.0], dtype=F64), torch.linspace(0, 10, 11, dtype=F64)
+    exact = torch.stack([torch.cos(t), -torch.sin(t)], 1)
+
+    def seconds():
+        return path_choice(f, y0, t, ADAPTIVE["dopri5"], (None, None, StepOptions())).seconds
+
+    runs = [picard.odeint(f, y0, t, return_stats=True)]
+    assert set(seconds()) == {"sweeps"}
+    runs.append(picard.odeint(f, y0, t, return_stats=True))
+    assert set(seconds()) == {"sweeps", "steps"}
+    assert runs[1][1].iterations == runs[1][1].sequential_steps + 2  # the initial step's 2
+    runs.append(picard.odeint(f, y0, t, return_stats=True))
+    for ys, _ in runs:
+        assert (ys - exact).abs().max() < 1e-6
+    torch.use_deterministic_algorithms(True)
+    try:
+        g = _oscillator(F64)  # a new drift: nothing learned
+        again = [picard.odeint(g, y0, t, return_stats=True) for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(ys, again[0][0]) for ys, _ in again)
+    assert len({stats.iterations for _, stats in again}) == 1

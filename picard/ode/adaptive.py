@@ -363,6 +363,7 @@ def solve_adaptive(
     step_on: bool = True,
     steps: StepOptions = StepOptions(),
     callbacks: Callbacks | None = None,
+    stepping: bool = False,
 ) -> tuple[Tensor, Stats]:
     """``odeint`` with an embedded pair: every step passes torchdiffeq's error test.
 
@@ -380,6 +381,8 @@ def solve_adaptive(
         steps: torchdiffeq's adaptive options (:func:`step_options`).
         callbacks: ``func``'s step callbacks: each round's failing steps are rejected,
             the final grid's steps accepted.
+        stepping: step one step after another from the start (:func:`stepped`), as a
+            span of at most :data:`FEW_STEPS` steps is (:mod:`picard.ode.paths` says when).
 
     Returns:
         ``(ys, stats)``: the states at ``t`` and the statistics of every round (the
@@ -413,7 +416,7 @@ def solve_adaptive(
     spacing = max(spacing, steps.min_step)
     nodes = _nodes(t, steps.points)
     grid, index = refine_grid(nodes, spacing)
-    if len(grid) - 1 <= FEW_STEPS:  # a short span: the sweeps cannot pay
+    if stepping or len(grid) - 1 <= FEW_STEPS:  # a short span: the sweeps cannot pay
         return stepped(func, y0, t, tableau, rtol, atol, h, None, rounds, steps, callbacks)
     parts: list[Stats] = []
     samples = math.prod(y0.shape[:batch_ndim])

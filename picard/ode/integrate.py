@@ -13,6 +13,7 @@ parallel backward pass (:mod:`picard.core.adjoint`).
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -36,6 +37,7 @@ from picard.ode.batching import batched_form
 from picard.ode.callbacks import Callbacks
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.implicit import IMPLICIT, ImplicitODEProblem
+from picard.ode.paths import path_choice
 from picard.ode.runge_kutta import GUESS_STEPS, ODEProblem, combine, stage_times
 from picard.ode.scipy_adjoint import scipy_with_gradients
 from picard.ode.tableaus import ADAPTIVE, METHODS, Tableau, tableau_for
@@ -261,10 +263,17 @@ def odeint(
         drift = batched_form(func, "func", batched, t, y0)
         step_on = "on_nonfinite" not in solve_options  # where the sweeps diverge
         callbacks = Callbacks(func, adaptive=True)
+        steps = step_options(adaptive)
+        learns = step_on and opts.max_iters is None and not (opts.devices or opts.distributed)
+        choice = path_choice(func, y0, t, tableau, (rtol, atol, steps)) if learns else None
+        path = "sweeps" if choice is None else choice.pick()
+        start = time.perf_counter()
         ys, stats = solve_adaptive(
-            drift, y0, t, tableau, batch_ndim, opts, step_on=step_on,
-            steps=step_options(adaptive), callbacks=callbacks,
+            drift, y0, t, tableau, batch_ndim, opts, step_on=step_on, steps=steps,
+            callbacks=callbacks, stepping=path == "steps",
         )  # fmt: skip
+        if choice is not None:
+            choice.record(path, time.perf_counter() - start)
         ys = callbacks.attach(ys)
         return (ys, stats) if return_stats else ys
     if opts.init is not None and placement is not None:
