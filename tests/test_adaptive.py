@@ -440,3 +440,19 @@ def test_a_repeated_call_tries_the_sweeps_then_the_steps_and_keeps_the_faster():
         torch.use_deterministic_algorithms(False)
     assert all(torch.equal(ys, again[0][0]) for ys, _ in again)
     assert len({stats.iterations for _, stats in again}) == 1
+
+
+def test_odeint_adjoint_keeps_to_the_sweeps():
+    """Repeated odeint_adjoint calls never learn to step: the backward stays the adjoint's."""
+    from picard.ode.adaptive import StepOptions
+    from picard.ode.paths import path_choice
+    from picard.ode.tableaus import ADAPTIVE
+
+    f = _oscillator(F64)
+    y0 = torch.tensor([1.0, 0.0], dtype=F64, requires_grad=True)
+    t = torch.linspace(0, 10, 11, dtype=F64)
+    for _ in range(3):
+        ys = picard.odeint_adjoint(f, y0, t)
+        ys.sum().backward()
+    choice = path_choice(f, y0, t, ADAPTIVE["dopri5"], (None, None, StepOptions()))
+    assert choice.seconds == {}  # nothing timed, nothing learned

@@ -37,7 +37,7 @@ from picard.ode.batching import batched_form
 from picard.ode.callbacks import Callbacks
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.implicit import IMPLICIT, ImplicitODEProblem
-from picard.ode.paths import path_choice
+from picard.ode.paths import path_choice, sweeps_only
 from picard.ode.runge_kutta import GUESS_STEPS, ODEProblem, combine, stage_times
 from picard.ode.scipy_adjoint import scipy_with_gradients
 from picard.ode.tableaus import ADAPTIVE, METHODS, Tableau, tableau_for
@@ -578,10 +578,11 @@ def odeint_adjoint(
     found = model_parameters(getattr(func, "picard_model", func))
     given = adjoint_params if adjoint_params is not None else (found or None)
     params = None if given is None else tuple(given)
-    out = odeint(
-        func, y0, t, rtol=rtol, atol=atol, method=method, options=options, event_fn=event_fn,
-        adjoint_params=params, **kwargs,
-    )  # fmt: skip
+    with sweeps_only():  # the backward pass stays the adjoint recursion (picard.ode.paths)
+        out = odeint(
+            func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
+            event_fn=event_fn, adjoint_params=params, **kwargs,
+        )  # fmt: skip
     wanted = [p for p in params or () if p.requires_grad]
     if not wanted or not torch.is_grad_enabled():
         return out

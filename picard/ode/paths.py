@@ -10,12 +10,17 @@ method, tolerances and times (a training loop) learns its way: the first call ru
 sweeps, the second steps, and later calls take whichever ran faster, timing it again
 each time. Both ways pass torchdiffeq's error test at every step. Under
 ``torch.use_deterministic_algorithms(True)`` nothing is timed and every call runs the
-sweeps, so the answer is the same in every process.
+sweeps, so the answer is the same in every process. ``odeint_adjoint`` keeps to the
+sweeps too: their backward pass is the adjoint recursion, whose memory is the
+trajectory's, where stepping's is autograd's through every stage.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -23,13 +28,34 @@ from torch import Tensor
 
 from picard.problem import model_parameters
 
-__all__ = ["PATHS", "PathChoice", "path_choice"]
+__all__ = ["PATHS", "PathChoice", "path_choice", "sweeps_only"]
 
 PATHS = ("sweeps", "steps")
 """The two ways, in the order they are first tried."""
 
 _CHOICES: OrderedDict[Any, PathChoice] = OrderedDict()
 _KEEP = 64
+_SWEEPS_ONLY: ContextVar[bool] = ContextVar("picard_sweeps_only", default=False)
+
+
+@contextmanager
+def sweeps_only() -> Iterator[None]:
+    """Within it, adaptive solves learn nothing and run the sweeps (``odeint_adjoint``).
+
+    Returns:
+        A context manager (a generator-based one: use it in a ``with`` statement).
+
+    Example:
+        >>> f, y0, t = (lambda t, y: -y), torch.ones(2), torch.linspace(0, 1, 3)
+        >>> with sweeps_only():
+        ...     path_choice(f, y0, t, "dopri5", ()) is None
+        True
+    """
+    token = _SWEEPS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SWEEPS_ONLY.reset(token)
 
 
 class PathChoice:
@@ -76,14 +102,14 @@ def path_choice(
 
     Returns:
         The shared :class:`PathChoice` (kept per process, the 64 latest), or ``None``
-        under ``torch.use_deterministic_algorithms(True)``.
+        under ``torch.use_deterministic_algorithms(True)`` and within :func:`sweeps_only`.
 
     Example:
         >>> f, y0, t = (lambda t, y: -y), torch.ones(2), torch.linspace(0, 1, 3)
         >>> path_choice(f, y0, t, "dopri5", (1e-7,)) is path_choice(f, y0, t, "dopri5", (1e-7,))
         True
     """
-    if torch.are_deterministic_algorithms_enabled():
+    if torch.are_deterministic_algorithms_enabled() or _SWEEPS_ONLY.get():
         return None
     model = getattr(func, "picard_model", func)
     first = next(iter(model_parameters(model)), None)
