@@ -1,5 +1,7 @@
 """Issue 23: torchdiffeq's default call (dopri5, rtol 1e-7, atol 1e-9), error-controlled."""
 
+import math
+
 import pytest
 import torch
 import torchdiffeq
@@ -456,3 +458,33 @@ def test_odeint_adjoint_keeps_to_the_sweeps():
         ys.sum().backward()
     choice = path_choice(f, y0, t, ADAPTIVE["dopri5"], (None, None, StepOptions()))
     assert choice.seconds == {}  # nothing timed, nothing learned
+
+
+def test_a_func_evaluated_row_by_row_is_stepped():
+    """A func that branches on t runs row by row (a PerformanceWarning): a sweep would call
+    it once per row, so adaptive methods step it from the first call, as torchdiffeq, with
+    torchdiffeq's number of calls (its jump_t test: fewer calls with jump_t than without)."""
+    counts = {}
+
+    def jump(tag):
+        def f(t, x):
+            counts[tag] = counts.get(tag, 0) + 1
+            return -0.5 * x if t < 0.5 else x**2
+
+        return f
+
+    y0, t = torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.warns(picard.PerformanceWarning):
+        plain, stats = picard.odeint(jump("plain"), y0, t, atol=1e-6, return_stats=True)
+    assert stats.iterations == stats.sequential_steps + 2  # stepped from the start
+    with pytest.warns(picard.PerformanceWarning):
+        jumped = picard.odeint(jump("jump"), y0, t, rtol=1e-6, atol=1e-6,
+                               options={"jump_t": torch.tensor([0.5])})  # fmt: skip
+    assert counts["jump"] < counts["plain"]
+    exact = torch.tensor([1.0, 2.0], dtype=F64) * math.exp(-0.25)
+    exact = exact / (1 - 0.5 * exact)  # x' = x² from t = 0.5
+    theirs = torchdiffeq.odeint(jump("theirs"), y0, t, rtol=1e-6, atol=1e-6,
+                                options={"jump_t": torch.tensor([0.5])})  # fmt: skip
+    # the step ending on the jump reads its left side: 1.8e-5 off (3.3e-4 read at 0.5 itself)
+    assert (jumped[-1] - exact).abs().max() <= 2 * (theirs[-1] - exact).abs().max()
+    assert (plain[-1] - exact).abs().max() < 1e-3

@@ -275,8 +275,8 @@ def error_ratios(
 
 
 def _end_slopes(problem: ODEProblem, ys: Tensor, lo: int, hi: int) -> Tensor:
-    return call_batched(problem.func, "func", problem.t[lo + 1 : hi + 1], ys[lo + 1 : hi + 1],
-                        problem.in_dtype)  # fmt: skip
+    ends = torch.nextafter(problem.t[lo + 1 : hi + 1], problem.t[lo:hi])  # just inside
+    return call_batched(problem.func, "func", ends, ys[lo + 1 : hi + 1], problem.in_dtype)
 
 
 def regrid(
@@ -429,7 +429,7 @@ def solve_adaptive(
                 f"odeint: max_num_steps exceeded: the grid needs {len(grid) - 1} steps, "
                 f"options['max_num_steps'] is {steps.max_num_steps}"
             )
-        problem = ODEProblem(func, grid, tableau, y0.dtype, batch_ndim)
+        problem = ODEProblem(func, grid, tableau, y0.dtype, batch_ndim, perturb=True)
         init = None if prev is None else interpolate(prev[0], prev[1], grid)
         loose = 1.0 if settled else LOOSE
         budget = max(MIN_BUDGET, problem.num_steps // SWEEPS_PER_STEP) if budgeted else None
@@ -550,17 +550,17 @@ def stepped(
             last = step == sign * (target - now)
             hs = torch.tensor(sign * step, dtype=work, device=y.device)
             ks: list[Tensor] = []
+            begin = (t[0] * 0 + now).to(t.dtype)
+            end = (t[0] * 0 + (target if last else now + sign * step)).to(t.dtype)
             for c, row in zip(tableau.c, tableau.a, strict=True):
                 slope = combine(ks, row)
                 ys = y if slope is None else y + hs * slope
-                at = (t[0] * 0 + now + c * sign * step).to(t.dtype)
-                ks.append(call_one_row(func, "func", at, ys, y0.dtype))
+                ks.append(call_one_row(func, "func", _inside(begin, end, c), ys, y0.dtype))
             total = combine(ks, tableau.b)
             assert total is not None
             new = y + hs * total
             if len(weights) > len(ks):
-                end = (t[0] * 0 + (target if last else now + sign * step)).to(t.dtype)
-                ks.append(call_one_row(func, "func", end, new, y0.dtype))
+                ks.append(call_one_row(func, "func", _inside(begin, end, 1.0), new, y0.dtype))
             err = hs * combine(ks, weights)
             bound = atol + rtol * torch.maximum(y.abs(), new.abs())
             scaled = (err / bound).detach()
@@ -585,6 +585,20 @@ def stepped(
         sequential_steps=base.sequential_steps + tried,
     )
     return ys_out, stats
+
+
+def _inside(begin: Tensor, end: Tensor, c: float) -> Tensor:
+    """A stage's time in the step ``(begin, end)``: at its ends, the adjacent float inside.
+
+    As torchdiffeq evaluates a step's last stage just before its end (and the first after
+    a ``jump_t`` just after it), so a ``func`` with a jump at a step's end sees the side
+    the step lies on.
+    """
+    if c == 0:
+        return torch.nextafter(begin, end)
+    if c == 1:
+        return torch.nextafter(end, begin)
+    return begin + c * (end - begin)
 
 
 def _nodes(t: Tensor, points: tuple[float, ...]) -> Tensor:

@@ -145,7 +145,9 @@ def batched_form(func: Func, name: str, batched: Any, t: Tensor, y0: Tensor) -> 
         PerformanceWarning,
         stacklevel=3,
     )
-    return _wrap(func, _rows)
+    rows = _wrap(func, _rows)
+    rows.picard_row_by_row = True  # no batched call to gain from: adaptive methods step
+    return rows
 
 
 def _probe_rows(t: Tensor, y0: Tensor) -> tuple[Tensor, Tensor]:

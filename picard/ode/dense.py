@@ -14,10 +14,12 @@ polynomial in ``θ = (t - t_k) / h`` on ``[0, 1]`` is
     c_4 = 16 M - 8 D - 2 F_0 + 2 F_1,
 
 the unique quartic with ``p(0) = y_k``, ``p'(0) = F_0``, ``p(1) = y_{k+1}``,
-``p'(1) = F_1`` and ``p(1/2) = y_{k+1/2}``. The middle state is one step of the solve's
-own method, of half the length, from ``y_k`` (torchdiffeq combines the step's stages
-with dense-output weights instead): every step that holds an output time costs one
-batched half step and one slope, all steps together in one round.
+``p'(1) = F_1`` and ``p(1/2) = y_{k+1/2}``. The slopes are read just inside the step
+(the adjacent floats), so a jump at a step's end (``jump_t``) does not reach into it. The
+middle state is one step of the solve's own method, of half the length, from ``y_k``
+(torchdiffeq combines the step's stages with dense-output weights instead): every step
+that holds an output time costs one batched half step and one slope, all steps together
+in one round.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def dense_output(
         h = t1 - t0
         y0, y1 = ys[at], ys[at + 1]
         ymid, f0 = _half_step(func, tableau, t0, h, y0, in_dtype)
-        f1 = call_batched(func, "func", t1, y1, in_dtype)
+        f1 = call_batched(func, "func", torch.nextafter(t1, t0), y1, in_dtype)  # just inside
         shape = (-1,) + (1,) * (ys.ndim - 1)
         hb = h.to(ys.dtype).reshape(shape)
         where = np.searchsorted(steps, k[inside])
@@ -140,7 +142,8 @@ def _half_step(
     for c, row in zip(tableau.c, tableau.a, strict=True):
         slope = combine(ks, row)
         y = y0 if slope is None else y0 + hb * slope
-        ks.append(call_batched(func, "func", t0 + c * half, y, in_dtype))
+        at = torch.nextafter(t0, t0 + h) if c == 0 else t0 + c * half  # just inside
+        ks.append(call_batched(func, "func", at, y, in_dtype))
     total = combine(ks, tableau.b)
     assert total is not None
     return y0 + hb * total, ks[0]

@@ -267,6 +267,8 @@ def odeint(
         learns = step_on and opts.max_iters is None and not (opts.devices or opts.distributed)
         choice = path_choice(func, y0, t, tableau, (rtol, atol, steps)) if learns else None
         path = "sweeps" if choice is None else choice.pick()
+        if getattr(drift, "picard_row_by_row", False) and learns:
+            choice, path = None, "steps"  # a sweep would call func once per row: step
         start = time.perf_counter()
         ys, stats = solve_adaptive(
             drift, y0, t, tableau, batch_ndim, opts, step_on=step_on, steps=steps,
