@@ -37,7 +37,7 @@ from picard.ode.batching import batched_form
 from picard.ode.callbacks import Callbacks
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.implicit import IMPLICIT, ImplicitODEProblem
-from picard.ode.paths import path_choice, sweeps_only
+from picard.ode.paths import in_sweeps_only, path_choice, sweeps_only
 from picard.ode.runge_kutta import GUESS_STEPS, ODEProblem, combine, stage_times
 from picard.ode.scipy_adjoint import scipy_with_gradients
 from picard.ode.tableaus import ADAPTIVE, METHODS, Tableau, tableau_for
@@ -267,7 +267,7 @@ def odeint(
         learns = step_on and opts.max_iters is None and not (opts.devices or opts.distributed)
         choice = path_choice(func, y0, t, tableau, (rtol, atol, steps)) if learns else None
         path = "sweeps" if choice is None else choice.pick()
-        if getattr(drift, "picard_row_by_row", False) and learns:
+        if getattr(drift, "picard_row_by_row", False) and learns and not in_sweeps_only():
             choice, path = None, "steps"  # a sweep would call func once per row: step
         start = time.perf_counter()
         ys, stats = solve_adaptive(

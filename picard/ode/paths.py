@@ -28,7 +28,7 @@ from torch import Tensor
 
 from picard.problem import model_parameters
 
-__all__ = ["PATHS", "PathChoice", "path_choice", "sweeps_only"]
+__all__ = ["PATHS", "PathChoice", "in_sweeps_only", "path_choice", "sweeps_only"]
 
 PATHS = ("sweeps", "steps")
 """The two ways, in the order they are first tried."""
@@ -86,6 +86,19 @@ class PathChoice:
     def record(self, path: str, seconds: float) -> None:
         """What ``path`` took this time (replaces what it took before)."""
         self.seconds[path] = seconds
+
+
+def in_sweeps_only() -> bool:
+    """Whether a :func:`sweeps_only` block is running.
+
+    Returns:
+        ``True`` inside one.
+
+    Example:
+        >>> in_sweeps_only()
+        False
+    """
+    return _SWEEPS_ONLY.get()
 
 
 def path_choice(
