@@ -488,3 +488,27 @@ def test_a_func_evaluated_row_by_row_is_stepped():
     # the step ending on the jump reads its left side: 1.8e-5 off (3.3e-4 read at 0.5 itself)
     assert (jumped[-1] - exact).abs().max() <= 2 * (theirs[-1] - exact).abs().max()
     assert (plain[-1] - exact).abs().max() < 1e-3
+
+
+def test_a_fallback_to_stepping_counts_the_rounds_error_estimates(monkeypatch):
+    """Where a later round's sweeps run out of budget and the span is stepped, Stats still
+    counts the earlier rounds' error estimates (one evaluation per step and sample)."""
+    from picard.errors import ConvergenceError
+    from picard.ode import adaptive
+    from picard.solution import no_steps
+
+    real, rounds = adaptive._solve, []
+
+    def second_fails(problem, y0, options, grad):
+        if rounds:
+            raise ConvergenceError("budget", stats=no_steps(), steps_done=0, state=y0)
+        sol = real(problem, y0, options, grad)
+        rounds.append((problem.num_steps, sol.stats.evaluations))
+        return sol
+
+    monkeypatch.setattr(adaptive, "_solve", second_fails)
+    f, y0 = _oscillator(F64), torch.tensor([1.0, 0.0], dtype=F64)
+    _, stats = picard.odeint(f, y0, torch.linspace(0, 10, 11, dtype=F64), return_stats=True)
+    ((steps, evaluations),) = rounds
+    assert stats.sequential_steps > 0
+    assert stats.evaluations == evaluations + steps  # the round's solve and its estimate

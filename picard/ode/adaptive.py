@@ -441,8 +441,8 @@ def solve_adaptive(
             if not (budgeted if isinstance(e, ConvergenceError) else step_on):
                 raise
             spent = [*parts, e.stats] if getattr(e, "stats", None) is not None else parts
-            return stepped(func, y0, t, tableau, rtol, atol, h, summed(spent) if spent else None,
-                           rounds, steps, callbacks)  # fmt: skip
+            before = _with_estimates(spent, 0, estimated) if spent else None  # the estimates too
+            return stepped(func, y0, t, tableau, rtol, atol, h, before, rounds, steps, callbacks)
         assert sol.ys is not None
         ys = sol.ys.detach().to(work.dtype)
         ratios = error_ratios(problem, ys, rtol, atol, steps.norm)

@@ -8,9 +8,10 @@ time (a GPU, a small drift) or many times it (a CPU and a network, a drift vecto
 ``window="auto"`` learns its windows, a solve repeated with the same drift, state shape,
 method, tolerances and times (a training loop) learns its way: the first call runs the
 sweeps, the second steps, and later calls take whichever ran faster, timing it again
-each time. Both ways pass torchdiffeq's error test at every step. Under
-``torch.use_deterministic_algorithms(True)`` nothing is timed and every call runs the
-sweeps, so the answer is the same in every process. ``odeint_adjoint`` keeps to the
+each time (the forward call's time: the backward pass is not timed). Both ways pass
+torchdiffeq's error test at every step. Under ``torch.use_deterministic_algorithms(True)``
+nothing is timed and every call runs the sweeps, so the answer is the same in every
+process. ``odeint_adjoint`` keeps to the
 sweeps too: their backward pass is the adjoint recursion, whose memory is the
 trajectory's, where stepping's is autograd's through every stage.
 """
