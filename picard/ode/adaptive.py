@@ -69,9 +69,9 @@ FEW_STEPS = 32
 """Spans whose first grid has at most this many steps are stepped one by one
 (:func:`stepped`): the rounds' fixed cost (the sweeps of a loose and a final solve, an error
 estimate after each) is about as many sequential rounds of calls as stepping takes there.
-Measured on this project's CPU against torchdiffeq (speed-ups, each run beside torchdiffeq):
-dopri8 on the methods benchmark's oscillator (19 steps) 0.64x → 1.62x, the neural ODE
-forward and backward on [0, 1] (7 steps) 1.42x → 2.10x; 15 other cases with first grids of
+Measured on this project's CPU against torchdiffeq, the threshold toggled in one run:
+dopri8 on the methods benchmark's oscillator (19 steps) 0.62x → 1.56x, the neural ODE
+forward and backward on [0, 1] (7 steps) 1.50x → 2.01x; 15 other cases with first grids of
 35 to 5,839 steps were not affected. At 2 (before) it covered only an event search's Newton
 iterates. On a device where a batched call costs one row's time the sweeps could have
 taken fewer rounds on such spans; they are short either way."""
