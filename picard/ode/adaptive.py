@@ -37,7 +37,7 @@ from picard.ode.callbacks import Callbacks
 from picard.ode.dense import dense_output
 from picard.ode.grids import interpolate, refine_grid
 from picard.ode.integrate import STEP_OPTIONS
-from picard.ode.runge_kutta import ODEProblem, combine
+from picard.ode.runge_kutta import ODEProblem, combine, stage_times
 from picard.ode.tableaus import Tableau
 from picard.problem import call_batched, working_dtype
 from picard.solution import Solution, Stats, no_steps, summed
@@ -275,7 +275,7 @@ def error_ratios(
 
 
 def _end_slopes(problem: ODEProblem, ys: Tensor, lo: int, hi: int) -> Tensor:
-    ends = torch.nextafter(problem.t[lo + 1 : hi + 1], problem.t[lo:hi])  # just inside
+    ends = stage_times(problem.t[lo : hi + 1], 1.0, True)  # just inside each step's end
     return call_batched(problem.func, "func", ends, ys[lo + 1 : hi + 1], problem.in_dtype)
 
 
@@ -550,17 +550,19 @@ def stepped(
             last = step == sign * (target - now)
             hs = torch.tensor(sign * step, dtype=work, device=y.device)
             ks: list[Tensor] = []
-            begin = (t[0] * 0 + now).to(t.dtype)
-            end = (t[0] * 0 + (target if last else now + sign * step)).to(t.dtype)
+            pair = torch.stack([t[0] * 0 + now, t[0] * 0 + (target if last else now + sign * step)])
+            pair = pair.to(t.dtype)  # the step's ends; its stages are read just inside them
             for c, row in zip(tableau.c, tableau.a, strict=True):
                 slope = combine(ks, row)
                 ys = y if slope is None else y + hs * slope
-                ks.append(call_one_row(func, "func", _inside(begin, end, c), ys, y0.dtype))
+                at = stage_times(pair, c, True)[0]  # just inside the step at its ends
+                ks.append(call_one_row(func, "func", at, ys, y0.dtype))
             total = combine(ks, tableau.b)
             assert total is not None
             new = y + hs * total
             if len(weights) > len(ks):
-                ks.append(call_one_row(func, "func", _inside(begin, end, 1.0), new, y0.dtype))
+                end_at = stage_times(pair, 1.0, True)[0]
+                ks.append(call_one_row(func, "func", end_at, new, y0.dtype))
             err = hs * combine(ks, weights)
             bound = atol + rtol * torch.maximum(y.abs(), new.abs())
             scaled = (err / bound).detach()
@@ -585,20 +587,6 @@ def stepped(
         sequential_steps=base.sequential_steps + tried,
     )
     return ys_out, stats
-
-
-def _inside(begin: Tensor, end: Tensor, c: float) -> Tensor:
-    """A stage's time in the step ``(begin, end)``: at its ends, the adjacent float inside.
-
-    As torchdiffeq evaluates a step's last stage just before its end (and the first after
-    a ``jump_t`` just after it), so a ``func`` with a jump at a step's end sees the side
-    the step lies on.
-    """
-    if c == 0:
-        return torch.nextafter(begin, end)
-    if c == 1:
-        return torch.nextafter(end, begin)
-    return begin + c * (end - begin)
 
 
 def _nodes(t: Tensor, points: tuple[float, ...]) -> Tensor:
