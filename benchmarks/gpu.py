@@ -273,6 +273,7 @@ def small_states(args: argparse.Namespace) -> list[dict[str, Any]]:
       by Newton steps (forced) and by re-solving (what the cost model picks on a CPU).
     """
     import picard
+    from picard.ode.paths import sweeps_only
 
     device = torch.device(args.device)
     steps = 100 if args.smoke else 1000
@@ -285,9 +286,10 @@ def small_states(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     def neural() -> Any:
         x = y0.clone().requires_grad_(True)
-        ys, stats = picard.odeint(
-            lambda t, y: net(y**3), x, t, method="euler", batched=True, return_stats=True
-        )
+        with sweeps_only():  # the sweeps and their backward, not a learned stepping
+            ys, stats = picard.odeint(
+                lambda t, y: net(y**3), x, t, method="euler", batched=True, return_stats=True
+            )
         ys.square().mean().backward()
         return stats
 

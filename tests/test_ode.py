@@ -220,3 +220,93 @@ def test_return_stats_reports_sweeps_and_stages():
     assert isinstance(stats, picard.Stats)
     assert stats.stages == 4 and stats.nfe == 4 * stats.evaluations
     assert stats.iterations < 100
+
+
+class _Field(torch.nn.Module):
+    """A torchdiffeq-style drift with parameters: ``func(t, y)`` on the whole batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+        ).double()
+
+    def forward(self, t, y):
+        return self.net(y) * torch.cos(t)
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_a_repeated_fixed_grid_call_tries_the_sweeps_then_the_steps(method):
+    """picard.ode.paths for fixed grids: the first call sweeps, the second steps (the
+    sequential result itself, with autograd's gradients, as torchdiffeq), later calls the
+    faster; a call that sets a sweep's option (window=) always sweeps; under deterministic
+    algorithms nothing is learned."""
+    from picard.ode.paths import path_choice
+    from picard.ode.tableaus import tableau_for
+
+    f, t = _Field(), random_grid(60, seed=4)
+    y0 = torch.tensor([[0.3, -0.2, 1.0], [1.0, 0.5, -0.7]], dtype=torch.float64)
+    x = y0.clone().requires_grad_(True)
+    theirs = torchdiffeq.odeint(f, x, t, method=method)
+    theirs.square().sum().backward()
+    expected = [x.grad.clone(), *(p.grad.clone() for p in f.parameters())]
+    runs, grads = [], []
+    for _ in range(3):
+        f.zero_grad()
+        x = y0.clone().requires_grad_(True)
+        ys, stats = picard.odeint(f, x, t, method=method, return_stats=True)
+        ys.square().sum().backward()
+        runs.append((ys.detach(), stats))
+        grads.append([x.grad, *(p.grad for p in f.parameters())])
+    assert runs[0][1].sequential_steps == 0  # the sweeps
+    assert runs[1][1].sequential_steps == runs[1][1].iterations == 60  # the steps
+    choice = path_choice(f, y0, t, tableau_for(method, True), (None, None, False))
+    assert set(choice.seconds) == set(choice.backward) == {"sweeps", "steps"}  # both timed
+    torch.testing.assert_close(runs[1][0], theirs.detach(), rtol=1e-13, atol=1e-13)
+    for g, e in zip(grads[1], expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+    for ys, _ in (runs[0], runs[2]):  # the sweeps (or the steps) at the default tolerance
+        torch.testing.assert_close(ys, theirs.detach(), rtol=1e-6, atol=1e-8)
+    for _ in range(2):
+        _, stats = picard.odeint(f, y0, t, method=method, window=16, return_stats=True)
+        assert stats.sequential_steps == 0
+    torch.use_deterministic_algorithms(True)
+    try:
+        g = _Field()  # a new drift: nothing learned, every call the sweeps, bitwise equal
+        again = [picard.odeint(g, y0, t, method=method, return_stats=True) for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(ys, again[0][0]) and s.sequential_steps == 0 for ys, s in again)
+
+
+def test_fixed_grid_steps_name_the_first_step_that_overflows():
+    """The stepped path raises as the sweeps do, naming the step whose state is Inf (the
+    sweeps name the one before, whose squared change already overflows float32)."""
+    from picard.ode.runge_kutta import ODEProblem
+
+    t = torch.linspace(0, 3, 31)
+    with pytest.raises(picard.NonFiniteError, match=r"step 10 \(t = 1\)"):
+        picard.odeint(lambda t, y: y**3, torch.ones(2), t, method="euler")
+    problem = ODEProblem(lambda t, y: y**3, t, "euler", torch.float32)
+    with pytest.raises(picard.NonFiniteError, match=r"step 11 \(t = 1.1\): NaN or Inf"):
+        problem.step_by_step(torch.ones(2))  # state 12 = 5.4e29 + 0.1 · (5.4e29)³ = Inf
+
+
+def test_timing_the_backward_pass_leaves_the_call_as_it_was():
+    """The learned way's clock marks nothing where no gradient may flow (the output does
+    not require grad), and torch.autograd.grad to the parameters alone works on both ways,
+    equal to torchdiffeq's."""
+    f, t = _Field(), random_grid(30, seed=6)
+    y0 = torch.tensor([[0.3, -0.2, 1.0]], dtype=torch.float64)
+    params = list(f.parameters())
+    expected = torch.autograd.grad(torchdiffeq.odeint(f, y0, t, method="rk4").sum(), params)
+    for _ in range(3):  # the sweeps, the steps, the faster
+        ys = picard.odeint(f, y0, t, method="rk4")
+        for g, e in zip(torch.autograd.grad(ys.sum(), params), expected, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        assert not picard.odeint(f, y0, t, method="rk4").requires_grad
+    g = lambda t, y: -y  # noqa: E731
+    for _ in range(3):
+        assert not picard.odeint(g, y0, t, method="rk4").requires_grad

@@ -37,7 +37,7 @@ from picard.ode.callbacks import Callbacks
 from picard.ode.dense import dense_output
 from picard.ode.grids import interpolate, refine_grid
 from picard.ode.integrate import STEP_OPTIONS
-from picard.ode.runge_kutta import ODEProblem, combine, stage_times
+from picard.ode.runge_kutta import ODEProblem, combine, one_step_slopes, stage_times
 from picard.ode.tableaus import Tableau
 from picard.problem import call_batched, working_dtype
 from picard.solution import Solution, Stats, no_steps, summed
@@ -549,14 +549,10 @@ def stepped(
             step = min(max(h, steps.min_step), steps.max_step, sign * (target - now))
             last = step == sign * (target - now)
             hs = torch.tensor(sign * step, dtype=work, device=y.device)
-            ks: list[Tensor] = []
             pair = torch.stack([t[0] * 0 + now, t[0] * 0 + (target if last else now + sign * step)])
             pair = pair.to(t.dtype)  # the step's ends; its stages are read just inside them
-            for c, row in zip(tableau.c, tableau.a, strict=True):
-                slope = combine(ks, row)
-                ys = y if slope is None else y + hs * slope
-                at = stage_times(pair, c, True)[0]  # just inside the step at its ends
-                ks.append(call_one_row(func, "func", at, ys, y0.dtype))
+            at = [stage_times(pair, c, True)[0] for c in tableau.c]
+            ks = one_step_slopes(func, tableau, y, hs, at, y0.dtype)
             total = combine(ks, tableau.b)
             assert total is not None
             new = y + hs * total

@@ -13,7 +13,6 @@ parallel backward pass (:mod:`picard.core.adjoint`).
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -37,12 +36,12 @@ from picard.ode.batching import batched_form
 from picard.ode.callbacks import Callbacks
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.implicit import IMPLICIT, ImplicitODEProblem
-from picard.ode.paths import in_sweeps_only, path_choice, sweeps_only
+from picard.ode.paths import Clock, in_sweeps_only, path_choice, sweeps_only
 from picard.ode.runge_kutta import GUESS_STEPS, ODEProblem, combine, stage_times
 from picard.ode.scipy_adjoint import scipy_with_gradients
 from picard.ode.tableaus import ADAPTIVE, METHODS, Tableau, tableau_for
 from picard.problem import Problem, call_batched, model_parameters
-from picard.solution import no_steps
+from picard.solution import Solution, no_steps
 from picard.solver import solve_with
 
 __all__ = [
@@ -264,18 +263,13 @@ def odeint(
         step_on = "on_nonfinite" not in solve_options  # where the sweeps diverge
         callbacks = Callbacks(func, adaptive=True)
         steps = step_options(adaptive)
-        learns = step_on and opts.max_iters is None and not (opts.devices or opts.distributed)
-        choice = path_choice(func, y0, t, tableau, (rtol, atol, steps)) if learns else None
-        path = "sweeps" if choice is None else choice.pick()
-        if getattr(drift, "picard_row_by_row", False) and learns and not in_sweeps_only():
-            choice, path = None, "steps"  # a sweep would call func once per row: step
-        start = time.perf_counter()
+        clock, path = _way(func, drift, y0, t, tableau, (rtol, atol, steps), solve_options)
+        x0 = y0 if clock is None else clock.entry(y0)
         ys, stats = solve_adaptive(
-            drift, y0, t, tableau, batch_ndim, opts, step_on=step_on, steps=steps,
+            drift, x0, t, tableau, batch_ndim, opts, step_on=step_on, steps=steps,
             callbacks=callbacks, stepping=path == "steps",
         )  # fmt: skip
-        if choice is not None:
-            choice.record(path, time.perf_counter() - start)
+        ys = ys if clock is None else clock.exit(ys)
         ys = callbacks.attach(ys)
         return (ys, stats) if return_stats else ys
     if opts.init is not None and placement is not None:
@@ -289,7 +283,17 @@ def odeint(
     )
     callbacks = Callbacks(func, adaptive=False)
     every = placement is None or placement == "interpolate" or callbacks.any
-    sol = solve_with(problem, y0, opts, save=True if every else placement)
+    clock, path = None, "sweeps"
+    if family == "rk" and tableau is not None:  # explicit Runge–Kutta: sweeps or steps
+        key = (rtol, atol, perturb)
+        clock, path = _way(func, drift, y0, grid, tableau, key, solve_options)
+    x0 = y0 if clock is None else clock.entry(y0)
+    if path == "steps":  # one step after another: the sequential result itself
+        assert isinstance(problem, ODEProblem)
+        ys_all, stepped_stats = problem.step_by_step(x0)
+        sol = Solution(ys_all[-1].to(y0.dtype), ys_all.to(y0.dtype), None, stepped_stats)
+    else:
+        sol = solve_with(problem, x0, opts, save=True if every else placement)
     assert sol.ys is not None
     if isinstance(problem, AdamsProblem):
         problem.warn_unconverged()
@@ -300,6 +304,7 @@ def odeint(
         ys = interpolate(grid, sol.ys, t, slopes)
     else:
         ys = sol.ys[placement] if every and placement is not None else sol.ys
+    ys = ys if clock is None else clock.exit(ys)
     ys = callbacks.attach(ys)
     return (ys, sol.stats) if return_stats else ys
 
@@ -391,6 +396,34 @@ def method_family(method: object) -> str:
         names = sorted([*METHODS, "heun", *ADAPTIVE, *ADAMS, *IMPLICIT, "scipy_solver"])
         raise ValueError(f"method must be one of {names}, got {method!r}") from None
     return "rk"
+
+
+def _way(
+    func: Any,
+    drift: Any,
+    y0: Tensor,
+    times: Tensor,
+    tableau: Tableau,
+    tolerances: tuple[Any, ...],
+    solve_options: Mapping[str, Any],
+) -> tuple[Clock | None, str]:
+    """How a Runge–Kutta solve runs: ``"sweeps"`` or ``"steps"`` (:mod:`picard.ode.paths`).
+
+    Returns the :class:`~picard.ode.paths.Clock` that times the call (``None`` where
+    nothing is learned) and the way. Learned for torchdiffeq's own call: one that sets a
+    sweep's option (``window``, ``tol``, ``on_nonfinite``, ...) runs the sweeps it asks
+    for. A ``func`` evaluated row by row steps from the first call (a sweep would call it
+    once per row), except in ``odeint_adjoint``.
+    """
+    learns = not set(solve_options) - {"adjoint_params"}
+    if getattr(drift, "picard_row_by_row", False) and learns and not in_sweeps_only():
+        return None, "steps"
+    choice = path_choice(func, y0, times, tableau, tolerances) if learns else None
+    if choice is None:
+        return None, "sweeps"
+    path = choice.pick()
+    inputs = [y0, *model_parameters(getattr(func, "picard_model", func))]
+    return Clock(choice, path, inputs), path
 
 
 def _fixed_problem(

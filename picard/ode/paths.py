@@ -1,25 +1,30 @@
-"""Sweeps or steps: which way an adaptive solve runs, learned per drift and span.
+"""Sweeps or steps: which way a Runge–Kutta solve runs, learned per drift and span.
 
-An adaptive method can be solved in parallel rounds of sweeps or one step after another
-(:func:`picard.ode.adaptive.stepped`, torchdiffeq's own steps), and which is faster
-depends on the device and the drift: a batched call of many rows can cost about one row's
-time (a GPU, a small drift) or many times it (a CPU and a network, a drift vectorised by
-:func:`torch.func.vmap`), and a span may need few sweeps per step or many. As
-``window="auto"`` learns its windows, a solve repeated with the same drift, state shape,
-method, tolerances and times (a training loop) learns its way: the first call runs the
-sweeps, the second steps, and later calls take whichever ran faster, timing it again
-each time (the forward call's time: the backward pass is not timed). Both ways pass
-torchdiffeq's error test at every step. Under ``torch.use_deterministic_algorithms(True)``
-nothing is timed and every call runs the sweeps, so the answer is the same in every
-process. ``odeint_adjoint`` keeps to the
+An explicit Runge–Kutta solve, adaptive or on a fixed grid, can run in parallel rounds of
+sweeps or one step after another (:func:`picard.ode.adaptive.stepped`, torchdiffeq's own
+steps; :meth:`picard.ode.runge_kutta.ODEProblem.step_by_step`, the sequential result
+itself), and which is faster depends on the device and the drift: a batched call of many
+rows can cost about one row's time (a GPU, a small drift) or many times it (a CPU and a
+network, a drift vectorised by :func:`torch.func.vmap`), and a span may need few sweeps
+per step or many. As ``window="auto"`` learns its windows, a solve repeated with the same
+drift, state shape, method, tolerances and times (a training loop) learns its way: the
+first call runs the sweeps, the second steps, and later calls take whichever ran faster,
+timing it again each time. The time is the forward call's, plus its backward pass's
+where both ways have had one (:class:`Clock`): in training the backward pass is most of
+the cost, and the two ways' differ (the adjoint recursion's sweeps against autograd
+through the steps). Both ways pass torchdiffeq's error test at every step (fixed grids:
+the sweeps converge to the steps' result). Under
+``torch.use_deterministic_algorithms(True)`` nothing is timed and every call runs the
+sweeps, so the answer is the same in every process. ``odeint_adjoint`` keeps to the
 sweeps too: their backward pass is the adjoint recursion, whose memory is the
 trajectory's, where stepping's is autograd's through every stage.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -29,7 +34,7 @@ from torch import Tensor
 
 from picard.problem import model_parameters
 
-__all__ = ["PATHS", "PathChoice", "in_sweeps_only", "path_choice", "sweeps_only"]
+__all__ = ["PATHS", "Clock", "PathChoice", "in_sweeps_only", "path_choice", "sweeps_only"]
 
 PATHS = ("sweeps", "steps")
 """The two ways, in the order they are first tried."""
@@ -62,6 +67,9 @@ def sweeps_only() -> Iterator[None]:
 class PathChoice:
     """The seconds each way last took for one drift and span, and the way to run next.
 
+    A way's seconds are its forward call's, plus its backward pass's once every tried way
+    has had one (then the two are compared forward and backward; until then, forward).
+
     Example:
         >>> c = PathChoice()
         >>> c.pick()  # untried: the sweeps first
@@ -72,21 +80,108 @@ class PathChoice:
         'steps'
         >>> c.record("steps", 0.5); c.pick()  # slower now: back to the sweeps
         'sweeps'
+        >>> c.add_backward("sweeps", 0.9); c.pick()  # only one backward: forward times
+        'sweeps'
+        >>> c.add_backward("steps", 0.1); c.pick()  # 0.3 + 0.9 against 0.5 + 0.1
+        'steps'
     """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.backward: dict[str, float] = {}
 
     def pick(self) -> str:
         """The way to run: an untried one (in :data:`PATHS` order), else the faster."""
         for path in PATHS:
             if path not in self.seconds:
                 return path
-        return min(PATHS, key=self.seconds.__getitem__)
+        both = all(path in self.backward for path in PATHS)
+        return min(PATHS, key=lambda p: self.seconds[p] + (self.backward[p] if both else 0.0))
 
     def record(self, path: str, seconds: float) -> None:
-        """What ``path`` took this time (replaces what it took before)."""
+        """What ``path``'s forward call took this time (replaces what it took before)."""
         self.seconds[path] = seconds
+
+    def add_backward(self, path: str, seconds: float) -> None:
+        """What ``path``'s backward pass took this time (replaces what it took before)."""
+        self.backward[path] = seconds
+
+
+class Clock:
+    """Times one call: its forward solve, and its backward pass if one comes.
+
+    The backward pass is timed from when the gradient reaches the output (:meth:`exit`)
+    to when it reaches the initial state (:meth:`entry`), every step's gradient computed
+    by then. Where gradients may flow (``y0`` or a parameter of the drift requires grad),
+    the state entering the solve is marked by an identity whose input includes a scalar
+    that requires grad, so that the gradient reaches it even when only the parameters
+    ask for one (one more product with the first step); where none may, nothing is
+    marked and only the forward call is timed.
+
+    Args:
+        choice: the kept choice to record in.
+        path: the way this call runs.
+        inputs: what gradients may flow to: ``y0`` and the drift's parameters.
+
+    Example:
+        >>> c, w = PathChoice(), torch.ones(2, requires_grad=True)
+        >>> clock = Clock(c, "steps", [w])
+        >>> ys = clock.exit(3 * clock.entry(w))
+        >>> ys.sum().backward()
+        >>> sorted(c.seconds), sorted(c.backward), w.grad.tolist()
+        (['steps'], ['steps'], [3.0, 3.0])
+    """
+
+    def __init__(self, choice: PathChoice, path: str, inputs: Iterable[Tensor]) -> None:
+        self.choice, self.path = choice, path
+        self.marked = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+        self.began: float | None = None
+        self.start = time.perf_counter()
+
+    def entry(self, y0: Tensor) -> Tensor:
+        """``y0``, marked where a backward pass may come (a view, requiring grad)."""
+        if not self.marked:
+            return y0
+        return _Entered.apply(self, torch.zeros((), requires_grad=True), y0)
+
+    def exit(self, ys: Tensor) -> Tensor:
+        """Record the forward seconds; ``ys``, marked where the entry was."""
+        self.choice.record(self.path, time.perf_counter() - self.start)
+        return _Left.apply(self, ys) if self.marked and ys.requires_grad else ys
+
+    def ended(self) -> None:
+        """The gradient reached the initial state: record the backward seconds."""
+        if self.began is not None:
+            self.choice.add_backward(self.path, time.perf_counter() - self.began)
+            self.began = None
+
+
+class _Entered(torch.autograd.Function):
+    """The identity on ``y0``; its backward pass ends the clock's backward time."""
+
+    @staticmethod
+    def forward(ctx: Any, clock: Clock, flag: Tensor, y0: Tensor) -> Tensor:
+        ctx.clock = clock
+        return y0.view_as(y0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
+        ctx.clock.ended()
+        return None, None, grad
+
+
+class _Left(torch.autograd.Function):
+    """The identity on the output; its backward pass starts the clock's backward time."""
+
+    @staticmethod
+    def forward(ctx: Any, clock: Clock, ys: Tensor) -> Tensor:
+        ctx.clock = clock
+        return ys.view_as(ys)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:
+        ctx.clock.began = time.perf_counter()
+        return None, grad
 
 
 def in_sweeps_only() -> bool:

@@ -14,10 +14,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from picard.errors import NonFiniteError
+from picard.ode.batching import call_one_row
 from picard.ode.tableaus import Tableau, tableau_for
-from picard.problem import Problem, call_batched, model_parameters, working_dtype
+from picard.problem import (
+    Problem,
+    call_batched,
+    model_parameters,
+    per_sample_size,
+    working_dtype,
+)
+from picard.solution import Stats
 
-__all__ = ["GUESS_STEPS", "GridProblem", "GridState", "ODEProblem", "combine", "stage_times"]
+__all__ = [
+    "GUESS_STEPS",
+    "GridProblem",
+    "GridState",
+    "ODEProblem",
+    "combine",
+    "one_step_slopes",
+    "stage_times",
+]
 
 
 def combine(ks: list[Tensor], coeffs: tuple[float, ...]) -> Tensor | None:
@@ -41,6 +58,45 @@ def combine(ks: list[Tensor], coeffs: tuple[float, ...]) -> Tensor | None:
         term = k if c == 1.0 else c * k
         total = term if total is None else total + term
     return total
+
+
+def one_step_slopes(
+    func: Callable[[Tensor, Tensor], Tensor],
+    tableau: Tableau,
+    y: Tensor,
+    h: Tensor,
+    times: list[Tensor],
+    in_dtype: torch.dtype,
+) -> list[Tensor]:
+    """The stages' slopes of one step from ``y``, one call of ``func`` on one row each.
+
+    As a step-by-step solver takes them (:func:`~picard.ode.batching.call_one_row`: the
+    user's own function on the state, as torchdiffeq calls it).
+
+    Args:
+        func: the batched drift (as :func:`~picard.ode.batching.batched_form` returns it).
+        tableau: the method (its ``a`` rows; ``c`` is read through ``times``).
+        y: the step's start, in the working dtype.
+        h: its size, 0-d, signed.
+        times: each stage's time, 0-d (:func:`stage_times` of the step).
+        in_dtype: the dtype ``func`` receives ``y`` in.
+
+    Returns:
+        One slope per stage, shaped like ``y``.
+
+    Example:
+        >>> from picard.ode.tableaus import METHODS
+        >>> ks = one_step_slopes(lambda t, y: -y, METHODS["midpoint"], torch.ones(1),
+        ...                      torch.tensor(0.5), [torch.tensor(0.0), torch.tensor(0.25)],
+        ...                      torch.float32)
+        >>> [float(k) for k in ks]  # -1 at the start, -(1 - 0.25) at the midpoint
+        [-1.0, -0.75]
+    """
+    ks: list[Tensor] = []
+    for row, at in zip(tableau.a, times, strict=True):
+        slope = combine(ks, row)
+        ks.append(call_one_row(func, "func", at, y if slope is None else y + h * slope, in_dtype))
+    return ks
 
 
 GUESS_STEPS = 16
@@ -159,6 +215,54 @@ class ODEProblem(GridProblem):
         assert total is not None
         state.slope[:] = [total[-1]]  # the last row's slope, for guesses
         return h * total, None
+
+    def step_by_step(self, x0: Tensor) -> tuple[Tensor, Stats]:
+        """Every state of the grid, one step after another: the sequential result.
+
+        Each stage one call of the user's ``func`` on the whole state (as torchdiffeq's
+        fixed-grid solvers call it), at the same stage times as the sweeps; gradients
+        flow by autograd through the steps. One check for NaN/Inf, at the end.
+
+        Args:
+            x0: the initial state.
+
+        Returns:
+            ``(ys, stats)``: the ``N + 1`` states in the working dtype, and the cost (one
+            round per step).
+
+        Raises:
+            picard.NonFiniteError: a state is NaN or Inf (naming the first such step).
+
+        Example:
+            >>> import torch, picard
+            >>> p = ODEProblem(lambda t, y: -y, torch.linspace(0, 1, 11), "rk4", torch.float32)
+            >>> ys, stats = p.step_by_step(torch.ones(1))
+            >>> bool(ys[-1] == picard.sequential(p, torch.ones(1)).final), stats.iterations
+            (True, 10)
+        """
+        n, tableau = self.num_steps, self.tableau
+        h = self._dt.to(working_dtype(x0.dtype))
+        y = x0.to(working_dtype(x0.dtype))
+        path = [y]
+        for i in range(n):
+            ks = one_step_slopes(
+                self.func, tableau, y, h[i], [s[i] for s in self._stage_t], self.in_dtype
+            )
+            total = combine(ks, tableau.b)
+            assert total is not None
+            y = y + h[i] * total
+            path.append(y)
+        ys = torch.stack(path)
+        finite = torch.isfinite(ys.detach().reshape(n + 1, -1)).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0]) - 1
+            raise NonFiniteError(
+                f"{self.step_label(bad)}: NaN or Inf, taken step by step", step=bad
+            )
+        samples, _ = per_sample_size(x0.shape, self.batch_ndim)
+        stats = Stats(n, 1, 0.0, n, n * samples, self.stages, tuple(range(n)),
+                      self.rows_per_evaluation, sequential_steps=n)  # fmt: skip
+        return ys, stats
 
     def slopes(self, x: Tensor, start: int, h: Tensor, first: Tensor | None = None) -> list[Tensor]:
         """The stages' slopes ``k_s`` of the steps ``start …`` from the states ``x``.
