@@ -109,6 +109,48 @@ def test_an_event_far_away_is_found_by_doubling_chunks():
     assert abs(float(event_t) - 100.0) < 1e-6 and stats.iterations > 0
 
 
+@pytest.mark.parametrize("steps", [10, 63, 64, 65, 74, 129, 700])
+def test_a_fixed_step_event_sizes_its_chunks_from_the_event_function(steps):
+    """The event lies anywhere relative to the chunks (the first of 64 steps, the next
+    sized from the event function's fall): the same event as torchdiffeq's, and the steps
+    solved stay near the event's, not the doubled chunks' (64 + 128 for 74)."""
+    from picard.ode.events import EventSearch, solve_until_event
+
+    def rise(t, y):
+        return 1.5 + torch.cos(t) * torch.ones_like(y)
+
+    at = 0.01 * (steps - 0.5)  # half a step before the step's end
+    level = 1.5 * at + math.sin(at)
+
+    def event(t, y):
+        return level - y[0]
+
+    y0, t = torch.zeros(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
+    kw = {"method": "rk4", "options": {"step_size": 0.01}, "event_fn": event}
+    theirs, _ = torchdiffeq.odeint(rise, y0, t, **kw)
+    ours, _ = picard.odeint(rise, y0, t, **kw)
+    assert abs(float(ours - theirs)) < 1e-7
+    solved = []
+
+    def solve(y, times):
+        solved.append(len(times) - 1)
+        return picard.odeint(rise, y, times, method="rk4", return_stats=True)
+
+    search = EventSearch(solve, rise, step=0.01, cubic=False, atol=1e-9, first_span=1.0)
+    event_t, _, _ = solve_until_event(search, event, y0, torch.tensor(0.0, dtype=F64), 1.0)
+    assert abs(float(event_t - theirs)) < 1e-7
+    assert sum(solved) <= max(64, 1.6 * steps + 16), solved
+
+
+def test_next_chunk_grows_toward_the_event_and_doubles_otherwise():
+    from picard.ode.events import MIN_CHUNK_STEPS, next_chunk
+
+    assert next_chunk(64, [2.0, 1.125, 1.0]) == 14  # 8 steps left: 1.5 x 8 + 2
+    assert next_chunk(16, [1.0, 0.999]) == 32  # far: at most double
+    assert next_chunk(64, [1.0, 1.0]) == 128  # flat: double
+    assert next_chunk(64, [1.0, 0.01]) == MIN_CHUNK_STEPS
+
+
 def test_bad_event_input_is_named():
     with pytest.raises(ValueError, match=r"needs options\['step_size'\]"):
         picard.odeint(_decay, torch.ones(1), torch.tensor([0.0, 1.0]), event_fn=_half,
