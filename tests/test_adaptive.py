@@ -444,6 +444,19 @@ def test_a_repeated_call_tries_the_sweeps_then_the_steps_and_keeps_the_faster():
     assert len({stats.iterations for _, stats in again}) == 1
 
 
+def test_a_learned_way_belongs_to_its_drift():
+    """A choice is kept by the drift's id, and checked against the drift itself: another
+    drift given the id of one collected starts afresh."""
+    from picard.ode.paths import path_choice
+
+    f, y0, t = (lambda t, y: -y), torch.ones(2), torch.linspace(0, 1, 3)
+    choice = path_choice(f, y0, t, "dopri5", ())
+    choice.record("sweeps", 1.0)
+    assert choice.owner() is f and path_choice(f, y0, t, "dopri5", ()).seconds == {"sweeps": 1.0}
+    choice.owner = lambda: None  # as if f were collected and another drift had its id
+    assert path_choice(f, y0, t, "dopri5", ()).seconds == {}
+
+
 def test_odeint_adjoint_keeps_to_the_sweeps():
     """Repeated odeint_adjoint calls never learn to step: the backward stays the adjoint's."""
     from picard.ode.adaptive import StepOptions

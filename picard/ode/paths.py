@@ -23,8 +23,9 @@ trajectory's, where stepping's is autograd's through every stage.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -89,6 +90,7 @@ class PathChoice:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.backward: dict[str, float] = {}
+        self.owner: Callable[[], Any] = lambda: None  # what the choice is for (weakly)
 
     def pick(self) -> str:
         """The way to run: an untried one (in :data:`PATHS` order), else the faster."""
@@ -184,6 +186,14 @@ class _Left(torch.autograd.Function):
         return None, grad
 
 
+def _reference(owner: Any) -> Callable[[], Any]:
+    """A weak reference to ``owner`` (a strong one where it takes none: kept 64 at most)."""
+    try:
+        return weakref.ref(owner)
+    except TypeError:
+        return lambda: owner
+
+
 def in_sweeps_only() -> bool:
     """Whether a :func:`sweeps_only` block is running.
 
@@ -224,10 +234,14 @@ def path_choice(
     first = next(iter(model_parameters(model)), None)
     times = tuple(t.detach().double().cpu().tolist()) if len(t) <= 16 else (
         len(t), float(t[0]), float(t[-1]))  # fmt: skip
-    key = (id(model if first is None else first), tuple(y0.shape), str(y0.dtype),
-           str(y0.device), id(method), times, tolerances)  # fmt: skip
+    owner = model if first is None else first
+    key = (id(owner), tuple(y0.shape), str(y0.dtype), str(y0.device), id(method), times,
+           tolerances)  # fmt: skip
     choice = _CHOICES.pop(key, None)
-    _CHOICES[key] = PathChoice() if choice is None else choice
+    if choice is None or choice.owner() is not owner:  # new, or an id reused after its owner
+        choice = PathChoice()
+        choice.owner = _reference(owner)
+    _CHOICES[key] = choice
     while len(_CHOICES) > _KEEP:
         _CHOICES.popitem(last=False)
     return _CHOICES[key]
