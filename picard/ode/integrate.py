@@ -274,6 +274,8 @@ def odeint(
         return (ys, stats) if return_stats else ys
     if opts.init is not None and placement is not None:
         raise ValueError("init (a warm start on t) cannot be combined with step_size or a grid")
+    if rtol is None and atol is None and opts.tol is None and opts.relative is None:  # the sweeps
+        opts = replace(opts, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)  # converge to torchdiffeq's
     if "on_nonfinite" not in solve_options:  # diverging sweeps finish as the sequential solver
         opts = replace(opts, on_nonfinite="sequential")
     probe = stage_times(grid, 0.0, perturb) if perturb else grid  # never an exact node
