@@ -159,3 +159,28 @@ def test_bad_event_input_is_named():
         picard.odeint(_decay, torch.ones(1), torch.tensor([0.0, 1.0]), event_fn=lambda t, y: 1.0)
     with pytest.raises(TypeError, match="event_fn must be callable"):
         picard.odeint(_decay, torch.ones(1), torch.tensor([0.0, 1.0]), event_fn=3)
+
+
+@pytest.mark.parametrize("level", [0.9, 0.61, 0.5, 0.37])
+def test_the_newton_start_is_bisections_zero_in_fewer_calls(level):
+    """The adaptive event's first estimate: false position on the chunk's cubic
+    interpolant finds bisection's zero (within atol) in fewer event-function calls."""
+    from picard.ode.events import EventSearch, _bisect, _false_position
+
+    times = torch.linspace(0, 1, 3, dtype=F64)
+    ys = torch.exp(-times)[:, None]
+    k = 2 if level < math.exp(-0.5) else 1
+    search = EventSearch(None, _decay, step=None, cubic=True, atol=1e-9, first_span=1.0)
+    calls = {"bisection": 0, "false position": 0}
+
+    def counted(name):
+        def g(t, y):
+            calls[name] += 1
+            return y[0] - level
+
+        return g
+
+    a = _bisect(search, counted("bisection"), times, ys, k)
+    b = _false_position(search, counted("false position"), times, ys, k)
+    assert abs(float(a - b)) <= 2e-9
+    assert calls["false position"] < calls["bisection"] / 2, calls

@@ -356,7 +356,9 @@ def _until_event(
     forward = t64.shape[0] < 2 or bool(t64[1] > t64[0])
     span = abs(float(t64[1] - t64[0])) if t64.shape[0] > 1 else 1.0
     drift = batched_form(func, "func", batched, t, y0)
-    probed = True if drift is func else batched  # found batched once: not again per solve
+    probed: Any = True  # the form found once, not probed again per solve: batched,
+    if drift is not func:  # vectorised by vmap, or (probed again) row by row
+        probed = batched if getattr(drift, "picard_row_by_row", False) else False
     search = EventSearch(
         solve, drift, step, cubic, DEFAULT_ATOL if atol is None else atol, span or 1.0
     )
