@@ -457,20 +457,45 @@ def test_a_learned_way_belongs_to_its_drift():
     assert path_choice(f, y0, t, "dopri5", ()).seconds == {}
 
 
-def test_odeint_adjoint_keeps_to_the_sweeps():
-    """Repeated odeint_adjoint calls never learn to step: the backward stays the adjoint's."""
-    from picard.ode.adaptive import StepOptions
-    from picard.ode.paths import path_choice
-    from picard.ode.tableaus import ADAPTIVE
+class _Net(torch.nn.Module):
+    """A torchdiffeq-style drift with parameters."""
 
-    f = _oscillator(F64)
-    y0 = torch.tensor([1.0, 0.0], dtype=F64, requires_grad=True)
-    t = torch.linspace(0, 10, 11, dtype=F64)
-    for _ in range(3):
-        ys = picard.odeint_adjoint(f, y0, t)
-        ys.sum().backward()
-    choice = path_choice(f, y0, t, ADAPTIVE["dopri5"], (None, None, StepOptions()))
-    assert choice.seconds == {}  # nothing timed, nothing learned
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)
+        ).double()
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_odeint_adjoint_steps_with_the_adjoint_backward(method):
+    """odeint_adjoint learns its way too (dopri5 on this short span steps from the first
+    call; rk4 sweeps, then steps); where it steps, the steps are taken without autograd
+    and the backward pass is the adjoint recursion of the accepted steps (stats.backward
+    says so), with the gradients of autograd through the same steps: torchdiffeq.odeint's."""
+    f = _Net()
+    y0 = torch.tensor([[1.0, 0.0], [0.5, -0.5]], dtype=F64)
+    t = torch.linspace(0, 3, 31, dtype=F64)
+    x = y0.clone().requires_grad_(True)
+    torchdiffeq.odeint(f, x, t, method=method).square().sum().backward()
+    expected = [x.grad, *(p.grad.clone() for p in f.parameters())]
+    runs = []
+    for _ in range(2):
+        f.zero_grad()
+        x = y0.clone().requires_grad_(True)
+        ys, stats = picard.odeint_adjoint(f, x, t, method=method, return_stats=True)
+        ys.square().sum().backward()
+        runs.append((stats, [x.grad, *(p.grad for p in f.parameters())]))
+    stats, grads = runs[-1]
+    assert stats.sequential_steps > 0 and len(stats.backward) == 1  # stepped; the adjoint's
+    if method == "rk4":
+        assert runs[0][0].sequential_steps == 0  # the first call swept
+    for g, e in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-9)
 
 
 def test_a_func_evaluated_row_by_row_is_stepped():

@@ -19,6 +19,7 @@ about ten.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
@@ -41,7 +42,7 @@ from picard.ode.runge_kutta import ODEProblem, combine, one_step_slopes, stage_t
 from picard.ode.tableaus import Tableau
 from picard.problem import call_batched, working_dtype
 from picard.solution import Solution, Stats, no_steps, summed
-from picard.solver import solve_with
+from picard.solver import solve_with, with_gradients
 
 __all__ = [
     "FEW_STEPS",
@@ -364,6 +365,7 @@ def solve_adaptive(
     steps: StepOptions = StepOptions(),
     callbacks: Callbacks | None = None,
     stepping: bool = False,
+    adjoint: bool = False,
 ) -> tuple[Tensor, Stats]:
     """``odeint`` with an embedded pair: every step passes torchdiffeq's error test.
 
@@ -383,6 +385,8 @@ def solve_adaptive(
             the final grid's steps accepted.
         stepping: step one step after another from the start (:func:`stepped`), as a
             span of at most :data:`FEW_STEPS` steps is (:mod:`picard.ode.paths` says when).
+        adjoint: a stepped solve's backward pass is the adjoint recursion of its steps
+            (``odeint_adjoint``), not autograd through them.
 
     Returns:
         ``(ys, stats)``: the states at ``t`` and the statistics of every round (the
@@ -416,8 +420,10 @@ def solve_adaptive(
     spacing = max(spacing, steps.min_step)
     nodes = _nodes(t, steps.points)
     grid, index = refine_grid(nodes, spacing)
+    backward = (batch_ndim, options) if adjoint else None
     if stepping or len(grid) - 1 <= FEW_STEPS:  # a short span: the sweeps cannot pay
-        return stepped(func, y0, t, tableau, rtol, atol, h, None, rounds, steps, callbacks)
+        return stepped(func, y0, t, tableau, rtol, atol, h, None, rounds, steps, callbacks,
+                       backward)  # fmt: skip
     parts: list[Stats] = []
     samples = math.prod(y0.shape[:batch_ndim])
     estimated, prev = 0, None
@@ -442,7 +448,8 @@ def solve_adaptive(
                 raise
             spent = [*parts, e.stats] if getattr(e, "stats", None) is not None else parts
             before = _with_estimates(spent, 0, estimated) if spent else None  # the estimates too
-            return stepped(func, y0, t, tableau, rtol, atol, h, before, rounds, steps, callbacks)
+            return stepped(func, y0, t, tableau, rtol, atol, h, before, rounds, steps, callbacks,
+                           backward)  # fmt: skip
         assert sol.ys is not None
         ys = sol.ys.detach().to(work.dtype)
         ratios = error_ratios(problem, ys, rtol, atol, steps.norm)
@@ -494,6 +501,7 @@ def stepped(
     rounds: int = 0,
     steps: StepOptions = StepOptions(),
     callbacks: Callbacks | None = None,
+    adjoint: tuple[int, Options] | None = None,
 ) -> tuple[Tensor, Stats]:
     """Torchdiffeq's own stepping, one step after another: where sweeps do not pay.
 
@@ -502,7 +510,10 @@ def stepped(
     as torchdiffeq's controller has it), so the steps are torchdiffeq's; they end exactly
     on ``step_t``/``jump_t`` and the span's end, and the output times are read off the
     steps that hold them (:func:`~picard.ode.dense.dense_output`), as torchdiffeq reads
-    them. Gradients flow by autograd through the steps.
+    them. Gradients flow by autograd through the steps, or, with ``adjoint``
+    (``odeint_adjoint``), by the adjoint recursion of the accepted steps
+    (:func:`picard.solver.with_gradients`): the steps are then taken without autograd,
+    and only the trajectory is kept for the backward pass.
 
     Args:
         func: the batched drift.
@@ -516,6 +527,8 @@ def stepped(
         rounds: sweeps run besides them (the initial step, error estimates).
         steps: torchdiffeq's adaptive options (:func:`step_options`).
         callbacks: ``func``'s step callbacks, called as each step is tried.
+        adjoint: ``(batch_ndim, options)`` for the adjoint recursion's backward pass
+            (``options.adjoint_params`` among them), or ``None`` for autograd's.
 
     Returns:
         ``(ys, stats)``; ``stats.sequential_steps`` counts the steps tried here,
@@ -529,6 +542,43 @@ def stepped(
         >>> abs(float(ys[-1]) - 0.36787944) < 1e-6, stats.sequential_steps > 2  # exp(-1)
         (True, True)
     """
+    quiet = adjoint is not None and torch.is_grad_enabled()  # the adjoint's backward pass
+    with torch.no_grad() if quiet else contextlib.nullcontext():
+        grid, states, tried = _steps(func, y0, t, tableau, rtol, atol, h, steps, callbacks)
+    accepted = len(grid) - 1
+    base = spent if spent is not None else no_steps()
+    stats = dataclasses.replace(
+        base,
+        num_steps=accepted,
+        iterations=base.iterations + rounds + tried,
+        sequential_steps=base.sequential_steps + tried,
+    )
+    if quiet:
+        assert adjoint is not None
+        batch_ndim, options = adjoint
+        problem = ODEProblem(func, grid, tableau, y0.dtype, batch_ndim, perturb=True)
+        opts = dataclasses.replace(options, rtol=rtol, atol=atol, tol=None, init=None,
+                                   max_iters=None)  # fmt: skip
+        kept = Solution(states[-1], states, range(accepted + 1), stats)
+        ys = with_gradients(problem, y0, opts, kept).ys
+        assert ys is not None
+        states = ys
+    ys_out = dense_output(func, tableau, grid, states, t, y0.dtype).to(y0.dtype)
+    return ys_out, stats
+
+
+def _steps(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    t: Tensor,
+    tableau: Tableau,
+    rtol: float,
+    atol: float,
+    h: float,
+    steps: StepOptions,
+    callbacks: Callbacks | None,
+) -> tuple[Tensor, Tensor, int]:
+    """:func:`stepped`'s steps: the accepted steps' ends, their states, the steps tried."""
     weights = tableau.error
     assert weights is not None
     work = working_dtype(y0.dtype)
@@ -574,15 +624,7 @@ def stepped(
             factor = float(_factors(np.array([ratio]), tableau.order, steps)[0])
             h = step * (max(factor, 1.0) if ratio < 1 else factor)  # torchdiffeq's: no shrinking
     grid = torch.stack(ends).to(t.dtype)
-    ys_out = dense_output(func, tableau, grid, torch.stack(path), t, y0.dtype).to(y0.dtype)
-    base = spent if spent is not None else no_steps()
-    stats = dataclasses.replace(
-        base,
-        num_steps=accepted,
-        iterations=base.iterations + rounds + tried,
-        sequential_steps=base.sequential_steps + tried,
-    )
-    return ys_out, stats
+    return grid, torch.stack(path), tried
 
 
 def _nodes(t: Tensor, points: tuple[float, ...]) -> Tensor:

@@ -13,6 +13,7 @@ parallel backward pass (:mod:`picard.core.adjoint`).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -36,13 +37,13 @@ from picard.ode.batching import batched_form
 from picard.ode.callbacks import Callbacks
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.implicit import IMPLICIT, ImplicitODEProblem
-from picard.ode.paths import Clock, in_sweeps_only, path_choice, sweeps_only
+from picard.ode.paths import Clock, adjoint_steps, in_adjoint, in_sweeps_only, path_choice
 from picard.ode.runge_kutta import GUESS_STEPS, ODEProblem, combine, stage_times
 from picard.ode.scipy_adjoint import scipy_with_gradients
 from picard.ode.tableaus import ADAPTIVE, METHODS, Tableau, tableau_for
 from picard.problem import Problem, call_batched, model_parameters
 from picard.solution import Solution, no_steps
-from picard.solver import solve_with
+from picard.solver import solve_with, with_gradients
 
 __all__ = [
     "GUESS_STEPS",
@@ -267,7 +268,7 @@ def odeint(
         x0 = y0 if clock is None else clock.entry(y0)
         ys, stats = solve_adaptive(
             drift, x0, t, tableau, batch_ndim, opts, step_on=step_on, steps=steps,
-            callbacks=callbacks, stepping=path == "steps",
+            callbacks=callbacks, stepping=path == "steps", adjoint=in_adjoint(),
         )  # fmt: skip
         ys = ys if clock is None else clock.exit(ys)
         ys = callbacks.attach(ys)
@@ -292,8 +293,7 @@ def odeint(
     x0 = y0 if clock is None else clock.entry(y0)
     if path == "steps":  # one step after another: the sequential result itself
         assert isinstance(problem, ODEProblem)
-        ys_all, stepped_stats = problem.step_by_step(x0)
-        sol = Solution(ys_all[-1].to(y0.dtype), ys_all.to(y0.dtype), None, stepped_stats)
+        sol = _step_by_step(problem, x0, opts)
     else:
         sol = solve_with(problem, x0, opts, save=True if every else placement)
     assert sol.ys is not None
@@ -417,7 +417,7 @@ def _way(
     nothing is learned) and the way. Learned for torchdiffeq's own call: one that sets a
     sweep's option (``window``, ``tol``, ``on_nonfinite``, ...) runs the sweeps it asks
     for. A ``func`` evaluated row by row steps from the first call (a sweep would call it
-    once per row), except in ``odeint_adjoint``.
+    once per row), except within :func:`~picard.ode.paths.sweeps_only`.
     """
     learns = not set(solve_options) - {"adjoint_params"}
     if getattr(drift, "picard_row_by_row", False) and learns and not in_sweeps_only():
@@ -428,6 +428,19 @@ def _way(
     path = choice.pick()
     inputs = [y0, *model_parameters(getattr(func, "picard_model", func))]
     return Clock(choice, path, inputs), path
+
+
+def _step_by_step(problem: ODEProblem, x0: Tensor, opts: Options) -> Solution:
+    """``problem`` one step after another: the sequential result.
+
+    Under ``odeint_adjoint`` the steps are taken without autograd and their backward pass
+    is the adjoint recursion (:func:`picard.solver.with_gradients`); else autograd's.
+    """
+    quiet = in_adjoint() and torch.is_grad_enabled()
+    with torch.no_grad() if quiet else contextlib.nullcontext():
+        ys, stats = problem.step_by_step(x0)
+    sol = Solution(ys[-1].to(x0.dtype), ys.to(x0.dtype), range(len(ys)), stats)
+    return with_gradients(problem, x0, opts, sol) if quiet else sol
 
 
 def _fixed_problem(
@@ -617,7 +630,7 @@ def odeint_adjoint(
     found = model_parameters(getattr(func, "picard_model", func))
     given = adjoint_params if adjoint_params is not None else (found or None)
     params = None if given is None else tuple(given)
-    with sweeps_only():  # the backward pass stays the adjoint recursion (picard.ode.paths)
+    with adjoint_steps():  # a stepped solve's backward pass is the adjoint recursion too
         out = odeint(
             func, y0, t, rtol=rtol, atol=atol, method=method, options=options,
             event_fn=event_fn, adjoint_params=params, **kwargs,

@@ -15,9 +15,10 @@ the cost, and the two ways' differ (the adjoint recursion's sweeps against autog
 through the steps). Both ways pass torchdiffeq's error test at every step (fixed grids:
 the sweeps converge to the steps' result). Under
 ``torch.use_deterministic_algorithms(True)`` nothing is timed and every call runs the
-sweeps, so the answer is the same in every process. ``odeint_adjoint`` keeps to the
-sweeps too: their backward pass is the adjoint recursion, whose memory is the
-trajectory's, where stepping's is autograd's through every stage.
+sweeps, so the answer is the same in every process. Under ``odeint_adjoint``
+(:func:`adjoint_steps`) the steps are taken without autograd and their backward pass is
+the adjoint recursion of the accepted steps, as the sweeps' is: the memory is the
+trajectory's either way, never autograd's through every stage.
 """
 
 from __future__ import annotations
@@ -35,7 +36,16 @@ from torch import Tensor
 
 from picard.problem import model_parameters
 
-__all__ = ["PATHS", "Clock", "PathChoice", "in_sweeps_only", "path_choice", "sweeps_only"]
+__all__ = [
+    "PATHS",
+    "Clock",
+    "PathChoice",
+    "adjoint_steps",
+    "in_adjoint",
+    "in_sweeps_only",
+    "path_choice",
+    "sweeps_only",
+]
 
 PATHS = ("sweeps", "steps")
 """The two ways, in the order they are first tried."""
@@ -43,6 +53,41 @@ PATHS = ("sweeps", "steps")
 _CHOICES: OrderedDict[Any, PathChoice] = OrderedDict()
 _KEEP = 64
 _SWEEPS_ONLY: ContextVar[bool] = ContextVar("picard_sweeps_only", default=False)
+_ADJOINT: ContextVar[bool] = ContextVar("picard_adjoint_steps", default=False)
+
+
+@contextmanager
+def adjoint_steps() -> Iterator[None]:
+    """Within it (``odeint_adjoint``), a stepped solve's backward pass is the adjoint's.
+
+    The adjoint recursion of its steps, as the sweeps' is, not autograd through every stage.
+
+    Returns:
+        A context manager (a generator-based one: use it in a ``with`` statement).
+
+    Example:
+        >>> with adjoint_steps():
+        ...     in_adjoint()
+        True
+    """
+    token = _ADJOINT.set(True)
+    try:
+        yield
+    finally:
+        _ADJOINT.reset(token)
+
+
+def in_adjoint() -> bool:
+    """Whether an :func:`adjoint_steps` block is running.
+
+    Returns:
+        ``True`` inside one.
+
+    Example:
+        >>> in_adjoint()
+        False
+    """
+    return _ADJOINT.get()
 
 
 @contextmanager
@@ -236,7 +281,7 @@ def path_choice(
         len(t), float(t[0]), float(t[-1]))  # fmt: skip
     owner = model if first is None else first
     key = (id(owner), tuple(y0.shape), str(y0.dtype), str(y0.device), id(method), times,
-           tolerances)  # fmt: skip
+           tolerances, _ADJOINT.get())  # fmt: skip
     choice = _CHOICES.pop(key, None)
     if choice is None or choice.owner() is not owner:  # new, or an id reused after its owner
         choice = PathChoice()
