@@ -92,7 +92,7 @@ def in_adjoint() -> bool:
 
 @contextmanager
 def sweeps_only() -> Iterator[None]:
-    """Within it, adaptive solves learn nothing and run the sweeps (``odeint_adjoint``).
+    """Within it, Runge–Kutta solves learn nothing and run the sweeps (benchmarks, tests).
 
     Returns:
         A context manager (a generator-based one: use it in a ``with`` statement).
