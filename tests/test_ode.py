@@ -239,9 +239,10 @@ class _Field(torch.nn.Module):
 @pytest.mark.parametrize("method", ["euler", "rk4"])
 def test_a_repeated_fixed_grid_call_tries_the_sweeps_then_the_steps(method):
     """picard.ode.paths for fixed grids: the first call sweeps, the second steps (the
-    sequential result itself, with autograd's gradients, as torchdiffeq), later calls the
-    faster; a call that sets a sweep's option (window=) always sweeps; under deterministic
-    algorithms nothing is learned."""
+    sequential result itself, with autograd's gradients, as torchdiffeq), the third runs
+    Newton's method on the trajectory (a small state), later calls the fastest; a call
+    that sets a sweep's option (window=) always sweeps; under deterministic algorithms
+    nothing is learned."""
     from picard.ode.paths import path_choice
     from picard.ode.tableaus import tableau_for
 
@@ -252,7 +253,7 @@ def test_a_repeated_fixed_grid_call_tries_the_sweeps_then_the_steps(method):
     theirs.square().sum().backward()
     expected = [x.grad.clone(), *(p.grad.clone() for p in f.parameters())]
     runs, grads = [], []
-    for _ in range(3):
+    for _ in range(4):
         f.zero_grad()
         x = y0.clone().requires_grad_(True)
         ys, stats = picard.odeint(f, x, t, method=method, return_stats=True)
@@ -261,13 +262,16 @@ def test_a_repeated_fixed_grid_call_tries_the_sweeps_then_the_steps(method):
         grads.append([x.grad, *(p.grad for p in f.parameters())])
     assert runs[0][1].sequential_steps == 0  # the sweeps
     assert runs[1][1].sequential_steps == runs[1][1].iterations == 60  # the steps
+    assert runs[2][1].acceleration["newton_steps"] > 0  # Newton's method
     choice = path_choice(f, y0, t, tableau_for(method, True), (None, None, False))
-    assert set(choice.seconds) == set(choice.backward) == {"sweeps", "steps"}  # both timed
+    assert set(choice.seconds) == set(choice.backward) == {"sweeps", "steps", "newton"}
     torch.testing.assert_close(runs[1][0], theirs.detach(), rtol=1e-13, atol=1e-13)
     for g, e in zip(grads[1], expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
-    for ys, _ in (runs[0], runs[2]):  # the sweeps (or the steps) at the default tolerance
+    for ys, _ in (runs[0], runs[2], runs[3]):  # the sweeps and Newton at the tolerance
         torch.testing.assert_close(ys, theirs.detach(), rtol=1e-6, atol=1e-8)
+    for g, e in zip(grads[2], expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-9)
     for _ in range(2):
         _, stats = picard.odeint(f, y0, t, method=method, window=16, return_stats=True)
         assert stats.sequential_steps == 0

@@ -30,14 +30,23 @@ from picard.checks import (
     check_nonneg,
     check_state,
 )
+from picard.core.acceleration import acceleration_of
 from picard.core.adjoint import every_parameter
+from picard.core.newton import newton_applies
 from picard.core.options import Options
 from picard.ode.adams import ADAMS, MAX_ORDER, AdamsProblem
 from picard.ode.batching import batched_form
 from picard.ode.callbacks import Callbacks
 from picard.ode.grids import constructed_grid, interpolate, refine_grid, step_size_grid
 from picard.ode.implicit import IMPLICIT, ImplicitODEProblem
-from picard.ode.paths import Clock, adjoint_steps, in_adjoint, in_sweeps_only, path_choice
+from picard.ode.paths import (
+    PATHS,
+    Clock,
+    adjoint_steps,
+    in_adjoint,
+    in_sweeps_only,
+    path_choice,
+)
 from picard.ode.runge_kutta import GUESS_STEPS, ODEProblem, combine, stage_times
 from picard.ode.scipy_adjoint import scipy_with_gradients
 from picard.ode.tableaus import ADAPTIVE, METHODS, Tableau, tableau_for
@@ -287,15 +296,21 @@ def odeint(
     callbacks = Callbacks(func, adaptive=False)
     every = placement is None or placement == "interpolate" or callbacks.any
     clock, path = None, "sweeps"
-    if family == "rk" and tableau is not None:  # explicit Runge–Kutta: sweeps or steps
+    if family == "rk" and tableau is not None:  # explicit Runge–Kutta: sweeps, steps, Newton
         key = (rtol, atol, perturb)
-        clock, path = _way(func, drift, y0, grid, tableau, key, solve_options)
+        ways = PATHS if newton_applies(problem, y0, opts) else PATHS[:2]
+        clock, path = _way(func, drift, y0, grid, tableau, key, solve_options, ways)
     x0 = y0 if clock is None else clock.entry(y0)
+    save = True if every else placement
     if path == "steps":  # one step after another: the sequential result itself
         assert isinstance(problem, ODEProblem)
         sol = _step_by_step(problem, x0, opts)
+    elif path == "newton":  # Newton's method on the whole trajectory (sweeps where it stalls)
+        sol = solve_with(
+            problem, x0, replace(opts, accelerate=acceleration_of("newton")), save=save
+        )
     else:
-        sol = solve_with(problem, x0, opts, save=True if every else placement)
+        sol = solve_with(problem, x0, opts, save=save)
     assert sol.ys is not None
     if isinstance(problem, AdamsProblem):
         problem.warn_unconverged()
@@ -410,8 +425,9 @@ def _way(
     tableau: Tableau,
     tolerances: tuple[Any, ...],
     solve_options: Mapping[str, Any],
+    ways: tuple[str, ...] = PATHS[:2],
 ) -> tuple[Clock | None, str]:
-    """How a Runge–Kutta solve runs: ``"sweeps"`` or ``"steps"`` (:mod:`picard.ode.paths`).
+    """How a Runge–Kutta solve runs: one of ``ways`` (:mod:`picard.ode.paths`).
 
     Returns the :class:`~picard.ode.paths.Clock` that times the call (``None`` where
     nothing is learned) and the way. Learned for torchdiffeq's own call: one that sets a
@@ -425,7 +441,7 @@ def _way(
     choice = path_choice(func, y0, times, tableau, tolerances) if learns else None
     if choice is None:
         return None, "sweeps"
-    path = choice.pick()
+    path = choice.pick(ways)
     inputs = [y0, *model_parameters(getattr(func, "picard_model", func))]
     return Clock(choice, path, inputs), path
 

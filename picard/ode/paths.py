@@ -47,8 +47,10 @@ __all__ = [
     "sweeps_only",
 ]
 
-PATHS = ("sweeps", "steps")
-"""The two ways, in the order they are first tried."""
+PATHS = ("sweeps", "steps", "newton")
+"""The ways, in the order they are first tried: the sweeps, one step after another, and
+Newton's method on the whole trajectory (``accelerate="newton"``: a fixed grid with a small
+state, :func:`picard.core.newton.newton_applies`)."""
 
 _CHOICES: OrderedDict[Any, PathChoice] = OrderedDict()
 _KEEP = 64
@@ -130,6 +132,8 @@ class PathChoice:
         'sweeps'
         >>> c.add_backward("steps", 0.1); c.pick()  # 0.3 + 0.9 against 0.5 + 0.1
         'steps'
+        >>> c.pick(PATHS)  # Newton's too, where it applies: untried
+        'newton'
     """
 
     def __init__(self) -> None:
@@ -137,13 +141,13 @@ class PathChoice:
         self.backward: dict[str, float] = {}
         self.owner: Callable[[], Any] = lambda: None  # what the choice is for (weakly)
 
-    def pick(self) -> str:
-        """The way to run: an untried one (in :data:`PATHS` order), else the faster."""
-        for path in PATHS:
+    def pick(self, ways: tuple[str, ...] = PATHS[:2]) -> str:
+        """The way to run among ``ways``: an untried one (in order), else the fastest."""
+        for path in ways:
             if path not in self.seconds:
                 return path
-        both = all(path in self.backward for path in PATHS)
-        return min(PATHS, key=lambda p: self.seconds[p] + (self.backward[p] if both else 0.0))
+        both = all(path in self.backward for path in ways)
+        return min(ways, key=lambda p: self.seconds[p] + (self.backward[p] if both else 0.0))
 
     def record(self, path: str, seconds: float) -> None:
         """What ``path``'s forward call took this time (replaces what it took before)."""
