@@ -1,11 +1,12 @@
 """Issue 23: fixed-grid methods (euler, rk4) against torchdiffeq, sweeps only and learned.
 
-A repeated fixed-grid call learns whether the sweeps or the steps are faster
-(:mod:`picard.ode.paths`), as the adaptive methods do. Three runs, interleaved, median of
-15 after one warm-up round, one thread: torchdiffeq, picard held to the sweeps (within
-``picard.ode.paths.sweeps_only()``: what every fixed-grid call ran before the learning),
-and picard as a user calls it (the warm-up sweeps, the first timed call steps, later calls
-run the faster). Difference: max abs against torchdiffeq's own answer on the same grid
+A repeated fixed-grid call learns whether the sweeps, the steps or (a small state)
+Newton's method is fastest (:mod:`picard.ode.paths`), as the adaptive methods do. Three
+runs, interleaved, median of 15 after one warm-up round, one thread: torchdiffeq, picard
+held to the sweeps (within ``picard.ode.paths.sweeps_only()``: what every fixed-grid call
+ran before the learning), and picard as a user calls it (the warm-up sweeps, the first
+timed call steps, the second runs Newton's method where the state is small, later calls
+run the fastest). Difference: max abs against torchdiffeq's own answer on the same grid
 (the same discretisation); the way is the last call's.
 
     python benchmarks/odeint_fixed.py [--out benchmarks/results/odeint_fixed]
@@ -83,7 +84,9 @@ def run(
         if label != "torchdiffeq":
             row[f"{label} difference"] = float((results[label][0].double() - theirs).abs().max())
     stats = results["picard"][1]
-    row["way"] = "steps" if stats.sequential_steps == stats.num_steps else "sweeps"
+    newton = "newton_steps" in stats.acceleration
+    stepped = stats.sequential_steps == stats.num_steps
+    row["way"] = "Newton" if newton else "steps" if stepped else "sweeps"
     return row
 
 
