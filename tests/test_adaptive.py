@@ -413,8 +413,9 @@ def test_a_short_span_is_stepped_with_torchdiffeqs_own_steps(backwards):
 
 def test_a_repeated_call_tries_the_sweeps_then_the_steps_and_keeps_the_faster():
     """picard.ode.paths: the first call of a drift and span runs the sweeps, the second
-    steps, each timed; both pass the test. Under deterministic algorithms nothing is timed
-    and every call gives bitwise the same answer."""
+    steps, the third (a small state) Newton's method, each timed; all pass the test.
+    Under deterministic algorithms nothing is timed and every call gives bitwise the same
+    answer."""
     from picard.ode.adaptive import StepOptions
     from picard.ode.paths import path_choice
     from picard.ode.tableaus import ADAPTIVE
@@ -431,7 +432,10 @@ def test_a_repeated_call_tries_the_sweeps_then_the_steps_and_keeps_the_faster():
     runs.append(picard.odeint(f, y0, t, return_stats=True))
     assert set(seconds()) == {"sweeps", "steps"}
     assert runs[1][1].iterations == runs[1][1].sequential_steps + 2  # the initial step's 2
-    runs.append(picard.odeint(f, y0, t, return_stats=True))
+    runs.append(picard.odeint(f, y0, t, return_stats=True))  # a small state: Newton's
+    assert set(seconds()) == {"sweeps", "steps", "newton"}
+    assert runs[2][1].acceleration["newton_steps"] > 0 and runs[2][1].sequential_steps == 0
+    runs.append(picard.odeint(f, y0, t, return_stats=True))  # the fastest
     for ys, _ in runs:
         assert (ys - exact).abs().max() < 1e-6
     torch.use_deterministic_algorithms(True)

@@ -273,8 +273,13 @@ def odeint(
         step_on = "on_nonfinite" not in solve_options  # where the sweeps diverge
         callbacks = Callbacks(func, adaptive=True)
         steps = step_options(adaptive)
-        clock, path = _way(func, drift, y0, t, tableau, (rtol, atol, steps), solve_options)
+        probe = ODEProblem(drift, t, tableau, y0.dtype, batch_ndim)  # its state's size
+        ways = PATHS if newton_applies(probe, y0, opts) else PATHS[:2]
+        key = (rtol, atol, steps)
+        clock, path = _way(func, drift, y0, t, tableau, key, solve_options, ways)
         x0 = y0 if clock is None else clock.entry(y0)
+        if path == "newton":  # each round's solve by Newton's method (sweeps where it stalls)
+            opts = replace(opts, accelerate=acceleration_of("newton"))
         ys, stats = solve_adaptive(
             drift, x0, t, tableau, batch_ndim, opts, step_on=step_on, steps=steps,
             callbacks=callbacks, stepping=path == "steps", adjoint=in_adjoint(),

@@ -1,19 +1,20 @@
-"""Sweeps or steps: which way a Runge–Kutta solve runs, learned per drift and span.
+"""Sweeps, steps or Newton: which way a Runge–Kutta solve runs, learned per drift and span.
 
 An explicit Runge–Kutta solve, adaptive or on a fixed grid, can run in parallel rounds of
-sweeps or one step after another (:func:`picard.ode.adaptive.stepped`, torchdiffeq's own
-steps; :meth:`picard.ode.runge_kutta.ODEProblem.step_by_step`, the sequential result
-itself), and which is faster depends on the device and the drift: a batched call of many
-rows can cost about one row's time (a GPU, a small drift) or many times it (a CPU and a
-network, a drift vectorised by :func:`torch.func.vmap`), and a span may need few sweeps
-per step or many. As ``window="auto"`` learns its windows, a solve repeated with the same
-drift, state shape, method, tolerances and times (a training loop) learns its way: the
-first call runs the sweeps, the second steps, and later calls take whichever ran faster,
-timing it again each time. The time is the forward call's, plus its backward pass's
-where both ways have had one (:class:`Clock`): in training the backward pass is most of
-the cost, and the two ways' differ (the adjoint recursion's sweeps against autograd
-through the steps). Both ways pass torchdiffeq's error test at every step (fixed grids:
-the sweeps converge to the steps' result). Under
+sweeps, by Newton's method on the whole trajectory (a small state), or one step after
+another (:func:`picard.ode.adaptive.stepped`, torchdiffeq's own steps;
+:meth:`picard.ode.runge_kutta.ODEProblem.step_by_step`, the sequential result itself),
+and which is fastest depends on the device and the drift: a batched call of many rows can
+cost about one row's time (a GPU, a small drift) or many times it (a CPU and a network, a
+drift vectorised by :func:`torch.func.vmap`), and a span may need few sweeps per step or
+many. As ``window="auto"`` learns its windows, a solve repeated with the same drift, state
+shape, method, tolerances and times (a training loop) learns its way: the first call runs
+the sweeps, the second steps, the third (a small state) Newton's method, and later calls
+take whichever ran fastest, timing it again each time. The time is the forward call's,
+plus its backward pass's where every way has had one (:class:`Clock`): in training the
+backward pass is most of the cost, and the ways' differ (the adjoint recursion against
+autograd through the steps). Every way passes torchdiffeq's error test at every step
+(fixed grids: the sweeps and Newton converge to the steps' result). Under
 ``torch.use_deterministic_algorithms(True)`` nothing is timed and every call runs the
 sweeps, so the answer is the same in every process. Under ``odeint_adjoint``
 (:func:`adjoint_steps`) the steps are taken without autograd and their backward pass is
@@ -49,8 +50,8 @@ __all__ = [
 
 PATHS = ("sweeps", "steps", "newton")
 """The ways, in the order they are first tried: the sweeps, one step after another, and
-Newton's method on the whole trajectory (``accelerate="newton"``: a fixed grid with a small
-state, :func:`picard.core.newton.newton_applies`)."""
+Newton's method on the whole trajectory (``accelerate="newton"``, each adaptive round's
+solve by it; a small state only, :func:`picard.core.newton.newton_applies`)."""
 
 _CHOICES: OrderedDict[Any, PathChoice] = OrderedDict()
 _KEEP = 64
