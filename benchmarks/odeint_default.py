@@ -6,7 +6,8 @@ neural ODE (MLP on the cubed state) forward + backward on [0, 1] and [0, 25], by
 abs against torchdiffeq at rtol 1e-10 (the oscillator: against the exact solution);
 time: median of 15, one thread, the two interleaved (after one warm-up round). Repeated
 calls learn whether the sweeps or the steps are faster (:mod:`picard.ode.paths`): the
-warm-up runs the sweeps, the first timed call steps, the others run the faster; the
+warm-up runs the sweeps, the first timed calls try the other ways and each way again,
+the others run the fastest; the
 columns after the speed-up are the last call's.
 
     python benchmarks/odeint_default.py [--out benchmarks/results/odeint_default]

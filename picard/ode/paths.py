@@ -9,8 +9,9 @@ cost about one row's time (a GPU, a small drift) or many times it (a CPU and a n
 drift vectorised by :func:`torch.func.vmap`), and a span may need few sweeps per step or
 many. As ``window="auto"`` learns its windows, a solve repeated with the same drift, state
 shape, method, tolerances and times (a training loop) learns its way: the first call runs
-the sweeps, the second steps, the third (a small state) Newton's method, and later calls
-take whichever ran fastest, timing it again each time. The time is the forward call's,
+the sweeps, the second steps, the third (a small state) Newton's method, the next ones
+each again (a first run may carry one-time costs), and later calls take whichever ran
+fastest, timing it again each time. The time is the forward call's,
 plus its backward pass's where every way has had one (:class:`Clock`): in training the
 backward pass is most of the cost, and the ways' differ (the adjoint recursion against
 autograd through the steps). Every way passes torchdiffeq's error test at every step
@@ -125,13 +126,15 @@ class PathChoice:
         'sweeps'
         >>> c.record("sweeps", 0.3); c.pick()
         'steps'
-        >>> c.record("steps", 0.2); c.pick()
+        >>> c.record("steps", 0.2); c.pick()  # each way twice: the first may warm up
+        'sweeps'
+        >>> c.record("sweeps", 0.25); c.record("steps", 0.2); c.pick()
         'steps'
         >>> c.record("steps", 0.5); c.pick()  # slower now: back to the sweeps
         'sweeps'
         >>> c.add_backward("sweeps", 0.9); c.pick()  # only one backward: forward times
         'sweeps'
-        >>> c.add_backward("steps", 0.1); c.pick()  # 0.3 + 0.9 against 0.5 + 0.1
+        >>> c.add_backward("steps", 0.1); c.pick()  # 0.25 + 0.9 against 0.5 + 0.1
         'steps'
         >>> c.pick(PATHS)  # Newton's too, where it applies: untried
         'newton'
@@ -140,19 +143,26 @@ class PathChoice:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.backward: dict[str, float] = {}
+        self.runs: dict[str, int] = {}
         self.owner: Callable[[], Any] = lambda: None  # what the choice is for (weakly)
 
     def pick(self, ways: tuple[str, ...] = PATHS[:2]) -> str:
-        """The way to run among ``ways``: an untried one (in order), else the fastest."""
-        for path in ways:
-            if path not in self.seconds:
-                return path
+        """The way to run among ``ways``: each is tried twice, in turn, then the fastest.
+
+        A way's first run in a process may carry one-time costs (Newton's first Jacobian
+        products took 20 times its later runs): its second time replaces the first.
+        """
+        for turn in (1, 2):
+            for path in ways:
+                if self.runs.get(path, 0) < turn:
+                    return path
         both = all(path in self.backward for path in ways)
         return min(ways, key=lambda p: self.seconds[p] + (self.backward[p] if both else 0.0))
 
     def record(self, path: str, seconds: float) -> None:
         """What ``path``'s forward call took this time (replaces what it took before)."""
         self.seconds[path] = seconds
+        self.runs[path] = self.runs.get(path, 0) + 1
 
     def add_backward(self, path: str, seconds: float) -> None:
         """What ``path``'s backward pass took this time (replaces what it took before)."""
