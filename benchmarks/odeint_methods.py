@@ -5,8 +5,9 @@ A damped oscillator with a time-dependent stiffness (batch 16, float64) on [0, 1
 their defaults; the adaptive ones rtol 1e-7, atol 1e-9. For each method: picard's answer
 at its default against torchdiffeq's answer (or, for the methods the installed
 torchdiffeq lacks, against picard's own sequential loop, ``window=1``, ``tol=0``), the
-error against a dopri8 reference at rtol 1e-12, and the median wall-clock of 5 runs of
-each, one thread, the two interleaved after a warm-up round. Then events: ``event_fn``
+error against a dopri8 reference at rtol 1e-12, and the median wall-clock of 15 runs of
+each, one thread, the two interleaved after a warm-up round (picard's repeated calls try
+each way twice, :mod:`picard.ode.paths`, and then run the fastest). Then events: ``event_fn``
 (the first sample's position falls to half its start) with dopri5 and with rk4 at
 ``step_size`` 0.01.
 
@@ -29,7 +30,7 @@ from torchdiffeq._impl.odeint import SOLVERS
 import picard
 from picard.ode.implicit import IMPLICIT
 
-REPEATS = 5
+REPEATS = 15
 METHODS = [
     "euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams",
     *IMPLICIT, "dopri5", "tsit5", "bosh3", "dopri8", "scipy_solver",
