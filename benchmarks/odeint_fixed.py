@@ -2,12 +2,11 @@
 
 A repeated fixed-grid call learns whether the sweeps, the steps or (a small state)
 Newton's method is fastest (:mod:`picard.ode.paths`), as the adaptive methods do. Three
-runs, interleaved, median of 15 after one warm-up round, one thread: torchdiffeq, picard
-held to the sweeps (within ``picard.ode.paths.sweeps_only()``: what every fixed-grid call
-ran before the learning), and picard as a user calls it (the warm-up sweeps, the first
-timed call steps, the second runs Newton's method where the state is small, later calls
-run the fastest). Difference: max abs against torchdiffeq's own answer on the same grid
-(the same discretisation); the way is the last call's.
+runs, interleaved, median of 15 after the warm-up rounds that cover the learning's trials
+(``harness.timing.SETTLE``), one thread: torchdiffeq, picard held to the sweeps (within
+``picard.ode.paths.sweeps_only()``: what every fixed-grid call ran before the learning),
+and picard as a user calls it, settled. Difference: max abs against torchdiffeq's own
+answer on the same grid (the same discretisation); the way is the last call's.
 
     python benchmarks/odeint_fixed.py [--out benchmarks/results/odeint_fixed]
 """
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 import torchdiffeq
 from harness import interleaved, write_results
+from harness.timing import SETTLE
 
 import picard
 from picard.ode.paths import sweeps_only
@@ -77,6 +77,7 @@ def run(
         {label: solve(label) for label in RUNS},
         REPEATS,
         setup=lambda label: y0.clone().requires_grad_(backward),
+        warmup=SETTLE,
     )
     theirs = results["torchdiffeq"][0].double()
     for label in RUNS:

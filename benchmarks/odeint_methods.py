@@ -5,11 +5,11 @@ A damped oscillator with a time-dependent stiffness (batch 16, float64) on [0, 1
 their defaults; the adaptive ones rtol 1e-7, atol 1e-9. For each method: picard's answer
 at its default against torchdiffeq's answer (or, for the methods the installed
 torchdiffeq lacks, against picard's own sequential loop, ``window=1``, ``tol=0``), the
-error against a dopri8 reference at rtol 1e-12, and the median wall-clock of 15 runs of
-each, one thread, the two interleaved after a warm-up round (picard's repeated calls try
-each way twice, :mod:`picard.ode.paths`, and then run the fastest). Then events: ``event_fn``
-(the first sample's position falls to half its start) with dopri5 and with rk4 at
-``step_size`` 0.01.
+error against a dopri8 reference at rtol 1e-12, and the median wall-clock of 7 runs of
+each, one thread, the two interleaved after the warm-up rounds in which picard's repeated
+calls try each way twice (:mod:`picard.ode.paths`; ``harness.timing.SETTLE``). Then
+events: ``event_fn`` (the first sample's position falls to half its start) with dopri5
+and with rk4 at ``step_size`` 0.01.
 
     python benchmarks/odeint_methods.py [--out benchmarks/results/odeint_methods]
 """
@@ -25,12 +25,13 @@ from typing import Any
 import torch
 import torchdiffeq
 from harness import interleaved, write_results
+from harness.timing import SETTLE
 from torchdiffeq._impl.odeint import SOLVERS
 
 import picard
 from picard.ode.implicit import IMPLICIT
 
-REPEATS = 15
+REPEATS = 7
 METHODS = [
     "euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams",
     *IMPLICIT, "dopri5", "tsit5", "bosh3", "dopri8", "scipy_solver",
@@ -45,7 +46,8 @@ def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def timed(theirs: Callable[[], Any], ours: Callable[[], Any]) -> tuple[Any, float, Any, float]:
     """Both calls' results and median seconds over :data:`REPEATS` interleaved rounds."""
-    medians, out = interleaved({"theirs": lambda _: theirs(), "ours": lambda _: ours()}, REPEATS)
+    runs = {"theirs": lambda _: theirs(), "ours": lambda _: ours()}
+    medians, out = interleaved(runs, REPEATS, warmup=SETTLE)
     return out["theirs"], medians["theirs"], out["ours"], medians["ours"]
 
 

@@ -11,7 +11,8 @@ in :mod:`picard.cli`, and the scripts import it from there: the ParaDiGMS loop
 
 - :func:`seeded_start` (:mod:`harness.seeds`): a run's starting latent and generator.
 - :func:`write_results` (:mod:`harness.results`): a benchmark's ``.json`` and ``.md``.
-- :func:`interleaved` (:mod:`harness.timing`): competing runs' median seconds, side by side.
+- :func:`interleaved` (:mod:`harness.timing`): competing runs' median seconds, side by side;
+  :data:`harness.timing.SETTLE` warm-up rounds let picard's repeated ``odeint`` calls settle first.
 - :func:`backward_by_sweeps`, :func:`newton_check` (:mod:`harness.forcing`): one of
   picard's automatic choices forced, for side-by-side runs.
 """

@@ -12,7 +12,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["interleaved"]
+from picard.ode.paths import PATHS
+
+__all__ = ["SETTLE", "interleaved"]
+
+SETTLE = 2 * len(PATHS)
+"""Warm-up rounds that cover a repeated ``odeint`` call's trials (:mod:`picard.ode.paths`
+tries each way twice): the rounds counted after them are the settled calls a training
+loop sees."""
 
 
 def interleaved(
