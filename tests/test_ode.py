@@ -328,3 +328,18 @@ def test_a_fixed_grid_call_without_tolerances_converges_to_torchdiffeqs_rtol_and
         ours, stats = picard.odeint(lambda t, y: -y, y0, t, method="rk4", return_stats=True)
     assert stats.sequential_steps == 0 and stats.iterations < 700  # the sweeps
     assert ((ours - theirs).abs() / theirs.abs()).max() < 1e-6
+
+
+def test_a_stepped_call_with_step_size_returns_the_output_times():
+    """step_size= refines the grid between the output times; every way returns the states
+    at t alone (the stepped way once returned every state of the grid)."""
+    t = torch.linspace(0, 1, 5, dtype=torch.float64)
+    y0 = torch.ones(2, dtype=torch.float64)
+    f = lambda t, y: -y  # noqa: E731  (one drift: its calls learn)
+    ways = []
+    for _ in range(4):  # the sweeps, the steps, Newton, the sweeps
+        ys, stats = picard.odeint(f, y0, t, method="rk4", step_size=0.05, return_stats=True)
+        ways.append(stats.sequential_steps > 0)
+        assert ys.shape == (5, 2)
+        torch.testing.assert_close(ys, torch.exp(-t)[:, None].expand(5, 2), rtol=1e-6, atol=0)
+    assert ways[1]  # the steps were among them

@@ -309,7 +309,7 @@ def odeint(
     save = True if every else placement
     if path == "steps":  # one step after another: the sequential result itself
         assert isinstance(problem, ODEProblem)
-        sol = _step_by_step(problem, x0, opts)
+        sol, every = _step_by_step(problem, x0, opts), True  # every state of the grid
     elif path == "newton":  # Newton's method on the whole trajectory (sweeps where it stalls)
         sol = solve_with(
             problem, x0, replace(opts, accelerate=acceleration_of("newton")), save=save
