@@ -38,11 +38,17 @@ from picard.ode.callbacks import Callbacks
 from picard.ode.dense import dense_output
 from picard.ode.grids import interpolate, refine_grid
 from picard.ode.integrate import STEP_OPTIONS
-from picard.ode.runge_kutta import ODEProblem, combine, one_step_slopes, stage_times
+from picard.ode.runge_kutta import (
+    ODEProblem,
+    combine,
+    differentiable_steps,
+    one_step_slopes,
+    stage_times,
+)
 from picard.ode.tableaus import Tableau
 from picard.problem import call_batched, working_dtype
 from picard.solution import Solution, Stats, no_steps, summed
-from picard.solver import solve_with, with_gradients
+from picard.solver import solve_with
 
 __all__ = [
     "FEW_STEPS",
@@ -559,10 +565,7 @@ def stepped(
         problem = ODEProblem(func, grid, tableau, y0.dtype, batch_ndim, perturb=True)
         opts = dataclasses.replace(options, rtol=rtol, atol=atol, tol=None, init=None,
                                    max_iters=None)  # fmt: skip
-        kept = Solution(states[-1], states, range(accepted + 1), stats)
-        ys = with_gradients(problem, y0, opts, kept).ys
-        assert ys is not None
-        states = ys
+        states = differentiable_steps(problem, y0, opts, states, stats)
     ys_out = dense_output(func, tableau, grid, states, t, y0.dtype).to(y0.dtype)
     return ys_out, stats
 

@@ -47,12 +47,18 @@ from picard.ode.paths import (
     in_sweeps_only,
     path_choice,
 )
-from picard.ode.runge_kutta import GUESS_STEPS, ODEProblem, combine, stage_times
+from picard.ode.runge_kutta import (
+    GUESS_STEPS,
+    ODEProblem,
+    combine,
+    differentiable_steps,
+    stage_times,
+)
 from picard.ode.scipy_adjoint import scipy_with_gradients
 from picard.ode.tableaus import ADAPTIVE, METHODS, Tableau, tableau_for
 from picard.problem import Problem, call_batched, model_parameters
 from picard.solution import Solution, no_steps
-from picard.solver import solve_with, with_gradients
+from picard.solver import solve_with
 
 __all__ = [
     "GUESS_STEPS",
@@ -273,13 +279,9 @@ def odeint(
         step_on = "on_nonfinite" not in solve_options  # where the sweeps diverge
         callbacks = Callbacks(func, adaptive=True)
         steps = step_options(adaptive)
-        probe = ODEProblem(drift, t, tableau, y0.dtype, batch_ndim)  # its state's size
-        ways = PATHS if newton_applies(probe, y0, opts) else PATHS[:2]
-        key = (rtol, atol, steps)
-        clock, path = _way(func, drift, y0, t, tableau, key, solve_options, ways)
+        sized = ODEProblem(drift, t, tableau, y0.dtype, batch_ndim)  # what Newton asks of it
+        clock, path, opts = _way(func, drift, y0, sized, (rtol, atol, steps), opts, solve_options)
         x0 = y0 if clock is None else clock.entry(y0)
-        if path == "newton":  # each round's solve by Newton's method (sweeps where it stalls)
-            opts = replace(opts, accelerate=acceleration_of("newton"))
         ys, stats = solve_adaptive(
             drift, x0, t, tableau, batch_ndim, opts, step_on=step_on, steps=steps,
             callbacks=callbacks, stepping=path == "steps", adjoint=in_adjoint(),
@@ -301,21 +303,16 @@ def odeint(
     callbacks = Callbacks(func, adaptive=False)
     every = placement is None or placement == "interpolate" or callbacks.any
     clock, path = None, "sweeps"
-    if family == "rk" and tableau is not None:  # explicit Runge–Kutta: sweeps, steps, Newton
-        key = (rtol, atol, perturb)
-        ways = PATHS if newton_applies(problem, y0, opts) else PATHS[:2]
-        clock, path = _way(func, drift, y0, grid, tableau, key, solve_options, ways)
+    if family == "rk":  # explicit Runge–Kutta: sweeps, steps or Newton
+        assert isinstance(problem, ODEProblem)
+        tolerances = (rtol, atol, perturb)
+        clock, path, opts = _way(func, drift, y0, problem, tolerances, opts, solve_options)
     x0 = y0 if clock is None else clock.entry(y0)
-    save = True if every else placement
     if path == "steps":  # one step after another: the sequential result itself
         assert isinstance(problem, ODEProblem)
         sol, every = _step_by_step(problem, x0, opts), True  # every state of the grid
-    elif path == "newton":  # Newton's method on the whole trajectory (sweeps where it stalls)
-        sol = solve_with(
-            problem, x0, replace(opts, accelerate=acceleration_of("newton")), save=save
-        )
-    else:
-        sol = solve_with(problem, x0, opts, save=save)
+    else:  # the sweeps, or Newton's method (its options say so)
+        sol = solve_with(problem, x0, opts, save=True if every else placement)
     assert sol.ys is not None
     if isinstance(problem, AdamsProblem):
         problem.warn_unconverged()
@@ -426,29 +423,33 @@ def _way(
     func: Any,
     drift: Any,
     y0: Tensor,
-    times: Tensor,
-    tableau: Tableau,
+    problem: ODEProblem,
     tolerances: tuple[Any, ...],
+    opts: Options,
     solve_options: Mapping[str, Any],
-    ways: tuple[str, ...] = PATHS[:2],
-) -> tuple[Clock | None, str]:
-    """How a Runge–Kutta solve runs: one of ``ways`` (:mod:`picard.ode.paths`).
+) -> tuple[Clock | None, str, Options]:
+    """How a Runge–Kutta solve runs: the sweeps, the steps or Newton (:mod:`picard.ode.paths`).
 
     Returns the :class:`~picard.ode.paths.Clock` that times the call (``None`` where
-    nothing is learned) and the way. Learned for torchdiffeq's own call: one that sets a
-    sweep's option (``window``, ``tol``, ``on_nonfinite``, ...) runs the sweeps it asks
-    for. A ``func`` evaluated row by row steps from the first call (a sweep would call it
-    once per row), except within :func:`~picard.ode.paths.sweeps_only`.
+    nothing is learned), the way, and the options to solve with (``accelerate="newton"``
+    for Newton's way, each round's solve by it). Newton's method is a way where the state
+    is small (:func:`~picard.core.newton.newton_applies`; ``problem`` is on the grid or
+    the output times). Learned for torchdiffeq's own call: one that sets a sweep's option
+    (``window``, ``tol``, ``on_nonfinite``, ...) runs the sweeps it asks for. A ``func``
+    evaluated row by row steps from the first call (a sweep would call it once per row),
+    except within :func:`~picard.ode.paths.sweeps_only`.
     """
     learns = not set(solve_options) - {"adjoint_params"}
     if getattr(drift, "picard_row_by_row", False) and learns and not in_sweeps_only():
-        return None, "steps"
-    choice = path_choice(func, y0, times, tableau, tolerances) if learns else None
+        return None, "steps", opts
+    choice = path_choice(func, y0, problem.t, problem.tableau, tolerances) if learns else None
     if choice is None:
-        return None, "sweeps"
-    path = choice.pick(ways)
+        return None, "sweeps", opts
+    path = choice.pick(PATHS if newton_applies(problem, y0, opts) else PATHS[:2])
+    if path == "newton":
+        opts = replace(opts, accelerate=acceleration_of("newton"))
     inputs = [y0, *model_parameters(getattr(func, "picard_model", func))]
-    return Clock(choice, path, inputs), path
+    return Clock(choice, path, inputs), path, opts
 
 
 def _step_by_step(problem: ODEProblem, x0: Tensor, opts: Options) -> Solution:
@@ -460,8 +461,8 @@ def _step_by_step(problem: ODEProblem, x0: Tensor, opts: Options) -> Solution:
     quiet = in_adjoint() and torch.is_grad_enabled()
     with torch.no_grad() if quiet else contextlib.nullcontext():
         ys, stats = problem.step_by_step(x0)
-    sol = Solution(ys[-1].to(x0.dtype), ys.to(x0.dtype), range(len(ys)), stats)
-    return with_gradients(problem, x0, opts, sol) if quiet else sol
+    ys = (differentiable_steps(problem, x0, opts, ys, stats) if quiet else ys).to(x0.dtype)
+    return Solution(ys[-1], ys, range(len(ys)), stats)
 
 
 def _fixed_problem(

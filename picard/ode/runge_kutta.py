@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,8 @@ from picard.problem import (
     per_sample_size,
     working_dtype,
 )
-from picard.solution import Stats
+from picard.solution import Solution, Stats
+from picard.solver import with_gradients
 
 __all__ = [
     "GUESS_STEPS",
@@ -32,6 +34,7 @@ __all__ = [
     "GridState",
     "ODEProblem",
     "combine",
+    "differentiable_steps",
     "one_step_slopes",
     "stage_times",
 ]
@@ -97,6 +100,41 @@ def one_step_slopes(
         slope = combine(ks, row)
         ks.append(call_one_row(func, "func", at, y if slope is None else y + h * slope, in_dtype))
     return ks
+
+
+def differentiable_steps(
+    problem: Problem, x0: Tensor, options: Any, states: Tensor, stats: Stats
+) -> Tensor:
+    """Every state of ``problem``'s steps, taken without autograd, made differentiable.
+
+    Their backward pass is the adjoint recursion of the steps
+    (:func:`picard.solver.with_gradients`), as a solve's by sweeps is: what
+    ``odeint_adjoint`` gives a solve it steps, in the trajectory's memory.
+
+    Args:
+        problem: the steps, as a problem (their grid and method).
+        x0: the initial state, as given (gradients flow to it if it requires them).
+        options: the backward pass's options (its tolerance, ``adjoint_params``).
+        states: the ``N + 1`` states, found under :func:`torch.no_grad`.
+        stats: the steps' statistics (the backward pass's are appended to them).
+
+    Returns:
+        ``states``, differentiable where anything requires gradients.
+
+    Example:
+        >>> import torch, picard
+        >>> p = ODEProblem(lambda t, y: -y, torch.linspace(0, 1, 3), "euler", torch.float32)
+        >>> x0 = torch.ones(1, requires_grad=True)
+        >>> with torch.no_grad():
+        ...     ys, stats = p.step_by_step(x0)
+        >>> differentiable_steps(p, x0, picard.Options.of(tol=0), ys, stats)[-1].backward()
+        >>> x0.grad  # 0.5²
+        tensor([0.2500])
+    """
+    kept = Solution(states[-1], states, range(len(states)), stats)
+    ys = with_gradients(problem, x0, options, kept).ys
+    assert ys is not None
+    return ys
 
 
 GUESS_STEPS = 16
